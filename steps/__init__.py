@@ -1,0 +1,1 @@
+"""The pipeline steps: one module per MLproject entry point, plus `common`."""

@@ -1,0 +1,163 @@
+"""Step `load`: read the raw table, log it as an MLflow dataset, and profile it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import mlflow
+import numpy as np
+import pandas as pd
+
+from steps.common import (
+    BUNDLED_DATASETS,
+    CLASSIFICATION,
+    DEFAULT_DATA_URI,
+    PipelineError,
+    dataset_name,
+    dataset_source,
+    detect_task,
+    read_data,
+    redact_uri,
+    run_cli,
+    step_run,
+    validate_target,
+    write_json,
+)
+
+logger = logging.getLogger("steps.load")
+MAX_PLOTTED_COLUMNS = 64
+
+
+def resolve_target(data_uri: str, target: str) -> str:
+    """The label column: given, or the bundled data set's own label."""
+    if target:
+        return target
+    if data_uri.startswith("sklearn:") and data_uri.split(":", 1)[1] in BUNDLED_DATASETS:
+        return BUNDLED_DATASETS[data_uri.split(":", 1)[1]][1]
+    raise PipelineError("no target given for this data; pass -P target=<label column>")
+
+
+def profile_frame(frame: pd.DataFrame, target: str) -> dict[str, Any]:
+    """A short exploratory profile: shape, dtypes, missing values, and the target's distribution."""
+    labels = frame[target]
+    kind = detect_task(labels)
+    if kind == CLASSIFICATION:
+        counts = labels.value_counts(dropna=False).sort_index()
+        distribution: dict[str, Any] = {
+            "kind": "classes",
+            "counts": {str(k): int(v) for k, v in counts.items()},
+            "fractions": {str(k): round(float(v) / len(labels), 4) for k, v in counts.items()},
+        }
+    else:
+        stats = labels.describe()
+        distribution = {"kind": "numeric", **{str(k): float(v) for k, v in stats.items()}}
+    return {
+        "n_rows": len(frame),
+        "n_columns": len(frame.columns),
+        "target": target,
+        "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
+        "missing": {str(c): int(n) for c, n in frame.isna().sum().items()},
+        "n_missing_cells": int(frame.isna().sum().sum()),
+        "n_unique": {str(c): int(frame[c].nunique(dropna=True)) for c in frame.columns},
+        "target_distribution": distribution,
+    }
+
+
+def column_table(profile: dict[str, Any]) -> pd.DataFrame:
+    """One row per column: dtype, missing count and share, distinct values."""
+    rows = profile["n_rows"]
+    return pd.DataFrame(
+        [
+            {
+                "column": column,
+                "dtype": dtype,
+                "missing": profile["missing"][column],
+                "missing_pct": round(100.0 * profile["missing"][column] / rows, 2),
+                "n_unique": profile["n_unique"][column],
+            }
+            for column, dtype in profile["dtypes"].items()
+        ]
+    )
+
+
+def plot_histograms(frame: pd.DataFrame, target: str, path: Path) -> None:
+    """One small histogram per feature (bar chart of the top values for non-numeric columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in frame.columns if c != target][:MAX_PLOTTED_COLUMNS] + [target]
+    n_cols = min(4, len(columns))
+    n_rows = int(np.ceil(len(columns) / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.4 * n_rows), squeeze=False)
+    for ax, column in zip(axes.flat, columns, strict=False):
+        values = frame[column].dropna()
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            ax.hist(values, bins=20, color="#4c72b0")
+        else:
+            counts = values.astype(str).value_counts().head(10)
+            ax.bar(counts.index, counts.to_numpy(), color="#55a868")
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.set_title(f"{column} (target)" if column == target else column, fontsize=9)
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run_load(data_uri: str, target: str) -> dict[str, Any]:
+    """The whole step inside the active run; returns the data set's metadata."""
+    target = resolve_target(data_uri, target)
+    frame = read_data(data_uri)
+    validate_target(frame, target)
+    frame.columns = [str(c) for c in frame.columns]
+    profile = profile_frame(frame, target)
+    name = dataset_name(data_uri)
+    dataset = mlflow.data.from_pandas(frame, source=dataset_source(data_uri), name=name, targets=target)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, profile_dir = Path(tmp, "data"), Path(tmp, "profile")
+        data_dir.mkdir()
+        profile_dir.mkdir()
+        try:
+            frame.to_parquet(data_dir / "raw.parquet", index=False)
+        except Exception as error:  # pyarrow rejects e.g. columns mixing numbers and text
+            raise PipelineError(f"cannot store the table as Parquet: {error}; clean the mixed-type column") from None
+        meta = {
+            "name": name,
+            "source": redact_uri(data_uri),
+            "target": target,
+            "digest": dataset.digest,
+            "n_rows": len(frame),
+            "n_columns": len(frame.columns),
+        }
+        write_json(data_dir / "meta.json", meta)
+        write_json(profile_dir / "profile.json", profile)
+        column_table(profile).to_csv(profile_dir / "columns.csv", index=False)
+        plot_histograms(frame, target, profile_dir / "histograms.png")
+        mlflow.log_input(dataset, context="raw")
+        mlflow.log_metrics(
+            {"n_rows": len(frame), "n_columns": len(frame.columns), "n_missing_cells": profile["n_missing_cells"]}
+        )
+        mlflow.set_tags({"data.name": name, "data.digest": dataset.digest, "data.target": target})
+        mlflow.log_artifacts(str(profile_dir), "profile")
+        mlflow.log_artifacts(str(data_dir), "data")
+    logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)
+    return meta
+
+
+@click.command()
+@click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="sklearn:<name>, path, URL or artifact URI.")
+@click.option("--target", default="", help="Label column; defaults to a bundled data set's label.")
+def main(data_uri: str, target: str) -> None:
+    with step_run("load"):
+        run_load(data_uri, target)
+
+
+if __name__ == "__main__":
+    run_cli(main, "load")
