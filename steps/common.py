@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import sys
 import tempfile
@@ -49,11 +50,11 @@ class PipelineError(Exception):
 
 def configure_logging() -> None:
     """Readable step logs; quieter MLflow internals."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Per-file download bars drown the step logs; child step processes inherit this.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @contextmanager
@@ -303,9 +304,7 @@ def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -
         raise PipelineError("the data has no rows; point data_uri at a table with data")
     if target not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:20]))
-        raise PipelineError(
-            f"target column '{target}' is not in the data (columns: {shown}); pass -P target=<column>"
-        )
+        raise PipelineError(f"target column '{target}' is not in the data (columns: {shown}); pass -P target=<column>")
     labels = frame[target].dropna()
     if labels.empty:
         raise PipelineError(f"target column '{target}' has no values; choose another -P target")
@@ -377,13 +376,9 @@ def compute_metrics(
         scores["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
         try:
             if len(labels) == 2:
-                scores["roc_auc_ovr"] = float(
-                    skm.roc_auc_score(np.asarray(y_true) == labels[1], proba[:, 1])
-                )
+                scores["roc_auc_ovr"] = float(skm.roc_auc_score(np.asarray(y_true) == labels[1], proba[:, 1]))
             else:
-                scores["roc_auc_ovr"] = float(
-                    skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels)
-                )
+                scores["roc_auc_ovr"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
         except ValueError:  # a class absent from these rows: AUC is undefined
             pass
     return {name: value for name, value in scores.items() if not math.isnan(value)}
@@ -424,7 +419,9 @@ class HyperParam:
             else:
                 value = number
         except (TypeError, ValueError):
-            raise PipelineError(f"{where} must be {'an integer' if self.kind is int else 'a number'}; got {raw!r}") from None
+            raise PipelineError(
+                f"{where} must be {'an integer' if self.kind is int else 'a number'}; got {raw!r}"
+            ) from None
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             span = f"[{self.low if self.low is not None else '-inf'}, {self.high if self.high is not None else 'inf'}]"
             raise PipelineError(f"{where} must lie in {span}; got {raw!r}")
@@ -446,8 +443,7 @@ class ModelFamily:
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise PipelineError(
-                f"unknown hyperparameter(s) {', '.join(unknown)} for model '{self.name}'; "
-                f"it takes {', '.join(known)}"
+                f"unknown hyperparameter(s) {', '.join(unknown)} for model '{self.name}'; it takes {', '.join(known)}"
             )
         return {name: hp.parse(given[name], self.name) if name in given else hp.default for name, hp in known.items()}
 
@@ -605,7 +601,9 @@ class Splits:
 def read_splits(splits_uri: str) -> tuple[Splits, FeatureSpec]:
     """Read featurize's output: the three splits and the feature spec."""
     root = download_dir(splits_uri, "the splits")
-    missing = [name for name in (*[f"{s}.parquet" for s in SPLIT_NAMES], "feature_spec.json") if not (root / name).exists()]
+    missing = [
+        name for name in (*[f"{s}.parquet" for s in SPLIT_NAMES], "feature_spec.json") if not (root / name).exists()
+    ]
     if missing:
         raise PipelineError(
             f"'{splits_uri}' is not a featurize output (missing {', '.join(missing)}); "

@@ -53,8 +53,12 @@ def compare_with_baseline(model_scores: dict[str, float], baseline_scores: dict[
     """One row per metric: model, baseline, and whether the model beats it."""
     return pd.DataFrame(
         [
-            {"metric": name, "model": value, "baseline": baseline_scores.get(name),
-             "model_beats_baseline": name in baseline_scores and is_better(value, baseline_scores[name], name)}
+            {
+                "metric": name,
+                "model": value,
+                "baseline": baseline_scores.get(name),
+                "model_beats_baseline": name in baseline_scores and is_better(value, baseline_scores[name], name),
+            }
             for name, value in model_scores.items()
         ]
     )
@@ -172,8 +176,15 @@ def run_evaluate(model_uri: str, splits_uri: str, registered_model_name: str, me
     mlflow.set_tags(outcome)
     if not beats_baseline:
         logger.warning("the model does not beat the dummy baseline on test %s", metric)
-    logger.info("test %s = %.4f (baseline %.4f); registered %s v%s; %s", metric, value,
-                baseline_scores.get(metric, float("nan")), registered_model_name, version.version, decision.reason)
+    logger.info(
+        "test %s = %.4f (baseline %.4f); registered %s v%s; %s",
+        metric,
+        value,
+        baseline_scores.get(metric, float("nan")),
+        registered_model_name,
+        version.version,
+        decision.reason,
+    )
     return outcome
 
 

@@ -56,11 +56,7 @@ def choose_columns(frame: pd.DataFrame, target: str) -> tuple[list[str], list[st
             dropped[column] = "datetime (not featurized)"
         elif n_unique == n_rows and ID_NAME.search(str(column)):
             dropped[column] = "ID-like (unique per row, named like an identifier)"
-        elif (
-            not is_numeric
-            and n_rows >= 20
-            and n_unique >= ID_UNIQUE_RATIO * len(present)
-        ):
+        elif not is_numeric and n_rows >= 20 and n_unique >= ID_UNIQUE_RATIO * len(present):
             dropped[column] = "ID-like (text unique per row)"
         elif is_numeric and n_unique == n_rows and _is_row_counter(present):
             dropped[column] = "ID-like (a row counter)"
@@ -85,7 +81,9 @@ def build_feature_spec(frame: pd.DataFrame, target: str, task: str = "auto") -> 
     labels = frame[target].dropna()
     task = detect_task(labels) if task == "auto" else task
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
-        raise PipelineError(f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification")
+        raise PipelineError(
+            f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification"
+        )
     numeric, categorical, dropped = choose_columns(frame, target)
     if not numeric and not categorical:
         raise PipelineError(f"no usable feature columns (dropped: {dropped}); the data needs informative columns")
@@ -104,9 +102,7 @@ def build_feature_spec(frame: pd.DataFrame, target: str, task: str = "auto") -> 
     return FeatureSpec(target, task, numeric, categorical, dropped, input_columns, classes)
 
 
-def split_frame(
-    frame: pd.DataFrame, spec: FeatureSpec, seed: int, validation_size: float, test_size: float
-) -> Splits:
+def split_frame(frame: pd.DataFrame, spec: FeatureSpec, seed: int, validation_size: float, test_size: float) -> Splits:
     """Train/validation/test split of the labelled rows, stratified for classification."""
     from sklearn.model_selection import train_test_split
 
@@ -124,7 +120,9 @@ def split_frame(
             rest, test_size=validation_size / (1 - test_size), random_state=seed, stratify=stratify_rest
         )
     except ValueError as error:
-        raise PipelineError(f"cannot split {len(labelled)} rows: {error}; use more data or smaller split sizes") from None
+        raise PipelineError(
+            f"cannot split {len(labelled)} rows: {error}; use more data or smaller split sizes"
+        ) from None
     return Splits(*(part.reset_index(drop=True) for part in (train, validation, test)))
 
 
@@ -160,12 +158,19 @@ def run_featurize(raw_data_uri: str, task: str, seed: int, validation_size: floa
                 "n_dropped_columns": len(spec.dropped),
             }
         )
-        mlflow.set_tags({"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target})
+        mlflow.set_tags(
+            {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
+        )
         mlflow.log_artifacts(str(out), "splits")
     logger.info(
         "%s task; %d numeric, %d categorical features; dropped %s; %d/%d/%d rows",
-        spec.task, len(spec.numeric), len(spec.categorical), spec.dropped or "none",
-        len(splits.train), len(splits.validation), len(splits.test),
+        spec.task,
+        len(spec.numeric),
+        len(spec.categorical),
+        spec.dropped or "none",
+        len(splits.train),
+        len(splits.validation),
+        len(splits.test),
     )
 
     return spec

@@ -33,8 +33,8 @@ MAX_PLOTTED_COLUMNS = 64
 
 
 def resolve_target(data_uri: str, target: str) -> str:
-    """The label column: given, or the bundled data set's own label."""
-    if target:
+    """The label column: given, or (for 'auto') the bundled data set's own label."""
+    if target not in ("", "auto"):
         return target
     if data_uri.startswith("sklearn:") and data_uri.split(":", 1)[1] in BUNDLED_DATASETS:
         return BUNDLED_DATASETS[data_uri.split(":", 1)[1]][1]
@@ -91,7 +91,7 @@ def plot_histograms(frame: pd.DataFrame, target: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [c for c in frame.columns if c != target][:MAX_PLOTTED_COLUMNS] + [target]
+    columns = [*[c for c in frame.columns if c != target][:MAX_PLOTTED_COLUMNS], target]
     n_cols = min(4, len(columns))
     n_rows = int(np.ceil(len(columns) / n_cols))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.4 * n_rows), squeeze=False)
@@ -152,8 +152,10 @@ def run_load(data_uri: str, target: str) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="sklearn:<name>, path, URL or artifact URI.")
-@click.option("--target", default="", help="Label column; defaults to a bundled data set's label.")
+@click.option(
+    "--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="sklearn:<name>, path, URL or artifact URI."
+)
+@click.option("--target", default="auto", help="Label column; auto: a bundled data set's own label.")
 def main(data_uri: str, target: str) -> None:
     with step_run("load"):
         run_load(data_uri, target)

@@ -56,7 +56,9 @@ def key_metric(step: str, run: Any, metric_hint: str) -> str:
     if name not in metrics:
         return ""
     value = metrics[name]
-    return f"{name}={int(value)}" if float(value).is_integer() and step in ("load", "featurize") else f"{name}={value:.4f}"
+    return (
+        f"{name}={int(value)}" if float(value).is_integer() and step in ("load", "featurize") else f"{name}={value:.4f}"
+    )
 
 
 def launch_step(
@@ -85,7 +87,9 @@ def launch_step(
     except ExecutionException:
         children = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`mlflow.project.entryPoint` = '{entry_point}'",
+            filter_string=(
+                f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`mlflow.project.entryPoint` = '{entry_point}'"
+            ),
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -108,7 +112,9 @@ def format_summary(results: list[StepResult]) -> str:
     header = ("step", "run id", "status", "seconds", "key metric")
     rows = [(r.step, r.run_id, r.status, f"{r.seconds:.1f}", r.key_metric) for r in results]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -150,19 +156,31 @@ def run_main(
     train_id = step(
         "train", {"splits_uri": splits_uri, "params_uri": artifact_uri(tune_id, "best_params.json"), "seed": seed}
     )
+    # MLflow 3 stores a logged model under its own id: pass the URI train recorded, models:/<model id>.
+    model_uri = client.get_run(train_id).data.tags["model_uri"]
     evaluate_id = step(
         "evaluate",
-        {"model_uri": artifact_uri(train_id, "model"), "splits_uri": splits_uri,
-         "registered_model_name": registered_model_name, "metric": metric},
+        {
+            "model_uri": model_uri,
+            "splits_uri": splits_uri,
+            "registered_model_name": registered_model_name,
+            "metric": metric,
+        },
     )
     outcome = client.get_run(evaluate_id).data.tags
     registered = {k: outcome.get(f"registered_model.{k}", "") for k in ("name", "version", "alias")}
     mlflow.set_tags({f"registered_model.{k}": v for k, v in registered.items()})
     with tempfile.TemporaryDirectory() as tmp:
-        write_json(Path(tmp, "pipeline_summary.json"), {"steps": [asdict(r) for r in results], "registered_model": registered})
+        write_json(
+            Path(tmp, "pipeline_summary.json"), {"steps": [asdict(r) for r in results], "registered_model": registered}
+        )
         mlflow.log_artifact(str(Path(tmp, "pipeline_summary.json")))
 
-    alias = f"@{registered['alias']}" if registered["alias"] else " (not champion: " + outcome.get("champion.decision", "") + ")"
+    alias = (
+        f"@{registered['alias']}"
+        if registered["alias"]
+        else " (not champion: " + outcome.get("champion.decision", "") + ")"
+    )
     print("\n" + format_summary(results))
     print(f"\nregistered model: {registered['name']} version {registered['version']}{alias}")
     print(f"  {outcome.get('champion.decision', '')}")
@@ -174,13 +192,15 @@ def run_main(
 
 @click.command()
 @click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True)
-@click.option("--target", default="")
+@click.option("--target", default="auto")
 @click.option("--task", default="auto")
 @click.option("--max-evals", default=20, type=int, show_default=True)
 @click.option("--metric", default="auto")
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
 @click.option("--seed", default=42, type=int)
-def main(data_uri: str, target: str, task: str, max_evals: int, metric: str, registered_model_name: str, seed: int) -> None:
+def main(
+    data_uri: str, target: str, task: str, max_evals: int, metric: str, registered_model_name: str, seed: int
+) -> None:
     with step_run("main"):
         run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed)
 

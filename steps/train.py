@@ -65,10 +65,9 @@ def choose_model(
 ) -> tuple[ModelFamily, dict[str, Any]]:
     """The family and its full typed hyperparameters: file values, overridden by ones given directly."""
     file_model = params_file["model"] if params_file else ""
+    model = "" if model == "auto" else model
     if model and file_model and model != file_model:
-        raise PipelineError(
-            f"model '{model}' conflicts with the params file's model '{file_model}'; drop one of them"
-        )
+        raise PipelineError(f"model '{model}' conflicts with the params file's model '{file_model}'; drop one of them")
     family = get_family(model or file_model or DEFAULT_FAMILY[task], task)
     merged = {**(params_file["params"] if params_file else {}), **given}
     return family, family.resolve(merged)
@@ -77,7 +76,7 @@ def choose_model(
 def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: dict[str, Any]) -> dict[str, float]:
     """The whole step inside the active run; returns the validation metrics."""
     splits, spec = read_splits(splits_uri)
-    params_file = read_params_file(params_uri) if params_uri else None
+    params_file = read_params_file(params_uri) if params_uri not in ("", "none") else None
     family, hyperparams = choose_model(spec.task, model, params_file, given)
     started = time.perf_counter()
     fitted = fit_model(splits, spec, family, hyperparams, seed)
@@ -113,8 +112,8 @@ def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: di
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--splits-uri", required=True, help="featurize's artifact URI, e.g. runs:/<featurize run>/splits.")
-@click.option("--model", default="", help="Model family; default: the params file's, else logistic_regression/ridge.")
-@click.option("--params-uri", default="", help="tune's best-params file, e.g. runs:/<tune run>/best_params.json.")
+@click.option("--model", default="auto", help="Model family; auto: the params file's, else logistic_regression/ridge.")
+@click.option("--params-uri", default="none", help="tune's best-params file, e.g. runs:/<tune run>/best_params.json.")
 @click.option("--seed", default=42, type=int)
 @click.pass_context
 def main(ctx: click.Context, splits_uri: str, model: str, params_uri: str, seed: int) -> None:

@@ -121,8 +121,14 @@ def run_search(
                 "fit_seconds": time.perf_counter() - started,
             }
             run_id = log_trial(number, params, metrics, "FINISHED")
-        return {"status": STATUS_OK, "loss": loss, "value": value, "model": family.name,
-                "params": hyperparams, "run_id": run_id}
+        return {
+            "status": STATUS_OK,
+            "loss": loss,
+            "value": value,
+            "model": family.name,
+            "params": hyperparams,
+            "run_id": run_id,
+        }
 
     trials = Trials()
     fmin(
@@ -149,9 +155,16 @@ def leaderboard(trials: Trials, metric: str) -> pd.DataFrame:
     """All trials, best first."""
     rows = []
     for number, result in enumerate(trials.results):
-        row = {"trial": number + 1, "status": result.get("status"), "run_id": result.get("run_id", ""),
-               "model": result.get("model", ""), metric: result.get("value"), "loss": result.get("loss"),
-               "params": str(result.get("params", "")), "error": result.get("error", "")}
+        row = {
+            "trial": number + 1,
+            "status": result.get("status"),
+            "run_id": result.get("run_id", ""),
+            "model": result.get("model", ""),
+            metric: result.get("value"),
+            "loss": result.get("loss"),
+            "params": str(result.get("params", "")),
+            "error": result.get("error", ""),
+        }
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["loss", "trial"], na_position="last").reset_index(drop=True)
 
@@ -184,7 +197,7 @@ def prepare_default_splits(seed: int) -> str:
 
     logger.info("no finished featurize run in this experiment: preparing %s first", DEFAULT_DATA_URI)
     with step_run("load", nested=True) as load_run:
-        run_load(DEFAULT_DATA_URI, "")
+        run_load(DEFAULT_DATA_URI, "auto")
     with step_run("featurize", nested=True) as featurize_run:
         run_featurize(artifact_uri(load_run.info.run_id, "data"), "auto", seed, 0.2, 0.2)
     return artifact_uri(featurize_run.info.run_id, "splits")
@@ -205,7 +218,7 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
     if max_evals < 1:
         raise PipelineError(f"max_evals must be at least 1; got {max_evals}")
     active = mlflow.active_run()
-    if not splits_uri:
+    if splits_uri in ("", "auto"):
         splits_uri = find_splits_uri(active.info.experiment_id, seed)
         mlflow.set_tag("splits_uri", splits_uri)
     splits, spec = read_splits(splits_uri)
@@ -228,8 +241,13 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
         write_json(Path(tmp, "best_params.json"), payload)
         leaderboard(trials, metric).to_csv(Path(tmp, "trials.csv"), index=False)
         mlflow.log_metrics(
-            {f"best_val_{metric}": best["value"], "best_loss": best["loss"], "n_trials": len(trials.trials),
-             "n_failed_trials": n_failed, "search_seconds": time.perf_counter() - started}
+            {
+                f"best_val_{metric}": best["value"],
+                "best_loss": best["loss"],
+                "n_trials": len(trials.trials),
+                "n_failed_trials": n_failed,
+                "search_seconds": time.perf_counter() - started,
+            }
         )
         mlflow.set_tags(
             {"best_trial_run_id": best["run_id"], "metric": metric, "task": spec.task}
@@ -237,12 +255,19 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
         )
         mlflow.log_artifact(str(Path(tmp, "trials.csv")))
         mlflow.log_artifact(str(Path(tmp, "best_params.json")))
-    logger.info("best of %d trials: %s %s, val %s = %.4f", len(trials.trials), best["model"], best["params"], metric, best["value"])
+    logger.info(
+        "best of %d trials: %s %s, val %s = %.4f",
+        len(trials.trials),
+        best["model"],
+        best["params"],
+        metric,
+        best["value"],
+    )
     return payload
 
 
 @click.command()
-@click.option("--splits-uri", default="", help="featurize's artifact URI; default: the newest in the experiment.")
+@click.option("--splits-uri", default="auto", help="featurize's artifact URI; auto: the newest in the experiment.")
 @click.option("--max-evals", default=20, type=int, show_default=True)
 @click.option("--metric", default="auto", help="accuracy, f1_macro, roc_auc_ovr, log_loss, rmse, mae, r2 or auto.")
 @click.option("--seed", default=42, type=int)

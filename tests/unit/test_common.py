@@ -1,0 +1,193 @@
+"""Shared helpers: data reading, tasks, metrics, model families."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steps.common import (
+    BUNDLED_DATASETS,
+    CLASSIFICATION,
+    MODEL_FAMILIES,
+    REGRESSION,
+    FeatureSpec,
+    HyperParam,
+    PipelineError,
+    Splits,
+    build_model,
+    compute_metrics,
+    dataset_name,
+    detect_task,
+    fit_model,
+    get_family,
+    load_bundled_frame,
+    metric_loss,
+    parse_bool,
+    read_data,
+    redact_uri,
+    resolve_metric,
+    score_model,
+    snake_case,
+    validate_target,
+)
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_DATASETS))
+def test_every_bundled_data_set_loads_with_its_label(name):
+    frame, label = load_bundled_frame(name)
+    assert label == BUNDLED_DATASETS[name][1]
+    assert label in frame.columns and len(frame) > 100
+    assert all(column == snake_case(column) for column in frame.columns)
+
+
+def test_iris_labels_are_class_names():
+    frame, label = load_bundled_frame("iris")
+    assert sorted(frame[label].unique()) == ["setosa", "versicolor", "virginica"]
+    assert "sepal_length_cm" in frame.columns
+
+
+def test_unknown_bundled_set_names_the_known_ones():
+    with pytest.raises(PipelineError, match="sklearn:iris"):
+        read_data("sklearn:mnist")
+
+
+def test_read_data_reads_csv_parquet_file_uri_and_a_directory(tmp_path):
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "pq").mkdir()
+    frame.to_parquet(tmp_path / "pq" / "t.parquet", index=False)
+    for uri in (
+        str(tmp_path / "t.csv"),
+        (tmp_path / "t.csv").as_uri(),
+        str(tmp_path / "pq" / "t.parquet"),
+        str(tmp_path / "pq"),
+    ):
+        pd.testing.assert_frame_equal(read_data(uri), frame, check_dtype=False)
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (None, "missing.csv", "data not found"),
+        ("", "empty.csv", "empty"),
+        ("a,b\n", "header_only.csv", None),
+        ("a\tb", "t.txt", "neither .csv nor .parquet"),
+        ("not parquet", "t.parquet", "cannot read"),
+    ],
+)
+def test_read_data_errors_are_one_line(tmp_path, content, name, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    if message is None:  # a header without rows reads fine; validate_target rejects it
+        with pytest.raises(PipelineError, match="no rows"):
+            validate_target(read_data(str(path)), "a")
+        return
+    with pytest.raises(PipelineError, match=message) as caught:
+        read_data(str(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_redact_uri_hides_passwords_only():
+    assert redact_uri("https://bob:s3cret@host/data.csv") == "https://bob:***@host/data.csv"
+    assert redact_uri("sklearn:iris") == "sklearn:iris"
+    assert dataset_name("https://bob:s3cret@host/dir/My Data.csv.gz") == "my_data"
+
+
+def test_parse_bool():
+    assert parse_bool("x", "True") is True and parse_bool("x", "0") is False
+    with pytest.raises(PipelineError, match="true or false"):
+        parse_bool("use_cache", "maybe")
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        (["a", "b", "a"], CLASSIFICATION),
+        ([True, False, True], CLASSIFICATION),
+        ([0, 1, 2, 1], CLASSIFICATION),
+        ([0.5, 1.25, 3.0], REGRESSION),
+        (list(range(100)), REGRESSION),
+    ],
+)
+def test_detect_task(values, task):
+    assert detect_task(pd.Series(values)) == task
+
+
+@pytest.mark.parametrize(
+    ("frame", "target", "message"),
+    [
+        (pd.DataFrame(), "y", "no rows"),
+        (pd.DataFrame({"x": [1, 2], "y": [0, 1]}), "z", "target column 'z' is not in the data"),
+        (pd.DataFrame({"x": [1, 2], "y": [1, 1]}), "y", "single value"),
+        (pd.DataFrame({"x": [1, 2], "y": [None, None]}), "y", "has no values"),
+        (pd.DataFrame({"y": [0, 1]}), "y", "only the target"),
+    ],
+)
+def test_validate_target(frame, target, message):
+    with pytest.raises(PipelineError, match=message):
+        validate_target(frame, target)
+
+
+def test_resolve_metric_direction_and_task():
+    assert resolve_metric("auto", CLASSIFICATION) == "f1_macro"
+    assert resolve_metric("auto", REGRESSION) == "rmse"
+    assert metric_loss("accuracy", 0.9) == -0.9 and metric_loss("rmse", 2.0) == 2.0
+    with pytest.raises(PipelineError, match="unknown metric"):
+        resolve_metric("auc", CLASSIFICATION)
+    with pytest.raises(PipelineError, match="does not fit a regression task"):
+        resolve_metric("accuracy", REGRESSION)
+
+
+def test_compute_metrics_classification_and_regression():
+    y = pd.Series(["a", "b", "a", "b"])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+    scores = compute_metrics(CLASSIFICATION, y, np.array(["a", "b", "a", "b"]), proba, ["a", "b"])
+    assert scores["accuracy"] == 1.0 and scores["roc_auc_ovr"] == 1.0 and 0 < scores["log_loss"] < 1
+    reg = compute_metrics(REGRESSION, pd.Series([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]), None, None)
+    assert reg["mae"] == pytest.approx(1 / 3) and reg["rmse"] == pytest.approx(np.sqrt(1 / 3))
+
+
+def test_hyperparam_parsing_and_bounds():
+    depth = HyperParam("max_depth", int, None, low=1, allow_none=True)
+    assert depth.parse("7", "rf") == 7 and depth.parse("None", "rf") is None and depth.parse(3.0, "rf") == 3
+    with pytest.raises(PipelineError, match="must be an integer"):
+        depth.parse("2.5", "rf")
+    with pytest.raises(PipelineError, match=r"must lie in \[1"):
+        depth.parse("0", "rf")
+    assert HyperParam("C", float, 1.0, low=1e-12).parse("1e-05", "lr") == 0.00001
+
+
+def test_family_lookup_errors():
+    assert get_family("random_forest", REGRESSION).name == "random_forest"
+    with pytest.raises(PipelineError, match="unknown model 'xgboost'"):
+        get_family("xgboost", CLASSIFICATION)
+    with pytest.raises(PipelineError, match="does not fit a regression task"):
+        get_family("logistic_regression", REGRESSION)
+    with pytest.raises(PipelineError, match="unknown hyperparameter"):
+        MODEL_FAMILIES["ridge"].resolve({"C": "1"})
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_FAMILIES))
+def test_every_family_fits_raw_rows_with_gaps_and_unseen_categories(family, mixed_frame):
+    task = REGRESSION if family == "ridge" else CLASSIFICATION
+    frame = mixed_frame.copy()
+    if task == REGRESSION:
+        frame["label"] = frame["x1"] * 2 + 1
+    spec = FeatureSpec("label", task, ["x1", "x2"], ["colour"], {}, [c for c in frame.columns if c != "label"])
+    splits = Splits(frame.iloc[:40], frame.iloc[40:50], frame.iloc[50:])
+    model = fit_model(splits, spec, MODEL_FAMILIES[family], MODEL_FAMILIES[family].resolve({}), seed=0)
+    scores = score_model(model, splits.validation, spec)
+    assert scores
+    unseen = splits.test.assign(colour="purple", x2=np.nan)
+    assert len(model.predict(unseen[spec.input_columns])) == len(unseen)
+
+
+def test_build_model_ignores_dropped_columns(mixed_frame):
+    spec = FeatureSpec("label", CLASSIFICATION, ["x1"], [], {"customer_id": "ID-like"}, ["customer_id", "x1"])
+    model = build_model(
+        spec, MODEL_FAMILIES["logistic_regression"], {"C": 1.0, "max_iter": 100, "class_weight": None}, 0
+    )
+    model.fit(mixed_frame[["customer_id", "x1"]], mixed_frame["label"])
+    assert model.named_steps["preprocess"].transform(mixed_frame[["customer_id", "x1"]]).shape[1] == 1

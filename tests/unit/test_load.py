@@ -1,0 +1,65 @@
+"""Step load: target resolution, profile, histograms, and the step run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from steps.common import PipelineError
+from steps.load import column_table, plot_histograms, profile_frame, resolve_target, run_load
+
+
+def test_resolve_target():
+    assert resolve_target("sklearn:iris", "auto") == "species"
+    assert resolve_target("sklearn:wine", "auto") == "cultivar"
+    assert resolve_target("data.csv", "label") == "label"
+    with pytest.raises(PipelineError, match="-P target="):
+        resolve_target("data.csv", "auto")
+
+
+def test_profile_counts_missing_values_and_classes(mixed_frame):
+    profile = profile_frame(mixed_frame, "label")
+    assert profile["n_rows"] == 60 and profile["n_columns"] == 7
+    assert profile["missing"]["empty"] == 60
+    assert profile["target_distribution"]["counts"] == {"a": 20, "b": 20, "c": 20}
+    table = column_table(profile)
+    assert table.set_index("column").loc["empty", "missing_pct"] == 100.0
+
+
+def test_profile_of_a_numeric_target():
+    profile = profile_frame(pd.DataFrame({"x": range(50), "y": [i * 0.5 for i in range(50)]}), "y")
+    assert profile["target_distribution"]["kind"] == "numeric"
+    assert profile["target_distribution"]["mean"] == pytest.approx(12.25)
+
+
+def test_histograms_are_written(tmp_path, mixed_frame):
+    plot_histograms(mixed_frame, "label", tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_load_logs_data_profile_and_dataset(tracking_uri):
+    with mlflow.start_run() as run:
+        meta = run_load("sklearn:iris", "auto")
+    client = MlflowClient()
+    logged = client.get_run(run.info.run_id)
+    assert logged.data.metrics["n_rows"] == 150
+    assert logged.data.tags["data.digest"] == meta["digest"]
+    dataset = logged.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "iris" and dataset.digest == meta["digest"]
+    assert json.loads(dataset.source)["uri"] == "sklearn:iris"
+    paths = {a.path for a in client.list_artifacts(run.info.run_id, "data")}
+    assert paths == {"data/raw.parquet", "data/meta.json"}
+    profile = {a.path for a in client.list_artifacts(run.info.run_id, "profile")}
+    assert {"profile/profile.json", "profile/columns.csv", "profile/histograms.png"} <= profile
+
+
+def test_run_load_rejects_a_missing_target_before_logging_anything(tracking_uri, tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"x": [1, 2, 3], "y": [0, 1, 0]}).to_csv(path, index=False)
+    with mlflow.start_run() as run, pytest.raises(PipelineError, match="'nope' is not in the data"):
+        run_load(str(path), "nope")
+    assert MlflowClient().list_artifacts(run.info.run_id) == []
