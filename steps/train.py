@@ -12,6 +12,7 @@ import mlflow
 
 from steps.common import (
     DEFAULT_FAMILY,
+    MODEL_FAMILIES,
     SKOPS_TRUSTED_TYPES,
     ModelFamily,
     PipelineError,
@@ -75,6 +76,8 @@ def choose_model(
 
 def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: dict[str, Any]) -> dict[str, float]:
     """The whole step inside the active run; returns the validation metrics."""
+    if model not in ("", "auto", *MODEL_FAMILIES):  # fail before any download
+        raise PipelineError(f"unknown model '{model}'; use one of {', '.join(MODEL_FAMILIES)}")
     splits, spec = read_splits(splits_uri)
     params_file = read_params_file(params_uri) if params_uri not in ("", "none") else None
     family, hyperparams = choose_model(spec.task, model, params_file, given)
