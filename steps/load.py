@@ -113,8 +113,8 @@ def plot_histograms(frame: pd.DataFrame, target: str, path: Path) -> None:
 
 def run_load(data_uri: str, target: str) -> dict[str, Any]:
     """The whole step inside the active run; returns the data set's metadata."""
-    target = resolve_target(data_uri, target)
     frame = read_data(data_uri)
+    target = resolve_target(data_uri, target)
     validate_target(frame, target)
     frame.columns = [str(c) for c in frame.columns]
     profile = profile_frame(frame, target)

@@ -39,8 +39,9 @@ def mlflow_env(tracking_uri: str | None) -> dict[str, str]:
 def mlflow_run(
     project: Path, args: Sequence[str], tracking_uri: str | None, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """`mlflow run <project> <args>` as a user types it; output captured."""
-    command = [sys.executable, "-m", "mlflow", "run", str(project), *args]
+    """`mlflow run <project> <args>` as a user types it (local env manager unless given); output captured."""
+    manager = [] if "--env-manager" in args else ["--env-manager", "local"]
+    command = [sys.executable, "-m", "mlflow", "run", str(project), *manager, *args]
     return subprocess.run(
         command, cwd=cwd or project, env=mlflow_env(tracking_uri), capture_output=True, text=True, timeout=timeout
     )
