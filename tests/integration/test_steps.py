@@ -1,0 +1,122 @@
+"""Each entry point on its own, as a user chains them by hand on their own CSV."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from tests.integration.conftest import children, mlflow_run, runs_by_step
+
+
+def churn_csv(path) -> pd.DataFrame:
+    """A small churn table: an ID, numeric and categorical columns with gaps, a text label."""
+    rng = np.random.default_rng(5)
+    n = 240
+    tenure = rng.integers(1, 72, n)
+    plan = rng.choice(["basic", "plus", "pro"], n)
+    monthly = rng.normal(50, 15, n).round(2)
+    churned = np.where((tenure < 12) & (plan == "basic") | (monthly > 70), "yes", "no")
+    frame = pd.DataFrame(
+        {"customer_id": [f"C{i:05d}" for i in range(n)], "tenure": tenure, "plan": plan,
+         "monthly_charges": monthly, "churned": churned}
+    )
+    frame.loc[rng.choice(n, 20, replace=False), "plan"] = None
+    frame.loc[rng.choice(n, 15, replace=False), "monthly_charges"] = None
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def newest(client: MlflowClient, step: str):
+    [run] = runs_by_step(client, step)[:1]
+    assert run.info.status == "FINISHED", run.data.tags.get("pipeline.error")
+    return run
+
+
+def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path):
+    frame = churn_csv(tmp_path / "churn.csv")
+    client = MlflowClient(store)
+
+    def run(*args: str) -> None:
+        result = mlflow_run(project, list(args), store)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    run("-e", "load", "-P", f"data_uri={tmp_path / 'churn.csv'}", "-P", "target=churned")
+    load = newest(client, "load")
+    assert load.data.tags["data.name"] == "churn" and load.data.metrics["n_missing_cells"] == 35
+    run("-e", "featurize", "-P", f"raw_data_uri=runs:/{load.info.run_id}/data", "-P", "seed=1")
+    featurize = newest(client, "featurize")
+    spec = json.loads(_load_text(store, featurize))
+    assert list(spec["dropped"]) == ["customer_id"] and spec["dropped"]["customer_id"].startswith("ID-like")
+    assert spec["categorical"] == ["plan"] and spec["numeric"] == ["tenure", "monthly_charges"]
+    splits_uri = f"runs:/{featurize.info.run_id}/splits"
+    run("-e", "train", "-P", f"splits_uri={splits_uri}", "-P", "model=random_forest",
+        "-P", "n_estimators=40", "-P", "max_depth=6")
+    train = newest(client, "train")
+    assert train.data.params["random_forest.n_estimators"] == "40"
+    assert train.data.params["random_forest.max_depth"] == "6"
+    assert train.data.metrics["val_accuracy"] > 0.8
+    run("-e", "evaluate", "-P", f"model_uri={train.data.tags['model_uri']}", "-P", f"splits_uri={splits_uri}",
+        "-P", "registered_model_name=churn", "-P", "metric=accuracy")
+    evaluate = newest(client, "evaluate")
+    assert evaluate.data.tags["registered_model.alias"] == "champion"
+    mlflow.set_tracking_uri(store)
+    try:
+        model = mlflow.pyfunc.load_model("models:/churn@champion")
+        raw_rows = frame.drop(columns="churned").head(20)  # exactly as load read them, ID included
+        assert set(model.predict(raw_rows)) <= {"yes", "no"}
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _load_text(store: str, featurize) -> str:
+    mlflow.set_tracking_uri(store)
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{featurize.info.run_id}/splits/feature_spec.json")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_regression_data_set_trains_its_regression_families(project, store):
+    client = MlflowClient(store)
+    result = mlflow_run(project, ["-e", "load", "-P", "data_uri=sklearn:diabetes"], store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    load = newest(client, "load")
+    result = mlflow_run(project, ["-e", "featurize", "-P", f"raw_data_uri=runs:/{load.info.run_id}/data"], store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    featurize = newest(client, "featurize")
+    assert featurize.data.tags["task"] == "regression"
+    result = mlflow_run(project, ["-e", "train", "-P", f"splits_uri=runs:/{featurize.info.run_id}/splits",
+                                  "-P", "model=hist_gradient_boosting", "-P", "learning_rate=0.05"], store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = newest(client, "train")
+    assert train.data.params["model_family"] == "hist_gradient_boosting"
+    assert {"val_rmse", "val_mae", "val_r2"} <= set(train.data.metrics)
+
+
+def test_tune_exactly_as_typed_on_a_fresh_store(project, store):
+    """`mlflow run . -e tune -P max_evals=50` with nothing in the store prepares the default data first."""
+    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=50"], store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    tune = newest(client, "tune")
+    kids = children(client, tune)
+    assert [r.info.run_name for r in kids[:2]] == ["load", "featurize"]
+    assert all(r.info.status == "FINISHED" for r in kids)
+    trials = kids[2:]
+    assert [r.info.run_name for r in trials] == [f"trial-{i:03d}" for i in range(1, 51)]
+    assert len({r.data.params["model_family"] for r in trials}) == 3  # the space spans the families
+    assert tune.data.tags["splits_uri"] == f"runs:/{kids[1].info.run_id}/splits"
+    assert tune.data.metrics["n_trials"] == 50 and tune.data.metrics["best_val_f1_macro"] >= 0.9
+    best = client.get_run(tune.data.tags["best_trial_run_id"])
+    assert best.data.metrics["val_f1_macro"] == tune.data.metrics["best_val_f1_macro"]
+    assert best.data.params["model_family"] == tune.data.tags["best.model_family"]
+    # A second tune reuses the newest finished featurize output instead of preparing data again.
+    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=2"], store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = newest(client, "tune")
+    assert again.data.tags["splits_uri"] == tune.data.tags["splits_uri"]
+    assert [r.info.run_name for r in children(client, again)] == ["trial-001", "trial-002"]
