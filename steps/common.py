@@ -69,8 +69,9 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     if not nested:
         configure_logging()
     with mlflow.start_run(run_name=step, nested=nested) as run:
-        mlflow.set_tags({STEP_TAG: step, RUN_NAME_TAG: step, "runtime.python": sys.executable,
-                         "runtime.prefix": sys.prefix})
+        mlflow.set_tags(
+            {STEP_TAG: step, RUN_NAME_TAG: step, "runtime.python": sys.executable, "runtime.prefix": sys.prefix}
+        )
         try:
             yield run
         except PipelineError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.common import load_bundled_frame
+from tests.conftest import PROJECT_DIR
 from tests.integration.conftest import children, copy_project, mlflow_env
 
 STEPS = ["load", "featurize", "tune", "train", "evaluate"]
@@ -22,7 +24,11 @@ def pipeline(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("readme") / "project")
     result = subprocess.run(
         ["mlflow", "run", ".", "-e", "main", "--env-manager", "local"],
-        cwd=project, env=mlflow_env(None), capture_output=True, text=True, timeout=900,
+        cwd=project,
+        env=mlflow_env(None),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert (project / "mlflow.db").exists(), "the default store is sqlite:///mlflow.db in the working directory"
@@ -80,7 +86,9 @@ def test_each_step_records_what_it_promises(pipeline):
     assert "profile/histograms.png" in profile
     featurize = steps["featurize"]
     assert featurize.data.tags["task"] == "classification"
-    contexts = sorted(t.value for d in featurize.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context")
+    contexts = sorted(
+        t.value for d in featurize.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"
+    )
     assert contexts == ["testing", "training", "validation"]
     tune = steps["tune"]
     assert tune.data.metrics["n_trials"] == 20
@@ -114,3 +122,16 @@ def test_summary_names_steps_model_and_ui(pipeline):
         assert any(line.split()[:3] == [name, run.info.run_id, "FINISHED"] for line in out.splitlines())
     assert "registered model: pipeline-model version 1@champion" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and str(Path("mlflow.db")) in out
+
+
+def test_readme_client_example_lists_steps_and_best_trial(pipeline):
+    readme = (PROJECT_DIR / "README.md").read_text()
+    snippet = readme.split("<!-- client-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    project = Path(pipeline["uri"].removeprefix("sqlite:///")).parent
+    result = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=project, env=mlflow_env(None), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:5]] == STEPS
+    assert lines[5].startswith("best trial: trial-")

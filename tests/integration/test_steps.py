@@ -21,8 +21,13 @@ def churn_csv(path) -> pd.DataFrame:
     monthly = rng.normal(50, 15, n).round(2)
     churned = np.where((tenure < 12) & (plan == "basic") | (monthly > 70), "yes", "no")
     frame = pd.DataFrame(
-        {"customer_id": [f"C{i:05d}" for i in range(n)], "tenure": tenure, "plan": plan,
-         "monthly_charges": monthly, "churned": churned}
+        {
+            "customer_id": [f"C{i:05d}" for i in range(n)],
+            "tenure": tenure,
+            "plan": plan,
+            "monthly_charges": monthly,
+            "churned": churned,
+        }
     )
     frame.loc[rng.choice(n, 20, replace=False), "plan"] = None
     frame.loc[rng.choice(n, 15, replace=False), "monthly_charges"] = None
@@ -53,14 +58,34 @@ def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path):
     assert list(spec["dropped"]) == ["customer_id"] and spec["dropped"]["customer_id"].startswith("ID-like")
     assert spec["categorical"] == ["plan"] and spec["numeric"] == ["tenure", "monthly_charges"]
     splits_uri = f"runs:/{featurize.info.run_id}/splits"
-    run("-e", "train", "-P", f"splits_uri={splits_uri}", "-P", "model=random_forest",
-        "-P", "n_estimators=40", "-P", "max_depth=6")
+    run(
+        "-e",
+        "train",
+        "-P",
+        f"splits_uri={splits_uri}",
+        "-P",
+        "model=random_forest",
+        "-P",
+        "n_estimators=40",
+        "-P",
+        "max_depth=6",
+    )
     train = newest(client, "train")
     assert train.data.params["random_forest.n_estimators"] == "40"
     assert train.data.params["random_forest.max_depth"] == "6"
     assert train.data.metrics["val_accuracy"] > 0.8
-    run("-e", "evaluate", "-P", f"model_uri={train.data.tags['model_uri']}", "-P", f"splits_uri={splits_uri}",
-        "-P", "registered_model_name=churn", "-P", "metric=accuracy")
+    run(
+        "-e",
+        "evaluate",
+        "-P",
+        f"model_uri={train.data.tags['model_uri']}",
+        "-P",
+        f"splits_uri={splits_uri}",
+        "-P",
+        "registered_model_name=churn",
+        "-P",
+        "metric=accuracy",
+    )
     evaluate = newest(client, "evaluate")
     assert evaluate.data.tags["registered_model.alias"] == "champion"
     mlflow.set_tracking_uri(store)
@@ -89,8 +114,20 @@ def test_regression_data_set_trains_its_regression_families(project, store):
     assert result.returncode == 0, result.stderr[-3000:]
     featurize = newest(client, "featurize")
     assert featurize.data.tags["task"] == "regression"
-    result = mlflow_run(project, ["-e", "train", "-P", f"splits_uri=runs:/{featurize.info.run_id}/splits",
-                                  "-P", "model=hist_gradient_boosting", "-P", "learning_rate=0.05"], store)
+    result = mlflow_run(
+        project,
+        [
+            "-e",
+            "train",
+            "-P",
+            f"splits_uri=runs:/{featurize.info.run_id}/splits",
+            "-P",
+            "model=hist_gradient_boosting",
+            "-P",
+            "learning_rate=0.05",
+        ],
+        store,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     train = newest(client, "train")
     assert train.data.params["model_family"] == "hist_gradient_boosting"

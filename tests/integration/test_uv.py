@@ -28,7 +28,7 @@ def test_main_under_uv_builds_the_project_environment_for_every_step(project, st
     [prefix] = prefixes  # one environment, built once from python_env.yaml and reused by every step
     assert Path(prefix) != Path(sys.prefix)
     assert Path(prefix).parent.name == "envs" and Path(prefix).name.startswith("mlflow-")  # MLflow's env root
-    installed = (Path(prefix) / "lib" / "python3.11" / "site-packages")
+    installed = Path(prefix) / "lib" / "python3.11" / "site-packages"
     pins = [line for line in (project / "requirements.txt").read_text().splitlines() if "==" in line]
     for pin in pins:  # every pin of requirements.txt, at its exact version
         name, version = pin.split("==")
