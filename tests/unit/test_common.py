@@ -191,3 +191,31 @@ def test_build_model_ignores_dropped_columns(mixed_frame):
     )
     model.fit(mixed_frame[["customer_id", "x1"]], mixed_frame["label"])
     assert model.named_steps["preprocess"].transform(mixed_frame[["customer_id", "x1"]]).shape[1] == 1
+
+
+def test_read_data_over_http_and_from_an_mlflow_artifact_uri(tmp_path, tracking_uri):
+    import functools
+    import http.server
+    import threading
+
+    import mlflow
+
+    frame = pd.DataFrame({"a": [1.5, 2.5], "b": ["x", "y"]})
+    (tmp_path / "served").mkdir()
+    frame.to_csv(tmp_path / "served" / "t.csv", index=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/t.csv"
+        pd.testing.assert_frame_equal(read_data(url), frame)
+        with pytest.raises(PipelineError, match="cannot download"):
+            read_data(f"http://127.0.0.1:{server.server_address[1]}/missing.csv")
+    finally:
+        server.shutdown()
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "served" / "t.csv"), "inputs")
+    pd.testing.assert_frame_equal(read_data(f"runs:/{run.info.run_id}/inputs/t.csv"), frame)
+    with pytest.raises(PipelineError, match="cannot fetch"):
+        read_data(f"runs:/{run.info.run_id}/inputs/nope.csv")
