@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from threadpoolctl import threadpool_limits
 logger = logging.getLogger("steps")
 
 STEP_TAG = "pipeline.step"
+OUTPUT_DIGEST_TAG = "outputs.digest"  # what a step produced, for the cache keys of the steps after it
 ERROR_TAG = "pipeline.error"
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_TAG = "mlflow.parentRunId"
@@ -264,6 +266,23 @@ def download_dir(artifact_uri: str, what: str) -> Path:
 
 def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def digest_json(payload: Any) -> str:
+    """sha256 of a JSON value in canonical form."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def digest_path(path: Path) -> str:
+    """sha256 over a file, or over a directory's relative file names and contents in sorted order."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- tasks and features

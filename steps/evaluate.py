@@ -17,10 +17,12 @@ from mlflow.tracking import MlflowClient
 from steps.common import (
     CLASSIFICATION,
     DEFAULT_REGISTERED_MODEL_NAME,
+    OUTPUT_DIGEST_TAG,
     FeatureSpec,
     PipelineError,
     Splits,
     dataset_source,
+    digest_json,
     features_and_target,
     greater_is_better,
     one_line,
@@ -173,7 +175,7 @@ def run_evaluate(model_uri: str, splits_uri: str, registered_model_name: str, me
         "metric": metric,
         "beats_baseline": str(beats_baseline).lower(),
     }
-    mlflow.set_tags(outcome)
+    mlflow.set_tags(outcome | {OUTPUT_DIGEST_TAG: digest_json(outcome)})
     if not beats_baseline:
         logger.warning("the model does not beat the dummy baseline on test %s", metric)
     logger.info(

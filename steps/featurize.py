@@ -14,12 +14,14 @@ import pandas as pd
 
 from steps.common import (
     CLASSIFICATION,
+    OUTPUT_DIGEST_TAG,
     SPLIT_NAMES,
     FeatureSpec,
     PipelineError,
     Splits,
     dataset_source,
     detect_task,
+    digest_path,
     download_dir,
     run_cli,
     step_run,
@@ -162,6 +164,7 @@ def run_featurize(raw_data_uri: str, task: str, seed: int, validation_size: floa
             {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
         )
         mlflow.log_artifacts(str(out), "splits")
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out))
     logger.info(
         "%s task; %d numeric, %d categorical features; dropped %s; %d/%d/%d rows",
         spec.task,

@@ -16,10 +16,12 @@ from steps.common import (
     BUNDLED_DATASETS,
     CLASSIFICATION,
     DEFAULT_DATA_URI,
+    OUTPUT_DIGEST_TAG,
     PipelineError,
     dataset_name,
     dataset_source,
     detect_task,
+    digest_path,
     read_data,
     redact_uri,
     run_cli,
@@ -144,7 +146,14 @@ def run_load(data_uri: str, target: str) -> dict[str, Any]:
         mlflow.log_metrics(
             {"n_rows": len(frame), "n_columns": len(frame.columns), "n_missing_cells": profile["n_missing_cells"]}
         )
-        mlflow.set_tags({"data.name": name, "data.digest": dataset.digest, "data.target": target})
+        mlflow.set_tags(
+            {
+                "data.name": name,
+                "data.digest": dataset.digest,
+                "data.target": target,
+                OUTPUT_DIGEST_TAG: digest_path(data_dir),
+            }
+        )
         mlflow.log_artifacts(str(profile_dir), "profile")
         mlflow.log_artifacts(str(data_dir), "data")
     logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 import mlflow
+import yaml
+from mlflow.entities import Run
 from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
@@ -18,9 +20,14 @@ from steps.common import (
     DEFAULT_DATA_URI,
     DEFAULT_REGISTERED_MODEL_NAME,
     ERROR_TAG,
+    OUTPUT_DIGEST_TAG,
     PARENT_TAG,
     PipelineError,
     artifact_uri,
+    digest_json,
+    digest_path,
+    fetch_local,
+    parse_bool,
     redact_uri,
     run_cli,
     step_run,
@@ -40,6 +47,109 @@ class StepResult:
     seconds: float
     key_metric: str = ""
     error: str = ""
+    cached: bool = False
+
+
+# --------------------------------------------------------------------------- the step cache
+
+CACHE_KEY_TAG = "cache.key"
+# Params that point at an earlier step's run: the key uses what that run produced instead.
+URI_PARAMS = frozenset({"raw_data_uri", "splits_uri", "params_uri", "model_uri"})
+ENV_FILES = ("python_env.yaml", "requirements.txt", "requirements.lock")
+SHARED_CODE = ("steps/__init__.py", "steps/common.py")
+
+
+def entry_point_spec(entry_point: str) -> dict[str, Any]:
+    """The entry point as MLproject declares it (params with types, command)."""
+    project = yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
+    return project["entry_points"][entry_point]
+
+
+def normalise_value(kind: str, value: Any) -> Any:
+    """A param as its declared type: 1e-05 and 0.00001 are the same float, "3" and 3 the same int."""
+    if kind in ("int", "float"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return int(number) if kind == "int" and number.is_integer() else number
+    return str(value)
+
+
+def normalise_params(entry_point: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    declared = entry_point_spec(entry_point)["parameters"]
+    return {
+        name: normalise_value(declared.get(name, {}).get("type", "string"), value)
+        for name, value in sorted(parameters.items())
+        if name not in URI_PARAMS
+    }
+
+
+def code_digest(entry_point: str) -> str:
+    """The step's module, the shared module, and its MLproject declaration."""
+    files = [f"steps/{entry_point}.py", *SHARED_CODE]
+    return digest_json(
+        {"files": {f: digest_path(PROJECT_DIR / f) for f in files}, "entry_point": entry_point_spec(entry_point)}
+    )
+
+
+def env_digest() -> str:
+    """The environment spec: python_env.yaml and the requirement files it installs."""
+    return digest_json({f: digest_path(PROJECT_DIR / f) for f in ENV_FILES if (PROJECT_DIR / f).exists()})
+
+
+def data_digest(data_uri: str) -> str:
+    """The content of the data load will read (a bundled set: its name and scikit-learn's version)."""
+    if data_uri.startswith("sklearn:"):
+        import sklearn
+
+        return f"{data_uri}@scikit-learn=={sklearn.__version__}"
+    try:
+        return digest_path(fetch_local(data_uri))
+    except PipelineError:  # load itself reports the problem
+        return f"unavailable:{redact_uri(data_uri)}"
+
+
+def cache_key(entry_point: str, parameters: dict[str, Any], inputs: dict[str, str], env_manager: str) -> str:
+    """What decides a step's output: entry point, typed params, code, environment, input digests."""
+    return digest_json(
+        {
+            "entry_point": entry_point,
+            "params": normalise_params(entry_point, parameters),
+            "code": code_digest(entry_point),
+            "env": env_digest(),
+            "env_manager": env_manager,
+            "inputs": inputs,
+        }
+    )
+
+
+def outputs_exist(client: MlflowClient, entry_point: str, run: Run) -> bool:
+    """Whether what the run produced is still there to be reused."""
+    try:
+        if entry_point == "train":
+            return bool(mlflow.artifacts.list_artifacts(artifact_uri=run.data.tags["model_uri"]))
+        if entry_point == "evaluate":
+            tags = run.data.tags
+            client.get_model_version(tags["registered_model.name"], tags["registered_model.version"])
+            return bool(client.list_artifacts(run.info.run_id, "evaluation"))
+        expected = {"load": "data", "featurize": "splits", "tune": "best_params.json"}[entry_point]
+        return any(artifact.path == expected for artifact in client.list_artifacts(run.info.run_id))
+    except Exception:  # a deleted run, artifact or model version: not reusable
+        return False
+
+
+def reusable_run(client: MlflowClient, experiment_id: str, entry_point: str, key: str) -> Run | None:
+    """The newest FINISHED run with this cache key whose outputs still exist."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+    )
+    return next(
+        (run for run in runs if OUTPUT_DIGEST_TAG in run.data.tags and outputs_exist(client, entry_point, run)), None
+    )
 
 
 def key_metric(step: str, run: Any, metric_hint: str) -> str:
@@ -109,8 +219,11 @@ def launch_step(
 
 def format_summary(results: list[StepResult]) -> str:
     """The step table printed at the end of main."""
-    header = ("step", "run id", "status", "seconds", "key metric")
-    rows = [(r.step, r.run_id, r.status, f"{r.seconds:.1f}", r.key_metric) for r in results]
+    header = ("step", "run id", "status", "seconds", "key metric", "cache")
+    rows = [
+        (r.step, r.run_id, r.status, f"{r.seconds:.1f}", r.key_metric, f"cached ({r.run_id})" if r.cached else "ran")
+        for r in results
+    ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]
@@ -127,9 +240,20 @@ def ui_hint(tracking_uri: str) -> str:
 
 
 def run_main(
-    data_uri: str, target: str, task: str, max_evals: int, metric: str, registered_model_name: str, seed: int
+    data_uri: str,
+    target: str,
+    task: str,
+    max_evals: int,
+    metric: str,
+    registered_model_name: str,
+    seed: int,
+    use_cache: bool = True,
 ) -> list[StepResult]:
-    """Chain the steps through `mlflow.projects.run`, passing artifact URIs from one to the next."""
+    """Chain the steps through `mlflow.projects.run`, passing artifact URIs from one to the next.
+
+    A step whose cache key matches a FINISHED run with its outputs intact is not run again: that
+    run is reused, so a re-run after a failure resumes at the failed step.
+    """
     client = MlflowClient()
     active = mlflow.active_run()
     main_run_id, experiment_id = active.info.run_id, active.info.experiment_id
@@ -138,37 +262,71 @@ def run_main(
     mlflow.set_tag("env_manager", env_manager)
     results: list[StepResult] = []
 
-    def step(entry_point: str, parameters: dict[str, Any]) -> str:
+    def step(entry_point: str, parameters: dict[str, Any], inputs: dict[str, str]) -> Run:
         tuned_metric = next((r.key_metric for r in results if r.step == "tune"), "")
         metric_hint = tuned_metric.partition("=")[0].removeprefix("best_val_")
-        result = launch_step(entry_point, parameters, env_manager, experiment_id, main_run_id, metric_hint)
+        started = time.monotonic()
+        key = cache_key(entry_point, parameters, inputs, env_manager)
+        cached = reusable_run(client, experiment_id, entry_point, key) if use_cache else None
+        if cached is not None:
+            logger.info("step %s: reusing run %s (same cache key)", entry_point, cached.info.run_id)
+            result = StepResult(
+                entry_point,
+                cached.info.run_id,
+                "FINISHED",
+                round(time.monotonic() - started, 1),
+                key_metric(entry_point, cached, metric_hint),
+                cached=True,
+            )
+        else:
+            result = launch_step(entry_point, parameters, env_manager, experiment_id, main_run_id, metric_hint)
+            if result.status == "FINISHED":
+                client.set_tag(result.run_id, CACHE_KEY_TAG, key)
         results.append(result)
-        mlflow.set_tag(f"steps.{entry_point}.run_id", result.run_id)
+        mlflow.set_tags(
+            {f"steps.{entry_point}.run_id": result.run_id, f"steps.{entry_point}.cached": str(result.cached).lower()}
+        )
         if result.status != "FINISHED":
             print(format_summary(results), flush=True)
             raise PipelineError(f"step '{entry_point}' failed: {result.error or result.status}")
-        return result.run_id
+        return client.get_run(result.run_id)
 
-    load_id = step("load", {"data_uri": data_uri, "target": target})
-    featurize_id = step("featurize", {"raw_data_uri": artifact_uri(load_id, "data"), "task": task, "seed": seed})
-    splits_uri = artifact_uri(featurize_id, "splits")
-    tune_id = step("tune", {"splits_uri": splits_uri, "max_evals": max_evals, "metric": metric, "seed": seed})
-    train_id = step(
-        "train", {"splits_uri": splits_uri, "params_uri": artifact_uri(tune_id, "best_params.json"), "seed": seed}
+    def digest(run: Run) -> str:
+        return run.data.tags[OUTPUT_DIGEST_TAG]
+
+    load = step("load", {"data_uri": data_uri, "target": target}, {"data": data_digest(data_uri)})
+    featurize = step(
+        "featurize",
+        {"raw_data_uri": artifact_uri(load.info.run_id, "data"), "task": task, "seed": seed},
+        {"raw_data": digest(load)},
+    )
+    splits_uri = artifact_uri(featurize.info.run_id, "splits")
+    tune = step(
+        "tune",
+        {"splits_uri": splits_uri, "max_evals": max_evals, "metric": metric, "seed": seed},
+        {"splits": digest(featurize)},
+    )
+    train = step(
+        "train",
+        {"splits_uri": splits_uri, "params_uri": artifact_uri(tune.info.run_id, "best_params.json"), "seed": seed},
+        {"splits": digest(featurize), "best_params": digest(tune)},
     )
     # MLflow 3 stores a logged model under its own id: pass the URI train recorded, models:/<model id>.
-    model_uri = client.get_run(train_id).data.tags["model_uri"]
-    evaluate_id = step(
+    evaluate = step(
         "evaluate",
         {
-            "model_uri": model_uri,
+            "model_uri": train.data.tags["model_uri"],
             "splits_uri": splits_uri,
             "registered_model_name": registered_model_name,
             "metric": metric,
         },
+        {"model": digest(train), "splits": digest(featurize)},
     )
-    outcome = client.get_run(evaluate_id).data.tags
-    registered = {k: outcome.get(f"registered_model.{k}", "") for k in ("name", "version", "alias")}
+    outcome = evaluate.data.tags
+    registered = {k: outcome.get(f"registered_model.{k}", "") for k in ("name", "version")}
+    # The alias as the registry has it now: a cached evaluate may predate a newer champion.
+    aliases = client.get_model_version(registered["name"], registered["version"]).aliases
+    registered["alias"] = "champion" if "champion" in aliases else ""
     mlflow.set_tags({f"registered_model.{k}": v for k, v in registered.items()})
     with tempfile.TemporaryDirectory() as tmp:
         write_json(
@@ -198,11 +356,20 @@ def run_main(
 @click.option("--metric", default="auto")
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
 @click.option("--seed", default=42, type=int)
+@click.option("--use-cache", default="true", help="false: run every step again.")
 def main(
-    data_uri: str, target: str, task: str, max_evals: int, metric: str, registered_model_name: str, seed: int
+    data_uri: str,
+    target: str,
+    task: str,
+    max_evals: int,
+    metric: str,
+    registered_model_name: str,
+    seed: int,
+    use_cache: str,
 ) -> None:
     with step_run("main"):
-        run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed)
+        cache = parse_bool("use_cache", use_cache)
+        run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed, cache)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import pickle
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ import mlflow
 from steps.common import (
     DEFAULT_FAMILY,
     MODEL_FAMILIES,
+    OUTPUT_DIGEST_TAG,
     SKOPS_TRUSTED_TYPES,
     ModelFamily,
     PipelineError,
@@ -108,7 +111,10 @@ def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: di
         serialization_format="skops",  # safe to load, unlike pickle
         skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
     )
-    mlflow.set_tag("model_uri", info.model_uri)
+    # skops files embed zip timestamps; the pickled pipeline is the same bytes for the same fit.
+    mlflow.set_tags(
+        {"model_uri": info.model_uri, OUTPUT_DIGEST_TAG: hashlib.sha256(pickle.dumps(fitted, 5)).hexdigest()}
+    )
     logger.info("trained %s %s: validation %s", family.name, hyperparams, validation)
     return validation
 

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from steps.common import (
     DEFAULT_DATA_URI,
     MODEL_FAMILIES,
+    OUTPUT_DIGEST_TAG,
     PARENT_TAG,
     RUN_NAME_TAG,
     STEP_TAG,
@@ -30,6 +31,7 @@ from steps.common import (
     PipelineError,
     Splits,
     artifact_uri,
+    digest_json,
     fit_model,
     hyperparam_params,
     latest_finished_step_run,
@@ -255,6 +257,8 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
         )
         mlflow.log_artifact(str(Path(tmp, "trials.csv")))
         mlflow.log_artifact(str(Path(tmp, "best_params.json")))
+    # What train consumes from the file; run ids inside it differ from one run to the next.
+    mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
     logger.info(
         "best of %d trials: %s %s, val %s = %.4f",
         len(trials.trials),
