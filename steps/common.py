@@ -108,6 +108,26 @@ def run_cli(command: click.Command, step: str) -> None:
         sys.exit(1)
 
 
+class WholeNumber(click.ParamType):
+    """An int param that also accepts the same number written as 3.0 or 1e2 (as the cache key does)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not number.is_integer():
+            self.fail(f"{value!r} is not a valid integer", param, ctx)
+        return int(number)
+
+
+INT = WholeNumber()
+
+
 def one_line(text: str, limit: int = 500) -> str:
     """Collapse whitespace so a message fits on one line (and in a tag)."""
     flat = " ".join(text.split())

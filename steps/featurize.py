@@ -14,6 +14,7 @@ import pandas as pd
 
 from steps.common import (
     CLASSIFICATION,
+    INT,
     OUTPUT_DIGEST_TAG,
     SPLIT_NAMES,
     FeatureSpec,
@@ -182,7 +183,7 @@ def run_featurize(raw_data_uri: str, task: str, seed: int, validation_size: floa
 @click.command()
 @click.option("--raw-data-uri", required=True, help="load's artifact URI, e.g. runs:/<load run>/data.")
 @click.option("--task", default="auto", type=click.Choice(["auto", "classification", "regression"]))
-@click.option("--seed", default=42, type=int)
+@click.option("--seed", default=42, type=INT)
 @click.option("--validation-size", default=0.2, type=float)
 @click.option("--test-size", default=0.2, type=float)
 def main(raw_data_uri: str, task: str, seed: int, validation_size: float, test_size: float) -> None:

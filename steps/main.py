@@ -20,6 +20,7 @@ from steps.common import (
     DEFAULT_DATA_URI,
     DEFAULT_REGISTERED_MODEL_NAME,
     ERROR_TAG,
+    INT,
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
     PipelineError,
@@ -352,10 +353,10 @@ def run_main(
 @click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True)
 @click.option("--target", default="auto")
 @click.option("--task", default="auto")
-@click.option("--max-evals", default=20, type=int, show_default=True)
+@click.option("--max-evals", default=20, type=INT, show_default=True)
 @click.option("--metric", default="auto")
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
-@click.option("--seed", default=42, type=int)
+@click.option("--seed", default=42, type=INT)
 @click.option("--use-cache", default="true", help="false: run every step again.")
 def main(
     data_uri: str,

@@ -14,6 +14,7 @@ import mlflow
 
 from steps.common import (
     DEFAULT_FAMILY,
+    INT,
     MODEL_FAMILIES,
     OUTPUT_DIGEST_TAG,
     SKOPS_TRUSTED_TYPES,
@@ -123,7 +124,7 @@ def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: di
 @click.option("--splits-uri", required=True, help="featurize's artifact URI, e.g. runs:/<featurize run>/splits.")
 @click.option("--model", default="auto", help="Model family; auto: the params file's, else logistic_regression/ridge.")
 @click.option("--params-uri", default="none", help="tune's best-params file, e.g. runs:/<tune run>/best_params.json.")
-@click.option("--seed", default=42, type=int)
+@click.option("--seed", default=42, type=INT)
 @click.pass_context
 def main(ctx: click.Context, splits_uri: str, model: str, params_uri: str, seed: int) -> None:
     """Extra `-P <hyperparameter>=<value>` params set the family's hyperparameters one by one."""

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.common import (
     DEFAULT_DATA_URI,
+    INT,
     MODEL_FAMILIES,
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
@@ -272,9 +273,9 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
 
 @click.command()
 @click.option("--splits-uri", default="auto", help="featurize's artifact URI; auto: the newest in the experiment.")
-@click.option("--max-evals", default=20, type=int, show_default=True)
+@click.option("--max-evals", default=20, type=INT, show_default=True)
 @click.option("--metric", default="auto", help="accuracy, f1_macro, roc_auc_ovr, log_loss, rmse, mae, r2 or auto.")
-@click.option("--seed", default=42, type=int)
+@click.option("--seed", default=42, type=INT)
 def main(splits_uri: str, max_evals: int, metric: str, seed: int) -> None:
     with step_run("tune"):
         run_tune(splits_uri, max_evals, metric, seed)
