@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +37,8 @@ from steps.common import (
 )
 
 logger = logging.getLogger("steps.main")
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+# Not resolved: under conda/ (whose steps/ is a symlink) the nested runs must use conda/MLproject.
+PROJECT_DIR = Path(os.path.abspath(__file__)).parents[1]
 ENV_MANAGER_TAG = "mlflow.project.env"  # set by `mlflow run` for every env manager but local
 
 
@@ -56,7 +58,7 @@ class StepResult:
 CACHE_KEY_TAG = "cache.key"
 # Params that point at an earlier step's run: the key uses what that run produced instead.
 URI_PARAMS = frozenset({"raw_data_uri", "splits_uri", "params_uri", "model_uri"})
-ENV_FILES = ("python_env.yaml", "requirements.txt", "requirements.lock")
+ENV_FILES = ("python_env.yaml", "conda.yaml", "requirements.txt", "requirements.lock")
 SHARED_CODE = ("steps/__init__.py", "steps/common.py")
 
 

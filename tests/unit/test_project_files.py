@@ -18,6 +18,7 @@ def read_pins(lines: list[str]) -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
+        line = line.split(";", 1)[0].strip()  # the lock's environment markers
         match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.\-+]+)", line)
         assert match, f"not an exact pin: {line!r}"
         pins[match.group(1).lower()] = match.group(2)
@@ -39,10 +40,20 @@ def test_conda_yaml_pins_the_same_packages_as_requirements():
     assert "python=3.11" in conda["dependencies"]
 
 
-def test_python_env_uses_the_requirements_file():
+def test_python_env_builds_the_exact_python_and_the_lock():
     env = yaml.safe_load((PROJECT_DIR / "python_env.yaml").read_text())
-    assert env["python"] == "3.11"
-    assert env["dependencies"] == ["-r requirements.txt"]
+    assert env["python"] == "3.11.7"  # a bare "3.11" sends pyenv looking for the newest 3.11.x online
+    assert env["dependencies"] == ["-r requirements.lock"]
+
+
+def test_lock_resolves_every_direct_pin_at_its_version():
+    lock = read_pins((PROJECT_DIR / "requirements.lock").read_text().splitlines())
+    pins = read_pins((PROJECT_DIR / "requirements.txt").read_text().splitlines())
+    assert {name: lock.get(name) for name in pins} == pins
+    assert len(lock) > 50  # the full resolved set, not just the direct pins
+    dev = (PROJECT_DIR / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.lock" in dev
+    assert not set(read_pins(dev)) & set(lock), "a dev pin would fight the lock"
 
 
 def test_mlproject_declares_every_step_with_typed_params():
@@ -65,3 +76,23 @@ def test_main_and_step_defaults_agree():
         points["main"]["parameters"]["registered_model_name"]["default"]
         == points["evaluate"]["parameters"]["registered_model_name"]["default"]
     )
+
+
+def test_conda_project_is_the_same_project_with_conda_env():
+    conda_dir = PROJECT_DIR / "conda"
+    conda_project = yaml.safe_load((conda_dir / "MLproject").read_text())
+    project = yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
+    assert conda_project["conda_env"] == "conda.yaml" and "python_env" not in conda_project
+    assert conda_project["entry_points"] == project["entry_points"]
+    assert (conda_dir / "steps").resolve() == (PROJECT_DIR / "steps").resolve()
+    assert (conda_dir / "conda.yaml").resolve() == (PROJECT_DIR / "conda.yaml").resolve()
+
+
+def test_main_runs_nested_steps_from_the_project_it_was_started_in():
+    import subprocess
+    import sys
+
+    code = "from steps.main import PROJECT_DIR; print(PROJECT_DIR)"
+    for directory in (PROJECT_DIR, PROJECT_DIR / "conda"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == str(directory)
