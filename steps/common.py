@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 logger = logging.getLogger("steps")
 
 STEP_TAG = "pipeline.step"
+DIRTY_TAG = "git.dirty"  # the run's code had uncommitted changes: its git commit does not reproduce it
 OUTPUT_DIGEST_TAG = "outputs.digest"  # what a step produced, for the cache keys of the steps after it
 ERROR_TAG = "pipeline.error"
 RUN_NAME_TAG = "mlflow.runName"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from steps.common import (
     DEFAULT_DATA_URI,
     DEFAULT_REGISTERED_MODEL_NAME,
+    DIRTY_TAG,
     ERROR_TAG,
     INT,
     OUTPUT_DIGEST_TAG,
@@ -220,6 +222,17 @@ def launch_step(
     )
 
 
+def git_dirty(directory: Path) -> bool | None:
+    """Whether the git working tree has uncommitted changes (ignored files aside); None outside git."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(status.stdout.strip()) if status.returncode == 0 else None
+
+
 def format_summary(results: list[StepResult]) -> str:
     """The step table printed at the end of main."""
     header = ("step", "run id", "status", "seconds", "key metric", "cache")
@@ -263,6 +276,11 @@ def run_main(
     # MLflow does not hand the parent's --env-manager to nested runs (mlflow#9174): pass it on.
     env_manager = client.get_run(main_run_id).data.tags.get(ENV_MANAGER_TAG, "local")
     mlflow.set_tag("env_manager", env_manager)
+    dirty = git_dirty(PROJECT_DIR)
+    run_tags = {} if dirty is None else {DIRTY_TAG: str(dirty).lower()}
+    mlflow.set_tags(run_tags)
+    if dirty:
+        logger.warning("the working tree has uncommitted changes: these runs are flagged %s=true", DIRTY_TAG)
     results: list[StepResult] = []
 
     def step(entry_point: str, parameters: dict[str, Any], inputs: dict[str, str]) -> Run:
@@ -283,6 +301,8 @@ def run_main(
             )
         else:
             result = launch_step(entry_point, parameters, env_manager, experiment_id, main_run_id, metric_hint)
+            for name, value in run_tags.items():
+                client.set_tag(result.run_id, name, value)
             if result.status == "FINISHED":
                 client.set_tag(result.run_id, CACHE_KEY_TAG, key)
         results.append(result)

@@ -72,3 +72,67 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git with a fixed identity; return its stdout."""
+    command = ["git", "-c", "user.name=pipeline-tests", "-c", "user.email=tests@localhost", *args]
+    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory: pytest.TempPathFactory):
+    """`git daemon` on 127.0.0.1 serving two repos: the project at the top, and the project in a subdirectory."""
+    import socket
+    import time
+
+    root = tmp_path_factory.mktemp("git")
+    served = root / "served"
+    served.mkdir()
+    repos = {}
+    for name, subdir in (("project", ""), ("mono", "pipeline")):
+        work = root / f"{name}-work"
+        work.mkdir()
+        git("init", "-q", "-b", "main", cwd=work)
+        copy_project(work / subdir if subdir else work / "tmp-copy")
+        if not subdir:  # the project at the top of the repository
+            for item in (work / "tmp-copy").iterdir():
+                if item.name != ".git":
+                    item.rename(work / item.name)
+            shutil.rmtree(work / "tmp-copy")
+        else:
+            shutil.rmtree(work / subdir / ".git", ignore_errors=True)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "snapshot of the project", cwd=work)
+        git("branch", "feature", cwd=work)
+        bare = served / f"{name}.git"
+        git("clone", "-q", "--bare", str(work), str(bare), cwd=root)
+        git("config", "uploadpack.allowReachableSHA1InWant", "true", cwd=bare)
+        repos[name] = {"commit": git("rev-parse", "HEAD", cwd=work), "subdir": subdir}
+    port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}", "--listen=127.0.0.1",
+         f"--port={port}", str(served)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                daemon.kill()
+                pytest.fail("git daemon did not start")
+            time.sleep(0.2)
+    yield {"url": f"git://127.0.0.1:{port}", "repos": repos}
+    daemon.terminate()
+    daemon.wait(timeout=10)

@@ -1,0 +1,204 @@
+"""Entry point `reproduce`: re-run a finished main run from git at its commit, and compare every metric."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import mlflow
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from steps.common import DIRTY_TAG, STEP_TAG, PipelineError, one_line, redact_uri, run_cli, step_run
+
+logger = logging.getLogger("steps.reproduce")
+STEPS = ("load", "featurize", "tune", "train", "evaluate")
+COMMIT_TAG = "mlflow.source.git.commit"
+SOURCE_TAG = "mlflow.source.name"
+# Wall-clock figures differ from run to run by nature; everything else must match exactly.
+VOLATILE_SUFFIXES = ("_seconds",)
+GIT_TIMEOUT = 120
+
+
+@dataclass
+class Original:
+    run: Run
+    commit: str
+    source: str
+    subdirectory: str
+    params: dict[str, str]
+    dirty: bool
+
+
+def read_original(client: MlflowClient, run_id: str, source: str) -> Original:
+    """The main run to reproduce: its commit, where its code came from, and its params."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"run '{run_id}' does not exist in {redact_uri(mlflow.get_tracking_uri())}") from None
+    step = run.data.tags.get(STEP_TAG, "")
+    if step != "main":
+        what = f"a {step} run" if step else "not a pipeline run"
+        raise PipelineError(f"run '{run_id}' is {what}, not a main run; pass the run id of a main run")
+    if run.info.status != "FINISHED":
+        raise PipelineError(f"main run '{run_id}' is {run.info.status}; only a FINISHED run can be reproduced")
+    commit = run.data.tags.get(COMMIT_TAG)
+    if not commit:
+        raise PipelineError(f"main run '{run_id}' has no git commit (it was not run from a git checkout)")
+    recorded = run.data.tags.get(SOURCE_TAG, "")
+    uri, _, subdirectory = (recorded if source == "auto" else source).partition("#")
+    if not uri:
+        raise PipelineError(f"main run '{run_id}' records no source; pass -P source=<git URL>")
+    params = {k: v for k, v in run.data.params.items() if k != "use_cache"}
+    return Original(run, commit, uri, subdirectory, params, run.data.tags.get(DIRTY_TAG) == "true")
+
+
+def checkout(source: str, commit: str, destination: Path) -> Path:
+    """Clone `source` into a new directory and check out `commit` there; the user's tree is untouched."""
+    shown = redact_uri(source)
+    try:
+        clone = subprocess.run(
+            ["git", "clone", "--quiet", "--no-checkout", source, str(destination)],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"cannot reach git repository '{shown}': no answer in {GIT_TIMEOUT} s") from None
+    if clone.returncode != 0:
+        raise PipelineError(f"cannot reach git repository '{shown}': {one_line(clone.stderr, 200)}")
+    found = subprocess.run(
+        ["git", "checkout", "--quiet", "--detach", commit], cwd=destination, capture_output=True, text=True
+    )
+    if found.returncode != 0:
+        raise PipelineError(f"commit '{commit}' does not exist in '{shown}'; was it pushed?")
+    return destination
+
+
+def rerun(project: Path, params: dict[str, str], env_manager: str, tracking_uri: str) -> subprocess.CompletedProcess:
+    """`mlflow run <checkout> -e main` with the original params, into a fresh tracking store."""
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", "main", "--env-manager", env_manager]
+    for name, value in sorted(params.items()):
+        command += ["-P", f"{name}={value}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    logger.info("re-running main from %s into %s", project, tracking_uri)
+    # The re-run's output goes to our stderr, so the user sees it progress.
+    return subprocess.run(command, cwd=project, env=env, stdout=sys.stderr, stderr=sys.stderr)
+
+
+def step_metrics(client: MlflowClient, main_run: Run) -> dict[str, dict[str, float]]:
+    """Every step's metrics, by step, as recorded on a main run's tags."""
+    metrics = {}
+    for step in STEPS:
+        run_id = main_run.data.tags.get(f"steps.{step}.run_id")
+        if run_id:
+            metrics[step] = {
+                k: v for k, v in client.get_run(run_id).data.metrics.items() if not k.endswith(VOLATILE_SUFFIXES)
+            }
+    return metrics
+
+
+def compare_metrics(original: dict[str, dict[str, float]], reproduced: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per (step, metric): both values and whether they are identical."""
+    rows = []
+    for step in STEPS:
+        names = sorted(set(original.get(step, {})) | set(reproduced.get(step, {})))
+        for name in names:
+            before, after = original.get(step, {}).get(name), reproduced.get(step, {}).get(name)
+            rows.append(
+                {
+                    "step": step,
+                    "metric": name,
+                    "original": before,
+                    "reproduced": after,
+                    "match": before is not None and before == after,
+                }
+            )
+    return pd.DataFrame(rows, columns=["step", "metric", "original", "reproduced", "match"])
+
+
+def format_comparison(table: pd.DataFrame) -> str:
+    lines = [f"{'step':<10} {'metric':<28} {'original':>14} {'reproduced':>14}  match"]
+    for row in table.itertuples():
+
+        def show(value: Any) -> str:
+            return "-" if value is None or pd.isna(value) else f"{value:.6g}"
+
+        lines.append(
+            f"{row.step:<10} {row.metric:<28} {show(row.original):>14} {show(row.reproduced):>14}  "
+            f"{'yes' if row.match else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def run_reproduce(run_id: str, env_manager: str, source: str) -> pd.DataFrame:
+    """The whole step inside the active run; returns the comparison table."""
+    client = MlflowClient()
+    original = read_original(client, run_id, source)
+    if original.dirty:
+        message = (
+            f"run {run_id} was made from a working tree with uncommitted changes; "
+            f"commit {original.commit[:12]} may not hold the code that produced it"
+        )
+        logger.warning(message)
+        print(f"warning: reproduce: {message}", file=sys.stderr, flush=True)
+    mlflow.set_tags(
+        {
+            "reproduce.of_run": run_id,
+            "reproduce.commit": original.commit,
+            "reproduce.source": redact_uri(original.source),
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
+        project = checkout(original.source, original.commit, Path(tmp) / "checkout")
+        if original.subdirectory:
+            project = project / original.subdirectory
+        tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        result = rerun(project, original.params, env_manager, tracking_uri)
+        fresh = MlflowClient(tracking_uri)
+        runs = fresh.search_runs(
+            [e.experiment_id for e in fresh.search_experiments()], f"tags.`{STEP_TAG}` = 'main'", max_results=1
+        )
+        if result.returncode != 0 or not runs or runs[0].info.status != "FINISHED":
+            raise PipelineError(f"the re-run of commit {original.commit[:12]} failed; see its output above")
+        table = compare_metrics(step_metrics(client, original.run), step_metrics(fresh, runs[0]))
+        digests = [
+            client.get_run(original.run.data.tags["steps.load.run_id"]).data.tags.get("data.digest"),
+            fresh.get_run(runs[0].data.tags["steps.load.run_id"]).data.tags.get("data.digest"),
+        ]
+    table.loc[len(table)] = ["load", "data.digest (tag)", None, None, digests[0] == digests[1]]
+    print(format_comparison(table), flush=True)
+    mismatches = int((~table["match"]).sum())
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(Path(tmp, "comparison.csv"), index=False)
+        mlflow.log_artifact(str(Path(tmp, "comparison.csv")))
+    mlflow.log_metrics({"n_compared": len(table), "n_mismatched": mismatches})
+    mlflow.set_tag("reproduce.match", str(mismatches == 0).lower())
+    if mismatches:
+        raise PipelineError(f"{mismatches} of {len(table)} metrics differ from run {run_id}; see the table above")
+    print(f"reproduced: all {len(table)} metrics of run {run_id} match at commit {original.commit[:12]}")
+    return table
+
+
+@click.command()
+@click.option("--run-id", required=True, help="The id of a FINISHED main run.")
+@click.option("--env-manager", default="uv", type=click.Choice(["uv", "virtualenv", "conda", "local"]))
+@click.option("--source", default="auto", help="git URL (or path) of the project; auto: the run's own source.")
+def main(run_id: str, env_manager: str, source: str) -> None:
+    with step_run("reproduce"):
+        run_reproduce(run_id, env_manager, source)
+
+
+if __name__ == "__main__":
+    run_cli(main, "reproduce")
