@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import PROJECT_DIR
 
-pytestmark = pytest.mark.integration
 COPY_IGNORE = shutil.ignore_patterns(
     "mlflow.db", "mlruns", "mlartifacts", ".pytest_cache", "__pycache__", ".ruff_cache", ".venv", "*.pyc"
 )
@@ -27,9 +26,9 @@ def copy_project(destination: Path) -> Path:
     return destination
 
 
-def mlflow_env(tracking_uri: str | None) -> dict[str, str]:
+def mlflow_env(tracking_uri: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     """This interpreter first on PATH (the steps run `python -m ...`), no inherited MLflow run state."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | (extra or {})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -37,13 +36,24 @@ def mlflow_env(tracking_uri: str | None) -> dict[str, str]:
 
 
 def mlflow_run(
-    project: Path, args: Sequence[str], tracking_uri: str | None, cwd: Path | None = None, timeout: float = 600
+    project: Path | None,
+    args: Sequence[str],
+    tracking_uri: str | None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    uri: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`mlflow run <project> <args>` as a user types it (local env manager unless given); output captured."""
+    """`mlflow run <project or uri> <args>` as a user types it (local env manager unless given)."""
     manager = [] if "--env-manager" in args else ["--env-manager", "local"]
-    command = [sys.executable, "-m", "mlflow", "run", str(project), *manager, *args]
+    command = [sys.executable, "-m", "mlflow", "run", uri or str(project), *manager, *args]
     return subprocess.run(
-        command, cwd=cwd or project, env=mlflow_env(tracking_uri), capture_output=True, text=True, timeout=timeout
+        command,
+        cwd=cwd or project,
+        env=mlflow_env(tracking_uri, extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -119,9 +129,18 @@ def git_server(tmp_path_factory: pytest.TempPathFactory):
         repos[name] = {"commit": git("rev-parse", "HEAD", cwd=work), "subdir": subdir}
     port = free_port()
     daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}", "--listen=127.0.0.1",
-         f"--port={port}", str(served)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            f"--base-path={served}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(served),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
     while True:

@@ -45,7 +45,7 @@ def ran(cached, *steps):
 
 
 def test_1_first_run_runs_everything(workspace):
-    main, ids, cached, result = run_main(workspace)
+    _, ids, cached, result = run_main(workspace)
     assert cached == ran(cached, *STEPS)
     workspace["first"] = ids
     assert result.stdout.count(" ran") >= 5
