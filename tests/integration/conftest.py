@@ -155,3 +155,31 @@ def git_server(tmp_path_factory: pytest.TempPathFactory):
     yield {"url": f"git://127.0.0.1:{port}", "repos": repos}
     daemon.terminate()
     daemon.wait(timeout=10)
+
+
+def assert_main_builds_its_environment(project: Path, store: str, env_root: Path, env_manager: str) -> None:
+    """`main` under `env_manager`: MLflow builds one env from python_env.yaml, and every step runs in it."""
+    result = mlflow_run(
+        project,
+        ["-e", "main", "--env-manager", env_manager, "-P", "max_evals=1"],
+        store,
+        extra_env={"MLFLOW_ENV_ROOT": str(env_root)},  # built here, not reused from another test
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    client = MlflowClient(store)
+    [main] = runs_by_step(client, "main")
+    steps = children(client, main)
+    assert [r.info.run_name for r in steps] == ["load", "featurize", "tune", "train", "evaluate"]
+    prefixes = set()
+    for run in [main, *steps]:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.project.env"] == env_manager, run.info.run_name  # passed on to each child
+        prefixes.add(run.data.tags["runtime.prefix"])
+    [prefix] = map(Path, prefixes)  # one environment, built once and reused by every step
+    assert prefix != Path(sys.prefix)
+    assert prefix.parent == env_root and prefix.name.startswith("mlflow-")
+    installed = {p.name.lower() for p in (prefix / "lib" / "python3.11" / "site-packages").iterdir()}
+    for pin in [line for line in (project / "requirements.txt").read_text().splitlines() if "==" in line]:
+        name, version = pin.split("==")  # every direct pin, at its exact version
+        assert f"{name.replace('-', '_').lower()}-{version}.dist-info" in installed, pin

@@ -45,47 +45,27 @@ def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path):
     frame = churn_csv(tmp_path / "churn.csv")
     client = MlflowClient(store)
 
-    def run(*args: str) -> None:
-        result = mlflow_run(project, list(args), store)
+    def run(entry_point: str, **params: str) -> None:
+        args = ["-e", entry_point, *[x for name, value in params.items() for x in ("-P", f"{name}={value}")]]
+        result = mlflow_run(project, args, store)
         assert result.returncode == 0, result.stderr[-3000:]
 
-    run("-e", "load", "-P", f"data_uri={tmp_path / 'churn.csv'}", "-P", "target=churned")
+    run("load", data_uri=str(tmp_path / "churn.csv"), target="churned")
     load = newest(client, "load")
     assert load.data.tags["data.name"] == "churn" and load.data.metrics["n_missing_cells"] == 35
-    run("-e", "featurize", "-P", f"raw_data_uri=runs:/{load.info.run_id}/data", "-P", "seed=1")
+    run("featurize", raw_data_uri=f"runs:/{load.info.run_id}/data", seed="1")
     featurize = newest(client, "featurize")
     spec = json.loads(_load_text(store, featurize))
     assert list(spec["dropped"]) == ["customer_id"] and spec["dropped"]["customer_id"].startswith("ID-like")
     assert spec["categorical"] == ["plan"] and spec["numeric"] == ["tenure", "monthly_charges"]
     splits_uri = f"runs:/{featurize.info.run_id}/splits"
-    run(
-        "-e",
-        "train",
-        "-P",
-        f"splits_uri={splits_uri}",
-        "-P",
-        "model=random_forest",
-        "-P",
-        "n_estimators=40",
-        "-P",
-        "max_depth=6",
-    )
+    run("train", splits_uri=splits_uri, model="random_forest", n_estimators="40", max_depth="6")
     train = newest(client, "train")
     assert train.data.params["random_forest.n_estimators"] == "40"
     assert train.data.params["random_forest.max_depth"] == "6"
     assert train.data.metrics["val_accuracy"] > 0.8
-    run(
-        "-e",
-        "evaluate",
-        "-P",
-        f"model_uri={train.data.tags['model_uri']}",
-        "-P",
-        f"splits_uri={splits_uri}",
-        "-P",
-        "registered_model_name=churn",
-        "-P",
-        "metric=accuracy",
-    )
+    model_uri = train.data.tags["model_uri"]
+    run("evaluate", model_uri=model_uri, splits_uri=splits_uri, registered_model_name="churn", metric="accuracy")
     evaluate = newest(client, "evaluate")
     assert evaluate.data.tags["registered_model.alias"] == "champion"
     mlflow.set_tracking_uri(store)
