@@ -1,13 +1,18 @@
-"""Step `tune`: hyperopt TPE search over the model families, each trial a nested run in this process."""
+"""Step `tune`: hyperopt search over the model families; each trial a nested run, evaluated in process."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import json
 import logging
 import math
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +20,16 @@ import click
 import mlflow
 import numpy as np
 import pandas as pd
-from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, hp, tpe
+from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials, anneal, hp, rand, space_eval, tpe
+from hyperopt.base import Domain
+from hyperopt.early_stop import no_progress_loss
 from hyperopt.pyll import scope
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps.common import (
+    CLASSIFICATION,
     DEFAULT_DATA_URI,
     INT,
     MODEL_FAMILIES,
@@ -33,6 +42,7 @@ from steps.common import (
     Splits,
     artifact_uri,
     digest_json,
+    download_dir,
     fit_model,
     hyperparam_params,
     latest_finished_step_run,
@@ -47,6 +57,11 @@ from steps.common import (
 )
 
 logger = logging.getLogger("steps.tune")
+ALGOS = ("tpe", "random", "anneal", "grid")
+TRIALS_FILE = "trials.json"
+
+
+# --------------------------------------------------------------------------- the search space
 
 
 def family_space(name: str) -> dict[str, Any]:
@@ -75,101 +90,364 @@ def family_space(name: str) -> dict[str, Any]:
     return spaces[name]
 
 
-def build_search_space(task: str) -> Any:
-    """One conditional space: first the family, then that family's hyperparameters."""
-    families = [name for name, family in MODEL_FAMILIES.items() if task in family.tasks]
-    return hp.choice("model", [{"model": name, **family_space(name)} for name in families])
+# The discrete grid of `algo=grid`, one family at a time (the classic one-run-per-combination sweep).
+FAMILY_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "logistic_regression": {"C": [0.01, 0.1, 1.0, 10.0, 100.0]},
+    "ridge": {"alpha": [0.01, 0.1, 1.0, 10.0, 100.0]},
+    "random_forest": {"n_estimators": [100, 300], "max_depth": [None, 5, 10], "min_samples_leaf": [1, 5]},
+    "hist_gradient_boosting": {
+        "learning_rate": [0.03, 0.1, 0.3],
+        "max_leaf_nodes": [15, 31],
+        "min_samples_leaf": [5, 20],
+    },
+}
 
+
+def task_families(task: str, models: str = "all") -> list[str]:
+    """The families to search: all that fit the task, or the comma-separated ones asked for."""
+    fitting = [name for name, family in MODEL_FAMILIES.items() if task in family.tasks]
+    if models.strip().lower() in ("", "all", "auto"):
+        return fitting
+    chosen = [name.strip() for name in models.split(",") if name.strip()]
+    for name in chosen:
+        if name not in MODEL_FAMILIES:
+            raise PipelineError(f"unknown model family '{name}' in models; use any of {', '.join(fitting)}")
+        if name not in fitting:
+            raise PipelineError(f"model family '{name}' does not fit a {task} task; use any of {', '.join(fitting)}")
+    return list(dict.fromkeys(chosen))
+
+
+def build_search_space(task: str, families: list[str] | None = None) -> Any:
+    """One conditional space: first the family, then that family's hyperparameters."""
+    names = families or task_families(task)
+    return hp.choice("model", [{"model": name, **family_space(name)} for name in names])
+
+
+def grid_points(families: list[str]) -> list[dict[str, Any]]:
+    """Every combination of the families' grids, family by family."""
+    points = []
+    for name in families:
+        grid = FAMILY_GRIDS[name]
+        for values in itertools.product(*grid.values()):
+            points.append({"model": name, **dict(zip(grid, values, strict=True))})
+    return points
+
+
+def grid_suggest(new_ids: list[int], domain: Domain, trials: Trials, seed: int) -> list[dict[str, Any]]:
+    """A hyperopt algorithm that walks the grid in order, continuing where earlier trials stopped."""
+    start = len(trials.trials)
+    docs = []
+    for offset, new_id in enumerate(new_ids):
+        misc = {
+            "tid": new_id,
+            "cmd": domain.cmd,
+            "workdir": domain.workdir,
+            "idxs": {"grid_point": [new_id]},
+            "vals": {"grid_point": [start + offset]},
+        }
+        docs.extend(trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc]))
+    return docs
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What the search optimises and how."""
+
+    metric: str
+    max_evals: int
+    seed: int
+    families: tuple[str, ...]
+    algo: str = "tpe"
+    early_stop_rounds: int = 0
+    timeout: float | None = None
+    cv_folds: int = 0
+    parallelism: int = 1
+
+
+def cross_validated_scores(
+    splits: Splits, spec: FeatureSpec, family: Any, hyperparams: dict[str, Any], seed: int, folds: int
+) -> dict[str, float]:
+    """Mean of each metric over `folds` folds of the training split (stratified for classification)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter = (StratifiedKFold if spec.task == CLASSIFICATION else KFold)(folds, shuffle=True, random_state=seed)
+    train = splits.train
+    per_fold = []
+    for fit_rows, score_rows in splitter.split(train, train[spec.target]):
+        fold = Splits(train.iloc[fit_rows], train.iloc[score_rows], splits.test)
+        per_fold.append(score_model(fit_model(fold, spec, family, hyperparams, seed), fold.validation, spec))
+    common = set.intersection(*(set(scores) for scores in per_fold))
+    return {name: float(np.mean([scores[name] for scores in per_fold])) for name in sorted(common)}
+
+
+def evaluate_sample(splits: Splits, spec: FeatureSpec, sample: dict[str, Any], config: SearchConfig) -> dict[str, Any]:
+    """Fit and score one configuration; a failure is a failed trial, not a failed search."""
+    family = MODEL_FAMILIES[sample["model"]]
+    hyperparams = family.resolve({k: v for k, v in sample.items() if k != "model"})
+    started = time.perf_counter()
+    outcome: dict[str, Any] = {"model": family.name, "params": hyperparams}
+    try:
+        if config.cv_folds >= 2:
+            scores = cross_validated_scores(splits, spec, family, hyperparams, config.seed, config.cv_folds)
+        else:
+            scores = score_model(fit_model(splits, spec, family, hyperparams, config.seed), splits.validation, spec)
+    except Exception as error:
+        return outcome | {
+            "status": STATUS_FAIL,
+            "error": one_line(str(error), 200),
+            "scores": {},
+            "seconds": time.perf_counter() - started,
+        }
+    outcome |= {"scores": scores, "seconds": time.perf_counter() - started}
+    if config.metric not in scores:
+        return outcome | {"status": STATUS_FAIL, "error": f"{config.metric} undefined on the scoring rows"}
+    value = scores[config.metric]
+    return outcome | {"status": STATUS_OK, "value": value, "loss": metric_loss(config.metric, value)}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> None:
+    """Each worker process receives the data once, not once per trial."""
+    _WORKER.update(splits=splits, spec=spec, config=config)
+
+
+def _evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
+    return evaluate_sample(_WORKER["splits"], _WORKER["spec"], sample, _WORKER["config"])
+
+
+# --------------------------------------------------------------------------- the search loop
 
 TrialLogger = Callable[[int, dict[str, str], dict[str, float], str], str]
+
+
+@dataclass
+class SearchOutcome:
+    trials: Trials
+    stopped_by: str  # "max_evals", "grid", "early_stop" or "timeout"
+    new_trials: int
+
+
+@contextmanager
+def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Callable[[list[Any]], list[Any]]]:
+    """Evaluate a batch of samples: in this process, or in `parallelism` worker processes."""
+    if config.parallelism == 1:
+        yield lambda samples: [evaluate_sample(splits, spec, sample, config) for sample in samples]
+        return
+    import multiprocessing
+
+    # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        config.parallelism, mp_context=context, initializer=_start_worker, initargs=(splits, spec, config)
+    ) as pool:
+        yield lambda samples: list(pool.map(_evaluate_in_worker, samples))
 
 
 def run_search(
     splits: Splits,
     spec: FeatureSpec,
-    metric: str,
-    max_evals: int,
-    seed: int,
+    config: SearchConfig,
     log_trial: TrialLogger | None = None,
     show_progress: bool = False,
-) -> Trials:
-    """TPE search; every trial fits on train and scores `metric` on validation, in this process."""
-    if max_evals < 1:
-        raise PipelineError(f"max_evals must be at least 1; got {max_evals}")
+    previous: Trials | None = None,
+) -> SearchOutcome:
+    """Ask hyperopt for `parallelism` configurations at a time, evaluate them, tell it the losses.
 
-    counter = itertools.count()
-
-    def objective(sample: dict[str, Any]) -> dict[str, Any]:
-        number = next(counter)
-        family = MODEL_FAMILIES[sample["model"]]
-        hyperparams = family.resolve({k: v for k, v in sample.items() if k != "model"})
-        params = hyperparam_params(family, hyperparams)
-        started = time.perf_counter()
-        try:
-            scores = score_model(fit_model(splits, spec, family, hyperparams, seed), splits.validation, spec)
-        except Exception as error:  # a failed configuration is a failed trial, not a failed search
-            if log_trial:
-                log_trial(number, params, {}, "FAILED")
-            return {"status": STATUS_FAIL, "error": one_line(str(error), 200)}
-        if metric not in scores:
-            if log_trial:
-                log_trial(number, params, scores, "FAILED")
-            return {"status": STATUS_FAIL, "error": f"{metric} undefined on the validation rows"}
-        value = scores[metric]
-        loss = metric_loss(metric, value)
-        run_id = ""
-        if log_trial:
-            metrics = {f"val_{k}": v for k, v in scores.items()} | {
-                "loss": loss,
-                "fit_seconds": time.perf_counter() - started,
-            }
-            run_id = log_trial(number, params, metrics, "FINISHED")
-        return {
-            "status": STATUS_OK,
-            "loss": loss,
-            "value": value,
-            "model": family.name,
-            "params": hyperparams,
-            "run_id": run_id,
-        }
-
-    trials = Trials()
-    fmin(
-        objective,
-        build_search_space(spec.task),
-        algo=tpe.suggest,
-        max_evals=max_evals,
-        trials=trials,
-        rstate=np.random.default_rng(seed),
-        show_progressbar=show_progress,
-    )
+    With parallelism 1 this is hyperopt's own sequential loop: the same seed gives the same trials.
+    A larger batch is asked for before the results of the batch are known, so TPE adapts less often.
+    """
+    if config.max_evals < 1:
+        raise PipelineError(f"max_evals must be at least 1; got {config.max_evals}")
+    trials = previous if previous is not None else Trials()
+    done_before = len(trials.trials)
+    if config.algo == "grid":
+        points = grid_points(list(config.families))
+        space = hp.choice("grid_point", points)
+        target = min(len(points), done_before + config.max_evals)
+        suggest: Callable[..., Any] = grid_suggest
+    else:
+        space = build_search_space(spec.task, list(config.families))
+        target = done_before + config.max_evals
+        suggest = {"tpe": tpe.suggest, "random": rand.suggest, "anneal": anneal.suggest}[config.algo]
+    domain = Domain(lambda sample: None, space)
+    rng = np.random.default_rng(config.seed)
+    for _ in range(done_before):  # a resumed search continues the seed sequence where it stopped
+        rng.integers(2**31 - 1)
+    stop_fn = no_progress_loss(config.early_stop_rounds) if config.early_stop_rounds else None
+    stop_args: list[Any] = []
+    stopped_by = "grid" if config.algo == "grid" and target < done_before + config.max_evals else "max_evals"
+    started = time.monotonic()
+    progress = _progress_bar(target - done_before, show_progress)
+    with _evaluator(splits, spec, config) as evaluate:
+        while len(trials.trials) < target:
+            if config.timeout is not None and time.monotonic() - started >= config.timeout:
+                stopped_by = "timeout"
+                break
+            batch = min(config.parallelism, target - len(trials.trials))
+            new_ids = trials.new_trial_ids(batch)
+            trials.refresh()
+            docs = []
+            for new_id in new_ids:  # one suggestion per seed draw, as hyperopt's fmin does
+                docs.extend(suggest([new_id], domain, trials, int(rng.integers(2**31 - 1))))
+            samples = [space_eval(space, {k: v[0] for k, v in doc["misc"]["vals"].items() if v}) for doc in docs]
+            results = evaluate(samples)
+            stop = False
+            for doc, result in zip(docs, results, strict=True):
+                number = doc["tid"] + 1
+                result["run_id"] = _log(log_trial, number, result, config.metric)
+                result["trial"] = number
+                doc["result"], doc["state"] = result, JOB_STATE_DONE
+                trials.insert_trial_doc(doc)
+                trials.refresh()
+                if stop_fn and result["status"] == STATUS_OK:
+                    stop, stop_args = stop_fn(trials, *stop_args)
+            progress.update(len(docs))
+            progress.set_postfix_str(f"best loss {_best_loss(trials):.4g}")
+            if stop:
+                stopped_by = "early_stop"
+                break
+    progress.close()
     if not any(result.get("status") == STATUS_OK for result in trials.results):
         errors = {result.get("error") for result in trials.results}
         raise PipelineError(f"all {len(trials.trials)} trials failed: {'; '.join(map(str, errors))}")
-    return trials
+    return SearchOutcome(trials, stopped_by, len(trials.trials) - done_before)
+
+
+def _log(log_trial: TrialLogger | None, number: int, result: dict[str, Any], metric: str) -> str:
+    if log_trial is None:
+        return ""
+    params = hyperparam_params(MODEL_FAMILIES[result["model"]], result["params"])
+    metrics = {f"val_{k}": v for k, v in result["scores"].items()} | {"fit_seconds": result["seconds"]}
+    if result["status"] == STATUS_OK:
+        metrics["loss"] = result["loss"]
+    return log_trial(number, params, metrics, "FINISHED" if result["status"] == STATUS_OK else "FAILED")
+
+
+def _best_loss(trials: Trials) -> float:
+    losses = [r["loss"] for r in trials.results if r.get("status") == STATUS_OK]
+    return min(losses) if losses else math.nan
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not show, desc="tune", unit="trial", file=sys.stderr)
 
 
 def best_result(trials: Trials) -> dict[str, Any]:
     """The best successful trial (the earliest one on ties)."""
-    return trials.best_trial["result"]
+    ok = [r for r in trials.results if r.get("status") == STATUS_OK]
+    return min(ok, key=lambda r: (r["loss"], r["trial"]))
 
 
 def leaderboard(trials: Trials, metric: str) -> pd.DataFrame:
-    """All trials, best first."""
+    """All trials, best first; one column per hyperparameter."""
     rows = []
-    for number, result in enumerate(trials.results):
+    for result in trials.results:
         row = {
-            "trial": number + 1,
+            "trial": result.get("trial"),
             "status": result.get("status"),
             "run_id": result.get("run_id", ""),
             "model": result.get("model", ""),
             metric: result.get("value"),
             "loss": result.get("loss"),
-            "params": str(result.get("params", "")),
+            "fit_seconds": result.get("seconds"),
             "error": result.get("error", ""),
         }
+        row |= {f"{result.get('model')}.{k}": v for k, v in result.get("params", {}).items()}
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["loss", "trial"], na_position="last").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def trials_to_records(trials: Trials) -> list[dict[str, Any]]:
+    """What a later search needs to continue this one: each trial's sampled values and result."""
+    return [
+        {"tid": doc["tid"], "idxs": doc["misc"]["idxs"], "vals": doc["misc"]["vals"], "result": doc["result"]}
+        for doc in trials.trials
+    ]
+
+
+def trials_from_records(records: list[dict[str, Any]]) -> Trials:
+    """Rebuild a hyperopt Trials object from `trials_to_records` output (no pickle involved)."""
+    trials = Trials()
+    for record in records:
+        misc = {
+            "tid": record["tid"],
+            "cmd": ("domain_attachment", "FMinIter_Domain"),
+            "workdir": None,
+            "idxs": record["idxs"],
+            "vals": record["vals"],
+        }
+        [doc] = trials.new_trial_docs([record["tid"]], [None], [record["result"]], [misc])
+        doc["state"] = JOB_STATE_DONE
+        trials.insert_trial_doc(doc)
+    trials.refresh()
+    return trials
+
+
+def load_previous_search(client: MlflowClient, run_id: str) -> tuple[Run, Trials]:
+    """The tune run to resume and its trials."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"resume_from '{run_id}' does not exist; pass the run id of a tune run") from None
+    if run.data.tags.get(STEP_TAG) != "tune":
+        raise PipelineError(f"resume_from '{run_id}' is not a tune run; pass the run id of a tune run")
+    path = download_dir(artifact_uri(run_id, TRIALS_FILE), "the trials to resume")
+    return run, trials_from_records(json.loads(path.read_text()))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
+    """Loss per trial with the running best, and each hyperparameter against the loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = sorted((r for r in trials.results if r.get("status") == STATUS_OK), key=lambda r: r["trial"])
+    numbers = [r["trial"] for r in ok]
+    losses = [r["loss"] for r in ok]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(numbers, losses, s=18, label="trial loss")
+    ax.step(numbers, np.minimum.accumulate(losses), where="post", color="crimson", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"loss ({'-' if metric_loss(metric, 1.0) < 0 else ''}{metric})")
+    ax.legend()
+    fig.tight_layout()
+    history = out / "loss_history.png"
+    fig.savefig(history, dpi=80)
+    plt.close(fig)
+
+    params = sorted({(r["model"], k) for r in ok for k, v in r["params"].items() if isinstance(v, int | float)})
+    columns = min(3, max(1, len(params)))
+    rows = max(1, math.ceil(len(params) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for ax, (model, name) in zip(axes.flat, params, strict=False):
+        points = [(r["params"][name], r["loss"]) for r in ok if r["model"] == model and r["params"][name] is not None]
+        if points:
+            ax.scatter(*zip(*points, strict=True), s=14)
+            if min(p[0] for p in points) > 0 and max(p[0] for p in points) / min(p[0] for p in points) > 100:
+                ax.set_xscale("log")
+        ax.set_title(f"{model}.{name}", fontsize=9)
+        ax.set_ylabel("loss", fontsize=8)
+    for ax in list(axes.flat)[len(params) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    versus = out / "hyperparams_vs_loss.png"
+    fig.savefig(versus, dpi=80)
+    plt.close(fig)
+    return [history, versus]
 
 
 def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id: str) -> TrialLogger:
@@ -216,19 +494,93 @@ def find_splits_uri(experiment_id: str, seed: int) -> str:
     return prepare_default_splits(seed)
 
 
-def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[str, Any]:
-    """The whole step inside the active run; returns the best-params payload."""
+def parse_timeout(timeout: str) -> float | None:
+    """Seconds, or none for no limit; a limit must be positive."""
+    if str(timeout).strip().lower() in ("", "none"):
+        return None
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        raise PipelineError(f"timeout must be a number of seconds or none; got {timeout!r}") from None
+    if not seconds > 0:
+        raise PipelineError(f"timeout must be more than 0 seconds; got {timeout}")
+    return seconds
+
+
+def validate_search_options(algo: str, max_evals: int, parallelism: int, early_stop_rounds: int, cv_folds: int) -> None:
+    """The checks that need no data, made before anything is read."""
+    if algo not in ALGOS:
+        raise PipelineError(f"unknown algo '{algo}'; use one of {', '.join(ALGOS)}")
     if max_evals < 1:
         raise PipelineError(f"max_evals must be at least 1; got {max_evals}")
+    if parallelism < 1:
+        raise PipelineError(f"parallelism must be at least 1; got {parallelism}")
+    if early_stop_rounds < 0:
+        raise PipelineError(f"early_stop_rounds must be 0 (off) or more; got {early_stop_rounds}")
+    if cv_folds < 0 or cv_folds == 1:
+        raise PipelineError(f"cv_folds must be 0 (score on validation) or at least 2; got {cv_folds}")
+
+
+def run_tune(
+    splits_uri: str,
+    max_evals: int,
+    metric: str,
+    seed: int,
+    algo: str = "tpe",
+    models: str = "all",
+    early_stop_rounds: int = 0,
+    timeout: str = "none",
+    cv_folds: int = 0,
+    parallelism: int = 1,
+    resume_from: str = "none",
+) -> dict[str, Any]:
+    """The whole step inside the active run; returns the best-params payload."""
+    validate_search_options(algo, max_evals, parallelism, early_stop_rounds, cv_folds)
+    time_limit = parse_timeout(timeout)
+    client = MlflowClient()
     active = mlflow.active_run()
+    previous = None
+    if resume_from not in ("", "none"):
+        previous_run, previous = load_previous_search(client, resume_from)
+        if splits_uri in ("", "auto"):
+            splits_uri = previous_run.data.tags.get("splits_uri", splits_uri)
+        if metric in ("", "auto"):
+            metric = previous_run.data.tags.get("metric", metric)
+        mlflow.set_tags({"resumed_from": resume_from, "resumed_trials": str(len(previous.trials))})
     if splits_uri in ("", "auto"):
         splits_uri = find_splits_uri(active.info.experiment_id, seed)
-        mlflow.set_tag("splits_uri", splits_uri)
+    mlflow.set_tag("splits_uri", splits_uri)
     splits, spec = read_splits(splits_uri)
     metric = resolve_metric(metric, spec.task)
-    log_trial = nested_trial_logger(MlflowClient(), active.info.experiment_id, active.info.run_id)
+    if previous is not None and metric != previous_run.data.tags.get("metric"):
+        raise PipelineError(
+            f"resume_from '{resume_from}' optimised {previous_run.data.tags.get('metric')}, not {metric}; "
+            "resume with the same metric"
+        )
+    config = SearchConfig(
+        metric,
+        max_evals,
+        seed,
+        tuple(task_families(spec.task, models)),
+        algo,
+        early_stop_rounds,
+        time_limit,
+        cv_folds,
+        parallelism,
+    )
+    if algo == "grid":
+        size = len(grid_points(list(config.families)))
+        note = (
+            f"grid of {size} points; max_evals={max_evals} caps it"
+            if max_evals < size
+            else f"grid of {size} points, all tried (max_evals={max_evals} is not reached)"
+        )
+        logger.info(note)
+        mlflow.set_tags({"grid.size": str(size), "grid.note": note})
+    log_trial = nested_trial_logger(client, active.info.experiment_id, active.info.run_id)
     started = time.perf_counter()
-    trials = run_search(splits, spec, metric, max_evals, seed, log_trial, show_progress=True)
+    outcome = run_search(splits, spec, config, log_trial, show_progress=True, previous=previous)
+    trials = outcome.trials
     best = best_result(trials)
     payload = {
         "model": best["model"],
@@ -241,28 +593,41 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
     n_failed = sum(result.get("status") != STATUS_OK for result in trials.results)
     best_family = MODEL_FAMILIES[best["model"]]
     with tempfile.TemporaryDirectory() as tmp:
-        write_json(Path(tmp, "best_params.json"), payload)
-        leaderboard(trials, metric).to_csv(Path(tmp, "trials.csv"), index=False)
+        out = Path(tmp)
+        write_json(out / "best_params.json", payload)
+        write_json(out / TRIALS_FILE, trials_to_records(trials))
+        leaderboard(trials, metric).to_csv(out / "trials.csv", index=False)
+        (out / "figures").mkdir()
+        plot_search(trials, metric, out / "figures")
         mlflow.log_metrics(
             {
                 f"best_val_{metric}": best["value"],
                 "best_loss": best["loss"],
                 "n_trials": len(trials.trials),
+                "n_new_trials": outcome.new_trials,
                 "n_failed_trials": n_failed,
                 "search_seconds": time.perf_counter() - started,
             }
         )
         mlflow.set_tags(
-            {"best_trial_run_id": best["run_id"], "metric": metric, "task": spec.task}
+            {
+                "best_trial_run_id": best["run_id"],
+                "best_trial": str(best["trial"]),
+                "metric": metric,
+                "task": spec.task,
+                "stopped_by": outcome.stopped_by,
+            }
             | {f"best.{k}": v for k, v in hyperparam_params(best_family, best["params"]).items()}
         )
-        mlflow.log_artifact(str(Path(tmp, "trials.csv")))
-        mlflow.log_artifact(str(Path(tmp, "best_params.json")))
+        mlflow.log_artifacts(str(out / "figures"), "figures")
+        for name in ("trials.csv", TRIALS_FILE, "best_params.json"):
+            mlflow.log_artifact(str(out / name))
     # What train consumes from the file; run ids inside it differ from one run to the next.
     mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
     logger.info(
-        "best of %d trials: %s %s, val %s = %.4f",
+        "best of %d trials (stopped by %s): %s %s, %s = %.4f",
         len(trials.trials),
+        outcome.stopped_by,
         best["model"],
         best["params"],
         metric,
@@ -276,9 +641,40 @@ def run_tune(splits_uri: str, max_evals: int, metric: str, seed: int) -> dict[st
 @click.option("--max-evals", default=20, type=INT, show_default=True)
 @click.option("--metric", default="auto", help="accuracy, f1_macro, roc_auc_ovr, log_loss, rmse, mae, r2 or auto.")
 @click.option("--seed", default=42, type=INT)
-def main(splits_uri: str, max_evals: int, metric: str, seed: int) -> None:
+@click.option("--algo", default="tpe", help="tpe, random, anneal or grid.")
+@click.option("--models", default="all", help="Comma-separated model families to search; all: every one.")
+@click.option("--early-stop-rounds", default=0, type=INT, help="Stop after this many trials without progress.")
+@click.option("--timeout", default="none", help="Stop starting trials after this many seconds.")
+@click.option("--cv-folds", default=0, type=INT, help="k-fold CV on the training split; 0: score on validation.")
+@click.option("--parallelism", default=1, type=INT, help="Trials evaluated at once, in worker processes.")
+@click.option("--resume-from", default="none", help="A tune run id whose search to continue.")
+def main(
+    splits_uri: str,
+    max_evals: int,
+    metric: str,
+    seed: int,
+    algo: str,
+    models: str,
+    early_stop_rounds: int,
+    timeout: str,
+    cv_folds: int,
+    parallelism: int,
+    resume_from: str,
+) -> None:
     with step_run("tune"):
-        run_tune(splits_uri, max_evals, metric, seed)
+        run_tune(
+            splits_uri,
+            max_evals,
+            metric,
+            seed,
+            algo,
+            models,
+            early_stop_rounds,
+            timeout,
+            cv_folds,
+            parallelism,
+            resume_from,
+        )
 
 
 if __name__ == "__main__":
