@@ -32,6 +32,7 @@ from steps.common import (
     CLASSIFICATION,
     DEFAULT_DATA_URI,
     INT,
+    METRICS,
     MODEL_FAMILIES,
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
@@ -368,11 +369,22 @@ def leaderboard(trials: Trials, metric: str) -> pd.DataFrame:
 
 
 def trials_to_records(trials: Trials) -> list[dict[str, Any]]:
-    """What a later search needs to continue this one: each trial's sampled values and result."""
+    """What a later search needs to continue this one: each trial's sampled values and result, as JSON."""
     return [
-        {"tid": doc["tid"], "idxs": doc["misc"]["idxs"], "vals": doc["misc"]["vals"], "result": doc["result"]}
+        _plain({"tid": doc["tid"], "idxs": doc["misc"]["idxs"], "vals": doc["misc"]["vals"], "result": doc["result"]})
         for doc in trials.trials
     ]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, recursively, so JSON keeps their type (tids must stay ints)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def trials_from_records(records: list[dict[str, Any]]) -> Trials:
@@ -456,14 +468,14 @@ def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id:
     def log_trial(number: int, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
         run = client.create_run(
             experiment_id,
-            tags={PARENT_TAG: parent_run_id, STEP_TAG: "trial", RUN_NAME_TAG: f"trial-{number + 1:03d}"},
+            tags={PARENT_TAG: parent_run_id, STEP_TAG: "trial", RUN_NAME_TAG: f"trial-{number:03d}"},
         )
         now = int(time.time() * 1000)
         client.log_batch(
             run.info.run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             params=[Param(k, v) for k, v in params.items()],
-            tags=[RunTag("trial", str(number + 1))],
+            tags=[RunTag("trial", str(number))],
         )
         client.set_terminated(run.info.run_id, status=status)
         return run.info.run_id
@@ -507,8 +519,21 @@ def parse_timeout(timeout: str) -> float | None:
     return seconds
 
 
-def validate_search_options(algo: str, max_evals: int, parallelism: int, early_stop_rounds: int, cv_folds: int) -> None:
+def validate_search_options(
+    algo: str,
+    max_evals: int,
+    parallelism: int,
+    early_stop_rounds: int,
+    cv_folds: int,
+    metric: str = "auto",
+    models: str = "all",
+) -> None:
     """The checks that need no data, made before anything is read."""
+    if metric not in ("", "auto", *METRICS):
+        raise PipelineError(f"unknown metric '{metric}'; use auto or one of {', '.join(METRICS)}")
+    unknown = [m.strip() for m in models.split(",") if m.strip() and m.strip() not in (*MODEL_FAMILIES, "all", "auto")]
+    if unknown:
+        raise PipelineError(f"unknown model family '{unknown[0]}' in models; use any of {', '.join(MODEL_FAMILIES)}")
     if algo not in ALGOS:
         raise PipelineError(f"unknown algo '{algo}'; use one of {', '.join(ALGOS)}")
     if max_evals < 1:
@@ -535,7 +560,7 @@ def run_tune(
     resume_from: str = "none",
 ) -> dict[str, Any]:
     """The whole step inside the active run; returns the best-params payload."""
-    validate_search_options(algo, max_evals, parallelism, early_stop_rounds, cv_folds)
+    validate_search_options(algo, max_evals, parallelism, early_stop_rounds, cv_folds, metric, models)
     time_limit = parse_timeout(timeout)
     client = MlflowClient()
     active = mlflow.active_run()

@@ -75,6 +75,32 @@ def test_max_evals_that_is_not_a_number(project, store):
     assert_failed_cleanly(result, store, "tune", "'many' is not a valid integer")
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (["metric=auc"], "unknown metric 'auc'"),
+        (["algo=bayes"], "unknown algo 'bayes'"),
+        (["parallelism=0"], "parallelism must be at least 1"),
+        (["models=random_forest,svm"], "unknown model family 'svm'"),
+        (["timeout=0"], "timeout must be more than 0 seconds"),
+        (["resume_from=0123456789abcdef0123456789abcdef"], "does not exist"),
+    ],
+)
+def test_bad_tune_options(project, store, params, message):
+    result = mlflow_run(project, ["-e", "tune", *[x for p in params for x in ("-P", p)]], store)
+    assert_failed_cleanly(result, store, "tune", message)
+    assert runs_by_step(MlflowClient(store), "featurize") == []  # refused before any work
+
+
+def test_tune_metric_that_does_not_fit_the_task_and_resume_from_another_step(project, store):
+    result = mlflow_run(project, ["-e", "tune", "-P", "metric=rmse"], store)  # iris is a classification task
+    assert_failed_cleanly(result, store, "tune", "metric 'rmse' does not fit a classification task")
+    client = MlflowClient(store)
+    featurize = runs_by_step(client, "featurize")[0]
+    result = mlflow_run(project, ["-e", "tune", "-P", f"resume_from={featurize.info.run_id}"], store)
+    assert_failed_cleanly(result, store, "tune", "is not a tune run")
+
+
 def test_unknown_model(project, store):
     result = mlflow_run(project, ["-e", "train", "-P", "splits_uri=runs:/0/splits", "-P", "model=xgboost"], store)
     assert_failed_cleanly(result, store, "train", "unknown model 'xgboost'")

@@ -77,10 +77,10 @@ def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path):
         mlflow.set_tracking_uri(None)
 
 
-def _load_text(store: str, featurize) -> str:
+def _load_text(store: str, run, path: str = "splits/feature_spec.json") -> str:
     mlflow.set_tracking_uri(store)
     try:
-        return mlflow.artifacts.load_text(f"runs:/{featurize.info.run_id}/splits/feature_spec.json")
+        return mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{path}")
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -124,16 +124,28 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store):
     assert [r.info.run_name for r in kids[:2]] == ["load", "featurize"]
     assert all(r.info.status == "FINISHED" for r in kids)
     trials = kids[2:]
-    assert [r.info.run_name for r in trials] == [f"trial-{i:03d}" for i in range(1, 51)]
+    assert sorted(r.info.run_name for r in trials) == [f"trial-{i:03d}" for i in range(1, 51)]
     assert len({r.data.params["model_family"] for r in trials}) == 3  # the space spans the families
     assert tune.data.tags["splits_uri"] == f"runs:/{kids[1].info.run_id}/splits"
     assert tune.data.metrics["n_trials"] == 50 and tune.data.metrics["best_val_f1_macro"] >= 0.9
     best = client.get_run(tune.data.tags["best_trial_run_id"])
     assert best.data.metrics["val_f1_macro"] == tune.data.metrics["best_val_f1_macro"]
     assert best.data.params["model_family"] == tune.data.tags["best.model_family"]
-    # A second tune reuses the newest finished featurize output instead of preparing data again.
-    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=2"], store)
+    figures = {a.path for a in client.list_artifacts(tune.info.run_id, "figures")}
+    assert figures == {"figures/loss_history.png", "figures/hyperparams_vs_loss.png"}
+    # Resume: continue that search with 2 more trials; the 50 are loaded, not run again.
+    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=2", "-P", f"resume_from={tune.info.run_id}"], store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = newest(client, "tune")
+    assert resumed.data.tags["resumed_from"] == tune.info.run_id
+    assert resumed.data.metrics["n_trials"] == 52 and resumed.data.metrics["n_new_trials"] == 2
+    assert sorted(r.info.run_name for r in children(client, resumed)) == ["trial-051", "trial-052"]
+    assert resumed.data.metrics["best_val_f1_macro"] >= tune.data.metrics["best_val_f1_macro"]
+    board = _load_text(store, resumed, "trials.csv").splitlines()
+    assert len(board) == 53  # the whole history: header + 52 trials
+    # A new search reuses the newest finished featurize output, here in two worker processes.
+    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=2", "-P", "parallelism=2"], store)
     assert result.returncode == 0, result.stderr[-3000:]
     again = newest(client, "tune")
     assert again.data.tags["splits_uri"] == tune.data.tags["splits_uri"]
-    assert [r.info.run_name for r in children(client, again)] == ["trial-001", "trial-002"]
+    assert sorted(r.info.run_name for r in children(client, again)) == ["trial-001", "trial-002"]

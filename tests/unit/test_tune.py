@@ -40,8 +40,10 @@ def test_space_spans_the_task_families_with_valid_values(task):
 
 
 def test_models_restrict_the_families():
-    assert task_families(CLASSIFICATION, "random_forest, logistic_regression") == ["random_forest",
-                                                                                    "logistic_regression"]
+    assert task_families(CLASSIFICATION, "random_forest, logistic_regression") == [
+        "random_forest",
+        "logistic_regression",
+    ]
     with pytest.raises(PipelineError, match="unknown model family 'svm'"):
         task_families(CLASSIFICATION, "svm")
     with pytest.raises(PipelineError, match="does not fit a regression task"):
@@ -110,11 +112,11 @@ def test_cross_validation_scores_on_the_training_split(iris):
 
 
 def test_resume_continues_the_same_sequence(iris):
-    whole = run_search(*iris, config(max_evals=6)).trials
-    first = run_search(*iris, config(max_evals=3)).trials
-    records = json.loads(json.dumps(trials_to_records(first), default=float))
+    whole = run_search(*iris, config(max_evals=24)).trials  # past TPE's 20 random start-up trials
+    first = run_search(*iris, config(max_evals=21)).trials
+    records = json.loads(json.dumps(trials_to_records(first)))
     resumed = run_search(*iris, config(max_evals=3), previous=trials_from_records(records))
-    assert resumed.new_trials == 3 and len(resumed.trials.trials) == 6
+    assert resumed.new_trials == 3 and len(resumed.trials.trials) == 24
     assert [t["misc"]["vals"] for t in resumed.trials.trials] == [t["misc"]["vals"] for t in whole.trials]
 
 
