@@ -1,0 +1,184 @@
+"""Benchmark `tune` against a bare hyperopt loop and against a subprocess per trial, in one run.
+
+(a) bare: hyperopt + scikit-learn, no MLflow at all;
+(b) ours: `run_tune` in process (nested trial runs, batched logging, figures, artifacts);
+(c) MLflow's `hyperparam` example pattern: one `mlflow.projects.run` subprocess of `train` per trial.
+Same data, same space, same seed, same number of evals. Prints wall times and the ratios b/a and c/b.
+
+    python bench/tune.py                                  # iris, 50 evals, all families
+    python bench/tune.py --rows 100000 --models hist_gradient_boosting --evals 20 --skip-subprocess
+    python bench/tune.py --rows 100000 --models logistic_regression --parallel   # speed-up at parallelism 2
+    python bench/tune.py --tradeoff                       # best loss after N evals vs batch size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlflow
+import numpy as np
+import pandas as pd
+from hyperopt import STATUS_OK, Trials, fmin, tpe
+
+from steps.common import (
+    MODEL_FAMILIES,
+    FeatureSpec,
+    Splits,
+    fit_model,
+    load_bundled_frame,
+    metric_loss,
+    score_model,
+)
+from steps.featurize import build_feature_spec, split_frame
+from steps.tune import SearchConfig, build_search_space, run_search, run_tune, task_families
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+METRIC = "f1_macro"
+
+
+def make_data(rows: int) -> pd.DataFrame:
+    """iris, or a generated classification table of `rows` rows (20 numeric features, 3 classes)."""
+    if rows == 0:
+        return load_bundled_frame("iris")[0]
+    from sklearn.datasets import make_classification
+
+    features, labels = make_classification(rows, 20, n_informative=8, n_classes=3, random_state=0)
+    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(20)])
+    frame["species"] = np.array(["a", "b", "c"])[labels]
+    return frame
+
+
+def bare(splits: Splits, spec: FeatureSpec, families: list[str], evals: int, seed: int) -> float:
+    """(a) hyperopt + scikit-learn alone."""
+
+    def objective(sample):
+        family = MODEL_FAMILIES[sample["model"]]
+        params = family.resolve({k: v for k, v in sample.items() if k != "model"})
+        value = score_model(fit_model(splits, spec, family, params, seed), splits.validation, spec)[METRIC]
+        return {"loss": metric_loss(METRIC, value), "status": STATUS_OK}
+
+    started = time.perf_counter()
+    fmin(
+        objective,
+        build_search_space(spec.task, families),
+        tpe.suggest,
+        evals,
+        trials=Trials(),
+        rstate=np.random.default_rng(seed),
+        show_progressbar=False,
+    )
+    return time.perf_counter() - started
+
+
+def ours(splits_uri: str, families: list[str], evals: int, seed: int, parallelism: int = 1) -> float:
+    """(b) our tune step, in process, with its tracking: nested trial runs, figures, artifacts."""
+    started = time.perf_counter()
+    with mlflow.start_run(run_name="tune"):
+        run_tune(splits_uri, evals, METRIC, seed, "tpe", ",".join(families), parallelism=parallelism)
+    return time.perf_counter() - started
+
+
+def subprocess_per_trial(splits_uri: str, spec: FeatureSpec, families: list[str], evals: int, seed: int) -> float:
+    """(c) the hyperparam example: each trial runs `train` through `mlflow.projects.run`."""
+    space = build_search_space(spec.task, families)
+    client = mlflow.tracking.MlflowClient()
+
+    def objective(sample):
+        family = sample.pop("model")
+        params = {k: ("none" if v is None else v) for k, v in sample.items()}
+        submitted = mlflow.projects.run(
+            str(PROJECT_DIR),
+            "train",
+            parameters={"splits_uri": splits_uri, "model": family, "seed": seed, **params},
+            env_manager="local",
+            synchronous=True,
+        )
+        value = client.get_run(submitted.run_id).data.metrics[f"val_{METRIC}"]
+        return {"loss": metric_loss(METRIC, value), "status": STATUS_OK}
+
+    started = time.perf_counter()
+    with mlflow.start_run(run_name="hyperparam-example"):
+        fmin(
+            objective,
+            space,
+            tpe.suggest,
+            evals,
+            trials=Trials(),
+            rstate=np.random.default_rng(seed),
+            show_progressbar=False,
+        )
+    return time.perf_counter() - started
+
+
+def log_splits(splits: Splits, spec: FeatureSpec) -> str:
+    """Store the splits as a featurize output would, so (b) and (c) read them by URI."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="featurize") as run:
+        out = Path(tmp, "splits")
+        out.mkdir()
+        for name in ("train", "validation", "test"):
+            splits[name].to_parquet(out / f"{name}.parquet", index=False)
+        (out / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
+        mlflow.log_artifacts(str(out), "splits")
+    return f"runs:/{run.info.run_id}/splits"
+
+
+def tradeoff(splits: Splits, spec: FeatureSpec, evals: int, seeds: int) -> None:
+    """Best validation loss after `evals` trials, asked for 1, 2 or 4 at a time (mean over seeds)."""
+    families = task_families(spec.task)
+    print(f"\nbatch size vs best loss after {evals} evals ({METRIC}; mean over {seeds} seeds, lower is better)")
+    for parallelism in (1, 2, 4):
+        losses = []
+        for seed in range(seeds):
+            config = SearchConfig("log_loss", evals, seed, tuple(families), parallelism=parallelism)
+            outcome = run_search(splits, spec, config)
+            losses.append(min(r["loss"] for r in outcome.trials.results if r["status"] == STATUS_OK))
+        print(f"  parallelism {parallelism}: best log_loss {np.mean(losses):.4f} (sd {np.std(losses):.4f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=0, help="0: iris; otherwise a generated table of this size")
+    parser.add_argument("--evals", type=int, default=50)
+    parser.add_argument("--models", default="all")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip-subprocess", action="store_true", help="leave out (c)")
+    parser.add_argument("--parallel", action="store_true", help="also (b) at parallelism 2")
+    parser.add_argument("--tradeoff", action="store_true", help="only the batch-size trade-off")
+    args = parser.parse_args()
+
+    frame = make_data(args.rows)
+    spec = build_feature_spec(frame, "species")
+    splits = split_frame(frame, spec, args.seed, 0.2, 0.2)
+    if args.tradeoff:
+        tradeoff(splits, spec, args.evals, seeds=5)
+        return
+    families = task_families(spec.task, args.models)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        splits_uri = log_splits(splits, spec)
+        print(f"data: {len(frame)} rows; families: {', '.join(families)}; {args.evals} evals; seed {args.seed}")
+        a = bare(splits, spec, families, args.evals, args.seed)
+        b = ours(splits_uri, families, args.evals, args.seed)
+        print(f"(a) bare hyperopt + scikit-learn      {a:8.1f} s")
+        print(f"(b) our tune, in process              {b:8.1f} s   b/a = {b / a:.2f}  (target <= 1.3)")
+        if args.parallel:
+            b2 = ours(splits_uri, families, args.evals, args.seed, parallelism=2)
+            print(f"(b) our tune, parallelism 2           {b2:8.1f} s   speed-up = {b / b2:.2f}x")
+        if not args.skip_subprocess:
+            c = subprocess_per_trial(splits_uri, spec, families, args.evals, args.seed)
+            print(f"(c) subprocess per trial              {c:8.1f} s   c/b = {c / b:.1f}  (target >= 10)")
+
+
+if __name__ == "__main__":
+    main()
