@@ -135,7 +135,7 @@ def log_splits(splits: Splits, spec: FeatureSpec) -> str:
 def tradeoff(splits: Splits, spec: FeatureSpec, evals: int, seeds: int) -> None:
     """Best validation loss after `evals` trials, asked for 1, 2 or 4 at a time (mean over seeds)."""
     families = task_families(spec.task)
-    print(f"\nbatch size vs best loss after {evals} evals ({METRIC}; mean over {seeds} seeds, lower is better)")
+    print(f"\nbatch size vs best validation log_loss after {evals} evals (mean over {seeds} seeds; lower is better)")
     for parallelism in (1, 2, 4):
         losses = []
         for seed in range(seeds):
