@@ -376,12 +376,17 @@ METRICS: dict[str, tuple[str, bool]] = {
 DEFAULT_METRIC = {CLASSIFICATION: "f1_macro", REGRESSION: "rmse"}
 
 
+def check_metric_name(metric: str) -> None:
+    """Reject a metric name we do not know, before the task is known."""
+    if metric not in ("", "auto", *METRICS):
+        raise PipelineError(f"unknown metric '{metric}'; use auto or one of {', '.join(METRICS)}")
+
+
 def resolve_metric(metric: str, task: str) -> str:
     """The metric to optimise and compare on: 'auto' picks the task's default."""
+    check_metric_name(metric)
     if metric in ("", "auto"):
         return DEFAULT_METRIC[task]
-    if metric not in METRICS:
-        raise PipelineError(f"unknown metric '{metric}'; use auto or one of {', '.join(METRICS)}")
     if METRICS[metric][0] != task:
         fits = ", ".join(name for name, (kind, _) in METRICS.items() if kind == task)
         raise PipelineError(f"metric '{metric}' does not fit a {task} task; use one of {fits}")

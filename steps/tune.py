@@ -32,7 +32,6 @@ from steps.common import (
     CLASSIFICATION,
     DEFAULT_DATA_URI,
     INT,
-    METRICS,
     MODEL_FAMILIES,
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
@@ -42,6 +41,7 @@ from steps.common import (
     PipelineError,
     Splits,
     artifact_uri,
+    check_metric_name,
     digest_json,
     download_dir,
     fit_model,
@@ -529,8 +529,7 @@ def validate_search_options(
     models: str = "all",
 ) -> None:
     """The checks that need no data, made before anything is read."""
-    if metric not in ("", "auto", *METRICS):
-        raise PipelineError(f"unknown metric '{metric}'; use auto or one of {', '.join(METRICS)}")
+    check_metric_name(metric)
     unknown = [m.strip() for m in models.split(",") if m.strip() and m.strip() not in (*MODEL_FAMILIES, "all", "auto")]
     if unknown:
         raise PipelineError(f"unknown model family '{unknown[0]}' in models; use any of {', '.join(MODEL_FAMILIES)}")
