@@ -8,6 +8,8 @@ Same data, same space, same seed, same number of evals. Prints wall times and th
     python bench/tune.py                                  # iris, 50 evals, all families
     python bench/tune.py --rows 100000 --models hist_gradient_boosting --evals 20 --skip-subprocess
     python bench/tune.py --rows 100000 --models logistic_regression --parallel   # speed-up at parallelism 2
+    python bench/tune.py --rows 30000 --models hist_gradient_boosting --evals 16 --algo random --parallel \
+        --skip-subprocess                                 # the same 16 configurations at parallelism 1 and 2
     python bench/tune.py --tradeoff                       # best loss after N evals vs batch size
 """
 
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlflow
 import numpy as np
 import pandas as pd
-from hyperopt import STATUS_OK, Trials, fmin, tpe
+from hyperopt import STATUS_OK, Trials, anneal, fmin, rand, tpe
 
 from steps.common import (
     MODEL_FAMILIES,
@@ -56,7 +58,10 @@ def make_data(rows: int) -> pd.DataFrame:
     return frame
 
 
-def bare(splits: Splits, spec: FeatureSpec, families: list[str], evals: int, seed: int) -> float:
+ALGOS = {"tpe": tpe.suggest, "random": rand.suggest, "anneal": anneal.suggest}
+
+
+def bare(splits: Splits, spec: FeatureSpec, families: list[str], evals: int, seed: int, algo: str = "tpe") -> float:
     """(a) hyperopt + scikit-learn alone."""
 
     def objective(sample):
@@ -69,7 +74,7 @@ def bare(splits: Splits, spec: FeatureSpec, families: list[str], evals: int, see
     fmin(
         objective,
         build_search_space(spec.task, families),
-        tpe.suggest,
+        ALGOS[algo],
         evals,
         trials=Trials(),
         rstate=np.random.default_rng(seed),
@@ -78,11 +83,11 @@ def bare(splits: Splits, spec: FeatureSpec, families: list[str], evals: int, see
     return time.perf_counter() - started
 
 
-def ours(splits_uri: str, families: list[str], evals: int, seed: int, parallelism: int = 1) -> float:
+def ours(splits_uri: str, families: list[str], evals: int, seed: int, parallelism: int = 1, algo: str = "tpe") -> float:
     """(b) our tune step, in process, with its tracking: nested trial runs, figures, artifacts."""
     started = time.perf_counter()
     with mlflow.start_run(run_name="tune"):
-        run_tune(splits_uri, evals, METRIC, seed, "tpe", ",".join(families), parallelism=parallelism)
+        run_tune(splits_uri, evals, METRIC, seed, algo, ",".join(families), parallelism=parallelism)
     return time.perf_counter() - started
 
 
@@ -153,6 +158,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-subprocess", action="store_true", help="leave out (c)")
     parser.add_argument("--parallel", action="store_true", help="also (b) at parallelism 2")
+    parser.add_argument(
+        "--algo", default="tpe", choices=sorted(ALGOS), help="random: both parallelisms try the same configurations"
+    )
     parser.add_argument("--tradeoff", action="store_true", help="only the batch-size trade-off")
     args = parser.parse_args()
 
@@ -167,13 +175,13 @@ def main() -> None:
         os.chdir(tmp)
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         splits_uri = log_splits(splits, spec)
-        print(f"data: {len(frame)} rows; families: {', '.join(families)}; {args.evals} evals; seed {args.seed}")
-        a = bare(splits, spec, families, args.evals, args.seed)
-        b = ours(splits_uri, families, args.evals, args.seed)
+        print(f"data: {len(frame)} rows; {', '.join(families)}; {args.evals} evals; {args.algo}; seed {args.seed}")
+        a = bare(splits, spec, families, args.evals, args.seed, args.algo)
+        b = ours(splits_uri, families, args.evals, args.seed, algo=args.algo)
         print(f"(a) bare hyperopt + scikit-learn      {a:8.1f} s")
         print(f"(b) our tune, in process              {b:8.1f} s   b/a = {b / a:.2f}  (target <= 1.3)")
         if args.parallel:
-            b2 = ours(splits_uri, families, args.evals, args.seed, parallelism=2)
+            b2 = ours(splits_uri, families, args.evals, args.seed, parallelism=2, algo=args.algo)
             print(f"(b) our tune, parallelism 2           {b2:8.1f} s   speed-up = {b / b2:.2f}x")
         if not args.skip_subprocess:
             c = subprocess_per_trial(splits_uri, spec, families, args.evals, args.seed)

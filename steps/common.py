@@ -612,9 +612,11 @@ def predict_with_proba(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.n
 def fit_model(splits: Splits, spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int) -> Any:
     """Fit the preprocessing + estimator pipeline on the training rows."""
     features, labels = features_and_target(splits.train, spec)
-    # One BLAS thread: faster for small fits on shared cores, and the same result every run.
+    # Built first: threadpoolctl limits only the BLAS/OpenMP libraries already loaded, and building imports them.
+    model = build_model(spec, family, hyperparams, seed)
+    # One BLAS/OpenMP thread: faster for small fits on shared cores, and the same result every run.
     with threadpool_limits(limits=1):
-        return build_model(spec, family, hyperparams, seed).fit(features, labels)
+        return model.fit(features, labels)
 
 
 def score_model(model: Any, frame: Any, spec: FeatureSpec) -> dict[str, float]:

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ from steps.common import (
 
 logger = logging.getLogger("steps.tune")
 ALGOS = ("tpe", "random", "anneal", "grid")
+BACKENDS = ("local", "spark")
 TRIALS_FILE = "trials.json"
 
 
@@ -135,16 +137,15 @@ def grid_points(families: list[str]) -> list[dict[str, Any]]:
 
 
 def grid_suggest(new_ids: list[int], domain: Domain, trials: Trials, seed: int) -> list[dict[str, Any]]:
-    """A hyperopt algorithm that walks the grid in order, continuing where earlier trials stopped."""
-    start = len(trials.trials)
+    """A hyperopt algorithm that walks the grid in trial-id order (a resumed search continues the ids)."""
     docs = []
-    for offset, new_id in enumerate(new_ids):
+    for new_id in new_ids:
         misc = {
             "tid": new_id,
             "cmd": domain.cmd,
             "workdir": domain.workdir,
             "idxs": {"grid_point": [new_id]},
-            "vals": {"grid_point": [start + offset]},
+            "vals": {"grid_point": [new_id]},
         }
         docs.extend(trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc]))
     return docs
@@ -223,7 +224,8 @@ def _evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the search loop
 
-TrialLogger = Callable[[int, dict[str, str], dict[str, float], str], str]
+TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
+TRIAL_TAG = "trial"
 
 
 @dataclass
@@ -233,20 +235,75 @@ class SearchOutcome:
     new_trials: int
 
 
+@dataclass(frozen=True)
+class SearchSetup:
+    """What both backends derive from the config: the space, the algorithm and how many trials in all."""
+
+    space: Any
+    suggest: Callable[..., Any]
+    target: int  # trials in all, those of a resumed search included
+    done_before: int
+    stopped_by: str  # what ends the search if nothing stops it early: "max_evals" or "grid"
+
+
+def search_setup(spec: FeatureSpec, config: SearchConfig, previous: Trials | None) -> SearchSetup:
+    if config.max_evals < 1:
+        raise PipelineError(f"max_evals must be at least 1; got {config.max_evals}")
+    done_before = len(previous.trials) if previous is not None else 0
+    if config.algo == "grid":
+        points = grid_points(list(config.families))
+        target = min(len(points), done_before + config.max_evals)
+        ends_by = "grid" if target < done_before + config.max_evals else "max_evals"
+        return SearchSetup(hp.choice("grid_point", points), grid_suggest, target, done_before, ends_by)
+    suggest = {"tpe": tpe.suggest, "random": rand.suggest, "anneal": anneal.suggest}[config.algo]
+    space = build_search_space(spec.task, list(config.families))
+    return SearchSetup(space, suggest, done_before + config.max_evals, done_before, "max_evals")
+
+
+class _Done(concurrent.futures.Future):
+    """A future that is already resolved: the sequential evaluator's answer."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.set_result(value)
+
+
 @contextmanager
-def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Callable[[list[Any]], list[Any]]]:
-    """Evaluate a batch of samples: in this process, or in `parallelism` worker processes."""
+def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Callable[[Any], Any]]:
+    """Submit one sample for evaluation: in this process, or to one of `parallelism` worker processes."""
     if config.parallelism == 1:
-        yield lambda samples: [evaluate_sample(splits, spec, sample, config) for sample in samples]
+        yield lambda sample: _Done(evaluate_sample(splits, spec, sample, config))
         return
     import multiprocessing
 
     # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
+    pool = concurrent.futures.ProcessPoolExecutor(
         config.parallelism, mp_context=context, initializer=_start_worker, initargs=(splits, spec, config)
-    ) as pool:
-        yield lambda samples: list(pool.map(_evaluate_in_worker, samples))
+    )
+    with pool:
+        with one_thread_per_library_in_children():
+            # Start every worker now, while the environment says one thread each (BLAS and OpenMP read it at load).
+            concurrent.futures.wait([pool.submit(int) for _ in range(config.parallelism)])
+        yield lambda sample: pool.submit(_evaluate_in_worker, sample)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+@contextmanager
+def one_thread_per_library_in_children() -> Iterator[None]:
+    """Child processes started inside see one BLAS/OpenMP thread; this process's own pools are already set."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_search(
@@ -257,61 +314,57 @@ def run_search(
     show_progress: bool = False,
     previous: Trials | None = None,
 ) -> SearchOutcome:
-    """Ask hyperopt for `parallelism` configurations at a time, evaluate them, tell it the losses.
+    """Keep `parallelism` trials running; each time one finishes, tell hyperopt and ask for the next.
 
     With parallelism 1 this is hyperopt's own sequential loop: the same seed gives the same trials.
-    A larger batch is asked for before the results of the batch are known, so TPE adapts less often.
+    With more, a new configuration is asked for while others are still running, so TPE has not seen
+    their losses yet: it adapts less per trial (see the measured trade-off in the README).
     """
-    if config.max_evals < 1:
-        raise PipelineError(f"max_evals must be at least 1; got {config.max_evals}")
+    setup = search_setup(spec, config, previous)
     trials = previous if previous is not None else Trials()
-    done_before = len(trials.trials)
-    if config.algo == "grid":
-        points = grid_points(list(config.families))
-        space = hp.choice("grid_point", points)
-        target = min(len(points), done_before + config.max_evals)
-        suggest: Callable[..., Any] = grid_suggest
-    else:
-        space = build_search_space(spec.task, list(config.families))
-        target = done_before + config.max_evals
-        suggest = {"tpe": tpe.suggest, "random": rand.suggest, "anneal": anneal.suggest}[config.algo]
+    space, suggest, target, done_before = setup.space, setup.suggest, setup.target, setup.done_before
     domain = Domain(lambda sample: None, space)
     rng = np.random.default_rng(config.seed)
     for _ in range(done_before):  # a resumed search continues the seed sequence where it stopped
         rng.integers(2**31 - 1)
     stop_fn = no_progress_loss(config.early_stop_rounds) if config.early_stop_rounds else None
     stop_args: list[Any] = []
-    stopped_by = "grid" if config.algo == "grid" and target < done_before + config.max_evals else "max_evals"
+    stopped_by = setup.stopped_by
     started = time.monotonic()
     progress = _progress_bar(target - done_before, show_progress)
-    with _evaluator(splits, spec, config) as evaluate:
-        while len(trials.trials) < target:
-            if config.timeout is not None and time.monotonic() - started >= config.timeout:
-                stopped_by = "timeout"
+    issued = done_before
+    running: dict[concurrent.futures.Future, dict[str, Any]] = {}
+    stopping = False
+    with _evaluator(splits, spec, config) as submit:
+        while True:
+            while not stopping and issued < target and len(running) < config.parallelism:
+                if config.timeout is not None and time.monotonic() - started >= config.timeout:
+                    stopped_by, stopping = "timeout", True
+                    break
+                [new_id] = trials.new_trial_ids(1)
+                trials.refresh()
+                # one seed draw per suggestion, as hyperopt's fmin does; running trials are not in `trials` yet
+                [doc] = suggest([new_id], domain, trials, int(rng.integers(2**31 - 1)))
+                sample = space_eval(space, {k: v[0] for k, v in doc["misc"]["vals"].items() if v})
+                running[submit(sample)] = doc
+                issued += 1
+            if not running:
                 break
-            batch = min(config.parallelism, target - len(trials.trials))
-            new_ids = trials.new_trial_ids(batch)
-            trials.refresh()
-            docs = []
-            for new_id in new_ids:  # one suggestion per seed draw, as hyperopt's fmin does
-                docs.extend(suggest([new_id], domain, trials, int(rng.integers(2**31 - 1))))
-            samples = [space_eval(space, {k: v[0] for k, v in doc["misc"]["vals"].items() if v}) for doc in docs]
-            results = evaluate(samples)
-            stop = False
-            for doc, result in zip(docs, results, strict=True):
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: running[f]["tid"]):
+                doc, result = running.pop(future), future.result()
                 number = doc["tid"] + 1
-                result["run_id"] = _log(log_trial, number, result, config.metric)
+                result["run_id"] = log_result(log_trial, number, result, config.metric)
                 result["trial"] = number
                 doc["result"], doc["state"] = result, JOB_STATE_DONE
                 trials.insert_trial_doc(doc)
                 trials.refresh()
-                if stop_fn and result["status"] == STATUS_OK:
+                progress.update(1)
+                progress.set_postfix_str(f"best loss {_best_loss(trials):.4g}")
+                if stop_fn and result["status"] == STATUS_OK and not stopping:
                     stop, stop_args = stop_fn(trials, *stop_args)
-            progress.update(len(docs))
-            progress.set_postfix_str(f"best loss {_best_loss(trials):.4g}")
-            if stop:
-                stopped_by = "early_stop"
-                break
+                    if stop:
+                        stopped_by, stopping = "early_stop", True
     progress.close()
     if not any(result.get("status") == STATUS_OK for result in trials.results):
         errors = {result.get("error") for result in trials.results}
@@ -319,7 +372,8 @@ def run_search(
     return SearchOutcome(trials, stopped_by, len(trials.trials) - done_before)
 
 
-def _log(log_trial: TrialLogger | None, number: int, result: dict[str, Any], metric: str) -> str:
+def log_result(log_trial: TrialLogger | None, number: int | None, result: dict[str, Any], metric: str) -> str:
+    """Log one evaluated trial through `log_trial`; its run id, or "" when nothing is logged."""
     if log_trial is None:
         return ""
     params = hyperparam_params(MODEL_FAMILIES[result["model"]], result["params"])
@@ -465,17 +519,16 @@ def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
 def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id: str) -> TrialLogger:
     """Log each trial as a child run of the tune run: create, one batch, terminate."""
 
-    def log_trial(number: int, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
-        run = client.create_run(
-            experiment_id,
-            tags={PARENT_TAG: parent_run_id, STEP_TAG: "trial", RUN_NAME_TAG: f"trial-{number:03d}"},
-        )
+    def log_trial(number: int | None, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
+        # number None: not known where the trial ran (a Spark executor); the driver names the run later.
+        name = "trial" if number is None else f"trial-{number:03d}"
+        run = client.create_run(experiment_id, tags={PARENT_TAG: parent_run_id, STEP_TAG: "trial", RUN_NAME_TAG: name})
         now = int(time.time() * 1000)
         client.log_batch(
             run.info.run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             params=[Param(k, v) for k, v in params.items()],
-            tags=[RunTag("trial", str(number))],
+            tags=[] if number is None else [RunTag(TRIAL_TAG, str(number))],
         )
         client.set_terminated(run.info.run_id, status=status)
         return run.info.run_id
@@ -527,6 +580,7 @@ def validate_search_options(
     cv_folds: int,
     metric: str = "auto",
     models: str = "all",
+    backend: str = "local",
 ) -> None:
     """The checks that need no data, made before anything is read."""
     check_metric_name(metric)
@@ -535,6 +589,8 @@ def validate_search_options(
         raise PipelineError(f"unknown model family '{unknown[0]}' in models; use any of {', '.join(MODEL_FAMILIES)}")
     if algo not in ALGOS:
         raise PipelineError(f"unknown algo '{algo}'; use one of {', '.join(ALGOS)}")
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     if max_evals < 1:
         raise PipelineError(f"max_evals must be at least 1; got {max_evals}")
     if parallelism < 1:
@@ -557,9 +613,11 @@ def run_tune(
     cv_folds: int = 0,
     parallelism: int = 1,
     resume_from: str = "none",
+    backend: str = "local",
+    spark_master: str = "auto",
 ) -> dict[str, Any]:
     """The whole step inside the active run; returns the best-params payload."""
-    validate_search_options(algo, max_evals, parallelism, early_stop_rounds, cv_folds, metric, models)
+    validate_search_options(algo, max_evals, parallelism, early_stop_rounds, cv_folds, metric, models, backend)
     time_limit = parse_timeout(timeout)
     client = MlflowClient()
     active = mlflow.active_run()
@@ -601,9 +659,15 @@ def run_tune(
         )
         logger.info(note)
         mlflow.set_tags({"grid.size": str(size), "grid.note": note})
-    log_trial = nested_trial_logger(client, active.info.experiment_id, active.info.run_id)
     started = time.perf_counter()
-    outcome = run_search(splits, spec, config, log_trial, show_progress=True, previous=previous)
+    mlflow.set_tag("backend", backend)
+    if backend == "spark":
+        from steps.spark_backend import run_spark_search
+
+        outcome = run_spark_search(splits, spec, config, spark_master, show_progress=True, previous=previous)
+    else:
+        log_trial = nested_trial_logger(client, active.info.experiment_id, active.info.run_id)
+        outcome = run_search(splits, spec, config, log_trial, show_progress=True, previous=previous)
     trials = outcome.trials
     best = best_result(trials)
     payload = {
@@ -672,6 +736,8 @@ def run_tune(
 @click.option("--cv-folds", default=0, type=INT, help="k-fold CV on the training split; 0: score on validation.")
 @click.option("--parallelism", default=1, type=INT, help="Trials evaluated at once, in worker processes.")
 @click.option("--resume-from", default="none", help="A tune run id whose search to continue.")
+@click.option("--backend", default="local", help="local: worker processes here; spark: hyperopt's SparkTrials.")
+@click.option("--spark-master", default="auto", help="backend=spark: a Spark master URL; auto: Spark's own choice.")
 def main(
     splits_uri: str,
     max_evals: int,
@@ -684,6 +750,8 @@ def main(
     cv_folds: int,
     parallelism: int,
     resume_from: str,
+    backend: str,
+    spark_master: str,
 ) -> None:
     with step_run("tune"):
         run_tune(
@@ -698,6 +766,8 @@ def main(
             cv_folds,
             parallelism,
             resume_from,
+            backend,
+            spark_master,
         )
 
 

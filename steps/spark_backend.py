@@ -1,0 +1,209 @@
+"""tune's `backend=spark`: hyperopt's SparkTrials runs each trial as a Spark task.
+
+The driver (the tune run's process) asks hyperopt for configurations; each one is evaluated in a
+Spark executor, which reads the splits from a broadcast variable (sent once per executor, not once
+per trial) and logs the trial as a child run of the tune run, straight to the tracking server.
+pyspark is an optional extra: `pip install -r requirements-spark.txt`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials, fmin, space_eval
+from hyperopt.early_stop import no_progress_loss
+from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
+
+from steps.common import RUN_NAME_TAG, FeatureSpec, PipelineError, Splits, one_line
+from steps.tune import (
+    TRIAL_TAG,
+    SearchConfig,
+    SearchOutcome,
+    evaluate_sample,
+    log_result,
+    nested_trial_logger,
+    search_setup,
+    trials_from_records,
+)
+
+logger = logging.getLogger("steps.tune")
+STEPS_DIR = Path(__file__).resolve().parent
+INSTALL_HINT = "pip install -r requirements-spark.txt (pyspark 4.3.0) into the environment tune runs in"
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """The tracking URI as executors must see it: a relative SQLite or file path made absolute."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def is_local_master(master: str) -> bool:
+    return master == "auto" or master.startswith("local")
+
+
+def spark_session(master: str, parallelism: int) -> Any:
+    """The active Spark session, or a new one.
+
+    master `auto` leaves the choice to Spark: `spark-submit --master`, `PYSPARK_SUBMIT_ARGS` or
+    spark-defaults.conf, else local[*]. A local Spark listens on 127.0.0.1 only and has no web UI.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise PipelineError(f"backend=spark needs pyspark, which is not installed; {INSTALL_HINT}") from None
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    # Executors run this same interpreter unless the user chose another one.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("tune").config("spark.executorEnv.OMP_NUM_THREADS", "1")
+    builder = builder.config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
+    if master != "auto":
+        builder = builder.master(master)
+    if is_local_master(master):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.ui.enabled", "false").config("spark.driver.bindAddress", "127.0.0.1")
+    try:
+        session = builder.getOrCreate()
+    except Exception as error:
+        raise PipelineError(
+            f"could not start Spark (master {master}): {one_line(str(error), 160)}; "
+            "Spark 4 needs Java 17 or newer on PATH or in JAVA_HOME"
+        ) from None
+    session.sparkContext.setLogLevel("WARN")
+    return session
+
+
+def ship_steps_package(session: Any) -> None:
+    """Executors unpickle the objective and the splits, which live in this package: send it to them."""
+    # Spark fetches the file when a task first needs it: it must outlive this call, so it goes when we exit.
+    folder = tempfile.mkdtemp(prefix="tune-spark-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    archive = shutil.make_archive(f"{folder}/steps", "zip", root_dir=STEPS_DIR.parent, base_dir=STEPS_DIR.name)
+    session.sparkContext.addPyFile(archive)
+
+
+def make_objective(data: Any, tracking_uri: str | None, experiment_id: str, parent_run_id: str) -> Any:
+    """What one Spark task runs: evaluate the sample on the broadcast splits, log it as a child run."""
+
+    def objective(sample: dict[str, Any]) -> dict[str, Any]:
+        splits, spec, config = data.value
+        result = evaluate_sample(splits, spec, sample, config)
+        if tracking_uri is not None:
+            log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
+            result["run_id"] = log_result(log_trial, None, result, config.metric)
+        return result
+
+    return objective
+
+
+def run_spark_search(
+    splits: Splits,
+    spec: FeatureSpec,
+    config: SearchConfig,
+    master: str = "auto",
+    log_runs: bool = True,
+    show_progress: bool = False,
+    previous: Trials | None = None,
+) -> SearchOutcome:
+    """hyperopt's fmin over SparkTrials; returns the same outcome as the local search."""
+    from hyperopt import SparkTrials
+
+    setup = search_setup(spec, config, previous)
+    session = spark_session(master, config.parallelism)
+    ship_steps_package(session)
+    # Rebuilt from this module's import of steps.tune: under `python -m steps.tune` the caller's class is
+    # `__main__.SearchConfig`, which executors cannot unpickle.
+    config = SearchConfig(**dataclasses.asdict(config))
+    data = session.sparkContext.broadcast((splits, spec, config))
+    tracking_uri = experiment_id = parent_run_id = None
+    active = mlflow.active_run()
+    if log_runs and active is not None:
+        tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
+        experiment_id, parent_run_id = active.info.experiment_id, active.info.run_id
+    trials = SparkTrials(parallelism=config.parallelism, timeout=config.timeout, spark_session=session)
+    if previous is not None:
+        trials.insert_trial_docs(previous.trials)
+        trials.refresh()
+    rng = np.random.default_rng(config.seed)
+    for _ in range(setup.done_before):  # as the local search: continue the seed sequence
+        rng.integers(2**31 - 1)
+    started = time.monotonic()
+    fmin(
+        make_objective(data, tracking_uri, experiment_id or "", parent_run_id or ""),
+        setup.space,
+        setup.suggest,
+        setup.target,
+        trials=trials,
+        rstate=rng,
+        max_queue_len=config.parallelism,
+        early_stop_fn=no_progress_loss(config.early_stop_rounds) if config.early_stop_rounds else None,
+        show_progressbar=show_progress,
+        return_argmin=False,  # all trials may have failed: reported below, in one line
+    )
+    data.unpersist()
+    finished = collect_trials(trials, setup.space, config.metric)
+    if tracking_uri is not None:
+        name_trial_runs(MlflowClient(tracking_uri), finished, setup.done_before)
+    reason = trials.fmin_cancelled_reason or ""
+    stopped_by = setup.stopped_by
+    if "timeout" in reason:
+        stopped_by = "timeout"
+    elif "early stop" in reason:
+        stopped_by = "early_stop"
+    logger.info("Spark search: %d trials in %.1f s", len(finished.trials), time.monotonic() - started)
+    if not any(result.get("status") == STATUS_OK for result in finished.results):
+        errors = {result.get("error") for result in finished.results}
+        raise PipelineError(f"all {len(finished.trials)} trials failed: {'; '.join(map(str, errors))}")
+    return SearchOutcome(finished, stopped_by, len(finished.trials) - setup.done_before)
+
+
+def collect_trials(spark_trials: Any, space: Any, metric: str) -> Trials:
+    """The search as plain Trials, in trial-id order: results as the local search records them.
+
+    A trial whose Spark task failed (or was cancelled by the timeout) becomes a failed trial with the
+    task's error, so the leaderboard shows it.
+    """
+    records = []
+    # `trials` leaves out the errored and cancelled ones; the full list is kept in `_dynamic_trials`.
+    for doc in sorted(spark_trials._dynamic_trials, key=lambda d: d["tid"]):
+        result = dict(doc.get("result") or {})
+        if doc["state"] != JOB_STATE_DONE or "model" not in result:
+            sample = space_eval(space, {k: v[0] for k, v in doc["misc"]["vals"].items() if v})
+            error = doc["misc"].get("error") or ("", "the Spark task did not finish")
+            result = {
+                "status": STATUS_FAIL,
+                "model": sample.get("model", ""),
+                "params": {k: v for k, v in sample.items() if k != "model"},
+                "scores": {},
+                "error": one_line(str(error[1]).strip().splitlines()[-1] if error[1] else str(error[0]), 200),
+            }
+        result["trial"] = doc["tid"] + 1
+        result.setdefault("run_id", "")
+        records.append({"tid": doc["tid"], "idxs": doc["misc"]["idxs"], "vals": doc["misc"]["vals"], "result": result})
+    return trials_from_records(records)
+
+
+def name_trial_runs(client: MlflowClient, trials: Trials, done_before: int) -> None:
+    """Executors cannot know the trial number hyperopt gave their task: name the new child runs now."""
+    for result in trials.results[done_before:]:
+        if result.get("run_id"):
+            number = result["trial"]
+            client.log_batch(
+                result["run_id"], tags=[RunTag(TRIAL_TAG, str(number)), RunTag(RUN_NAME_TAG, f"trial-{number:03d}")]
+            )

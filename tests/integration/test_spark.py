@@ -1,0 +1,74 @@
+"""`tune -P backend=spark`: hyperopt's SparkTrials in Spark local[2] mode, trials logged from the executors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.conftest import children, mlflow_run, runs_by_step
+
+pytestmark = [
+    pytest.mark.spark,
+    pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java 17+ (CI installs it)"),
+]
+SPARK_ENV = {"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+def finished_tune(client: MlflowClient):
+    [run] = runs_by_step(client, "tune")[:1]
+    assert run.info.status == "FINISHED", run.data.tags.get("pipeline.error")
+    return run
+
+
+def test_spark_backend_nests_trials_under_the_tune_run_and_resumes(project, store):
+    pytest.importorskip("pyspark")
+    args = ["-e", "tune", "-P", "backend=spark", "-P", "spark_master=local[2]", "-P", "parallelism=2"]
+    result = mlflow_run(project, [*args, "-P", "max_evals=6"], store, extra_env=SPARK_ENV)
+    assert result.returncode == 0, result.stderr[-4000:]
+    client = MlflowClient(store)
+    tune = finished_tune(client)
+    assert tune.data.tags["backend"] == "spark" and tune.data.tags["stopped_by"] == "max_evals"
+    trials = [r for r in children(client, tune) if r.data.tags.get("pipeline.step") == "trial"]
+    # Logged by the executors, named by the driver once hyperopt's trial numbers are known.
+    assert sorted(r.info.run_name for r in trials) == [f"trial-{i:03d}" for i in range(1, 7)]
+    assert all(r.info.status == "FINISHED" and r.data.tags["trial"] == r.info.run_name[-1] for r in trials)
+    assert all("val_f1_macro" in r.data.metrics and "model_family" in r.data.params for r in trials)
+    best = client.get_run(tune.data.tags["best_trial_run_id"])
+    assert best.data.tags["mlflow.parentRunId"] == tune.info.run_id
+    assert (
+        best.data.metrics["val_f1_macro"]
+        == tune.data.metrics["best_val_f1_macro"]
+        == max(r.data.metrics["val_f1_macro"] for r in trials)
+    )
+    board = list(csv.DictReader(io.StringIO(_text(client, tune.info.run_id, "trials.csv"))))
+    assert len(board) == 6 and {row["run_id"] for row in board} == {r.info.run_id for r in trials}
+
+    # Resume on Spark: the 6 trials are loaded into SparkTrials, 2 more run.
+    result = mlflow_run(
+        project, [*args, "-P", "max_evals=2", "-P", f"resume_from={tune.info.run_id}"], store, extra_env=SPARK_ENV
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    resumed = finished_tune(client)
+    assert resumed.info.run_id != tune.info.run_id
+    assert resumed.data.metrics["n_trials"] == 8 and resumed.data.metrics["n_new_trials"] == 2
+    assert sorted(r.info.run_name for r in children(client, resumed)) == ["trial-007", "trial-008"]
+
+
+def test_unknown_backend_is_one_line_and_a_failed_run(project, store):
+    result = mlflow_run(project, ["-e", "tune", "-P", "backend=dask"], store)
+    assert result.returncode != 0
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+    assert line == "error: tune: unknown backend 'dask'; use one of local, spark"
+    [run] = runs_by_step(MlflowClient(store), "tune")
+    assert run.info.status == "FAILED"
+
+
+def _text(client: MlflowClient, run_id: str, path: str) -> str:
+    import mlflow
+
+    return mlflow.artifacts.load_text(f"{client.get_run(run_id).info.artifact_uri}/{path}")
