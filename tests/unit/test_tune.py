@@ -124,6 +124,32 @@ def test_parallel_workers_give_complete_results(iris):
     outcome = run_search(*iris, config(max_evals=4, parallelism=2))
     assert len(outcome.trials.trials) == 4
     assert all(r["status"] == "ok" for r in outcome.trials.results)
+    assert sorted(r["trial"] for r in outcome.trials.results) == [1, 2, 3, 4]
+
+
+def test_parallel_random_search_tries_the_sequential_configurations(iris):
+    """random does not adapt: whatever order the workers finish in, the same configurations are tried."""
+    sequential = run_search(*iris, config(algo="random", max_evals=5))
+    parallel = run_search(*iris, config(algo="random", max_evals=5, parallelism=2))
+    by_trial = [sorted(o.trials.results, key=lambda r: r["trial"]) for o in (sequential, parallel)]
+    assert [r["params"] for r in by_trial[0]] == [r["params"] for r in by_trial[1]]
+
+
+def test_parallel_grid_walks_each_point_once(iris):
+    """Points are given by trial id: running trials, not yet in the history, do not shift the grid."""
+    outcome = run_search(*iris, config(algo="grid", families=("logistic_regression",), max_evals=50, parallelism=2))
+    assert sorted(r["params"]["C"] for r in outcome.trials.results) == [0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+def test_worker_processes_start_with_one_thread_per_library():
+    import os
+
+    from steps.tune import THREAD_VARIABLES, one_thread_per_library_in_children
+
+    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    with one_thread_per_library_in_children():
+        assert all(os.environ[name] == "1" for name in THREAD_VARIABLES)
+    assert {name: os.environ.get(name) for name in THREAD_VARIABLES} == before
 
 
 def test_figures_are_drawn(iris, tmp_path):
@@ -140,6 +166,7 @@ def test_figures_are_drawn(iris, tmp_path):
         (("tpe", 5, 0, 0, 0), "parallelism must be at least 1"),
         (("tpe", 5, 1, -1, 0), "early_stop_rounds"),
         (("tpe", 5, 1, 0, 1), "cv_folds"),
+        (("tpe", 5, 1, 0, 0, "auto", "all", "ray"), "unknown backend 'ray'; use one of local, spark"),
     ],
 )
 def test_search_options_are_checked(args, message):
@@ -154,3 +181,47 @@ def test_timeout_parsing():
             parse_timeout(bad)
     with pytest.raises(PipelineError, match="number of seconds"):
         parse_timeout("soon")
+
+
+def test_spark_backend_helpers(tmp_path, monkeypatch):
+    from steps.spark_backend import absolute_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert absolute_tracking_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert absolute_tracking_uri("mlruns") == str(tmp_path / "mlruns")
+
+
+def test_spark_backend_without_pyspark_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from steps.spark_backend import spark_session
+
+    monkeypatch.setitem(sys.modules, "pyspark.sql", None)  # as if pyspark were not installed
+    with pytest.raises(PipelineError, match=r"backend=spark needs pyspark.*requirements-spark\.txt"):
+        spark_session("auto", 2)
+
+
+def test_failed_spark_tasks_become_failed_trials():
+    """A task that errored in Spark (no result from our objective) is a failed trial with its error."""
+    from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, Trials
+
+    from steps.spark_backend import collect_trials
+
+    space = build_search_space(CLASSIFICATION, ["logistic_regression"])
+    source = Trials()
+    ok = {"status": "ok", "loss": -0.9, "model": "logistic_regression", "params": {"C": 1.0}, "scores": {}}
+    for tid, (state, result) in enumerate([(JOB_STATE_DONE, ok), (JOB_STATE_ERROR, {"status": "new"})]):
+        misc = {"tid": tid, "cmd": None, "workdir": None, "idxs": {"model": [tid], "logistic_regression.C": [tid]}}
+        misc["vals"] = {"model": [0], "logistic_regression.C": [1.0]}
+        if state == JOB_STATE_ERROR:
+            misc["error"] = ("<class 'ImportError'>", "Traceback ...\nImportError: no module named steps")
+        [doc] = source.new_trial_docs([tid], [None], [result], [misc])
+        doc["state"] = state
+        source._dynamic_trials.append(doc)
+    trials = collect_trials(source, space, "accuracy")
+    assert [r["trial"] for r in trials.results] == [1, 2]
+    failed = trials.results[1]
+    assert failed["status"] == "fail" and failed["model"] == "logistic_regression"
+    assert failed["error"] == "ImportError: no module named steps"
