@@ -37,6 +37,7 @@ from steps.common import (
     step_run,
     write_json,
 )
+from steps.tune import parse_timeout, validate_search_options
 
 logger = logging.getLogger("steps.main")
 # Not resolved: under conda/ (whose steps/ is a symlink) the nested runs must use conda/MLproject.
@@ -264,11 +265,13 @@ def run_main(
     registered_model_name: str,
     seed: int,
     use_cache: bool = True,
+    tune_options: dict[str, Any] | None = None,
 ) -> list[StepResult]:
     """Chain the steps through `mlflow.projects.run`, passing artifact URIs from one to the next.
 
     A step whose cache key matches a FINISHED run with its outputs intact is not run again: that
-    run is reused, so a re-run after a failure resumes at the failed step.
+    run is reused, so a re-run after a failure resumes at the failed step. `tune_options` go to tune
+    as they are (algo, models, parallelism, ...).
     """
     client = MlflowClient()
     active = mlflow.active_run()
@@ -326,7 +329,7 @@ def run_main(
     splits_uri = artifact_uri(featurize.info.run_id, "splits")
     tune = step(
         "tune",
-        {"splits_uri": splits_uri, "max_evals": max_evals, "metric": metric, "seed": seed},
+        {"splits_uri": splits_uri, "max_evals": max_evals, "metric": metric, "seed": seed, **(tune_options or {})},
         {"splits": digest(featurize)},
     )
     train = step(
@@ -380,6 +383,13 @@ def run_main(
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
 @click.option("--seed", default=42, type=INT)
 @click.option("--use-cache", default="true", help="false: run every step again.")
+@click.option("--algo", default="tpe", help="tune: tpe, random, anneal or grid.")
+@click.option("--models", default="all", help="tune: comma-separated model families; all: every one.")
+@click.option("--parallelism", default=1, type=INT, help="tune: trials at once.")
+@click.option("--early-stop-rounds", default=0, type=INT, help="tune: stop after this many trials without progress.")
+@click.option("--timeout", default="none", help="tune: stop starting trials after this many seconds.")
+@click.option("--cv-folds", default=0, type=INT, help="tune: k-fold CV on the training split; 0: validation.")
+@click.option("--backend", default="local", help="tune: local or spark.")
 def main(
     data_uri: str,
     target: str,
@@ -389,10 +399,22 @@ def main(
     registered_model_name: str,
     seed: int,
     use_cache: str,
+    **tune_options: Any,
 ) -> None:
     with step_run("main"):
         cache = parse_bool("use_cache", use_cache)
-        run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed, cache)
+        validate_search_options(
+            tune_options["algo"],
+            max_evals,
+            tune_options["parallelism"],
+            tune_options["early_stop_rounds"],
+            tune_options["cv_folds"],
+            metric,
+            tune_options["models"],
+            tune_options["backend"],
+        )
+        parse_timeout(tune_options["timeout"])
+        run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed, cache, tune_options)
 
 
 if __name__ == "__main__":

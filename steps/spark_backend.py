@@ -27,16 +27,8 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from steps.common import RUN_NAME_TAG, FeatureSpec, PipelineError, Splits, one_line
-from steps.tune import (
-    TRIAL_TAG,
-    SearchConfig,
-    SearchOutcome,
-    evaluate_sample,
-    log_result,
-    nested_trial_logger,
-    search_setup,
-    trials_from_records,
-)
+from steps.trial_logger import TRIAL_TAG, nested_trial_logger
+from steps.tune import SearchConfig, SearchOutcome, evaluate_sample, log_result, search_setup, trials_from_records
 
 logger = logging.getLogger("steps.tune")
 STEPS_DIR = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials, anneal, hp,
 from hyperopt.base import Domain
 from hyperopt.early_stop import no_progress_loss
 from hyperopt.pyll import scope
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -35,8 +35,6 @@ from steps.common import (
     INT,
     MODEL_FAMILIES,
     OUTPUT_DIGEST_TAG,
-    PARENT_TAG,
-    RUN_NAME_TAG,
     STEP_TAG,
     FeatureSpec,
     PipelineError,
@@ -57,10 +55,12 @@ from steps.common import (
     step_run,
     write_json,
 )
+from steps.trial_logger import TrialLogger, TrialLogProcess, nested_trial_logger
 
 logger = logging.getLogger("steps.tune")
 ALGOS = ("tpe", "random", "anneal", "grid")
 BACKENDS = ("local", "spark")
+LOG_PROCESS_MIN_EVALS = 10
 TRIALS_FILE = "trials.json"
 
 
@@ -224,9 +224,6 @@ def _evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the search loop
 
-TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
-TRIAL_TAG = "trial"
-
 
 @dataclass
 class SearchOutcome:
@@ -366,6 +363,11 @@ def run_search(
                     if stop:
                         stopped_by, stopping = "early_stop", True
     progress.close()
+    finish = getattr(log_trial, "finish", None)
+    if finish is not None:  # a TrialLogProcess: wait for its runs, then record their ids
+        run_ids = finish()
+        for result in trials.results[done_before:]:
+            result["run_id"] = run_ids.get(result["trial"], result.get("run_id", ""))
     if not any(result.get("status") == STATUS_OK for result in trials.results):
         errors = {result.get("error") for result in trials.results}
         raise PipelineError(f"all {len(trials.trials)} trials failed: {'; '.join(map(str, errors))}")
@@ -480,6 +482,7 @@ def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullLocator
 
     ok = sorted((r for r in trials.results if r.get("status") == STATUS_OK), key=lambda r: r["trial"])
     numbers = [r["trial"] for r in ok]
@@ -490,12 +493,14 @@ def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
     ax.set_xlabel("trial")
     ax.set_ylabel(f"loss ({'-' if metric_loss(metric, 1.0) < 0 else ''}{metric})")
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.95)  # tight_layout costs ~0.5 s a figure
     history = out / "loss_history.png"
     fig.savefig(history, dpi=80)
     plt.close(fig)
 
-    params = sorted({(r["model"], k) for r in ok for k, v in r["params"].items() if isinstance(v, int | float)})
+    numeric = {(r["model"], k) for r in ok for k, v in r["params"].items() if isinstance(v, int | float)}
+    # Only what the search varied (e.g. not logistic_regression's fixed max_iter).
+    params = sorted(p for p in numeric if len({r["params"].get(p[1]) for r in ok if r["model"] == p[0]}) > 1)
     columns = min(3, max(1, len(params)))
     rows = max(1, math.ceil(len(params) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
@@ -507,33 +512,19 @@ def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
                 ax.set_xscale("log")
         ax.set_title(f"{model}.{name}", fontsize=9)
         ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(4))  # tick labels are most of the drawing time
+        if ax.get_xscale() == "linear":
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+        else:
+            ax.xaxis.set_minor_locator(NullLocator())
     for ax in list(axes.flat)[len(params) :]:
         ax.set_visible(False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.05, top=0.95, hspace=0.45, wspace=0.3)
     versus = out / "hyperparams_vs_loss.png"
     fig.savefig(versus, dpi=80)
     plt.close(fig)
     return [history, versus]
-
-
-def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id: str) -> TrialLogger:
-    """Log each trial as a child run of the tune run: create, one batch, terminate."""
-
-    def log_trial(number: int | None, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
-        # number None: not known where the trial ran (a Spark executor); the driver names the run later.
-        name = "trial" if number is None else f"trial-{number:03d}"
-        run = client.create_run(experiment_id, tags={PARENT_TAG: parent_run_id, STEP_TAG: "trial", RUN_NAME_TAG: name})
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in params.items()],
-            tags=[] if number is None else [RunTag(TRIAL_TAG, str(number))],
-        )
-        client.set_terminated(run.info.run_id, status=status)
-        return run.info.run_id
-
-    return log_trial
 
 
 def prepare_default_splits(seed: int) -> str:
@@ -666,8 +657,16 @@ def run_tune(
 
         outcome = run_spark_search(splits, spec, config, spark_master, show_progress=True, previous=previous)
     else:
-        log_trial = nested_trial_logger(client, active.info.experiment_id, active.info.run_id)
-        outcome = run_search(splits, spec, config, log_trial, show_progress=True, previous=previous)
+        ids = (active.info.experiment_id, active.info.run_id)
+        if max_evals >= LOG_PROCESS_MIN_EVALS:  # worth the logger process's ~3 s start, which overlaps the fits
+            log_trial: Any = TrialLogProcess(mlflow.get_tracking_uri(), *ids)
+        else:
+            log_trial = nested_trial_logger(client, *ids)
+        try:
+            outcome = run_search(splits, spec, config, log_trial, show_progress=True, previous=previous)
+        finally:
+            if isinstance(log_trial, TrialLogProcess):
+                log_trial.close()
     trials = outcome.trials
     best = best_result(trials)
     payload = {

@@ -76,6 +76,21 @@ def test_main_and_step_defaults_agree():
         points["main"]["parameters"]["registered_model_name"]["default"]
         == points["evaluate"]["parameters"]["registered_model_name"]["default"]
     )
+    passed_on = ("max_evals", "metric", "algo", "models", "parallelism", "early_stop_rounds", "timeout", "cv_folds")
+    for name in (*passed_on, "backend"):
+        assert points["main"]["parameters"][name] == points["tune"]["parameters"][name], name
+
+
+def test_every_command_flag_is_an_option_of_its_cli():
+    import re
+
+    points = yaml.safe_load((PROJECT_DIR / "MLproject").read_text())["entry_points"]
+    for name, entry in points.items():
+        command = importlib.import_module(f"steps.{name}").main
+        options = {opt for param in command.params for opt in param.opts}
+        flags = set(re.findall(r"--[a-z-]+", entry["command"]))
+        assert flags <= options, (name, flags - options)
+        assert len(flags) == len(entry["parameters"]), name  # one flag per declared param
 
 
 def test_conda_project_is_the_same_project_with_conda_env():

@@ -1,0 +1,35 @@
+"""The trial logger process: trials are logged as child runs, in order, and errors come back."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from steps.common import PipelineError
+from steps.trial_logger import TrialLogProcess
+
+
+def test_trials_are_logged_as_children_and_their_ids_come_back(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("tune")
+    parent = client.create_run(experiment).info.run_id
+    logger = TrialLogProcess(uri, experiment, parent)
+    for number in (1, 2, 3):
+        assert logger(number, {"model_family": "ridge"}, {"val_rmse": 1.0 / number}, "FINISHED") == ""
+    logger(4, {"model_family": "ridge"}, {}, "FAILED")
+    run_ids = logger.finish()
+    assert sorted(run_ids) == [1, 2, 3, 4]
+    for number, run_id in run_ids.items():
+        run = client.get_run(run_id)
+        assert run.info.run_name == f"trial-{number:03d}" and run.data.tags["trial"] == str(number)
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.info.status == ("FAILED" if number == 4 else "FINISHED")
+    assert client.get_run(run_ids[2]).data.metrics["val_rmse"] == 0.5
+
+
+def test_a_logging_error_is_reported_in_one_line(tmp_path):
+    logger = TrialLogProcess(f"sqlite:///{tmp_path / 'mlflow.db'}", "no-such-experiment", "no-such-run")
+    logger(1, {}, {"loss": 0.1}, "FINISHED")
+    with pytest.raises(PipelineError, match=r"could not log 1 trial run\(s\): trial 1: "):
+        logger.finish()
