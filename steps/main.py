@@ -37,6 +37,7 @@ from steps.common import (
     step_run,
     write_json,
 )
+from steps.evaluate import THRESHOLD_PARAMS, parse_min_delta, threshold_options
 from steps.tune import parse_timeout, validate_search_options
 
 logger = logging.getLogger("steps.main")
@@ -266,12 +267,13 @@ def run_main(
     seed: int,
     use_cache: bool = True,
     tune_options: dict[str, Any] | None = None,
+    evaluate_options: dict[str, Any] | None = None,
 ) -> list[StepResult]:
     """Chain the steps through `mlflow.projects.run`, passing artifact URIs from one to the next.
 
     A step whose cache key matches a FINISHED run with its outputs intact is not run again: that
     run is reused, so a re-run after a failure resumes at the failed step. `tune_options` go to tune
-    as they are (algo, models, parallelism, ...).
+    as they are (algo, models, parallelism, ...), `evaluate_options` to evaluate (the gates).
     """
     client = MlflowClient()
     active = mlflow.active_run()
@@ -345,6 +347,7 @@ def run_main(
             "splits_uri": splits_uri,
             "registered_model_name": registered_model_name,
             "metric": metric,
+            **(evaluate_options or {}),
         },
         {"model": digest(train), "splits": digest(featurize)},
     )
@@ -390,6 +393,8 @@ def run_main(
 @click.option("--timeout", default="none", help="tune: stop starting trials after this many seconds.")
 @click.option("--cv-folds", default=0, type=INT, help="tune: k-fold CV on the training split; 0: validation.")
 @click.option("--backend", default="local", help="tune: local or spark.")
+@click.option("--min-delta", default="0", help="evaluate: beat the champion by at least this.")
+@threshold_options
 def main(
     data_uri: str,
     target: str,
@@ -399,22 +404,26 @@ def main(
     registered_model_name: str,
     seed: int,
     use_cache: str,
-    **tune_options: Any,
+    **options: Any,
 ) -> None:
+    evaluate_names = ("min_delta", *THRESHOLD_PARAMS.values())
+    evaluate_options = {name: options.pop(name) for name in evaluate_names}
+    chosen = {"tune_options": options, "evaluate_options": evaluate_options}
     with step_run("main"):
+        parse_min_delta(evaluate_options["min_delta"])
         cache = parse_bool("use_cache", use_cache)
         validate_search_options(
-            tune_options["algo"],
+            options["algo"],
             max_evals,
-            tune_options["parallelism"],
-            tune_options["early_stop_rounds"],
-            tune_options["cv_folds"],
+            options["parallelism"],
+            options["early_stop_rounds"],
+            options["cv_folds"],
             metric,
-            tune_options["models"],
-            tune_options["backend"],
+            options["models"],
+            options["backend"],
         )
-        parse_timeout(tune_options["timeout"])
-        run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed, cache, tune_options)
+        parse_timeout(options["timeout"])
+        run_main(data_uri, target, task, max_evals, metric, registered_model_name, seed, cache, **chosen)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,23 @@ def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id:
 
 
 def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any, outbox: Any, parent: int) -> None:
-    """The logger process: log each trial it is sent; exit on STOP or when its parent is gone."""
+    """The logger process: log each trial it is sent, run what it is asked; exit on STOP or if its parent is gone."""
     log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
     outbox.put(("ready", None))
+    import matplotlib  # loaded while the search runs: the figures are drawn here at the end
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()  # a first drawing loads the fonts: done now, while there is time
+    axes.scatter([1, 2], [1, 2])
+    axes.set_xscale("log")
+    axes.set_title("warm-up")
+    figure.savefig(io.BytesIO(), format="png")
+    plt.close(figure)
+
     while True:
         try:
             message = inbox.get(timeout=POLL_SECONDS)
@@ -60,11 +74,17 @@ def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any
             continue
         if message is STOP:
             return
-        number, params, metrics, status = message
+        kind, *args = message
         try:
-            outbox.put((number, log_trial(number, params, metrics, status)))
-        except Exception as error:  # reported to the search when it collects the run ids
-            outbox.put(("error", f"trial {number}: {type(error).__name__}: {error}"))
+            if kind == "log":
+                number, params, metrics, status = args
+                outbox.put(("logged", (number, log_trial(number, params, metrics, status))))
+            else:
+                function, call_args = args
+                outbox.put(("result", function(*call_args)))
+        except Exception as error:  # reported in the tune process, in one line
+            what = f"trial {args[0]}" if kind == "log" else getattr(args[0], "__name__", "call")
+            outbox.put(("error", f"{what}: {type(error).__name__}: {error}"))
 
 
 class TrialLogProcess:
@@ -80,43 +100,56 @@ class TrialLogProcess:
             daemon=True,
         )
         self._process.start()
-        self._sent = 0
+        self._pending = 0
 
     def __call__(self, number: int | None, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
-        self._inbox.put((number, params, metrics, status))
-        self._sent += 1
+        self._inbox.put(("log", number, params, metrics, status))
+        self._pending += 1
         return ""  # the run id is known when finish() collects it
 
     def finish(self, timeout: float = 300) -> dict[int, str]:
         """Wait for every trial sent so far to be logged; trial number -> run id."""
-        self._inbox.put(STOP)
         run_ids: dict[int, str] = {}
         errors: list[str] = []
-        deadline = time.monotonic() + timeout
-        while len(run_ids) + len(errors) < self._sent:
-            try:
-                key, value = self._outbox.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if not self._process.is_alive() and self._outbox.empty():
-                    errors.append(f"the trial logger process exited with code {self._process.exitcode}")
-                    break
-                if time.monotonic() > deadline:
-                    errors.append(f"the trial logger did not finish within {timeout:.0f} s")
-                    break
-                continue
-            if key == "error":
+        while self._pending:
+            kind, value = self._receive(timeout)
+            if kind == "logged":
+                run_ids[value[0]] = value[1]
+                self._pending -= 1
+            elif kind == "error":
                 errors.append(value)
-            elif key != "ready":
-                run_ids[key] = value
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
+                self._pending -= 1
         if errors:
             raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0]}")
         return run_ids
 
+    def call(self, function: Callable[..., Any], *args: Any, timeout: float = 300) -> Any:
+        """Run `function(*args)` in the logger process (after what is queued) and return its result."""
+        self.finish(timeout)
+        self._inbox.put(("call", function, args))
+        kind, value = self._receive(timeout)
+        if kind == "error":
+            raise PipelineError(value)
+        return value
+
+    def _receive(self, timeout: float) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, value = self._outbox.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise PipelineError(f"the trial logger process exited (code {self._process.exitcode})") from None
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"the trial logger did not answer within {timeout:.0f} s") from None
+                continue
+            if kind != "ready":
+                return kind, value
+
     def close(self) -> None:
-        """Stop the process without waiting for what is queued (after a failed search)."""
+        """Tell the process to stop after what is queued; not waited for (its own exit takes ~1 s).
+
+        It is a daemon process: if this process exits first, multiprocessing ends it.
+        """
         if self._process.is_alive():
-            self._process.kill()
-        self._process.join(timeout=10)
+            self._inbox.put(STOP)

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -476,7 +476,7 @@ def load_previous_search(client: MlflowClient, run_id: str) -> tuple[Run, Trials
 # --------------------------------------------------------------------------- figures
 
 
-def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
+def plot_search(results: list[dict[str, Any]], metric: str, out: Path) -> list[Path]:
     """Loss per trial with the running best, and each hyperparameter against the loss."""
     import matplotlib
 
@@ -484,7 +484,7 @@ def plot_search(trials: Trials, metric: str, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator, NullLocator
 
-    ok = sorted((r for r in trials.results if r.get("status") == STATUS_OK), key=lambda r: r["trial"])
+    ok = sorted((r for r in results if r.get("status") == STATUS_OK), key=lambda r: r["trial"])
     numbers = [r["trial"] for r in ok]
     losses = [r["loss"] for r in ok]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -652,75 +652,76 @@ def run_tune(
         mlflow.set_tags({"grid.size": str(size), "grid.note": note})
     started = time.perf_counter()
     mlflow.set_tag("backend", backend)
-    if backend == "spark":
-        from steps.spark_backend import run_spark_search
+    with ExitStack() as cleanup:  # the logger process, if there is one, ends with this step
+        log_trial: Any = None
+        if backend == "spark":
+            from steps.spark_backend import run_spark_search
 
-        outcome = run_spark_search(splits, spec, config, spark_master, show_progress=True, previous=previous)
-    else:
-        ids = (active.info.experiment_id, active.info.run_id)
-        if max_evals >= LOG_PROCESS_MIN_EVALS:  # worth the logger process's ~3 s start, which overlaps the fits
-            log_trial: Any = TrialLogProcess(mlflow.get_tracking_uri(), *ids)
+            outcome = run_spark_search(splits, spec, config, spark_master, show_progress=True, previous=previous)
         else:
-            log_trial = nested_trial_logger(client, *ids)
-        try:
+            ids = (active.info.experiment_id, active.info.run_id)
+            if max_evals >= LOG_PROCESS_MIN_EVALS:  # worth the logger process's ~3 s start, which overlaps the fits
+                log_trial = cleanup.enter_context(closing(TrialLogProcess(mlflow.get_tracking_uri(), *ids)))
+            else:
+                log_trial = nested_trial_logger(client, *ids)
             outcome = run_search(splits, spec, config, log_trial, show_progress=True, previous=previous)
-        finally:
-            if isinstance(log_trial, TrialLogProcess):
-                log_trial.close()
-    trials = outcome.trials
-    best = best_result(trials)
-    payload = {
-        "model": best["model"],
-        "params": best["params"],
-        "metric": metric,
-        "value": best["value"],
-        "best_trial_run_id": best["run_id"],
-        "splits_uri": splits_uri,
-    }
-    n_failed = sum(result.get("status") != STATUS_OK for result in trials.results)
-    best_family = MODEL_FAMILIES[best["model"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        write_json(out / "best_params.json", payload)
-        write_json(out / TRIALS_FILE, trials_to_records(trials))
-        leaderboard(trials, metric).to_csv(out / "trials.csv", index=False)
-        (out / "figures").mkdir()
-        plot_search(trials, metric, out / "figures")
-        mlflow.log_metrics(
-            {
-                f"best_val_{metric}": best["value"],
-                "best_loss": best["loss"],
-                "n_trials": len(trials.trials),
-                "n_new_trials": outcome.new_trials,
-                "n_failed_trials": n_failed,
-                "search_seconds": time.perf_counter() - started,
-            }
+        trials = outcome.trials
+        best = best_result(trials)
+        payload = {
+            "model": best["model"],
+            "params": best["params"],
+            "metric": metric,
+            "value": best["value"],
+            "best_trial_run_id": best["run_id"],
+            "splits_uri": splits_uri,
+        }
+        n_failed = sum(result.get("status") != STATUS_OK for result in trials.results)
+        best_family = MODEL_FAMILIES[best["model"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            write_json(out / "best_params.json", payload)
+            write_json(out / TRIALS_FILE, trials_to_records(trials))
+            leaderboard(trials, metric).to_csv(out / "trials.csv", index=False)
+            (out / "figures").mkdir()
+            if isinstance(log_trial, TrialLogProcess):  # it has matplotlib loaded already, and time to spare
+                log_trial.call(plot_search, trials.results, metric, out / "figures")
+            else:
+                plot_search(trials.results, metric, out / "figures")
+            mlflow.log_metrics(
+                {
+                    f"best_val_{metric}": best["value"],
+                    "best_loss": best["loss"],
+                    "n_trials": len(trials.trials),
+                    "n_new_trials": outcome.new_trials,
+                    "n_failed_trials": n_failed,
+                    "search_seconds": time.perf_counter() - started,
+                }
+            )
+            mlflow.set_tags(
+                {
+                    "best_trial_run_id": best["run_id"],
+                    "best_trial": str(best["trial"]),
+                    "metric": metric,
+                    "task": spec.task,
+                    "stopped_by": outcome.stopped_by,
+                }
+                | {f"best.{k}": v for k, v in hyperparam_params(best_family, best["params"]).items()}
+            )
+            mlflow.log_artifacts(str(out / "figures"), "figures")
+            for name in ("trials.csv", TRIALS_FILE, "best_params.json"):
+                mlflow.log_artifact(str(out / name))
+        # What train consumes from the file; run ids inside it differ from one run to the next.
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
+        logger.info(
+            "best of %d trials (stopped by %s): %s %s, %s = %.4f",
+            len(trials.trials),
+            outcome.stopped_by,
+            best["model"],
+            best["params"],
+            metric,
+            best["value"],
         )
-        mlflow.set_tags(
-            {
-                "best_trial_run_id": best["run_id"],
-                "best_trial": str(best["trial"]),
-                "metric": metric,
-                "task": spec.task,
-                "stopped_by": outcome.stopped_by,
-            }
-            | {f"best.{k}": v for k, v in hyperparam_params(best_family, best["params"]).items()}
-        )
-        mlflow.log_artifacts(str(out / "figures"), "figures")
-        for name in ("trials.csv", TRIALS_FILE, "best_params.json"):
-            mlflow.log_artifact(str(out / name))
-    # What train consumes from the file; run ids inside it differ from one run to the next.
-    mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
-    logger.info(
-        "best of %d trials (stopped by %s): %s %s, %s = %.4f",
-        len(trials.trials),
-        outcome.stopped_by,
-        best["model"],
-        best["params"],
-        metric,
-        best["value"],
-    )
-    return payload
+        return payload
 
 
 @click.command()

@@ -52,24 +52,69 @@ def register(splits, spec, family, params, name):
     return mlflow.register_model(info.model_uri, name).version
 
 
-def test_champion_moves_only_to_a_better_model(tracking_uri, iris):
+BASELINE = {"accuracy": 0.33, "f1_macro": 0.2}
+
+
+def decide(client, scores, thresholds=None, min_delta=0.0, iris=None):
     splits, spec = iris
+    return decide_champion(client, "m", "accuracy", scores, BASELINE, thresholds or {}, min_delta, splits.test, spec)
+
+
+def test_champion_moves_only_to_a_better_model(tracking_uri, iris):
     client = MlflowClient()
-    decision = decide_champion(client, "m", "accuracy", 0.5, splits.test, spec)
-    assert decision.promote and "first version" in decision.reason
-    weak = register(splits, spec, "logistic_regression", {"C": "0.0001"}, "m")
+    first = decide(client, {"accuracy": 0.5}, iris=iris)
+    assert first.promote and first.reason == "all gates passed"
+    assert [(g.name, g.passed) for g in first.gates] == [("thresholds", True), ("baseline", True), ("champion", True)]
+    assert first.gates[2].reason == "no champion yet"
+    weak = register(*iris, "logistic_regression", {"C": "0.0001"}, "m")
     client.set_registered_model_alias("m", "champion", weak)
-    better = decide_champion(client, "m", "accuracy", 1.0, splits.test, spec)
-    assert better.promote and better.previous_version == weak and better.previous_value < 1.0
-    worse = decide_champion(client, "m", "accuracy", 0.0, splits.test, spec)
-    assert not worse.promote and "does not beat" in worse.reason
+    better = decide(client, {"accuracy": 1.0}, iris=iris)
+    assert better.promote and better.previous_version == weak
+    assert better.gates[2].reason.startswith(f"accuracy 1.0000 beats champion v{weak}'s ")
+    worse = decide(client, {"accuracy": 0.0}, iris=iris)
+    assert not worse.promote and "does not beat champion" in worse.reason
+    assert "does not beat the dummy baseline" in worse.reason  # 0.0 < the baseline's 0.33 too
+
+
+def test_thresholds_and_min_delta_are_gates(tracking_uri, iris):
+    client = MlflowClient()
+    low = decide(client, {"accuracy": 0.8}, thresholds={"accuracy": 0.9}, iris=iris)
+    assert not low.promote and low.gates[0].name == "thresholds" and not low.gates[0].passed
+    assert "accuracy" in low.gates[0].reason and "0.9" in low.gates[0].reason  # MLflow's own failure message
+    ok = decide(client, {"accuracy": 0.95}, thresholds={"accuracy": 0.9}, iris=iris)
+    assert ok.promote and ok.gates[0].reason == "passed: min_accuracy=0.9 (accuracy 0.9500)"
+    champion = register(*iris, "logistic_regression", {"C": "0.0001"}, "m")
+    client.set_registered_model_alias("m", "champion", champion)
+    from steps.common import score_model
+
+    champion_accuracy = score_model(mlflow.sklearn.load_model("models:/m@champion"), iris[0].test, iris[1])["accuracy"]
+    slightly = {"accuracy": champion_accuracy + 0.01}
+    assert decide(client, slightly, iris=iris).promote
+    held = decide(client, slightly, min_delta=0.05, iris=iris)
+    assert not held.promote and "by at least 0.05" in held.reason
+    same = decide(client, {"accuracy": champion_accuracy}, iris=iris)
+    assert not same.promote  # a tie does not move the champion
+
+
+def test_threshold_params_are_parsed_and_must_fit_the_task():
+    from steps.common import PipelineError
+    from steps.evaluate import parse_min_delta, parse_thresholds
+
+    given = {"min_accuracy": "0.9", "max_rmse": "none", "min_f1_macro": "none"}
+    assert parse_thresholds(given, "classification") == {"accuracy": 0.9}
+    with pytest.raises(PipelineError, match="max_rmse does not fit a classification task; use min_accuracy"):
+        parse_thresholds({"max_rmse": "3"}, "classification")
+    with pytest.raises(PipelineError, match="min_r2 must be a number or none; got 'high'"):
+        parse_thresholds({"min_r2": "high"}, "regression")
+    assert parse_min_delta("0.02") == 0.02
+    with pytest.raises(PipelineError, match="min_delta must be 0 or more"):
+        parse_min_delta("-1")
 
 
 def test_a_champion_of_another_data_set_is_not_replaced_blindly(tracking_uri, iris):
-    splits, spec = iris
     wine, wine_target = load_bundled_frame("wine")
     wine_spec = build_feature_spec(wine, wine_target)
     version = register(split_frame(wine, wine_spec, 0, 0.2, 0.2), wine_spec, "logistic_regression", {}, "m")
     MlflowClient().set_registered_model_alias("m", "champion", version)
-    decision = decide_champion(MlflowClient(), "m", "accuracy", 1.0, splits.test, spec)
+    decision = decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
     assert not decision.promote and "cannot score these test rows" in decision.reason

@@ -79,6 +79,10 @@ def test_main_and_step_defaults_agree():
     passed_on = ("max_evals", "metric", "algo", "models", "parallelism", "early_stop_rounds", "timeout", "cv_folds")
     for name in (*passed_on, "backend"):
         assert points["main"]["parameters"][name] == points["tune"]["parameters"][name], name
+    gates = [name for name in points["evaluate"]["parameters"] if name.startswith(("min_", "max_"))]
+    assert len(gates) == 8  # min_delta and the seven thresholds
+    for name in gates:
+        assert points["main"]["parameters"][name] == points["evaluate"]["parameters"][name], name
 
 
 def test_every_command_flag_is_an_option_of_its_cli():
@@ -88,7 +92,7 @@ def test_every_command_flag_is_an_option_of_its_cli():
     for name, entry in points.items():
         command = importlib.import_module(f"steps.{name}").main
         options = {opt for param in command.params for opt in param.opts}
-        flags = set(re.findall(r"--[a-z-]+", entry["command"]))
+        flags = set(re.findall(r"--[a-z0-9-]+", entry["command"]))
         assert flags <= options, (name, flags - options)
         assert len(flags) == len(entry["parameters"]), name  # one flag per declared param
 

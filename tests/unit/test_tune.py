@@ -154,7 +154,7 @@ def test_worker_processes_start_with_one_thread_per_library():
 
 def test_figures_are_drawn(iris, tmp_path):
     trials = run_search(*iris, config(max_evals=5)).trials
-    for path in plot_search(trials, "accuracy", tmp_path):
+    for path in plot_search(trials.results, "accuracy", tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
 
 

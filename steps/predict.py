@@ -1,0 +1,153 @@
+"""Step `predict`: batch scoring with a registered model (the champion unless told otherwise)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import mlflow
+import numpy as np
+import pandas as pd
+
+from steps.common import (
+    DEFAULT_DATA_URI,
+    DEFAULT_REGISTERED_MODEL_NAME,
+    OUTPUT_DIGEST_TAG,
+    PipelineError,
+    digest_path,
+    one_line,
+    read_data,
+    redact_uri,
+    run_cli,
+    step_run,
+)
+
+logger = logging.getLogger("steps.predict")
+CHAMPION_URI = "models:/{name}@champion"
+
+
+def resolve_model_uri(model_uri: str, registered_model_name: str) -> str:
+    """`auto`: the registered model's champion."""
+    if model_uri.strip().lower() in ("", "auto"):
+        if not registered_model_name.strip():
+            raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
+        return CHAMPION_URI.format(name=registered_model_name)
+    return model_uri
+
+
+def load_models(model_uri: str) -> tuple[Any, Any]:
+    """The pyfunc (it carries the signature) and the scikit-learn model (for class probabilities)."""
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    except Exception as error:
+        raise PipelineError(
+            f"model '{model_uri}' cannot be loaded ({one_line(str(error), 160)}); "
+            "check the name, version or alias, e.g. run `mlflow run . -e main` first to register a champion"
+        ) from None
+    try:
+        sklearn_model = mlflow.sklearn.load_model(model_uri)
+    except Exception:  # not a scikit-learn model: predictions without probabilities
+        sklearn_model = None
+    return pyfunc, sklearn_model
+
+
+def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:
+    """The model's input columns and their types, from its signature."""
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None:
+        raise PipelineError("the model has no input signature; log it with a signature to score batches")
+    return [(spec.name, str(spec.type)) for spec in schema.inputs]
+
+
+def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> None:
+    """Every signature column present, and of a type the model can take; a clear error naming the column."""
+    if frame.empty:
+        raise PipelineError("the batch has no rows; pass a table with at least one row")
+    missing = [name for name, _ in columns if name not in frame.columns]
+    if missing:
+        raise PipelineError(
+            f"the batch lacks column '{missing[0]}' that the model's signature needs"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; expected columns: {', '.join(name for name, _ in columns)}"
+        )
+    for name, kind in columns:
+        if kind in ("double", "float", "long", "integer") and not pd.api.types.is_numeric_dtype(frame[name]):
+            bad = frame[name][pd.to_numeric(frame[name], errors="coerce").isna() & frame[name].notna()]
+            if len(bad):
+                raise PipelineError(
+                    f"column '{name}' must be numeric ({kind}) as in the model's signature; "
+                    f"found {bad.iloc[0]!r} in row {bad.index[0]}"
+                )
+
+
+def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[str]) -> pd.DataFrame:
+    """The input columns, then `prediction`, then `proba_<class>` for a classifier."""
+    inputs = frame[columns].copy()
+    for name in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked above
+        numbers = pd.to_numeric(inputs[name], errors="coerce")
+        if not pd.api.types.is_numeric_dtype(inputs[name]) and not (numbers.isna() & inputs[name].notna()).any():
+            inputs[name] = numbers
+    try:
+        predictions = np.asarray(pyfunc.predict(inputs))
+    except Exception as error:
+        raise PipelineError(f"the batch does not match the model's signature: {one_line(str(error), 300)}") from None
+    table = frame.copy()
+    table["prediction"] = predictions
+    if sklearn_model is not None and hasattr(sklearn_model, "predict_proba"):
+        proba = sklearn_model.predict_proba(inputs)
+        for index, label in enumerate(sklearn_model.classes_):
+            table[f"proba_{label}"] = proba[:, index]
+    return table
+
+
+def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, float]:
+    """Metrics of the prediction distribution: class shares, or mean, spread and quantiles."""
+    if classifier:
+        shares = predictions.astype(str).value_counts(normalize=True).sort_index()
+        return {f"pred_share_{label}": float(share) for label, share in shares.items()}
+    values = predictions.astype(float)
+    summary = {"pred_mean": float(values.mean()), "pred_std": float(values.std(ddof=0))}
+    summary |= {f"pred_p{q:02d}": float(values.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
+    return summary
+
+
+def run_predict(data_uri: str, registered_model_name: str, model_uri: str) -> pd.DataFrame:
+    """The whole step inside the active run; returns the scored table."""
+    uri = resolve_model_uri(model_uri, registered_model_name)
+    mlflow.set_tags({"model_uri": uri, "data_uri": redact_uri(data_uri)})
+    pyfunc, sklearn_model = load_models(uri)
+    columns = signature_columns(pyfunc)
+    frame = read_data(data_uri)
+    check_batch(frame, columns)
+    table = score_batch(frame, pyfunc, sklearn_model, [name for name, _ in columns])
+    classifier = sklearn_model is not None and hasattr(sklearn_model, "classes_")
+    mlflow.log_metrics(
+        {"n_rows": len(table), "n_input_columns": len(frame.columns)}
+        | prediction_summary(table["prediction"], classifier)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "predictions")
+        out.mkdir()
+        table.to_parquet(out / "predictions.parquet", index=False)
+        table.to_csv(out / "predictions.csv", index=False)
+        mlflow.log_artifacts(str(out), "predictions")
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
+    model_version = getattr(pyfunc.metadata, "model_id", None) or ""
+    logger.info("scored %d rows with %s %s", len(table), uri, model_version)
+    return table
+
+
+@click.command()
+@click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="As load: sklearn:<name>, path, URL.")
+@click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
+@click.option("--model-uri", default="auto", help="A model URI; auto: models:/<registered_model_name>@champion.")
+def main(data_uri: str, registered_model_name: str, model_uri: str) -> None:
+    with step_run("predict"):
+        run_predict(data_uri, registered_model_name, model_uri)
+
+
+if __name__ == "__main__":
+    run_cli(main, "predict")
