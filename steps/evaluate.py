@@ -147,9 +147,8 @@ def threshold_gate(scores: dict[str, float], thresholds: dict[str, float]) -> Ga
         return Gate("thresholds", True, "no thresholds set")
     checks = {m: MetricThreshold(threshold=v, greater_is_better=greater_is_better(m)) for m, v in thresholds.items()}
     gate = run_gate("thresholds", checks, scores, None)
-    if gate.passed:
-        bounds = ", ".join(f"{THRESHOLD_PARAMS[m]}={v:g} ({m} {scores[m]:.4f})" for m, v in thresholds.items())
-        gate.reason = f"passed: {bounds}"
+    bounds = ", ".join(f"{THRESHOLD_PARAMS[m]}={v:g} ({m} {scores[m]:.4f})" for m, v in thresholds.items())
+    gate.reason = f"passed: {bounds}" if gate.passed else f"{bounds}: {gate.reason}"
     return gate
 
 

@@ -90,7 +90,7 @@ def render_card(facts: CardFacts) -> str:
         f"**Alias:** `@{facts.alias}`. **Task:** {facts.task}, target `{facts.target}`. "
         f"**Decision metric:** `{facts.metric}`.",
         "",
-        f"**Promotion:** {'all gates passed' if facts.alias == 'champion' else 'not promoted'}: {facts.decision}",
+        f"**Promotion:** {'promoted to @champion' if facts.alias == 'champion' else 'not promoted'}: {facts.decision}",
         "",
         "## Data",
         "",

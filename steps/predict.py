@@ -59,7 +59,7 @@ def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:
     schema = pyfunc.metadata.get_input_schema()
     if schema is None:
         raise PipelineError("the model has no input signature; log it with a signature to score batches")
-    return [(spec.name, str(spec.type)) for spec in schema.inputs]
+    return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in schema.inputs]
 
 
 def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> None:
