@@ -222,7 +222,7 @@ def check_columns(batch: pd.DataFrame, spec: FeatureSpec) -> bool:
             f"the batch has column(s) {', '.join(map(repr, extra))} that the model was not trained on; "
             f"expected {', '.join(spec.input_columns)} (and optionally the label {spec.target!r})"
         )
-    return spec.target in batch.columns and batch[spec.target].notna().any()
+    return bool(spec.target in batch.columns and batch[spec.target].notna().any())
 
 
 # --------------------------------------------------------------------------- figures
