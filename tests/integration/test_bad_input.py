@@ -118,9 +118,16 @@ def test_main_fails_naming_the_failed_step(project, store, tmp_path):
     assert any(line.startswith("error: main: step 'load' failed") for line in result.stderr.splitlines())
 
 
-def test_main_stops_at_a_later_failed_step(project, store):
+def test_main_checks_tune_options_before_any_step(project, store):
     result = mlflow_run(project, ["-e", "main", "-P", "max_evals=0"], store)
-    assert_failed_cleanly(result, store, "tune", "max_evals must be at least 1")
+    main = assert_failed_cleanly(result, store, "main", "max_evals must be at least 1")
+    assert children(MlflowClient(store), main) == []
+
+
+def test_main_stops_at_a_later_failed_step(project, store):
+    # Only tune can tell that rmse does not fit iris: the task is known once featurize has run.
+    result = mlflow_run(project, ["-e", "main", "-P", "metric=rmse"], store)
+    assert_failed_cleanly(result, store, "tune", "metric 'rmse' does not fit a classification task")
     client = MlflowClient(store)
     [main] = runs_by_step(client, "main")
     assert main.info.status == "FAILED" and main.data.tags["pipeline.error"].startswith("step 'tune' failed")
