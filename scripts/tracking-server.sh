@@ -62,7 +62,11 @@ start_postgres() {
     local bin
     bin=$(pg_bin)
     mkdir -p "$socket_dir"
-    [ "$(id -u)" = 0 ] && chown postgres "$data_dir" "$socket_dir"
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$data_dir" "$socket_dir"
+        runuser -u postgres -- test -w "$data_dir" ||
+            fail "the postgres user cannot reach $data_dir; make its parent directories traversable (chmod o+x) or pass another --data-dir"
+    fi
     if [ ! -f "$pg_data/PG_VERSION" ]; then
         as_pg "$bin/initdb" -D "$pg_data" -U mlflow --auth=trust -E UTF8 >"$data_dir/initdb.log" 2>&1 ||
             fail "initdb failed; see $data_dir/initdb.log"

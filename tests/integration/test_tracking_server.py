@@ -1,13 +1,14 @@
-"""The pipeline, unchanged, against a real `mlflow server` on 127.0.0.1 that proxies artifacts."""
+"""The pipeline, unchanged, against scripts/tracking-server.sh: `mlflow server` on 127.0.0.1 over PostgreSQL."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
+import tempfile
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -23,53 +24,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tracking-server.sh"
+
+
 @pytest.fixture
 def server(tmp_path):
+    """scripts/tracking-server.sh: mlflow server on 127.0.0.1 over PostgreSQL, artifacts served by the server."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    # Run as root, the script runs PostgreSQL as the postgres user, who cannot enter pytest's 0700 tmp dirs.
+    data_dir = Path(tempfile.mkdtemp(prefix="tracking-server-", dir="/tmp"))
+    data_dir.chmod(0o755)
+    args = ["--port", str(port), "--data-dir", str(data_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHON"] = sys.executable
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start", *args], env=env, capture_output=True, text=True, timeout=180
     )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mlflow server did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield uri
-    process.terminate()
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        assert started.returncode == 0, started.stderr[-3000:]
+        uri = started.stdout.strip().splitlines()[-1]
+        assert uri == f"http://127.0.0.1:{port}"
+        yield uri
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", *args], env=env, capture_output=True, timeout=120)
+        status = subprocess.run(["bash", str(SCRIPT), "status", *args], env=env, capture_output=True, text=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        assert status.returncode != 0 and "mlflow server: not running" in status.stdout
 
 
 def test_main_against_a_tracking_server(project, server, tmp_path):
