@@ -20,15 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials, fmin, space_eval
+from hyperopt import JOB_STATE_DONE, STATUS_FAIL, Trials, fmin, space_eval
 from hyperopt.early_stop import no_progress_loss
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from steps.common import RUN_NAME_TAG, FeatureSpec, PipelineError, Splits, one_line
 from steps.trial_logger import TRIAL_TAG, nested_trial_logger
-from steps.tune import SearchConfig, SearchOutcome, evaluate_sample, log_result, search_setup, trials_from_records
+from steps.tune import (
+    SearchConfig,
+    SearchOutcome,
+    check_some_trial_succeeded,
+    evaluate_sample,
+    log_result,
+    search_setup,
+    seed_sequence,
+    trials_from_records,
+)
 
 logger = logging.getLogger("steps.tune")
 STEPS_DIR = Path(__file__).resolve().parent
@@ -132,9 +140,7 @@ def run_spark_search(
     if previous is not None:
         trials.insert_trial_docs(previous.trials)
         trials.refresh()
-    rng = np.random.default_rng(config.seed)
-    for _ in range(setup.done_before):  # as the local search: continue the seed sequence
-        rng.integers(2**31 - 1)
+    rng = seed_sequence(config.seed, setup.done_before)
     started = time.monotonic()
     fmin(
         make_objective(data, tracking_uri, experiment_id or "", parent_run_id or ""),
@@ -159,9 +165,7 @@ def run_spark_search(
     elif "early stop" in reason:
         stopped_by = "early_stop"
     logger.info("Spark search: %d trials in %.1f s", len(finished.trials), time.monotonic() - started)
-    if not any(result.get("status") == STATUS_OK for result in finished.results):
-        errors = {result.get("error") for result in finished.results}
-        raise PipelineError(f"all {len(finished.trials)} trials failed: {'; '.join(map(str, errors))}")
+    check_some_trial_succeeded(finished)
     return SearchOutcome(finished, stopped_by, len(finished.trials) - setup.done_before)
 
 

@@ -321,9 +321,7 @@ def run_search(
     trials = previous if previous is not None else Trials()
     space, suggest, target, done_before = setup.space, setup.suggest, setup.target, setup.done_before
     domain = Domain(lambda sample: None, space)
-    rng = np.random.default_rng(config.seed)
-    for _ in range(done_before):  # a resumed search continues the seed sequence where it stopped
-        rng.integers(2**31 - 1)
+    rng = seed_sequence(config.seed, done_before)
     stop_fn = no_progress_loss(config.early_stop_rounds) if config.early_stop_rounds else None
     stop_args: list[Any] = []
     stopped_by = setup.stopped_by
@@ -368,10 +366,22 @@ def run_search(
         run_ids = finish()
         for result in trials.results[done_before:]:
             result["run_id"] = run_ids.get(result["trial"], result.get("run_id", ""))
+    check_some_trial_succeeded(trials)
+    return SearchOutcome(trials, stopped_by, len(trials.trials) - done_before)
+
+
+def seed_sequence(seed: int, done_before: int) -> np.random.Generator:
+    """hyperopt's per-trial seeds; a resumed search continues the sequence where it stopped."""
+    rng = np.random.default_rng(seed)
+    for _ in range(done_before):
+        rng.integers(2**31 - 1)
+    return rng
+
+
+def check_some_trial_succeeded(trials: Trials) -> None:
     if not any(result.get("status") == STATUS_OK for result in trials.results):
         errors = {result.get("error") for result in trials.results}
         raise PipelineError(f"all {len(trials.trials)} trials failed: {'; '.join(map(str, errors))}")
-    return SearchOutcome(trials, stopped_by, len(trials.trials) - done_before)
 
 
 def log_result(log_trial: TrialLogger | None, number: int | None, result: dict[str, Any], metric: str) -> str:
