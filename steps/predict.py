@@ -47,10 +47,12 @@ def load_models(model_uri: str) -> tuple[Any, Any]:
             f"model '{model_uri}' cannot be loaded ({one_line(str(error), 160)}); "
             "check the name, version or alias, e.g. run `mlflow run . -e main` first to register a champion"
         ) from None
+    # The estimator inside the pyfunc, not a second download and load of the same model.
     try:
-        sklearn_model = mlflow.sklearn.load_model(model_uri)
-    except Exception:  # not a scikit-learn model: predictions without probabilities
-        sklearn_model = None
+        raw = pyfunc.get_raw_model()
+    except Exception:  # a pyfunc without an underlying model object: predictions without probabilities
+        raw = None
+    sklearn_model = raw if hasattr(raw, "predict_proba") and hasattr(raw, "classes_") else None
     return pyfunc, sklearn_model
 
 
