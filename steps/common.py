@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import socket
 import sys
 import tempfile
 import urllib.parse
@@ -71,9 +73,16 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     """
     if not nested:
         configure_logging()
+        move_tracking_credentials()
     with mlflow.start_run(run_name=step, nested=nested) as run:
         mlflow.set_tags(
-            {STEP_TAG: step, RUN_NAME_TAG: step, "runtime.python": sys.executable, "runtime.prefix": sys.prefix}
+            {
+                STEP_TAG: step,
+                RUN_NAME_TAG: step,
+                PROCESS_TAG: process_identity(),
+                "runtime.python": sys.executable,
+                "runtime.prefix": sys.prefix,
+            }
         )
         try:
             yield run
@@ -89,12 +98,70 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             mlflow.end_run(status="KILLED")
             raise
         except Exception as error:
+            unreachable = tracking_unreachable(error)
+            if unreachable:  # nothing more can be recorded; the next main marks this run KILLED
+                print(f"error: {step}: {unreachable}", file=sys.stderr, flush=True)
+                os._exit(1)
             mlflow.set_tag(ERROR_TAG, one_line(f"unexpected {type(error).__name__}: {error}"))
             raise
 
 
+def tracking_unreachable(error: BaseException) -> str:
+    """A one-line reason if `error` is MLflow giving up on the tracking server, else ''."""
+    text = str(error)
+    if not (isinstance(error, mlflow.exceptions.MlflowException) and text.startswith("API request to")):
+        return ""
+    if "Connection refused" in text or "NewConnectionError" in text:
+        cause = "connection refused"
+    elif "timed out" in text or "timeout" in text:
+        cause = "timed out"
+    elif "Max retries exceeded" in text or "ConnectionError" in text:
+        cause = "no answer"
+    else:
+        return ""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    return (
+        f"the tracking server {redact_uri(mlflow.get_tracking_uri())} is unreachable ({cause}, "
+        f"after MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries} retries); start it again and re-run: "
+        "finished steps are reused"
+    )
+
+
+PROCESS_TAG = "pipeline.process"  # host:pid:start time of the process that runs the step
+
+
+def process_identity(pid: int | None = None) -> str:
+    """host:pid:start-time, unique even when the system reuses a pid (start time from /proc; '' elsewhere)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+
+
+def process_start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+
+
+def process_alive(identity: str) -> bool | None:
+    """Whether the process a PROCESS_TAG names still runs; None if it ran on another host (unknowable)."""
+    host, _, rest = identity.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    return not started or process_start_time(int(pid_text)) == started
+
+
 def run_cli(command: click.Command, step: str) -> None:
     """Run a step's click command; a bad option value gets the same one-line error and FAILED run."""
+    move_tracking_credentials()
     try:
         command.main(standalone_mode=False)
     except click.exceptions.Exit as done:  # --help
@@ -135,13 +202,67 @@ def one_line(text: str, limit: int = 500) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def redact_uri(uri: str) -> str:
-    """Drop a password from a URI's user-info, so it can be logged."""
+    """Drop a password from a URI's user-info, so it can be logged (a ${VAR} placeholder is no secret: kept)."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
+    if parts.password is None or PLACEHOLDER.fullmatch(parts.password):
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_no_plain_password(name: str, uri: str) -> None:
+    """Refuse a password written into a URI param: MLflow records every -P value verbatim as a run param."""
+    password = urllib.parse.urlsplit(uri).password
+    if password is not None and not PLACEHOLDER.fullmatch(password):
+        raise PipelineError(
+            f"{name} holds a password in clear text, and MLflow records params verbatim; write it as a placeholder, "
+            f"{redact_uri(uri).replace(':***@', ':${DATA_PASSWORD}@', 1)} with DATA_PASSWORD exported, "
+            "and delete this run (mlflow runs delete, then mlflow gc)"
+        )
+
+
+def expand_placeholders(uri: str) -> str:
+    """Fill ${VAR} from the environment, in memory only: the params and logs keep the placeholder."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(1) not in os.environ:
+            raise PipelineError(
+                f"'{redact_uri(uri)}' refers to ${{{match.group(1)}}}, which is not set; export {match.group(1)}=..."
+            )
+        return urllib.parse.quote(os.environ[match.group(1)], safe="")
+
+    return PLACEHOLDER.sub(value, uri)
+
+
+def split_credentials(uri: str) -> tuple[str, tuple[str, str] | None]:
+    """The URI without its user-info, and (user, password) if it had them (percent-decoded)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None:
+        return uri, None
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return bare, (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+TRACKING_CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def move_tracking_credentials() -> None:
+    """A tracking URI with user:password@ becomes a bare URI plus MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD.
+
+    MLflow prints the tracking URI in its "View run" links and passes it on to child processes; MLflow
+    sends the two variables as basic auth and prints neither. Every process this one starts inherits them.
+    """
+    bare, credentials = split_credentials(os.environ.get(TRACKING_ENV, ""))
+    if credentials is None:
+        return
+    os.environ[TRACKING_ENV] = bare
+    for name, value in zip(TRACKING_CREDENTIAL_ENV, credentials, strict=True):
+        os.environ.setdefault(name, value)
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
@@ -217,6 +338,8 @@ def read_data(data_uri: str) -> pd.DataFrame:
 def fetch_local(uri: str) -> Path:
     """A local path holding what `uri` names: downloads http(s) and MLflow artifact URIs."""
     shown = redact_uri(uri)
+    check_no_plain_password("data_uri", uri)
+    uri = expand_placeholders(uri)
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in {"", "file"} or (len(scheme) == 1 and sys.platform == "win32"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path)) if scheme else Path(uri)
@@ -228,8 +351,13 @@ def fetch_local(uri: str) -> Path:
     if scheme in {"http", "https"}:
         name = Path(urllib.parse.urlsplit(uri).path).name or "data.csv"
         target = target_dir / name
+        bare, credentials = split_credentials(uri)
+        request = urllib.request.Request(bare)
+        if credentials is not None:  # basic auth from the user-info, which urllib does not do by itself
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(uri, timeout=60) as response, target.open("wb") as out:
+            with urllib.request.urlopen(request, timeout=60) as response, target.open("wb") as out:
                 out.write(response.read())
         except OSError as error:
             raise PipelineError(f"cannot download '{shown}': {error}") from None

@@ -35,6 +35,7 @@ from steps.common import (
     step_run,
 )
 from steps.model_card import CARD_DIR, build_card, card_summary, log_card
+from steps.registry_lock import LOCK_SUFFIX, champion_lock
 
 logger = logging.getLogger("steps.evaluate")
 CHAMPION = "champion"
@@ -250,6 +251,8 @@ def run_evaluate(
     """
     if not registered_model_name.strip():
         raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
+    if registered_model_name.endswith(LOCK_SUFFIX):
+        raise PipelineError(f"registered_model_name may not end in '{LOCK_SUFFIX}' (the champion lock); pick another")
     delta = parse_min_delta(min_delta)
     splits, spec = read_splits(splits_uri)
     metric = resolve_metric(metric, spec.task)
@@ -290,17 +293,27 @@ def run_evaluate(
     )
     try:  # nothing half-registered: a version that fails here is deleted again
         check_registered_model(f"models:/{registered_model_name}/{version.version}", model, splits.test, spec)
-        decision = decide_champion(
-            client, registered_model_name, metric, test_scores, baseline_scores, thresholds, delta, splits.test, spec
-        )
-        alias = CHAMPION if decision.promote else CHALLENGER
-        gate_tags = {"gates.passed": str(decision.promote).lower()} | {
-            f"gate.{gate.name}": gate.reason if gate.passed else f"failed: {gate.reason}" for gate in decision.gates
-        }
-        for name, text in gate_tags.items():
-            client.set_model_version_tag(registered_model_name, version.version, name, text)
-        client.set_model_version_tag(registered_model_name, version.version, "champion_decision", decision.reason)
-        client.set_registered_model_alias(registered_model_name, alias, version.version)
+        # Read the champion, compare, move the alias: one at a time per model name (concurrent mains).
+        with champion_lock(client, registered_model_name):
+            decision = decide_champion(
+                client,
+                registered_model_name,
+                metric,
+                test_scores,
+                baseline_scores,
+                thresholds,
+                delta,
+                splits.test,
+                spec,
+            )
+            alias = CHAMPION if decision.promote else CHALLENGER
+            gate_tags = {"gates.passed": str(decision.promote).lower()} | {
+                f"gate.{gate.name}": gate.reason if gate.passed else f"failed: {gate.reason}" for gate in decision.gates
+            }
+            for name, text in gate_tags.items():
+                client.set_model_version_tag(registered_model_name, version.version, name, text)
+            client.set_model_version_tag(registered_model_name, version.version, "champion_decision", decision.reason)
+            client.set_registered_model_alias(registered_model_name, alias, version.version)
     except BaseException:
         client.delete_model_version(registered_model_name, version.version)
         raise

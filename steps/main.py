@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import subprocess
@@ -26,12 +27,15 @@ from steps.common import (
     INT,
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
+    PROCESS_TAG,
     PipelineError,
     artifact_uri,
+    check_no_plain_password,
     digest_json,
     digest_path,
     fetch_local,
     parse_bool,
+    process_alive,
     redact_uri,
     run_cli,
     step_run,
@@ -92,9 +96,25 @@ def normalise_params(entry_point: str, parameters: dict[str, Any]) -> dict[str, 
     }
 
 
+def step_modules(entry_point: str) -> list[str]:
+    """The step's module and every steps module it imports, directly or not (model_card for evaluate, ...)."""
+    found: set[str] = set()
+    pending = [f"steps/{entry_point}.py"]
+    while pending:
+        module = pending.pop()
+        if module in found or not (PROJECT_DIR / module).exists():
+            continue
+        found.add(module)
+        for node in ast.walk(ast.parse((PROJECT_DIR / module).read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            pending += [f"{name.replace('.', '/')}.py" for name in names if name.startswith("steps.")]
+    return sorted(found | set(SHARED_CODE))
+
+
 def code_digest(entry_point: str) -> str:
-    """The step's module, the shared module, and its MLproject declaration."""
-    files = [f"steps/{entry_point}.py", *SHARED_CODE]
+    """The step's modules (its own and those it imports), the shared module, and its MLproject declaration."""
+    files = step_modules(entry_point)
     return digest_json(
         {"files": {f: digest_path(PROJECT_DIR / f) for f in files}, "entry_point": entry_point_spec(entry_point)}
     )
@@ -157,6 +177,29 @@ def reusable_run(client: MlflowClient, experiment_id: str, entry_point: str, key
     return next(
         (run for run in runs if OUTPUT_DIGEST_TAG in run.data.tags and outputs_exist(client, entry_point, run)), None
     )
+
+
+def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -> list[str]:
+    """Mark KILLED the RUNNING step runs whose process on this host is gone (kill -9, a crash, a lost server).
+
+    MLflow leaves such runs RUNNING forever; the cache never reuses them (it takes FINISHED runs only).
+    Runs of live processes, and runs from other hosts, are left alone.
+    """
+    reaped = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        identity = run.data.tags.get(PROCESS_TAG, "")
+        if not identity or run.info.run_id == main_run_id or process_alive(identity) is not False:
+            continue
+        client.set_tag(
+            run.info.run_id,
+            ERROR_TAG,
+            f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
+        )
+        client.set_terminated(run.info.run_id, status="KILLED")
+        reaped.append(run.info.run_id)
+    if reaped:
+        logger.warning("marked %d run(s) of dead processes KILLED: %s", len(reaped), ", ".join(reaped))
+    return reaped
 
 
 def key_metric(step: str, run: Any, metric_hint: str) -> str:
@@ -278,6 +321,7 @@ def run_main(
     client = MlflowClient()
     active = mlflow.active_run()
     main_run_id, experiment_id = active.info.run_id, active.info.experiment_id
+    reap_dead_runs(client, experiment_id, main_run_id)
     # MLflow does not hand the parent's --env-manager to nested runs (mlflow#9174): pass it on.
     env_manager = client.get_run(main_run_id).data.tags.get(ENV_MANAGER_TAG, "local")
     mlflow.set_tag("env_manager", env_manager)
@@ -410,6 +454,7 @@ def main(
     evaluate_options = {name: options.pop(name) for name in evaluate_names}
     chosen = {"tune_options": options, "evaluate_options": evaluate_options}
     with step_run("main"):
+        check_no_plain_password("data_uri", data_uri)  # before any step records it as a param
         parse_min_delta(evaluate_options["min_delta"])
         cache = parse_bool("use_cache", use_cache)
         validate_search_options(

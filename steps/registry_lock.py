@@ -1,0 +1,105 @@
+"""A lock on a registered model's champion alias, made of the model registry itself.
+
+MLflow has no compare-and-set for aliases: two evaluate runs that each read the champion, compare
+with it and move the alias can both "win", and the alias ends on whichever wrote last. Creating a
+registered model is atomic (the name is the key, in SQLite, PostgreSQL or behind a server), so the
+lock is a registered model `<name>.champion-lock`, held for the seconds evaluate needs to compare
+with the champion and move the alias, then deleted. A lock whose holder process died (same host) or
+that is older than STALE_AFTER_SECONDS is broken by the next evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from steps.common import PipelineError, process_alive, process_identity
+
+logger = logging.getLogger("steps.registry_lock")
+
+LOCK_SUFFIX = ".champion-lock"
+HOLDER_TAG = "lock.holder"
+ACQUIRED_TAG = "lock.acquired_at"
+TOKEN_TAG = "lock.token"  # tells two holders in one process apart
+STALE_AFTER_SECONDS = 600.0
+
+
+def lock_name(registered_model_name: str) -> str:
+    return registered_model_name + LOCK_SUFFIX
+
+
+def error_code(error: MlflowException) -> str:
+    return str(getattr(error, "error_code", ""))
+
+
+def break_if_stale(client: MlflowClient, lock: str, stale_after: float) -> bool:
+    """Delete the lock if its holder is dead or it is too old; True if it is gone now."""
+    try:
+        tags = client.get_registered_model(lock).tags
+    except MlflowException as error:
+        return error_code(error) == "RESOURCE_DOES_NOT_EXIST"
+    holder = tags.get(HOLDER_TAG, "")
+    age = time.time() - float(tags.get(ACQUIRED_TAG, "0") or 0)
+    if process_alive(holder) is not False and age < stale_after:
+        return False
+    logger.warning("breaking the stale lock %s (holder %s, %.0f s old)", lock, holder or "unknown", age)
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException as error:
+        if error_code(error) != "RESOURCE_DOES_NOT_EXIST":  # another evaluate broke it first
+            raise
+    return True
+
+
+@contextmanager
+def champion_lock(
+    client: MlflowClient,
+    registered_model_name: str,
+    timeout: float = 900.0,
+    poll: float = 0.5,
+    stale_after: float = STALE_AFTER_SECONDS,
+) -> Iterator[None]:
+    """Hold the champion lock of `registered_model_name` for the body of the with-block."""
+    lock = lock_name(registered_model_name)
+    holder, token = process_identity(), uuid.uuid4().hex
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        try:
+            client.create_registered_model(
+                lock,
+                tags={HOLDER_TAG: holder, TOKEN_TAG: token, ACQUIRED_TAG: f"{time.time():.3f}"},
+                description=f"Held by evaluate ({holder}) while it moves the champion alias of "
+                f"{registered_model_name}; deleted when done. Safe to delete if no evaluate is running.",
+            )
+            break
+        except MlflowException as error:
+            if error_code(error) != "RESOURCE_ALREADY_EXISTS":
+                raise
+        if break_if_stale(client, lock, stale_after):
+            continue
+        if time.monotonic() > deadline:
+            raise PipelineError(
+                f"the champion of '{registered_model_name}' stayed locked for {timeout:.0f} s; if no evaluate "
+                f"is running, delete the registered model '{lock}' and re-run"
+            )
+        if not waited:
+            logger.info("another evaluate is deciding the champion of %s: waiting for it", registered_model_name)
+            waited = True
+        time.sleep(poll * (1 + random.random()))
+    try:
+        yield
+    finally:
+        try:
+            if client.get_registered_model(lock).tags.get(TOKEN_TAG) == token:
+                client.delete_registered_model(lock)
+        except MlflowException as error:  # already broken as stale: nothing of ours to delete
+            if error_code(error) != "RESOURCE_DOES_NOT_EXIST":
+                raise

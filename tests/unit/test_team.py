@@ -1,0 +1,202 @@
+"""Team mode in-process: credentials kept out of URIs, dead runs reaped, the champion lock."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from steps.common import (
+    ERROR_TAG,
+    PROCESS_TAG,
+    PipelineError,
+    check_no_plain_password,
+    expand_placeholders,
+    move_tracking_credentials,
+    process_alive,
+    process_identity,
+    read_data,
+    redact_uri,
+    split_credentials,
+    tracking_unreachable,
+)
+from steps.main import reap_dead_runs, step_modules
+from steps.registry_lock import HOLDER_TAG, champion_lock, lock_name
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_a_placeholder_is_no_secret_but_a_password_is():
+    assert redact_uri("https://bob:${DATA_PASSWORD}@host/x.csv") == "https://bob:${DATA_PASSWORD}@host/x.csv"
+    assert redact_uri("https://bob:pw@host/x.csv") == "https://bob:***@host/x.csv"
+    check_no_plain_password("data_uri", "https://bob:${DATA_PASSWORD}@host/x.csv")
+    check_no_plain_password("data_uri", "https://bob@host/x.csv")
+    with pytest.raises(PipelineError, match=r"clear text.*https://bob:\$\{DATA_PASSWORD\}@host/x.csv") as raised:
+        check_no_plain_password("data_uri", "https://bob:s3cret@host/x.csv")
+    assert "s3cret" not in str(raised.value)
+
+
+def test_placeholders_are_filled_from_the_environment_and_quoted(monkeypatch):
+    monkeypatch.setenv("DATA_PASSWORD", "p@ss/w:rd")
+    filled = expand_placeholders("https://bob:${DATA_PASSWORD}@host/x.csv")
+    assert filled == "https://bob:p%40ss%2Fw%3Ard@host/x.csv"
+    assert split_credentials(filled) == ("https://host/x.csv", ("bob", "p@ss/w:rd"))
+    monkeypatch.delenv("DATA_PASSWORD")
+    with pytest.raises(PipelineError, match=r"refers to \$\{DATA_PASSWORD\}, which is not set; export DATA_PASSWORD"):
+        expand_placeholders("https://bob:${DATA_PASSWORD}@host/x.csv")
+
+
+def test_a_tracking_password_moves_into_mlflows_credential_variables(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:s%40cret@127.0.0.1:5999")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    move_tracking_credentials()
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("bob", "s@cret")
+    from mlflow.utils.credentials import get_default_host_creds
+
+    creds = get_default_host_creds(os.environ["MLFLOW_TRACKING_URI"])  # what MLflow sends as basic auth
+    assert (creds.host, creds.username, creds.password) == ("http://127.0.0.1:5999", "bob", "s@cret")
+
+
+class BasicAuthCsv(http.server.BaseHTTPRequestHandler):
+    expected = "Basic " + base64.b64encode(b"bob:p@ss word").decode()
+
+    def do_GET(self):
+        if self.headers.get("Authorization") != self.expected:
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = b"a,b,label\n1,2,x\n3,4,y\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def csv_behind_basic_auth():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BasicAuthCsv)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_read_data_sends_the_placeholder_password_as_basic_auth(csv_behind_basic_auth, monkeypatch):
+    monkeypatch.setenv("DATA_PASSWORD", "p@ss word")
+    frame = read_data(f"http://bob:${{DATA_PASSWORD}}@{csv_behind_basic_auth}/data.csv")
+    assert list(frame.columns) == ["a", "b", "label"] and len(frame) == 2
+    monkeypatch.setenv("DATA_PASSWORD", "wrong")
+    with pytest.raises(PipelineError, match=r"cannot download .*\$\{DATA_PASSWORD\}.*401") as raised:
+        read_data(f"http://bob:${{DATA_PASSWORD}}@{csv_behind_basic_auth}/data.csv")
+    assert "wrong" not in str(raised.value)
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri("http://127.0.0.1:9")  # discard port: nothing listens
+    try:
+        with pytest.raises(mlflow.exceptions.MlflowException) as raised:
+            MlflowClient().get_run("0" * 32)
+        reason = tracking_unreachable(raised.value)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert reason.startswith("the tracking server http://127.0.0.1:9 is unreachable (connection refused")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0" in reason and "\n" not in reason
+    assert tracking_unreachable(mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST")) == ""
+
+
+# --------------------------------------------------------------------------- dead runs
+
+
+def test_process_identity_tells_live_dead_and_foreign_processes_apart():
+    assert process_alive(process_identity()) is True
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    identity = process_identity(done.pid)
+    done.wait()
+    assert process_alive(identity) is False
+    host, pid, started = process_identity().split(":")
+    assert process_alive(f"{host}:{pid}:{int(started) + 1}") is False  # a reused pid is another process
+    assert process_alive(f"another-host:{pid}:{started}") is None
+
+
+def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_uri):
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("Default").experiment_id
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = process_identity(done.pid)
+    done.wait()
+    runs = {}
+    owners = [("dead", dead), ("alive", process_identity()), ("foreign", "elsewhere:1:1"), ("untagged", "")]
+    for name, identity in owners:
+        tags = {PROCESS_TAG: identity} if identity else {}
+        runs[name] = client.create_run(experiment, tags=tags, run_name=name).info.run_id
+    main_run = client.create_run(experiment, tags={PROCESS_TAG: dead}).info.run_id  # itself: never reaped
+    assert reap_dead_runs(client, experiment, main_run) == [runs["dead"]]
+    statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"dead": "KILLED", "alive": "RUNNING", "foreign": "RUNNING", "untagged": "RUNNING"}
+    assert "ended without closing the run" in client.get_run(runs["dead"]).data.tags[ERROR_TAG]
+    assert reap_dead_runs(client, experiment, main_run) == []
+
+
+def test_a_steps_cache_key_covers_the_modules_it_imports():
+    assert "steps/model_card.py" in step_modules("evaluate") and "steps/registry_lock.py" in step_modules("evaluate")
+    assert {"steps/trial_logger.py", "steps/spark_backend.py"} <= set(step_modules("tune"))
+    assert step_modules("load") == ["steps/__init__.py", "steps/common.py", "steps/load.py"]
+
+
+# --------------------------------------------------------------------------- the champion lock
+
+
+def count_under_lock(tracking_uri: str, counter: str, rounds: int) -> None:
+    """Read-modify-write a file under the lock, with a pause that would lose updates without it."""
+    client = MlflowClient(tracking_uri)
+    for _ in range(rounds):
+        with champion_lock(client, "model", poll=0.05):
+            value = int(Path(counter).read_text())
+            time.sleep(0.05)
+            Path(counter).write_text(str(value + 1))
+
+
+def test_the_champion_lock_serialises_processes(tracking_uri, tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    MlflowClient().search_registered_models()  # create the SQLite schema once, before the processes race
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=count_under_lock, args=(tracking_uri, str(counter), 4)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert counter.read_text() == "12"
+    assert not MlflowClient().search_registered_models(f"name = '{lock_name('model')}'")  # released
+
+
+def test_a_lock_left_by_a_dead_process_is_broken_and_a_live_one_times_out(tracking_uri):
+    client = MlflowClient()
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = process_identity(done.pid)
+    done.wait()
+    client.create_registered_model(lock_name("model"), tags={HOLDER_TAG: dead, "lock.acquired_at": str(time.time())})
+    with champion_lock(client, "model", timeout=5):
+        holder = client.get_registered_model(lock_name("model")).tags[HOLDER_TAG]
+        assert holder == process_identity()
+        locked = pytest.raises(PipelineError, match="stayed locked for 1 s; if no evaluate is running, delete")
+        with locked, champion_lock(client, "model", timeout=1, poll=0.1):
+            pass
+    assert not client.search_registered_models(f"name = '{lock_name('model')}'")
