@@ -88,8 +88,12 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             yield run
         except PipelineError as error:
             message = one_line(str(error))
-            mlflow.set_tag(ERROR_TAG, message)
-            mlflow.end_run(status="FAILED")
+            try:
+                mlflow.set_tag(ERROR_TAG, message)
+                mlflow.end_run(status="FAILED")
+            except Exception as recording:
+                exit_if_unreachable(step, recording)
+                raise
             if nested:
                 raise
             print(f"error: {step}: {message}", file=sys.stderr, flush=True)
@@ -98,12 +102,21 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             mlflow.end_run(status="KILLED")
             raise
         except Exception as error:
-            unreachable = tracking_unreachable(error)
-            if unreachable:  # nothing more can be recorded; the next main marks this run KILLED
-                print(f"error: {step}: {unreachable}", file=sys.stderr, flush=True)
-                os._exit(1)
+            exit_if_unreachable(step, error)
             mlflow.set_tag(ERROR_TAG, one_line(f"unexpected {type(error).__name__}: {error}"))
             raise
+
+
+def exit_if_unreachable(step: str, error: BaseException) -> None:
+    """The tracking server is gone: say so in one line and exit 1 at once.
+
+    Nothing more can be recorded (not even FAILED: the run stays RUNNING until the next `main`
+    marks it KILLED), and exiting normally would try the server again for minutes.
+    """
+    unreachable = tracking_unreachable(error)
+    if unreachable:
+        print(f"error: {step}: {unreachable}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def tracking_unreachable(error: BaseException) -> str:
@@ -120,8 +133,10 @@ def tracking_unreachable(error: BaseException) -> str:
     else:
         return ""
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    called = re.match(r"API request to (?:endpoint )?(\S+?)/api/", text)
+    server = called.group(1) if called else mlflow.get_tracking_uri()
     return (
-        f"the tracking server {redact_uri(mlflow.get_tracking_uri())} is unreachable ({cause}, "
+        f"the tracking server {redact_uri(server)} is unreachable ({cause}, "
         f"after MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries} retries); start it again and re-run: "
         "finished steps are reused"
     )

@@ -39,16 +39,44 @@ def error_code(error: MlflowException) -> str:
     return str(getattr(error, "error_code", ""))
 
 
+def lost_the_race(error: MlflowException) -> bool:
+    """Whether creating the lock failed because another process holds it (or just released it).
+
+    The store may report it as RESOURCE_ALREADY_EXISTS, as the database's unique-key error (a clash
+    found at commit), or as RESOURCE_DOES_NOT_EXIST (MLflow looks the clashing model up after the
+    clash, and its holder may have deleted it in between).
+    """
+    text = str(error)
+    return error_code(error) in {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"} or any(
+        clash in text for clash in ("IntegrityError", "UNIQUE constraint", "duplicate key")
+    )
+
+
+def lock_tags(client: MlflowClient, lock: str) -> dict[str, str] | None:
+    """The lock's tags; None if there is no lock."""
+    try:
+        return client.get_registered_model(lock).tags
+    except MlflowException as error:
+        if error_code(error) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def break_if_stale(client: MlflowClient, lock: str, stale_after: float) -> bool:
     """Delete the lock if its holder is dead or it is too old; True if it is gone now."""
-    try:
-        tags = client.get_registered_model(lock).tags
-    except MlflowException as error:
-        return error_code(error) == "RESOURCE_DOES_NOT_EXIST"
+    tags = lock_tags(client, lock)
+    if tags is None:
+        return True
+    if TOKEN_TAG not in tags or ACQUIRED_TAG not in tags:
+        # Read while its holder was deleting it (a store may read the model and its tags apart): look again.
+        return False
     holder = tags.get(HOLDER_TAG, "")
-    age = time.time() - float(tags.get(ACQUIRED_TAG, "0") or 0)
+    age = time.time() - float(tags[ACQUIRED_TAG])
     if process_alive(holder) is not False and age < stale_after:
         return False
+    again = lock_tags(client, lock)
+    if again is None or again.get(TOKEN_TAG) != tags[TOKEN_TAG]:  # released or replaced meanwhile: not stale
+        return again is None
     logger.warning("breaking the stale lock %s (holder %s, %.0f s old)", lock, holder or "unknown", age)
     try:
         client.delete_registered_model(lock)
@@ -81,7 +109,7 @@ def champion_lock(
             )
             break
         except MlflowException as error:
-            if error_code(error) != "RESOURCE_ALREADY_EXISTS":
+            if not lost_the_race(error):
                 raise
         if break_if_stale(client, lock, stale_after):
             continue
@@ -97,9 +125,6 @@ def champion_lock(
     try:
         yield
     finally:
-        try:
-            if client.get_registered_model(lock).tags.get(TOKEN_TAG) == token:
-                client.delete_registered_model(lock)
-        except MlflowException as error:  # already broken as stale: nothing of ours to delete
-            if error_code(error) != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        tags = lock_tags(client, lock)
+        if tags is not None and tags.get(TOKEN_TAG) == token:  # not ours any more if broken as stale
+            client.delete_registered_model(lock)

@@ -18,7 +18,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from steps.common import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, PipelineError
+from steps.common import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, PipelineError, tracking_unreachable
 
 TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
 TRIAL_TAG = "trial"
@@ -84,7 +84,7 @@ def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any
                 outbox.put(("result", function(*call_args)))
         except Exception as error:  # reported in the tune process, in one line
             what = f"trial {args[0]}" if kind == "log" else getattr(args[0], "__name__", "call")
-            outbox.put(("error", f"{what}: {type(error).__name__}: {error}"))
+            outbox.put(("error", f"{what}: {tracking_unreachable(error) or f'{type(error).__name__}: {error}'}"))
 
 
 class TrialLogProcess:
@@ -101,27 +101,48 @@ class TrialLogProcess:
         )
         self._process.start()
         self._pending = 0
+        self._run_ids: dict[int, str] = {}
+        self._errors: list[str] = []
 
     def __call__(self, number: int | None, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
+        self._collect(block=False)  # an earlier trial could not be logged (e.g. no tracking server): stop now
+        self._raise_errors()
         self._inbox.put(("log", number, params, metrics, status))
         self._pending += 1
         return ""  # the run id is known when finish() collects it
 
     def finish(self, timeout: float = 300) -> dict[int, str]:
         """Wait for every trial sent so far to be logged; trial number -> run id."""
-        run_ids: dict[int, str] = {}
-        errors: list[str] = []
         while self._pending:
-            kind, value = self._receive(timeout)
-            if kind == "logged":
-                run_ids[value[0]] = value[1]
-                self._pending -= 1
-            elif kind == "error":
-                errors.append(value)
-                self._pending -= 1
-        if errors:
-            raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0]}")
+            self._collect(block=True, timeout=timeout)
+        self._raise_errors()
+        run_ids, self._run_ids = self._run_ids, {}
         return run_ids
+
+    def _collect(self, block: bool, timeout: float = 300) -> None:
+        """Take one answer (block) or every answer already there (not block) from the logger process."""
+        while self._pending:
+            if block:
+                kind, value = self._receive(timeout)
+            else:
+                try:
+                    kind, value = self._outbox.get_nowait()
+                except queue.Empty:
+                    return
+                if kind == "ready":
+                    continue
+            if kind == "logged":
+                self._run_ids[value[0]] = value[1]
+            elif kind == "error":
+                self._errors.append(value)
+            self._pending -= 1
+            if block:
+                return
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0]}")
 
     def call(self, function: Callable[..., Any], *args: Any, timeout: float = 300) -> Any:
         """Run `function(*args)` in the logger process (after what is queued) and return its result."""

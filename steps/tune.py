@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
@@ -213,9 +214,17 @@ def evaluate_sample(splits: Splits, spec: FeatureSpec, sample: dict[str, Any], c
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> None:
-    """Each worker process receives the data once, not once per trial."""
+def _start_worker(splits: Splits, spec: FeatureSpec, config: SearchConfig, parent: int) -> None:
+    """Each worker process receives the data once, not once per trial; it ends when tune does, even by kill -9."""
     _WORKER.update(splits=splits, spec=spec, config=config)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker waits for work forever: when its tune process is gone, end it (no orphans)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +285,7 @@ def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Itera
     # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
-        config.parallelism, mp_context=context, initializer=_start_worker, initargs=(splits, spec, config)
+        config.parallelism, mp_context=context, initializer=_start_worker, initargs=(splits, spec, config, os.getpid())
     )
     with pool:
         with one_thread_per_library_in_children():

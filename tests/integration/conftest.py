@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,53 @@ def assert_main_builds_its_environment(project: Path, store: str, env_root: Path
     for pin in [line for line in (project / "requirements.txt").read_text().splitlines() if "==" in line]:
         name, version = pin.split("==")  # every direct pin, at its exact version
         assert f"{name.replace('-', '_').lower()}-{version}.dist-info" in installed, pin
+
+
+SERVER_SCRIPT = PROJECT_DIR / "scripts" / "tracking-server.sh"
+
+
+class TrackingServer:
+    """scripts/tracking-server.sh on a free port and a private data dir: mlflow server over PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        # Run as root, the script runs PostgreSQL as the postgres user, who cannot enter pytest's 0700 tmp dirs.
+        self.data_dir = Path(tempfile.mkdtemp(prefix="tracking-server-", dir="/tmp"))
+        self.data_dir.chmod(0o755)
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def script(self, command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["PYTHON"] = sys.executable
+        args = ["bash", str(SERVER_SCRIPT), command, "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self) -> None:
+        started = self.script("start")
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert started.stdout.strip().splitlines()[-1] == self.uri
+
+    def stop(self) -> None:
+        self.script("stop", timeout=120)
+
+    def dump(self) -> str:
+        """Everything PostgreSQL holds for the server (pg_dump), to search it for secrets."""
+        [bin_dir] = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1:]
+        command = [str(bin_dir / "pg_dump"), "-h", str(self.data_dir / "socket"), "-U", "mlflow", "mlflow"]
+        if os.getuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+@contextmanager
+def tracking_server() -> Iterator[TrackingServer]:
+    """A started server, stopped (and checked stopped) and removed afterwards."""
+    server = TrackingServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        status = server.script("status")
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        assert status.returncode != 0 and "mlflow server: not running" in status.stdout

@@ -1,77 +1,175 @@
-"""The pipeline, unchanged, against scripts/tracking-server.sh: `mlflow server` on 127.0.0.1 over PostgreSQL."""
+"""The pipeline, unchanged, against scripts/tracking-server.sh (mlflow server on 127.0.0.1 over PostgreSQL):
+the whole run tree over HTTP with passwords that must leak nowhere, and two mains at once on one model name."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
+import base64
+import http.server
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
+import threading
+import urllib.parse
+from collections.abc import Iterator
 
 import mlflow
 import pandas as pd
 import pytest
+import sklearn.datasets
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import children, mlflow_run, runs_by_step
+from tests.integration.conftest import (
+    TrackingServer,
+    children,
+    mlflow_env,
+    mlflow_run,
+    runs_by_step,
+    tracking_server,
+)
+
+TRACKING_PASSWORD = "trk-S3cret-42"
+DATA_PASSWORD = "dat-S3cret-17"
+STEPS = ("load", "featurize", "tune", "train", "evaluate")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="module")
+def server() -> Iterator[TrackingServer]:
+    with tracking_server() as started:
+        yield started
 
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tracking-server.sh"
+@pytest.fixture(scope="module")
+def iris_behind_basic_auth() -> Iterator[str]:
+    """iris as CSV over HTTP on 127.0.0.1, only for alice with DATA_PASSWORD (401 otherwise)."""
+    body = sklearn.datasets.load_iris(as_frame=True).frame.to_csv(index=False).encode()
+    expected = "Basic " + base64.b64encode(f"alice:{DATA_PASSWORD}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
 
 
-@pytest.fixture
-def server(tmp_path):
-    """scripts/tracking-server.sh: mlflow server on 127.0.0.1 over PostgreSQL, artifacts served by the server."""
-    port = free_port()
-    # Run as root, the script runs PostgreSQL as the postgres user, who cannot enter pytest's 0700 tmp dirs.
-    data_dir = Path(tempfile.mkdtemp(prefix="tracking-server-", dir="/tmp"))
-    data_dir.chmod(0o755)
-    args = ["--port", str(port), "--data-dir", str(data_dir)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHON"] = sys.executable
-    started = subprocess.run(
-        ["bash", str(SCRIPT), "start", *args], env=env, capture_output=True, text=True, timeout=180
+def secrets_in(text: str) -> list[str]:
+    return [s for s in (TRACKING_PASSWORD, DATA_PASSWORD) if s in text or urllib.parse.quote(s) in text]
+
+
+def test_main_over_http_records_everything_and_no_password(project, server, iris_behind_basic_auth, tmp_path):
+    # The password in the tracking URI (MLflow sends it as basic auth) and the data password as a ${VAR}.
+    tracking_uri = server.uri.replace("http://", f"http://bob:{TRACKING_PASSWORD}@")
+    data_uri = f"http://alice:${{DATA_PASSWORD}}@{iris_behind_basic_auth}/iris.csv"
+    result = mlflow_run(
+        project,
+        ["-e", "main", "-P", "max_evals=3", "-P", f"data_uri={data_uri}", "-P", "target=target"],
+        tracking_uri,
+        # MLflow's own CLI prints its tracking URI in "View run" links; README: silence it, or use the variables.
+        extra_env={"DATA_PASSWORD": DATA_PASSWORD, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"},
     )
-    try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        uri = started.stdout.strip().splitlines()[-1]
-        assert uri == f"http://127.0.0.1:{port}"
-        yield uri
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", *args], env=env, capture_output=True, timeout=120)
-        status = subprocess.run(["bash", str(SCRIPT), "status", *args], env=env, capture_output=True, text=True)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        assert status.returncode != 0 and "mlflow server: not running" in status.stdout
-
-
-def test_main_against_a_tracking_server(project, server, tmp_path):
-    result = mlflow_run(project, ["-e", "main", "-P", "max_evals=3"], server)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert f"open {server} in a browser" in result.stdout
-    client = MlflowClient(server)
+    assert f"open {server.uri} in a browser" in result.stdout
+    client = MlflowClient(server.uri)
     [main] = runs_by_step(client, "main")
     steps = children(client, main)
-    assert [(r.info.run_name, r.info.status) for r in steps] == [
-        (name, "FINISHED") for name in ("load", "featurize", "tune", "train", "evaluate")
-    ]
-    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in steps)  # served by the server
+    assert [(r.info.run_name, r.info.status) for r in steps] == [(name, "FINISHED") for name in STEPS]
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in [main, *steps])  # served by the server
     assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()
-    mlflow.set_tracking_uri(server)
+    # The placeholder as typed (MLflow shell-quotes it: the shell must not expand ${DATA_PASSWORD} either).
+    assert steps[0].data.params["data_uri"] == f"'{data_uri}'"
+    mlflow.set_tracking_uri(server.uri)
     try:
         version = client.get_model_version_by_alias("pipeline-model", "champion")
         assert version.run_id == steps[3].info.run_id
+        assert version.tags["evaluate_run_id"] == steps[4].info.run_id
         model = mlflow.pyfunc.load_model("models:/pipeline-model@champion")
         test_rows = pd.read_parquet(
             mlflow.artifacts.download_artifacts(f"runs:/{steps[1].info.run_id}/splits/test.parquet")
         )
-        assert (model.predict(test_rows.drop(columns="species")) == test_rows["species"]).mean() >= 0.85
+        assert (model.predict(test_rows.drop(columns="target")) == test_rows["target"]).mean() >= 0.85
     finally:
         mlflow.set_tracking_uri(None)
+
+    # No password anywhere: output, every param/tag/dataset row in PostgreSQL, every artifact file, server log.
+    assert secrets_in(result.stdout + result.stderr) == []
+    assert secrets_in(server.dump()) == []
+    leaking = subprocess.run(
+        ["grep", "-rlaF", "-e", TRACKING_PASSWORD, "-e", DATA_PASSWORD, str(server.data_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert leaking.stdout == "", leaking.stdout
+    assert any(path.is_file() for path in (server.data_dir / "artifacts").rglob("MLmodel"))  # grep saw artifacts
+
+
+def test_a_plain_password_in_the_data_uri_stops_main_before_any_step(project, server, tmp_path):
+    result = mlflow_run(
+        project,
+        ["-e", "main", "-P", f"data_uri=http://alice:{DATA_PASSWORD}@127.0.0.1:9/iris.csv"],
+        server.uri,
+        extra_env={"MLFLOW_EXPERIMENT_NAME": "plain-password"},
+    )
+    assert result.returncode == 1
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert "data_uri holds a password in clear text" in line and "${DATA_PASSWORD}" in line
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("plain-password").experiment_id
+    [main] = client.search_runs([experiment])  # MLflow logged main's -P values itself; no step ran to copy them
+    assert main.info.status == "FAILED" and main.data.tags["pipeline.step"] == "main"
+
+
+def test_two_mains_at_once_on_one_model_name_lose_nothing(project, server, tmp_path):
+    """Two model families on the same splits (one scores better); both evaluates race for the alias."""
+    name = "team-model"
+    commands = {
+        family: [
+            sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main",
+            "-P", f"models={family}", "-P", f"max_evals={evals}", "-P", f"registered_model_name={name}",
+            "-P", "use_cache=false", "-P", "data_uri=sklearn:breast_cancer",
+        ]
+        for family, evals in (("logistic_regression", 3), ("random_forest", 1))
+    }  # fmt: skip
+    # Created first, as a team does: two `mlflow run`s creating one new experiment at once race inside MLflow.
+    MlflowClient(server.uri).create_experiment("concurrent")
+    env = mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": "concurrent"})
+    logs = {family: tmp_path / f"{family}.log" for family in commands}
+    processes = {}
+    for family, command in commands.items():
+        with logs[family].open("w") as log:
+            processes[family] = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    for family, process in processes.items():
+        assert process.wait(timeout=900) == 0, (family, logs[family].read_text()[-3000:])
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("concurrent").experiment_id
+    mains = client.search_runs([experiment], filter_string="tags.`pipeline.step` = 'main'")
+    assert sorted(r.data.params["models"] for r in mains) == ["logistic_regression", "random_forest"]
+    versions = {}
+    for main in mains:
+        steps = children(client, main)
+        assert main.info.status == "FINISHED"
+        assert [(r.info.run_name, r.info.status) for r in steps] == [(s, "FINISHED") for s in STEPS]  # none lost
+        evaluate = steps[-1]
+        version = client.get_model_version(name, evaluate.data.tags["registered_model.version"])
+        assert version.tags["evaluate_run_id"] == evaluate.info.run_id
+        versions[version.version] = (evaluate.data.metrics[f"test_{evaluate.data.tags['metric']}"], version)
+    assert len(versions) == 2  # two different version numbers
+    assert len({score for score, _ in versions.values()}) == 2, versions  # so one of them is the better
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2  # and no other, none half-registered
+    champion = client.get_model_version_by_alias(name, "champion")
+    best = max(score for score, _ in versions.values())
+    assert versions[champion.version][0] == best, {v: s for v, (s, _) in versions.items()}
+    other = next(v for v in versions if v != champion.version)
+    assert "champion" not in client.get_model_version(name, other).aliases
+    assert not client.search_registered_models(f"name = '{name}.champion-lock'")  # the lock is released

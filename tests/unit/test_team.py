@@ -31,7 +31,7 @@ from steps.common import (
     tracking_unreachable,
 )
 from steps.main import reap_dead_runs, step_modules
-from steps.registry_lock import HOLDER_TAG, champion_lock, lock_name
+from steps.registry_lock import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, break_if_stale, champion_lock, lock_name
 
 # --------------------------------------------------------------------------- credentials
 
@@ -192,7 +192,8 @@ def test_a_lock_left_by_a_dead_process_is_broken_and_a_live_one_times_out(tracki
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     dead = process_identity(done.pid)
     done.wait()
-    client.create_registered_model(lock_name("model"), tags={HOLDER_TAG: dead, "lock.acquired_at": str(time.time())})
+    fresh = {TOKEN_TAG: "other", ACQUIRED_TAG: str(time.time())}
+    client.create_registered_model(lock_name("model"), tags={HOLDER_TAG: dead, **fresh})
     with champion_lock(client, "model", timeout=5):
         holder = client.get_registered_model(lock_name("model")).tags[HOLDER_TAG]
         assert holder == process_identity()
@@ -200,3 +201,16 @@ def test_a_lock_left_by_a_dead_process_is_broken_and_a_live_one_times_out(tracki
         with locked, champion_lock(client, "model", timeout=1, poll=0.1):
             pass
     assert not client.search_registered_models(f"name = '{lock_name('model')}'")
+
+
+def test_only_a_lock_known_to_be_dead_or_old_is_broken(tracking_uri):
+    client = MlflowClient()
+    lock = lock_name("model")
+    live = {HOLDER_TAG: process_identity(), TOKEN_TAG: "t", ACQUIRED_TAG: str(time.time())}
+    client.create_registered_model(lock, tags=live)
+    assert not break_if_stale(client, lock, stale_after=600)  # a live holder
+    assert break_if_stale(client, lock, stale_after=0)  # too old, even if its holder lives
+    client.create_registered_model(lock)  # no tags: caught while being created or deleted
+    assert not break_if_stale(client, lock, stale_after=0)
+    client.delete_registered_model(lock)
+    assert break_if_stale(client, lock, stale_after=600)  # no lock at all

@@ -1,0 +1,155 @@
+"""Faults in team mode, against scripts/tracking-server.sh: kill -9 during tune, and a server restart mid-step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from steps.trial_logger import TRIAL_TAG
+from tests.integration.conftest import TrackingServer, children, mlflow_env, mlflow_run, tracking_server
+
+STEPS = ("load", "featurize", "tune", "train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TrackingServer]:
+    with tracking_server() as started:
+        yield started
+
+
+def main_command(project: Path, *params: str) -> list[str]:
+    flags = [item for param in params for item in ("-P", param)]
+    return [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main", *flags]
+
+
+def start_main(project: Path, server: TrackingServer, experiment: str, log: Path, *params: str) -> subprocess.Popen:
+    """`mlflow run . -e main` in its own process group (so kill -9 can take the whole tree)."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            main_command(project, *params),
+            cwd=project,
+            env=mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": experiment}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_trials(client: MlflowClient, experiment: str, process: subprocess.Popen, log: Path, count: int) -> Run:
+    """The RUNNING tune run once it has logged `count` trials (bounded: 300 s)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        found = client.get_experiment_by_name(experiment)
+        runs = (
+            client.search_runs([found.experiment_id], "tags.`pipeline.step` = 'tune' and attributes.status = 'RUNNING'")
+            if found
+            else []
+        )
+        if runs and len([r for r in children(client, runs[0]) if TRIAL_TAG in r.data.tags]) >= count:
+            return runs[0]
+        time.sleep(0.5)
+    pytest.fail(f"tune did not log {count} trials within 300 s: {log.read_text()[-2000:]}")
+
+
+def test_kill_9_during_tune_then_rerun(project, server, tmp_path):
+    client = MlflowClient(server.uri)
+    params = ("max_evals=25", "registered_model_name=killed-model")
+    process = start_main(project, server, "kill", tmp_path / "killed.log", *params)
+    try:
+        killed_tune = wait_for_trials(client, "kill", process, tmp_path / "killed.log", 2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the CLI, main, tune, its workers and trial logger
+        process.wait(timeout=60)
+    killed_main = client.get_run(killed_tune.data.tags["mlflow.parentRunId"])
+    assert (killed_main.info.status, client.get_run(killed_tune.info.run_id).info.status) == ("RUNNING", "RUNNING")
+
+    rerun = mlflow_run(project, ["-e", "main", *[f"-P{p}" for p in params]], server.uri,
+                       extra_env={"MLFLOW_EXPERIMENT_NAME": "kill"})  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    experiment = client.get_experiment_by_name("kill").experiment_id
+    [new_main] = client.search_runs([experiment], "tags.`pipeline.step` = 'main' and attributes.status = 'FINISHED'")
+    tags = new_main.data.tags
+    assert (tags["steps.load.cached"], tags["steps.featurize.cached"]) == ("true", "true")  # finished steps reused
+    assert tags["steps.tune.cached"] == "false" and tags["steps.tune.run_id"] != killed_tune.info.run_id
+    for run_id in (killed_main.info.run_id, killed_tune.info.run_id):  # never FINISHED: marked KILLED by the re-run
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", run.info
+        assert f"marked KILLED by main run {new_main.info.run_id}" in run.data.tags["pipeline.error"]
+    new_tune = client.get_run(tags["steps.tune.run_id"])
+    assert new_tune.info.status == "FINISHED"
+    assert len([r for r in children(client, new_tune) if TRIAL_TAG in r.data.tags]) == 25
+    assert client.get_model_version_by_alias("killed-model", "champion").run_id == tags["steps.train.run_id"]
+
+
+def test_a_server_restart_during_tune_is_ridden_out_by_mlflows_retries(project, server, tmp_path):
+    client = MlflowClient(server.uri)
+    log = tmp_path / "restart.log"
+    process = start_main(project, server, "restart", log, "max_evals=30", "registered_model_name=restart-model")
+    try:
+        tune = wait_for_trials(client, "restart", process, log, 1)
+        down = time.monotonic()
+        server.stop()  # mlflow server and PostgreSQL
+        time.sleep(2)
+        server.start()
+        downtime = time.monotonic() - down
+        assert process.wait(timeout=900) == 0, log.read_text()[-4000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    main = client.get_run(tune.data.tags["mlflow.parentRunId"])
+    steps = children(client, main)
+    assert main.info.status == "FINISHED", downtime
+    assert [(r.info.run_name, r.info.status) for r in steps] == [(s, "FINISHED") for s in STEPS]
+    assert len([r for r in children(client, steps[2]) if TRIAL_TAG in r.data.tags]) == 30  # no trial lost
+    [found] = client.search_model_versions("name = 'restart-model'")  # one version, fully registered
+    version = client.get_model_version("restart-model", found.version)
+    assert version.aliases == ["champion"] and version.tags["evaluate_run_id"] == steps[4].info.run_id
+    assert version.tags["gates.passed"] == "true" and "model_card" in version.tags
+    assert not client.search_registered_models("name = 'restart-model.champion-lock'")
+
+
+def test_a_server_down_past_the_retries_fails_the_step_in_one_line(project, server, tmp_path):
+    log = tmp_path / "down.log"
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            main_command(project, "max_evals=40", "registered_model_name=down-model"),
+            cwd=project,
+            env=mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": "down", **retries}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = MlflowClient(server.uri)
+    try:
+        tune = wait_for_trials(client, "down", process, log, 1)
+        server.stop()
+        try:
+            assert process.wait(timeout=300) != 0
+        finally:
+            server.start()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = log.read_text()
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    expected = (
+        f"the tracking server {server.uri} is unreachable (connection refused, after "
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1 retries); start it again and re-run: finished steps are reused"
+    )
+    assert errors and errors[0] == f"error: tune: {expected}", output[-3000:]
+    assert f"error: main: {expected}" in errors
+    # Not FINISHED (nor FAILED: the server was gone); the next main marks both KILLED (test above).
+    assert client.get_run(tune.info.run_id).info.status == "RUNNING"
+    assert client.get_run(tune.data.tags["mlflow.parentRunId"]).info.status == "RUNNING"
+    assert not client.search_model_versions("name = 'down-model'")
