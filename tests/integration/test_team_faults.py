@@ -31,13 +31,15 @@ def main_command(project: Path, *params: str) -> list[str]:
     return [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main", *flags]
 
 
-def start_main(project: Path, server: TrackingServer, experiment: str, log: Path, *params: str) -> subprocess.Popen:
+def start_main(
+    project: Path, server: TrackingServer, experiment: str, log: Path, *params: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """`mlflow run . -e main` in its own process group (so kill -9 can take the whole tree)."""
     with log.open("w") as out:
         return subprocess.Popen(
             main_command(project, *params),
             cwd=project,
-            env=mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": experiment}),
+            env=mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": experiment, **(env or {})}),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -94,7 +96,11 @@ def test_kill_9_during_tune_then_rerun(project, server, tmp_path):
 def test_a_server_restart_during_tune_is_ridden_out_by_mlflows_retries(project, server, tmp_path):
     client = MlflowClient(server.uri)
     log = tmp_path / "restart.log"
-    process = start_main(project, server, "restart", log, "max_evals=30", "registered_model_name=restart-model")
+    # MLflow's retries, with waits of 0, 2, 4, 8, ... s (BACKOFF_FACTOR 1; 2 by default): ~2 min in all.
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    process = start_main(
+        project, server, "restart", log, "max_evals=30", "registered_model_name=restart-model", env=retries
+    )
     try:
         tune = wait_for_trials(client, "restart", process, log, 1)
         down = time.monotonic()
@@ -121,15 +127,7 @@ def test_a_server_restart_during_tune_is_ridden_out_by_mlflows_retries(project, 
 def test_a_server_down_past_the_retries_fails_the_step_in_one_line(project, server, tmp_path):
     log = tmp_path / "down.log"
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            main_command(project, "max_evals=40", "registered_model_name=down-model"),
-            cwd=project,
-            env=mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": "down", **retries}),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_main(project, server, "down", log, "max_evals=40", "registered_model_name=down-model", env=retries)
     client = MlflowClient(server.uri)
     try:
         tune = wait_for_trials(client, "down", process, log, 1)
