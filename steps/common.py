@@ -50,6 +50,10 @@ class PipelineError(Exception):
     """Bad input: reported as one line naming the problem and the fix; the run is marked FAILED."""
 
 
+class TrackingUnreachableError(PipelineError):
+    """MLflow gave up on the tracking server: nothing more can be recorded, not even FAILED."""
+
+
 # --------------------------------------------------------------------------- the step runner
 
 
@@ -86,6 +90,8 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
         )
         try:
             yield run
+        except TrackingUnreachableError as error:
+            exit_unrecorded(step, str(error))
         except PipelineError as error:
             message = one_line(str(error))
             try:
@@ -108,15 +114,20 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
 
 
 def exit_if_unreachable(step: str, error: BaseException) -> None:
-    """The tracking server is gone: say so in one line and exit 1 at once.
-
-    Nothing more can be recorded (not even FAILED: the run stays RUNNING until the next `main`
-    marks it KILLED), and exiting normally would try the server again for minutes.
-    """
+    """If `error` is MLflow giving up on the tracking server, exit as exit_unrecorded does."""
     unreachable = tracking_unreachable(error)
     if unreachable:
-        print(f"error: {step}: {unreachable}", file=sys.stderr, flush=True)
-        os._exit(1)
+        exit_unrecorded(step, unreachable)
+
+
+def exit_unrecorded(step: str, message: str) -> None:
+    """The tracking server is gone: say so in one line and exit 1 at once.
+
+    Nothing more can be recorded (not even FAILED: the run stays RUNNING until the next `main` marks
+    it KILLED), and a normal exit would try the server again for minutes (MLflow's atexit end_run).
+    """
+    print(f"error: {step}: {one_line(message)}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def tracking_unreachable(error: BaseException) -> str:
@@ -142,16 +153,28 @@ def tracking_unreachable(error: BaseException) -> str:
     )
 
 
-PROCESS_TAG = "pipeline.process"  # host:pid:start time of the process that runs the step
+PROCESS_TAG = "pipeline.process"  # machine:pid:start time of the process that runs the step
 
 
 def process_identity(pid: int | None = None) -> str:
-    """host:pid:start-time, unique even when the system reuses a pid (start time from /proc; '' elsewhere)."""
+    """machine:pid:start-time, unique even when the system reuses a pid (start time from /proc; '' elsewhere)."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+    return f"{machine_identity()}:{pid}:{process_start_time(pid)}"
+
+
+def machine_identity() -> str:
+    """Host name, boot and pid namespace: containers that share a host name do not share pids."""
+    parts = [socket.gethostname().replace(":", "_")]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # no /proc (macOS): the host name alone
+        pass
+    return "/".join(parts)
 
 
 def process_start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); '' if unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -161,9 +184,9 @@ def process_start_time(pid: int) -> str:
 
 def process_alive(identity: str) -> bool | None:
     """Whether the process a PROCESS_TAG names still runs; None if it ran on another host (unknowable)."""
-    host, _, rest = identity.partition(":")
+    machine, _, rest = identity.partition(":")
     pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if machine != machine_identity() or not pid_text.isdigit():
         return None
     try:
         os.kill(int(pid_text), 0)
@@ -218,30 +241,84 @@ def one_line(text: str, limit: int = 500) -> str:
 
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+CREDENTIAL_SCHEMES = ("http", "https")  # where user-info in a data URI means basic auth
+
+
+def garbled_user_info(uri: str) -> bool:
+    """Whether an unencoded '#', '?' or '/' in a user name or password cut the host part short.
+
+    urlsplit then sees no password at all, so redaction would miss it: e.g. https://al:se#cret@host/x.
+    """
+    _, separator, rest = uri.partition("://")
+    if not separator:
+        return False
+    netloc = urllib.parse.urlsplit(uri).netloc
+    port = netloc.rpartition("@")[2].rpartition(":")[2] if ":" in netloc.rpartition("@")[2] else ""
+    cut_short = "@" in rest.split("/", 1)[0] and "@" not in netloc
+    return cut_short or (port != "" and not port.isdigit() and not netloc.endswith("]"))
+
+
+def is_placeholder(text: str | None) -> bool:
+    return text is not None and PLACEHOLDER.fullmatch(text) is not None
 
 
 def redact_uri(uri: str) -> str:
-    """Drop a password from a URI's user-info, so it can be logged (a ${VAR} placeholder is no secret: kept)."""
+    """The URI with its secrets replaced by ***, so it can be logged (a ${VAR} placeholder is no secret: kept).
+
+    A password goes; so does a user name that stands alone (often a token); a URI whose host part cannot
+    be parsed keeps only its scheme.
+    """
+    if garbled_user_info(uri):
+        return uri.partition("://")[0] + "://***"
     parts = urllib.parse.urlsplit(uri)
-    if parts.password is None or PLACEHOLDER.fullmatch(parts.password):
+    if parts.username is None:
         return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    user, _, host = parts.netloc.rpartition("@")
+    name, has_password, password = user.partition(":")
+    if has_password:
+        shown = f"{name}:{password if is_placeholder(password) else '***'}"
+    else:
+        shown = name if is_placeholder(name) else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
-def check_no_plain_password(name: str, uri: str) -> None:
-    """Refuse a password written into a URI param: MLflow records every -P value verbatim as a run param."""
-    password = urllib.parse.urlsplit(uri).password
-    if password is not None and not PLACEHOLDER.fullmatch(password):
+def check_uri_credentials(name: str, uri: str) -> None:
+    """Refuse credentials written into a URI param: MLflow records every -P value verbatim as a run param.
+
+    Allowed: http(s)://user:${VAR}@host/... (or ${USER}:${VAR}@, ${TOKEN}@), filled in from the environment
+    in memory only.
+    """
+    fix = "write it as a placeholder, e.g. https://alice:${DATA_PASSWORD}@host/data.csv with DATA_PASSWORD exported"
+    if garbled_user_info(uri):
         raise PipelineError(
-            f"{name} holds a password in clear text, and MLflow records params verbatim; write it as a placeholder, "
-            f"{redact_uri(uri).replace(':***@', ':${DATA_PASSWORD}@', 1)} with DATA_PASSWORD exported, "
+            f"{name} has a host part that cannot be parsed (an '@', '#', '?' or '/' in a user name or password "
+            f"must be percent-encoded, e.g. # as %23); better, {fix}"
+        )
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None:
+        return
+    if parts.password is not None and not is_placeholder(parts.password):
+        raise PipelineError(
+            f"{name} holds a password in clear text, and MLflow records params verbatim; {fix}, "
             "and delete this run (mlflow runs delete, then mlflow gc)"
+        )
+    if parts.password is None and not is_placeholder(parts.username):
+        raise PipelineError(
+            f"{name} has a user name and no password; if it is a token, write it as ${{TOKEN}}@ with TOKEN "
+            f"exported (MLflow records params verbatim); for a password, {fix}"
+        )
+    if parts.scheme.lower() not in CREDENTIAL_SCHEMES:
+        raise PipelineError(
+            f"credentials in {name} work for http(s) only; for '{parts.scheme}' use its own settings "
+            "(for s3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile)"
         )
 
 
 def expand_placeholders(uri: str) -> str:
-    """Fill ${VAR} from the environment, in memory only: the params and logs keep the placeholder."""
+    """Fill the ${VAR} placeholders of an http(s) URI's user-info from the environment, in memory only."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in CREDENTIAL_SCHEMES or "@" not in parts.netloc:
+        return uri
 
     def value(match: re.Match[str]) -> str:
         if match.group(1) not in os.environ:
@@ -250,7 +327,8 @@ def expand_placeholders(uri: str) -> str:
             )
         return urllib.parse.quote(os.environ[match.group(1)], safe="")
 
-    return PLACEHOLDER.sub(value, uri)
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{PLACEHOLDER.sub(value, user)}@{host}"))
 
 
 def split_credentials(uri: str) -> tuple[str, tuple[str, str] | None]:
@@ -272,7 +350,10 @@ def move_tracking_credentials() -> None:
     MLflow prints the tracking URI in its "View run" links and passes it on to child processes; MLflow
     sends the two variables as basic auth and prints neither. Every process this one starts inherits them.
     """
-    bare, credentials = split_credentials(os.environ.get(TRACKING_ENV, ""))
+    uri = os.environ.get(TRACKING_ENV, "")
+    if not uri.lower().startswith(("http://", "https://")):  # a database URI keeps its login: SQLAlchemy needs it
+        return
+    bare, credentials = split_credentials(uri)
     if credentials is None:
         return
     os.environ[TRACKING_ENV] = bare
@@ -353,7 +434,7 @@ def read_data(data_uri: str) -> pd.DataFrame:
 def fetch_local(uri: str) -> Path:
     """A local path holding what `uri` names: downloads http(s) and MLflow artifact URIs."""
     shown = redact_uri(uri)
-    check_no_plain_password("data_uri", uri)
+    check_uri_credentials("data_uri", uri)
     uri = expand_placeholders(uri)
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in {"", "file"} or (len(scheme) == 1 and sys.platform == "win32"):
@@ -370,7 +451,7 @@ def fetch_local(uri: str) -> Path:
         request = urllib.request.Request(bare)
         if credentials is not None:  # basic auth from the user-info, which urllib does not do by itself
             token = base64.b64encode(":".join(credentials).encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
+            request.add_unredirected_header("Authorization", f"Basic {token}")  # not sent on to a redirect
         try:
             with urllib.request.urlopen(request, timeout=60) as response, target.open("wb") as out:
                 out.write(response.read())

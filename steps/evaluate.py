@@ -22,6 +22,7 @@ from steps.common import (
     FeatureSpec,
     PipelineError,
     Splits,
+    TrackingUnreachableError,
     artifact_uri,
     dataset_source,
     digest_json,
@@ -33,6 +34,7 @@ from steps.common import (
     run_cli,
     score_model,
     step_run,
+    tracking_unreachable,
 )
 from steps.model_card import CARD_DIR, build_card, card_summary, log_card
 from steps.registry_lock import LOCK_SUFFIX, champion_lock
@@ -314,8 +316,10 @@ def run_evaluate(
                 client.set_model_version_tag(registered_model_name, version.version, name, text)
             client.set_model_version_tag(registered_model_name, version.version, "champion_decision", decision.reason)
             client.set_registered_model_alias(registered_model_name, alias, version.version)
-    except BaseException:
-        client.delete_model_version(registered_model_name, version.version)
+    except BaseException as error:
+        # Without a server the delete cannot happen either: the next main deletes the version (no gates tag).
+        if not (isinstance(error, TrackingUnreachableError) or tracking_unreachable(error)):
+            client.delete_model_version(registered_model_name, version.version)
         raise
     outcome = {
         "registered_model.name": registered_model_name,

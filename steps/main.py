@@ -16,7 +16,7 @@ import click
 import mlflow
 import yaml
 from mlflow.entities import Run
-from mlflow.exceptions import ExecutionException
+from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps.common import (
@@ -28,12 +28,14 @@ from steps.common import (
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
     PROCESS_TAG,
+    STEP_TAG,
     PipelineError,
     artifact_uri,
-    check_no_plain_password,
+    check_uri_credentials,
     digest_json,
     digest_path,
     fetch_local,
+    one_line,
     parse_bool,
     process_alive,
     redact_uri,
@@ -180,26 +182,41 @@ def reusable_run(client: MlflowClient, experiment_id: str, entry_point: str, key
 
 
 def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -> list[str]:
-    """Mark KILLED the RUNNING step runs whose process on this host is gone (kill -9, a crash, a lost server).
+    """Mark KILLED the RUNNING step runs whose process on this machine is gone (kill -9, a crash, a lost server).
 
     MLflow leaves such runs RUNNING forever; the cache never reuses them (it takes FINISHED runs only).
-    Runs of live processes, and runs from other hosts, are left alone.
+    Runs of live processes, and runs from other machines, are left alone. A model version that a dead
+    evaluate registered but never decided on (no `gates.passed` tag) is deleted: nothing half-registered.
     """
     reaped = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
         identity = run.data.tags.get(PROCESS_TAG, "")
         if not identity or run.info.run_id == main_run_id or process_alive(identity) is not False:
             continue
-        client.set_tag(
-            run.info.run_id,
-            ERROR_TAG,
-            f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
-        )
-        client.set_terminated(run.info.run_id, status="KILLED")
+        try:
+            if run.data.tags.get(STEP_TAG) == "evaluate":
+                delete_undecided_versions(client, run.info.run_id)
+            client.set_tag(
+                run.info.run_id,
+                ERROR_TAG,
+                f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
+            )
+            client.set_terminated(run.info.run_id, status="KILLED")
+        except MlflowException as error:  # e.g. no permission on another user's run: not main's to fail over
+            logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
+            continue
         reaped.append(run.info.run_id)
     if reaped:
         logger.warning("marked %d run(s) of dead processes KILLED: %s", len(reaped), ", ".join(reaped))
     return reaped
+
+
+def delete_undecided_versions(client: MlflowClient, evaluate_run_id: str) -> None:
+    """Delete the versions a dead evaluate registered before its gates decided (so no alias points at them)."""
+    for version in client.search_model_versions(f"tags.`evaluate_run_id` = '{evaluate_run_id}'"):
+        if "gates.passed" not in version.tags:
+            logger.warning("deleting %s v%s: its evaluate died before deciding", version.name, version.version)
+            client.delete_model_version(version.name, version.version)
 
 
 def key_metric(step: str, run: Any, metric_hint: str) -> str:
@@ -454,7 +471,7 @@ def main(
     evaluate_options = {name: options.pop(name) for name in evaluate_names}
     chosen = {"tune_options": options, "evaluate_options": evaluate_options}
     with step_run("main"):
-        check_no_plain_password("data_uri", data_uri)  # before any step records it as a param
+        check_uri_credentials("data_uri", data_uri)  # before any step records it as a param
         parse_min_delta(evaluate_options["min_delta"])
         cache = parse_bool("use_cache", use_cache)
         validate_search_options(

@@ -5,7 +5,8 @@ with it and move the alias can both "win", and the alias ends on whichever wrote
 registered model is atomic (the name is the key, in SQLite, PostgreSQL or behind a server), so the
 lock is a registered model `<name>.champion-lock`, held for the seconds evaluate needs to compare
 with the champion and move the alias, then deleted. A lock whose holder process died (same host) or
-that is older than STALE_AFTER_SECONDS is broken by the next evaluate.
+that is older than STALE_AFTER_SECONDS (by the holder's clock: keep hosts in sync) is broken by the
+next evaluate.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ STALE_AFTER_SECONDS = 600.0
 
 
 def lock_name(registered_model_name: str) -> str:
+    """The registered model that serves as the champion lock of `registered_model_name`."""
     return registered_model_name + LOCK_SUFFIX
 
 
 def error_code(error: MlflowException) -> str:
+    """MLflow's error code name (RESOURCE_ALREADY_EXISTS, ...), from a local store or a server alike."""
     return str(getattr(error, "error_code", ""))
 
 
@@ -111,6 +114,9 @@ def champion_lock(
         except MlflowException as error:
             if not lost_the_race(error):
                 raise
+            held = lock_tags(client, lock)
+            if held is not None and held.get(TOKEN_TAG) == token:  # ours: a retried create whose answer was lost
+                break
         if break_if_stale(client, lock, stale_after):
             continue
         if time.monotonic() > deadline:
@@ -125,6 +131,17 @@ def champion_lock(
     try:
         yield
     finally:
+        release(client, lock, token)
+
+
+def release(client: MlflowClient, lock: str, token: str) -> None:
+    """Delete the lock if it is still ours; a failure only leaves it for the next evaluate to break.
+
+    Raising here would undo the work the lock guarded (evaluate deletes a version that fails mid-way).
+    """
+    try:
         tags = lock_tags(client, lock)
         if tags is not None and tags.get(TOKEN_TAG) == token:  # not ours any more if broken as stale
             client.delete_registered_model(lock)
+    except MlflowException as error:
+        logger.warning("could not release %s (%s); the next evaluate breaks it when stale", lock, error)

@@ -18,7 +18,14 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from steps.common import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, PipelineError, tracking_unreachable
+from steps.common import (
+    PARENT_TAG,
+    RUN_NAME_TAG,
+    STEP_TAG,
+    PipelineError,
+    TrackingUnreachableError,
+    tracking_unreachable,
+)
 
 TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
 TRIAL_TAG = "trial"
@@ -84,7 +91,9 @@ def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any
                 outbox.put(("result", function(*call_args)))
         except Exception as error:  # reported in the tune process, in one line
             what = f"trial {args[0]}" if kind == "log" else getattr(args[0], "__name__", "call")
-            outbox.put(("error", f"{what}: {tracking_unreachable(error) or f'{type(error).__name__}: {error}'}"))
+            unreachable = tracking_unreachable(error)
+            kind = "unreachable" if unreachable else "error"
+            outbox.put((kind, f"{what}: {unreachable or f'{type(error).__name__}: {error}'}"))
 
 
 class TrialLogProcess:
@@ -102,7 +111,7 @@ class TrialLogProcess:
         self._process.start()
         self._pending = 0
         self._run_ids: dict[int, str] = {}
-        self._errors: list[str] = []
+        self._errors: list[tuple[str, str]] = []
 
     def __call__(self, number: int | None, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
         self._collect(block=False)  # an earlier trial could not be logged (e.g. no tracking server): stop now
@@ -133,8 +142,8 @@ class TrialLogProcess:
                     continue
             if kind == "logged":
                 self._run_ids[value[0]] = value[1]
-            elif kind == "error":
-                self._errors.append(value)
+            else:  # "error" or "unreachable"
+                self._errors.append((kind, value))
             self._pending -= 1
             if block:
                 return
@@ -142,13 +151,18 @@ class TrialLogProcess:
     def _raise_errors(self) -> None:
         if self._errors:
             errors, self._errors = self._errors, []
-            raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0]}")
+            unreachable = [text for kind, text in errors if kind == "unreachable"]
+            if unreachable:
+                raise TrackingUnreachableError(unreachable[0].partition(": ")[2])
+            raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0][1]}")
 
     def call(self, function: Callable[..., Any], *args: Any, timeout: float = 300) -> Any:
         """Run `function(*args)` in the logger process (after what is queued) and return its result."""
         self.finish(timeout)
         self._inbox.put(("call", function, args))
         kind, value = self._receive(timeout)
+        if kind == "unreachable":
+            raise TrackingUnreachableError(value.partition(": ")[2])
         if kind == "error":
             raise PipelineError(value)
         return value

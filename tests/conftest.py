@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
@@ -20,10 +21,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's schema in place (setting it up takes ~5 s; copying it, nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def fresh_store(template: Path, folder: Path) -> str:
+    """A private copy of the template in `folder`, its Default experiment's artifacts under `folder/mlruns`."""
+    import shutil
+    import sqlite3
+
+    target = folder / "mlflow.db"
+    shutil.copyfile(template, target)
+    with closing(sqlite3.connect(target)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns/0"),))
+    return f"sqlite:///{target}"
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_template: Path) -> Iterator[str]:
     """A fresh SQLite tracking store with local artifacts, private to the test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_store(store_template, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
@@ -52,3 +75,25 @@ def mixed_frame() -> pd.DataFrame:
             "label": label,
         }
     )
+
+
+def run_step_cli(capsys: pytest.CaptureFixture[str], step: str, *args: str) -> tuple[int, str]:
+    """A step's command line, in this process, as `python -m steps.<step> <args>` runs it: (exit code, stderr)."""
+    import importlib
+    import sys
+
+    from steps.common import run_cli
+
+    module = importlib.import_module(f"steps.{step}")
+    saved = sys.argv
+    sys.argv = [f"steps.{step}", *args]
+    try:
+        run_cli(module.main, step)
+        code = 0
+    except SystemExit as exited:
+        code = exited.code if isinstance(exited.code, int) else 1
+    finally:
+        sys.argv = saved
+        while mlflow.active_run():
+            mlflow.end_run()
+    return code, capsys.readouterr().err

@@ -15,7 +15,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, fresh_store
 
 COPY_IGNORE = shutil.ignore_patterns(
     "mlflow.db", "mlruns", "mlartifacts", ".pytest_cache", "__pycache__", ".ruff_cache", ".venv", "*.pyc"
@@ -82,8 +82,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path: Path, store_template: Path) -> str:
+    return fresh_store(store_template, tmp_path)
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.common import load_bundled_frame
+from tests.conftest import run_step_cli
 from tests.integration.conftest import free_port, mlflow_env, mlflow_run, runs_by_step
 
 NAME = "pipeline-model"
@@ -59,9 +60,21 @@ def newest(registry, step: str):
     return runs_by_step(registry["client"], step)[0]
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+def one_error_line(result: subprocess.CompletedProcess[str] | str) -> str:
+    stderr = result if isinstance(result, str) else result.stderr
+    [line] = [x for x in stderr.splitlines() if x.startswith("error: ")]
     return line
+
+
+def in_process(registry, capsys, monkeypatch, step: str, batch: str, *args: str) -> tuple[int, str]:
+    """A step's command line run in this process against the registry's store (bad input: no need for a process).
+
+    The real `mlflow run` path of predict and monitor is exercised by the tests around these.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["store"])
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(registry["store"])
+    return run_step_cli(capsys, step, "--data-uri", str(registry["paths"][batch]), *args)
 
 
 def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registry):
@@ -92,11 +105,10 @@ def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registr
         ("held_out", f"models:/{NAME}@nope", f"model 'models:/{NAME}@nope' cannot be loaded"),
     ],
 )
-def test_predict_bad_input_is_one_line_and_a_failed_run(registry, batch, model_uri, message):
-    data = f"data_uri={registry['paths'][batch]}"
-    result = run_step(registry, "-e", "predict", "-P", data, "-P", f"model_uri={model_uri}")
-    assert result.returncode != 0
-    assert one_error_line(result).startswith(f"error: predict: {message}")
+def test_predict_bad_input_is_one_line_and_a_failed_run(registry, batch, model_uri, message, capsys, monkeypatch):
+    code, stderr = in_process(registry, capsys, monkeypatch, "predict", batch, "--model-uri", model_uri)
+    assert code == 1
+    assert one_error_line(stderr).startswith(f"error: predict: {message}")
     run = newest(registry, "predict")
     assert run.info.status == "FAILED" and not registry["client"].list_artifacts(run.info.run_id, "predictions")
 
@@ -138,14 +150,14 @@ def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry):
         ("missing_column", [], "the batch lacks column(s) 'petal_width_cm'"),
         ("extra_column", [], "the batch has column(s) 'store_id' that the model was not trained on"),
         ("empty", [], "the batch has no rows"),
-        ("held_out", ["-P", "fail_on_drift=maybe"], "fail_on_drift must be true or false, got 'maybe'"),
-        ("held_out", ["-P", f"model_uri=models:/{NAME}@nope"], f"model 'models:/{NAME}@nope' does not exist"),
+        ("held_out", ["--fail-on-drift", "maybe"], "fail_on_drift must be true or false, got 'maybe'"),
+        ("held_out", ["--model-uri", f"models:/{NAME}@nope"], f"model 'models:/{NAME}@nope' does not exist"),
     ],
 )
-def test_monitor_bad_input_is_one_line_and_a_failed_run(registry, batch, extra, message):
-    result = run_step(registry, "-e", "monitor", "-P", f"data_uri={registry['paths'][batch]}", *extra)
-    assert result.returncode != 0
-    assert one_error_line(result).startswith(f"error: monitor: {message}")
+def test_monitor_bad_input_is_one_line_and_a_failed_run(registry, batch, extra, message, capsys, monkeypatch):
+    code, stderr = in_process(registry, capsys, monkeypatch, "monitor", batch, *extra)
+    assert code == 1
+    assert one_error_line(stderr).startswith(f"error: monitor: {message}")
     assert newest(registry, "monitor").info.status == "FAILED"
 
 

@@ -75,8 +75,8 @@ def test_kill_9_during_tune_then_rerun(project, server, tmp_path):
     killed_main = client.get_run(killed_tune.data.tags["mlflow.parentRunId"])
     assert (killed_main.info.status, client.get_run(killed_tune.info.run_id).info.status) == ("RUNNING", "RUNNING")
 
-    rerun = mlflow_run(project, ["-e", "main", *[f"-P{p}" for p in params]], server.uri,
-                       extra_env={"MLFLOW_EXPERIMENT_NAME": "kill"})  # fmt: skip
+    rerun_args = ["-e", "main", *[f"-P{p}" for p in params]]
+    rerun = mlflow_run(project, rerun_args, server.uri, extra_env={"MLFLOW_EXPERIMENT_NAME": "kill"})
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     experiment = client.get_experiment_by_name("kill").experiment_id
     [new_main] = client.search_runs([experiment], "tags.`pipeline.step` = 'main' and attributes.status = 'FINISHED'")
@@ -112,6 +112,7 @@ def test_a_server_restart_during_tune_is_ridden_out_by_mlflows_retries(project, 
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+    assert "Retrying (Retry(" in log.read_text()  # the outage was met, and ridden out by urllib3 under MLflow
     main = client.get_run(tune.data.tags["mlflow.parentRunId"])
     steps = children(client, main)
     assert main.info.status == "FINISHED", downtime

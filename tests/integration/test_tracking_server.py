@@ -132,14 +132,12 @@ def test_a_plain_password_in_the_data_uri_stops_main_before_any_step(project, se
 def test_two_mains_at_once_on_one_model_name_lose_nothing(project, server, tmp_path):
     """Two model families on the same splits (one scores better); both evaluates race for the alias."""
     name = "team-model"
+    shared = [f"registered_model_name={name}", "use_cache=false", "data_uri=sklearn:breast_cancer"]
     commands = {
-        family: [
-            sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main",
-            "-P", f"models={family}", "-P", f"max_evals={evals}", "-P", f"registered_model_name={name}",
-            "-P", "use_cache=false", "-P", "data_uri=sklearn:breast_cancer",
-        ]
+        family: [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main"]
+        + [item for param in (f"models={family}", f"max_evals={evals}", *shared) for item in ("-P", param)]
         for family, evals in (("logistic_regression", 3), ("random_forest", 1))
-    }  # fmt: skip
+    }
     # Created first, as a team does: two `mlflow run`s creating one new experiment at once race inside MLflow.
     MlflowClient(server.uri).create_experiment("concurrent")
     env = mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": "concurrent"})

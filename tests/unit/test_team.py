@@ -6,6 +6,7 @@ import base64
 import http.server
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from steps.common import (
     ERROR_TAG,
     PROCESS_TAG,
     PipelineError,
-    check_no_plain_password,
+    check_uri_credentials,
     expand_placeholders,
     move_tracking_credentials,
     process_alive,
@@ -39,11 +40,33 @@ from steps.registry_lock import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, break_if_st
 def test_a_placeholder_is_no_secret_but_a_password_is():
     assert redact_uri("https://bob:${DATA_PASSWORD}@host/x.csv") == "https://bob:${DATA_PASSWORD}@host/x.csv"
     assert redact_uri("https://bob:pw@host/x.csv") == "https://bob:***@host/x.csv"
-    check_no_plain_password("data_uri", "https://bob:${DATA_PASSWORD}@host/x.csv")
-    check_no_plain_password("data_uri", "https://bob@host/x.csv")
-    with pytest.raises(PipelineError, match=r"clear text.*https://bob:\$\{DATA_PASSWORD\}@host/x.csv") as raised:
-        check_no_plain_password("data_uri", "https://bob:s3cret@host/x.csv")
+    check_uri_credentials("data_uri", "https://bob:${DATA_PASSWORD}@host/x.csv")
+    check_uri_credentials("data_uri", "https://${TOKEN}@host/x.csv")
+    with pytest.raises(PipelineError, match=r"clear text.*https://alice:\$\{DATA_PASSWORD\}@host/data.csv") as raised:
+        check_uri_credentials("data_uri", "https://bob:s3cret@host/x.csv")
     assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown", "refusal"),
+    [
+        ("https://al:se#cret@host/x.csv", "https://***", "must be percent-encoded"),  # urlsplit sees no password
+        ("https://al:12?x@host/x.csv", "https://***", "must be percent-encoded"),
+        ("https://al:se/cret@host/x.csv", "https://***", "must be percent-encoded"),
+        ("https://ghp_token@host/x.csv", "https://***@host/x.csv", "if it is a token, write it as ${TOKEN}@"),
+        ("s3://al:${PW}@bucket/x.csv", "s3://al:${PW}@bucket/x.csv", "work for http(s) only"),
+        ("https://host/people/al@example.com.csv", "https://host/people/al@example.com.csv", None),
+        ("https://${TOKEN}@host/x.csv", "https://${TOKEN}@host/x.csv", None),
+    ],
+)
+def test_credentials_urlsplit_would_miss_are_refused_and_hidden(uri, shown, refusal):
+    assert redact_uri(uri) == shown
+    if refusal is None:
+        check_uri_credentials("data_uri", uri)
+        return
+    with pytest.raises(PipelineError, match=re.escape(refusal)) as raised:
+        check_uri_credentials("data_uri", uri)
+    assert "cret" not in str(raised.value) and "ghp_token" not in str(raised.value)
 
 
 def test_placeholders_are_filled_from_the_environment_and_quoted(monkeypatch):
@@ -51,6 +74,8 @@ def test_placeholders_are_filled_from_the_environment_and_quoted(monkeypatch):
     filled = expand_placeholders("https://bob:${DATA_PASSWORD}@host/x.csv")
     assert filled == "https://bob:p%40ss%2Fw%3Ard@host/x.csv"
     assert split_credentials(filled) == ("https://host/x.csv", ("bob", "p@ss/w:rd"))
+    assert expand_placeholders("/data/${DATA_PASSWORD}/x.csv") == "/data/${DATA_PASSWORD}/x.csv"  # user-info only
+    assert expand_placeholders("https://host/${DATA_PASSWORD}.csv") == "https://host/${DATA_PASSWORD}.csv"
     monkeypatch.delenv("DATA_PASSWORD")
     with pytest.raises(PipelineError, match=r"refers to \$\{DATA_PASSWORD\}, which is not set; export DATA_PASSWORD"):
         expand_placeholders("https://bob:${DATA_PASSWORD}@host/x.csv")
@@ -67,6 +92,14 @@ def test_a_tracking_password_moves_into_mlflows_credential_variables(monkeypatch
 
     creds = get_default_host_creds(os.environ["MLFLOW_TRACKING_URI"])  # what MLflow sends as basic auth
     assert (creds.host, creds.username, creds.password) == ("http://127.0.0.1:5999", "bob", "s@cret")
+
+
+def test_a_database_tracking_uri_keeps_its_login(monkeypatch):
+    uri = "postgresql+psycopg2://mlflow:pw@127.0.0.1:5432/mlflow"  # SQLAlchemy reads no MLFLOW_TRACKING_PASSWORD
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    move_tracking_credentials()
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri and "MLFLOW_TRACKING_PASSWORD" not in os.environ
 
 
 class BasicAuthCsv(http.server.BaseHTTPRequestHandler):
@@ -108,14 +141,15 @@ def test_read_data_sends_the_placeholder_password_as_basic_auth(csv_behind_basic
 
 def test_an_unreachable_server_is_one_line_without_the_password(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    mlflow.set_tracking_uri("http://127.0.0.1:9")  # discard port: nothing listens
+    mlflow.set_tracking_uri("http://bob:hunter2@127.0.0.1:9")  # discard port: nothing listens
     try:
         with pytest.raises(mlflow.exceptions.MlflowException) as raised:
             MlflowClient().get_run("0" * 32)
         reason = tracking_unreachable(raised.value)
     finally:
         mlflow.set_tracking_uri(None)
-    assert reason.startswith("the tracking server http://127.0.0.1:9 is unreachable (connection refused")
+    assert "hunter2" in str(raised.value)  # MLflow's own message carries it ...
+    assert reason.startswith("the tracking server http://bob:***@127.0.0.1:9 is unreachable (connection refused")
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0" in reason and "\n" not in reason
     assert tracking_unreachable(mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST")) == ""
 
@@ -151,6 +185,27 @@ def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_u
     assert statuses == {"dead": "KILLED", "alive": "RUNNING", "foreign": "RUNNING", "untagged": "RUNNING"}
     assert "ended without closing the run" in client.get_run(runs["dead"]).data.tags[ERROR_TAG]
     assert reap_dead_runs(client, experiment, main_run) == []
+
+
+def test_a_version_a_dead_evaluate_never_decided_on_is_deleted(tracking_uri):
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("Default").experiment_id
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = process_identity(done.pid)
+    done.wait()
+    evaluates = [
+        client.create_run(experiment, tags={PROCESS_TAG: dead, "pipeline.step": "evaluate"}).info.run_id
+        for _ in range(2)
+    ]
+    client.create_registered_model("model")
+    undecided = client.create_model_version("model", "file:///m", tags={"evaluate_run_id": evaluates[0]})
+    decided = client.create_model_version(
+        "model", "file:///m", tags={"evaluate_run_id": evaluates[1], "gates.passed": "true"}
+    )
+    main_run = client.create_run(experiment).info.run_id
+    assert sorted(reap_dead_runs(client, experiment, main_run)) == sorted(evaluates)
+    assert [v.version for v in client.search_model_versions("name = 'model'")] == [decided.version]
+    assert undecided.version != decided.version
 
 
 def test_a_steps_cache_key_covers_the_modules_it_imports():

@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import PipelineError
+from steps.common import PipelineError, TrackingUnreachableError
 from steps.trial_logger import TrialLogProcess
 
 
@@ -40,10 +40,12 @@ def test_a_logging_error_is_reported_in_one_line(tmp_path):
 def test_a_lost_tracking_server_stops_the_next_trial_not_the_end_of_the_search(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inherited by the spawned logger process
     logger = TrialLogProcess("http://127.0.0.1:9", "0", "0" * 32)  # nothing listens on the discard port
-    logger(1, {}, {"loss": 0.1}, "FINISHED")
-    deadline = time.monotonic() + 120
-    with pytest.raises(PipelineError, match=r"trial 1: the tracking server http://127.0.0.1:9 is unreachable"):
-        while time.monotonic() < deadline:  # each new trial first looks for answers already back
-            logger(2, {}, {"loss": 0.1}, "FINISHED")
-            time.sleep(0.2)
-    logger.close()
+    try:
+        logger(1, {}, {"loss": 0.1}, "FINISHED")
+        deadline = time.monotonic() + 120
+        with pytest.raises(TrackingUnreachableError, match=r"^the tracking server http://127.0.0.1:9 is unreachable"):
+            while time.monotonic() < deadline:  # each new trial first looks for answers already back
+                logger(2, {}, {"loss": 0.1}, "FINISHED")
+                time.sleep(0.2)
+    finally:
+        logger.close()

@@ -1,0 +1,95 @@
+"""Each step's bad-input contract, through its command line in-process: one line, exit 1, a FAILED run, no artifact.
+
+tests/integration/test_bad_input.py checks the same contract through real `mlflow run` processes for
+representative cases; this file covers every case without paying ~10 s of process start-up for each.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_step_cli
+
+
+def newest_run(step: str):
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`pipeline.step` = '{step}'", order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def assert_failed_cleanly(capsys, step: str, args: list[str], message: str):
+    code, stderr = run_step_cli(capsys, step, *args)
+    assert code == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {step}: "), stderr[-2000:]
+    assert message in errors[0] and "Traceback" not in stderr
+    run = newest_run(step)
+    assert run.info.status == "FAILED" and message in run.data.tags["pipeline.error"]
+    assert MlflowClient().list_artifacts(run.info.run_id) == []
+    return run
+
+
+@pytest.fixture
+def csv(tmp_path):
+    def write(frame: pd.DataFrame, name: str = "data.csv") -> str:
+        path = tmp_path / name
+        frame.to_csv(path, index=False)
+        return str(path)
+
+    return write
+
+
+def test_load_refuses_unreadable_data(tracking_uri, capsys, tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_text("this is not parquet")
+    assert_failed_cleanly(capsys, "load", ["--data-uri", str(path), "--target", "y"], "cannot read")
+
+
+@pytest.mark.parametrize(
+    ("frame", "target", "message"),
+    [
+        (pd.DataFrame({"x": range(10), "y": [0, 1] * 5}), "label", "target column 'label' is not in the data"),
+        (pd.DataFrame({"x": range(10), "y": ["yes"] * 10}), "y", "has a single value"),
+        (pd.DataFrame({"x": [], "y": []}), "y", "has no rows"),
+    ],
+)
+def test_load_refuses_a_bad_table(tracking_uri, capsys, csv, frame, target, message):
+    assert_failed_cleanly(capsys, "load", ["--data-uri", csv(frame), "--target", target], message)
+
+
+def test_load_refuses_a_password_in_clear_text(tracking_uri, capsys):
+    uri = "https://alice:hunter2@127.0.0.1:9/data.csv"
+    run = assert_failed_cleanly(capsys, "load", ["--data-uri", uri], "data_uri holds a password in clear text")
+    assert "hunter2" not in run.data.tags["pipeline.error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-evals", "0"], "max_evals must be at least 1"),
+        (["--metric", "auc"], "unknown metric 'auc'"),
+        (["--algo", "bayes"], "unknown algo 'bayes'"),
+        (["--parallelism", "0"], "parallelism must be at least 1"),
+        (["--models", "random_forest,svm"], "unknown model family 'svm'"),
+        (["--timeout", "0"], "timeout must be more than 0 seconds"),
+        (["--resume-from", "0123456789abcdef0123456789abcdef"], "does not exist"),
+    ],
+)
+def test_tune_refuses_bad_options_before_any_work(tracking_uri, capsys, args, message):
+    assert_failed_cleanly(capsys, "tune", args, message)
+    assert newest_run("featurize") is None  # refused before any work
+
+
+def test_tune_metric_that_does_not_fit_the_task_and_resume_from_another_step(tracking_uri, capsys):
+    assert_failed_cleanly(capsys, "tune", ["--metric", "rmse"], "metric 'rmse' does not fit a classification task")
+    featurize = newest_run("featurize")  # splits_uri=auto made them first
+    assert_failed_cleanly(capsys, "tune", ["--resume-from", featurize.info.run_id], "is not a tune run")
+
+
+def test_train_refuses_an_unknown_model(tracking_uri, capsys):
+    assert_failed_cleanly(
+        capsys, "train", ["--splits-uri", "runs:/0/splits", "--model", "xgboost"], "unknown model 'xgboost'"
+    )
