@@ -12,7 +12,8 @@ import multiprocessing
 import os
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -24,6 +25,7 @@ from steps.common import (
     STEP_TAG,
     PipelineError,
     TrackingUnreachableError,
+    configure_logging,
     tracking_unreachable,
 )
 
@@ -32,6 +34,7 @@ TRIAL_TAG = "trial"
 
 STOP = None
 POLL_SECONDS = 1.0
+QUIET_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id: str) -> TrialLogger:
@@ -48,14 +51,30 @@ def nested_trial_logger(client: MlflowClient, experiment_id: str, parent_run_id:
             params=[Param(k, v) for k, v in params.items()],
             tags=[] if number is None else [RunTag(TRIAL_TAG, str(number))],
         )
-        client.set_terminated(run.info.run_id, status=status)
+        with no_run_links():
+            client.set_terminated(run.info.run_id, status=status)
         return run.info.run_id
 
     return log_trial
 
 
+@contextmanager
+def no_run_links() -> Iterator[None]:
+    """Over HTTP MLflow prints two "View run" lines per run it ends: for every trial, that is noise."""
+    saved = os.environ.get(QUIET_LINKS)
+    os.environ[QUIET_LINKS] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[QUIET_LINKS]
+        else:
+            os.environ[QUIET_LINKS] = saved
+
+
 def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any, outbox: Any, parent: int) -> None:
     """The logger process: log each trial it is sent, run what it is asked; exit on STOP or if its parent is gone."""
+    configure_logging()  # so MLflow's retries show (urllib3 warns "Retrying ..." when the server is away)
     log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
     outbox.put(("ready", None))
     import matplotlib  # loaded while the search runs: the figures are drawn here at the end

@@ -105,14 +105,16 @@ def test_a_server_restart_during_tune_is_ridden_out_by_mlflows_retries(project, 
         tune = wait_for_trials(client, "restart", process, log, 1)
         down = time.monotonic()
         server.stop()  # mlflow server and PostgreSQL
-        time.sleep(2)
+        deadline = time.monotonic() + 120  # a step meets the outage (it cannot finish without the server)
+        while "Retrying (Retry(" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
         server.start()
         downtime = time.monotonic() - down
         assert process.wait(timeout=900) == 0, log.read_text()[-4000:]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert "Retrying (Retry(" in log.read_text()  # the outage was met, and ridden out by urllib3 under MLflow
+    assert "Retrying (Retry(" in log.read_text()  # the outage was met, and ridden out by MLflow's retries
     main = client.get_run(tune.data.tags["mlflow.parentRunId"])
     steps = children(client, main)
     assert main.info.status == "FINISHED", downtime
