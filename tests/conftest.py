@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import mlflow
@@ -97,3 +97,34 @@ def run_step_cli(capsys: pytest.CaptureFixture[str], step: str, *args: str) -> t
         while mlflow.active_run():
             mlflow.end_run()
     return code, capsys.readouterr().err
+
+
+@contextmanager
+def served_behind_basic_auth(body: bytes, user: str, password: str) -> Iterator[str]:
+    """`body` over HTTP on 127.0.0.1 for GET with the right basic auth (401 otherwise); yields host:port."""
+    import base64
+    import http.server
+    import threading
+
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

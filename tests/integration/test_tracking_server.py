@@ -3,11 +3,8 @@ the whole run tree over HTTP with passwords that must leak nowhere, and two main
 
 from __future__ import annotations
 
-import base64
-import http.server
 import subprocess
 import sys
-import threading
 import urllib.parse
 from collections.abc import Iterator
 
@@ -17,6 +14,7 @@ import pytest
 import sklearn.datasets
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import served_behind_basic_auth
 from tests.integration.conftest import (
     TrackingServer,
     children,
@@ -41,26 +39,8 @@ def server() -> Iterator[TrackingServer]:
 def iris_behind_basic_auth() -> Iterator[str]:
     """iris as CSV over HTTP on 127.0.0.1, only for alice with DATA_PASSWORD (401 otherwise)."""
     body = sklearn.datasets.load_iris(as_frame=True).frame.to_csv(index=False).encode()
-    expected = "Basic " + base64.b64encode(f"alice:{DATA_PASSWORD}".encode()).decode()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.headers.get("Authorization") != expected:
-                self.send_response(401)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with served_behind_basic_auth(body, "alice", DATA_PASSWORD) as address:
+        yield address
 
 
 def secrets_in(text: str) -> list[str]:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import http.server
 import multiprocessing
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from steps.common import (
 )
 from steps.main import reap_dead_runs, step_modules
 from steps.registry_lock import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, break_if_stale, champion_lock, lock_name
+from tests.conftest import served_behind_basic_auth
 
 # --------------------------------------------------------------------------- credentials
 
@@ -102,31 +100,10 @@ def test_a_database_tracking_uri_keeps_its_login(monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == uri and "MLFLOW_TRACKING_PASSWORD" not in os.environ
 
 
-class BasicAuthCsv(http.server.BaseHTTPRequestHandler):
-    expected = "Basic " + base64.b64encode(b"bob:p@ss word").decode()
-
-    def do_GET(self):
-        if self.headers.get("Authorization") != self.expected:
-            self.send_response(401)
-            self.end_headers()
-            return
-        body = b"a,b,label\n1,2,x\n3,4,y\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def csv_behind_basic_auth():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BasicAuthCsv)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with served_behind_basic_auth(b"a,b,label\n1,2,x\n3,4,y\n", "bob", "p@ss word") as address:
+        yield address
 
 
 def test_read_data_sends_the_placeholder_password_as_basic_auth(csv_behind_basic_auth, monkeypatch):
@@ -157,12 +134,17 @@ def test_an_unreachable_server_is_one_line_without_the_password(monkeypatch):
 # --------------------------------------------------------------------------- dead runs
 
 
-def test_process_identity_tells_live_dead_and_foreign_processes_apart():
-    assert process_alive(process_identity()) is True
+def dead_process_identity() -> str:
+    """The identity of a process that has come and gone."""
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     identity = process_identity(done.pid)
     done.wait()
-    assert process_alive(identity) is False
+    return identity
+
+
+def test_process_identity_tells_live_dead_and_foreign_processes_apart():
+    assert process_alive(process_identity()) is True
+    assert process_alive(dead_process_identity()) is False
     host, pid, started = process_identity().split(":")
     assert process_alive(f"{host}:{pid}:{int(started) + 1}") is False  # a reused pid is another process
     assert process_alive(f"another-host:{pid}:{started}") is None
@@ -171,9 +153,7 @@ def test_process_identity_tells_live_dead_and_foreign_processes_apart():
 def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_uri):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("Default").experiment_id
-    done = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead = process_identity(done.pid)
-    done.wait()
+    dead = dead_process_identity()
     runs = {}
     owners = [("dead", dead), ("alive", process_identity()), ("foreign", "elsewhere:1:1"), ("untagged", "")]
     for name, identity in owners:
@@ -190,9 +170,7 @@ def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_u
 def test_a_version_a_dead_evaluate_never_decided_on_is_deleted(tracking_uri):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("Default").experiment_id
-    done = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead = process_identity(done.pid)
-    done.wait()
+    dead = dead_process_identity()
     evaluates = [
         client.create_run(experiment, tags={PROCESS_TAG: dead, "pipeline.step": "evaluate"}).info.run_id
         for _ in range(2)
@@ -244,9 +222,7 @@ def test_the_champion_lock_serialises_processes(tracking_uri, tmp_path):
 
 def test_a_lock_left_by_a_dead_process_is_broken_and_a_live_one_times_out(tracking_uri):
     client = MlflowClient()
-    done = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead = process_identity(done.pid)
-    done.wait()
+    dead = dead_process_identity()
     fresh = {TOKEN_TAG: "other", ACQUIRED_TAG: str(time.time())}
     client.create_registered_model(lock_name("model"), tags={HOLDER_TAG: dead, **fresh})
     with champion_lock(client, "model", timeout=5):
