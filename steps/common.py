@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -90,9 +91,8 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
         )
         try:
             yield run
-        except TrackingUnreachableError as error:
-            exit_unrecorded(step, str(error))
         except PipelineError as error:
+            exit_if_unreachable(step, error)  # a TrackingUnreachableError: nothing can be recorded
             message = one_line(str(error))
             try:
                 mlflow.set_tag(ERROR_TAG, message)
@@ -131,7 +131,9 @@ def exit_unrecorded(step: str, message: str) -> None:
 
 
 def tracking_unreachable(error: BaseException) -> str:
-    """A one-line reason if `error` is MLflow giving up on the tracking server, else ''."""
+    """A one-line reason if `error` is MLflow giving up on the tracking server (or says so already), else ''."""
+    if isinstance(error, TrackingUnreachableError):
+        return str(error)
     text = str(error)
     if not (isinstance(error, mlflow.exceptions.MlflowException) and text.startswith("API request to")):
         return ""
@@ -162,6 +164,7 @@ def process_identity(pid: int | None = None) -> str:
     return f"{machine_identity()}:{pid}:{process_start_time(pid)}"
 
 
+@functools.cache
 def machine_identity() -> str:
     """Host name, boot and pid namespace: containers that share a host name do not share pids."""
     parts = [socket.gethostname().replace(":", "_")]
@@ -253,9 +256,10 @@ def garbled_user_info(uri: str) -> bool:
     if not separator:
         return False
     netloc = urllib.parse.urlsplit(uri).netloc
-    port = netloc.rpartition("@")[2].rpartition(":")[2] if ":" in netloc.rpartition("@")[2] else ""
+    host = netloc.rpartition("@")[2]
+    port = host.rpartition(":")[2] if ":" in host and not host.endswith("]") else ""  # [::1] has no port
     cut_short = "@" in rest.split("/", 1)[0] and "@" not in netloc
-    return cut_short or (port != "" and not port.isdigit() and not netloc.endswith("]"))
+    return cut_short or (port != "" and not port.isdigit())
 
 
 def is_placeholder(text: str | None) -> bool:

@@ -22,7 +22,6 @@ from steps.common import (
     FeatureSpec,
     PipelineError,
     Splits,
-    TrackingUnreachableError,
     artifact_uri,
     dataset_source,
     digest_json,
@@ -318,7 +317,7 @@ def run_evaluate(
             client.set_registered_model_alias(registered_model_name, alias, version.version)
     except BaseException as error:
         # Without a server the delete cannot happen either: the next main deletes the version (no gates tag).
-        if not (isinstance(error, TrackingUnreachableError) or tracking_unreachable(error)):
+        if not tracking_unreachable(error):
             client.delete_model_version(registered_model_name, version.version)
         raise
     outcome = {

@@ -109,10 +109,12 @@ def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any
                 function, call_args = args
                 outbox.put(("result", function(*call_args)))
         except Exception as error:  # reported in the tune process, in one line
-            what = f"trial {args[0]}" if kind == "log" else getattr(args[0], "__name__", "call")
             unreachable = tracking_unreachable(error)
-            kind = "unreachable" if unreachable else "error"
-            outbox.put((kind, f"{what}: {unreachable or f'{type(error).__name__}: {error}'}"))
+            if unreachable:  # the same for every trial: the tune process stops on it
+                outbox.put(("unreachable", unreachable))
+                continue
+            what = f"trial {args[0]}" if kind == "log" else getattr(args[0], "__name__", "call")
+            outbox.put(("error", f"{what}: {type(error).__name__}: {error}"))
 
 
 class TrialLogProcess:
@@ -172,7 +174,7 @@ class TrialLogProcess:
             errors, self._errors = self._errors, []
             unreachable = [text for kind, text in errors if kind == "unreachable"]
             if unreachable:
-                raise TrackingUnreachableError(unreachable[0].partition(": ")[2])
+                raise TrackingUnreachableError(unreachable[0])
             raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0][1]}")
 
     def call(self, function: Callable[..., Any], *args: Any, timeout: float = 300) -> Any:
@@ -181,7 +183,7 @@ class TrialLogProcess:
         self._inbox.put(("call", function, args))
         kind, value = self._receive(timeout)
         if kind == "unreachable":
-            raise TrackingUnreachableError(value.partition(": ")[2])
+            raise TrackingUnreachableError(value)
         if kind == "error":
             raise PipelineError(value)
         return value
