@@ -10,6 +10,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -24,8 +26,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty SQLite store with MLflow's schema in place (setting it up takes ~5 s; copying it, nothing)."""
-    from mlflow.tracking import MlflowClient
-
     path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
@@ -128,3 +128,11 @@ def served_behind_basic_auth(body: bytes, user: str, password: str) -> Iterator[
         yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+def runs_by_step(client: MlflowClient, step: str) -> list[Run]:
+    """Every run of a step (newest first) in any experiment of the store."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(
+        experiments, filter_string=f"tags.`pipeline.step` = '{step}'", order_by=["attributes.start_time DESC"]
+    )

@@ -15,7 +15,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PROJECT_DIR, fresh_store
+from tests.conftest import PROJECT_DIR, fresh_store, runs_by_step
 
 COPY_IGNORE = shutil.ignore_patterns(
     "mlflow.db", "mlruns", "mlartifacts", ".pytest_cache", "__pycache__", ".ruff_cache", ".venv", "*.pyc"
@@ -56,14 +56,6 @@ def mlflow_run(
         capture_output=True,
         text=True,
         timeout=timeout,
-    )
-
-
-def runs_by_step(client: MlflowClient, step: str) -> list[Run]:
-    """Every run of a step (newest first) in any experiment of the store."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(
-        experiments, filter_string=f"tags.`pipeline.step` = '{step}'", order_by=["attributes.start_time DESC"]
     )
 
 

@@ -10,13 +10,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_step_cli
+from tests.conftest import run_step_cli, runs_by_step
 
 
 def newest_run(step: str):
-    client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`pipeline.step` = '{step}'", order_by=["attributes.start_time DESC"])
+    runs = runs_by_step(MlflowClient(), step)
     return runs[0] if runs else None
 
 
