@@ -30,17 +30,15 @@ import numpy as np
 import pandas as pd
 from hyperopt import STATUS_OK, Trials, anneal, fmin, rand, tpe
 
-from steps.common import (
-    MODEL_FAMILIES,
-    FeatureSpec,
-    Splits,
-    fit_model,
-    load_bundled_frame,
-    metric_loss,
-    score_model,
-)
-from steps.featurize import build_feature_spec, split_frame
-from steps.tune import SearchConfig, build_search_space, run_search, run_tune, task_families
+from steps.lib.features import FeatureSpec, build_feature_spec
+from steps.lib.metrics import metric_loss
+from steps.lib.models import MODEL_FAMILIES, fit_model, score_model
+from steps.lib.search import run_search
+from steps.lib.search_options import SearchConfig, TuneOptions, parse_models
+from steps.lib.search_space import build_search_space, task_families
+from steps.lib.splits import Splits, split_frame
+from steps.lib.tables import load_bundled_frame
+from steps.tune import run_tune
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 METRIC = "f1_macro"
@@ -87,7 +85,10 @@ def ours(splits_uri: str, families: list[str], evals: int, seed: int, parallelis
     """(b) our tune step, in process, with its tracking: nested trial runs, figures, artifacts."""
     started = time.perf_counter()
     with mlflow.start_run(run_name="tune"):
-        run_tune(splits_uri, evals, METRIC, seed, algo, ",".join(families), parallelism=parallelism)
+        options = TuneOptions(
+            max_evals=evals, metric=METRIC, algo=algo, models=tuple(families), parallelism=parallelism
+        )
+        run_tune(splits_uri, options=options, seed=seed)
     return time.perf_counter() - started
 
 
@@ -144,7 +145,8 @@ def tradeoff(splits: Splits, spec: FeatureSpec, evals: int, seeds: int) -> None:
     for parallelism in (1, 2, 4):
         losses = []
         for seed in range(seeds):
-            config = SearchConfig("log_loss", evals, seed, tuple(families), parallelism=parallelism)
+            options = TuneOptions(max_evals=evals, parallelism=parallelism)
+            config = SearchConfig(metric="log_loss", seed=seed, families=tuple(families), options=options)
             outcome = run_search(splits, spec, config)
             losses.append(min(r["loss"] for r in outcome.trials.results if r["status"] == STATUS_OK))
         print(f"  parallelism {parallelism}: best log_loss {np.mean(losses):.4f} (sd {np.std(losses):.4f})")
@@ -171,7 +173,7 @@ def main() -> None:
     if args.tradeoff:
         tradeoff(splits, spec, args.evals, seeds=5)
         return
-    families = task_families(spec.task, args.models)
+    families = task_families(spec.task, parse_models(None if args.models == "all" else args.models))
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")

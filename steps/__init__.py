@@ -1,1 +1,1 @@
-"""The pipeline steps: one module per MLproject entry point, plus `common`."""
+"""The pipeline steps: one module per MLproject entry point (`python -m steps.<name>`); shared code in `steps.lib`."""

@@ -12,31 +12,22 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from steps.common import (
-    BUNDLED_DATASETS,
-    CLASSIFICATION,
-    DEFAULT_DATA_URI,
-    OUTPUT_DIGEST_TAG,
-    PipelineError,
-    dataset_name,
-    dataset_source,
-    detect_task,
-    digest_path,
-    read_data,
-    redact_uri,
-    run_cli,
-    step_run,
-    validate_target,
-    write_json,
-)
+from steps.lib.artifacts import digest_path, write_json
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, detect_task, validate_target
+from steps.lib.names import DATA_DIR, DATA_META, OUTPUT_DIGEST_TAG, PROFILE_DIR, RAW_TABLE
+from steps.lib.runner import run_cli, step_run, unset_is_none
+from steps.lib.sources import dataset_source
+from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data
+from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.load")
 MAX_PLOTTED_COLUMNS = 64
 
 
-def resolve_target(data_uri: str, target: str) -> str:
-    """The label column: given, or (for 'auto') the bundled data set's own label."""
-    if target not in ("", "auto"):
+def resolve_target(data_uri: str, target: str | None) -> str:
+    """The label column: given, or (None) the bundled data set's own label."""
+    if target is not None:
         return target
     if data_uri.startswith("sklearn:") and data_uri.split(":", 1)[1] in BUNDLED_DATASETS:
         return BUNDLED_DATASETS[data_uri.split(":", 1)[1]][1]
@@ -113,7 +104,7 @@ def plot_histograms(frame: pd.DataFrame, target: str, path: Path) -> None:
     plt.close(fig)
 
 
-def run_load(data_uri: str, target: str) -> dict[str, Any]:
+def run_load(data_uri: str, target: str | None = None) -> dict[str, Any]:
     """The whole step inside the active run; returns the data set's metadata."""
     frame = read_data(data_uri)
     target = resolve_target(data_uri, target)
@@ -123,11 +114,11 @@ def run_load(data_uri: str, target: str) -> dict[str, Any]:
     name = dataset_name(data_uri)
     dataset = mlflow.data.from_pandas(frame, source=dataset_source(data_uri), name=name, targets=target)
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir, profile_dir = Path(tmp, "data"), Path(tmp, "profile")
+        data_dir, profile_dir = Path(tmp, DATA_DIR), Path(tmp, PROFILE_DIR)
         data_dir.mkdir()
         profile_dir.mkdir()
         try:
-            frame.to_parquet(data_dir / "raw.parquet", index=False)
+            frame.to_parquet(data_dir / RAW_TABLE, index=False)
         except Exception as error:  # pyarrow rejects e.g. columns mixing numbers and text
             raise PipelineError(f"cannot store the table as Parquet: {error}; clean the mixed-type column") from None
         meta = {
@@ -138,7 +129,7 @@ def run_load(data_uri: str, target: str) -> dict[str, Any]:
             "n_rows": len(frame),
             "n_columns": len(frame.columns),
         }
-        write_json(data_dir / "meta.json", meta)
+        write_json(data_dir / DATA_META, meta)
         write_json(profile_dir / "profile.json", profile)
         column_table(profile).to_csv(profile_dir / "columns.csv", index=False)
         plot_histograms(frame, target, profile_dir / "histograms.png")
@@ -154,8 +145,8 @@ def run_load(data_uri: str, target: str) -> dict[str, Any]:
                 OUTPUT_DIGEST_TAG: digest_path(data_dir),
             }
         )
-        mlflow.log_artifacts(str(profile_dir), "profile")
-        mlflow.log_artifacts(str(data_dir), "data")
+        mlflow.log_artifacts(str(profile_dir), PROFILE_DIR)
+        mlflow.log_artifacts(str(data_dir), DATA_DIR)
     logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)
     return meta
 
@@ -164,10 +155,12 @@ def run_load(data_uri: str, target: str) -> dict[str, Any]:
 @click.option(
     "--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="sklearn:<name>, path, URL or artifact URI."
 )
-@click.option("--target", default="auto", help="Label column; auto: a bundled data set's own label.")
-def main(data_uri: str, target: str) -> None:
+@click.option(
+    "--target", default="auto", callback=unset_is_none, help="Label column; auto: a bundled data set's own label."
+)
+def main(data_uri: str, target: str | None) -> None:
     with step_run("load"):
-        run_load(data_uri, target)
+        run_load(data_uri, target=target)
 
 
 if __name__ == "__main__":

@@ -21,25 +21,19 @@ import click
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.common import (
-    DEFAULT_REGISTERED_MODEL_NAME,
-    FeatureSpec,
-    PipelineError,
-    greater_is_better,
-    one_line,
-    parse_bool,
-    read_data,
-    read_splits,
-    redact_uri,
-    run_cli,
-    score_model,
-    step_run,
-    write_json,
-)
-from steps.predict import resolve_model_uri
+from steps.lib.artifacts import write_json
+from steps.lib.errors import PipelineError
+from steps.lib.features import FeatureSpec
+from steps.lib.metrics import greater_is_better
+from steps.lib.models import score_model
+from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
+from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
+from steps.lib.runner import parse_bool, run_cli, step_run, unset_is_none
+from steps.lib.splits import read_splits
+from steps.lib.tables import read_data
+from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.monitor")
 PSI_BINS = 10
@@ -174,24 +168,6 @@ class Reference:
     evaluated: float | None
 
 
-def model_version_of(client: MlflowClient, uri: str) -> Any:
-    """The registry version behind models:/<name>@<alias> or models:/<name>/<version>."""
-    if not uri.startswith("models:/"):
-        raise PipelineError(f"model_uri '{uri}' is not a registered model; use models:/<name>@<alias> or /<version>")
-    path = uri.removeprefix("models:/")
-    try:
-        if "@" in path:
-            name, alias = path.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, version = path.partition("/")
-        return client.get_model_version(name, version)
-    except MlflowException as error:
-        raise PipelineError(
-            f"model '{uri}' does not exist ({one_line(str(error.message), 120)}); "
-            "check the registered model name and the alias or version"
-        ) from None
-
-
 def find_reference(client: MlflowClient, uri: str) -> Reference:
     """The training rows of the version's source (train) run, and the metric evaluate measured."""
     version = model_version_of(client, uri)
@@ -201,7 +177,7 @@ def find_reference(client: MlflowClient, uri: str) -> Reference:
         raise PipelineError(f"{uri}: its source run {version.run_id} has no splits_uri param; not a train run")
     splits, spec = read_splits(splits_uri)
     metric = evaluated = None
-    evaluate_run_id = version.tags.get("evaluate_run_id")
+    evaluate_run_id = version.tags.get(EVALUATE_RUN_TAG)
     if evaluate_run_id:
         evaluate_run = client.get_run(evaluate_run_id)
         metric = evaluate_run.data.tags.get("metric")
@@ -281,30 +257,18 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
 # --------------------------------------------------------------------------- the step
 
 
-def run_monitor(
-    data_uri: str,
-    registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME,
-    model_uri: str = "auto",
-    fail_on_drift: str | bool = False,
-    p_value: float = 0.01,
-    min_psi: float = 0.1,
-) -> dict[str, Any]:
-    """The whole step inside the active run; returns the summary. Raises after logging if asked to fail on drift."""
-    fail = parse_bool("fail_on_drift", fail_on_drift)
+def check_rule(p_value: float, min_psi: float) -> DriftRule:
     if not 0 < p_value < 1:
         raise PipelineError(f"p_value must be between 0 and 1; got {p_value}")
     if min_psi < 0:
         raise PipelineError(f"min_psi must be 0 or more; got {min_psi}")
-    uri = resolve_model_uri(model_uri, registered_model_name)
-    client = MlflowClient()
-    reference = find_reference(client, uri)
-    mlflow.set_tags({"model_uri": uri, "model_version": reference.version, "data_uri": redact_uri(data_uri)})
-    batch = read_data(data_uri)
-    labelled = check_columns(batch, reference.spec)
-    model = mlflow.sklearn.load_model(uri)
+    return DriftRule(p_value, min_psi)
+
+
+def with_predictions(model: Any, reference: Reference, batch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """Both frames with the model's predictions, when the batch's numeric columns hold numbers (else none)."""
     spec = reference.spec
-    ref_frame = reference.train.copy()
-    batch_frame = batch.copy()
+    ref_frame, batch_frame = reference.train.copy(), batch.copy()
     numeric_ok = all(is_numeric(batch[c]) or as_numbers(batch[c]) is not None for c in spec.numeric)
     if numeric_ok:  # predictions need the numbers as numbers
         features = batch[spec.input_columns].copy()
@@ -312,7 +276,85 @@ def run_monitor(
             features[column] = as_numbers(features[column])
         ref_frame[PREDICTION] = model.predict(reference.train[spec.input_columns])
         batch_frame[PREDICTION] = model.predict(features)
-    table = drift_table(ref_frame, batch_frame, spec, DriftRule(p_value, min_psi))
+    return ref_frame, batch_frame, numeric_ok
+
+
+def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> dict[str, Any]:
+    """The metric on the batch's labelled rows beside the evaluated one; empty if it cannot be computed."""
+    rows = batch[batch[reference.spec.target].notna()]
+    live = score_model(model, rows, reference.spec).get(reference.metric) if reference.metric else None
+    if live is None:
+        return {}
+    change = live - reference.evaluated if reference.evaluated is not None else math.nan
+    worse = -change if greater_is_better(reference.metric) else change
+    return {
+        "metric": reference.metric,
+        f"live_{reference.metric}": live,
+        f"evaluated_{reference.metric}": reference.evaluated,
+        "live_minus_evaluated": change,
+        "performance_worse_by": worse,
+    }
+
+
+def drift_metrics(table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, float]:
+    """Per column its statistics, and the live performance figures."""
+    metrics = {"n_rows": summary["n_rows"], "n_drifted_columns": len(summary["drifted_columns"])}
+    for row in table.to_dict("records"):
+        for key in ("psi", "p_value", "statistic", "missing_change"):
+            value = row.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                metrics[f"drift.{row['column']}.{key}"] = float(value)
+    return metrics | {
+        k: float(v)
+        for k, v in summary.items()
+        if k.startswith(("live_", "evaluated_", "performance_")) and v is not None
+    }
+
+
+def log_drift(
+    table: pd.DataFrame, summary: dict[str, Any], labelled: bool, frames: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """Metrics, tags, the drift table (CSV and MLflow table), the summary and the figures."""
+    mlflow.log_metrics(drift_metrics(table, summary))
+    mlflow.set_tags(
+        {
+            "drift_detected": str(summary["drift_detected"]).lower(),
+            "drifted_columns": ",".join(summary["drifted_columns"]),
+            "labelled": str(labelled).lower(),
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        table.to_csv(out / "drift_table.csv", index=False)
+        write_json(out / "summary.json", summary)
+        (out / FIGURES_DIR).mkdir()
+        plot_drift(*frames, table, out / FIGURES_DIR)
+        mlflow.log_artifacts(tmp, DRIFT_DIR)
+    mlflow.log_table(table, artifact_file=f"{DRIFT_DIR}/drift_table.json")
+
+
+def run_monitor(
+    data_uri: str,
+    registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME,
+    model_uri: str | None = None,
+    fail_on_drift: str | bool = False,
+    p_value: float = 0.01,
+    min_psi: float = 0.1,
+) -> dict[str, Any]:
+    """The whole step inside the active run; returns the summary. Raises after logging if asked to fail on drift.
+
+    `model_uri` None: the registered model's champion.
+    """
+    fail = parse_bool("fail_on_drift", fail_on_drift)
+    rule = check_rule(p_value, min_psi)
+    uri = resolve_model_uri(model_uri, registered_model_name)
+    reference = find_reference(MlflowClient(), uri)
+    mlflow.set_tags({"model_uri": uri, "model_version": reference.version, "data_uri": redact_uri(data_uri)})
+    batch = read_data(data_uri)
+    labelled = check_columns(batch, reference.spec)
+    model = mlflow.sklearn.load_model(uri)
+    ref_frame, batch_frame, numeric_ok = with_predictions(model, reference, batch)
+    table = drift_table(ref_frame, batch_frame, reference.spec, rule)
     drifted = table.loc[table["drifted"], "column"].tolist()
     summary: dict[str, Any] = {
         "model_uri": uri,
@@ -324,46 +366,9 @@ def run_monitor(
         "rule": f"p < {p_value} / {len(table)} columns (Bonferroni) and PSI >= {min_psi}; "
         f"or missing share changed by >= {MISSING_CHANGE}; or a schema change",
     }
-    if labelled and numeric_ok and reference.metric:
-        rows = batch[batch[spec.target].notna()]
-        live = score_model(model, rows, spec).get(reference.metric)
-        if live is not None:
-            change = live - reference.evaluated if reference.evaluated is not None else math.nan
-            worse = -change if greater_is_better(reference.metric) else change
-            summary |= {
-                "metric": reference.metric,
-                f"live_{reference.metric}": live,
-                f"evaluated_{reference.metric}": reference.evaluated,
-                "live_minus_evaluated": change,
-                "performance_worse_by": worse,
-            }
-    metrics = {"n_rows": len(batch), "n_drifted_columns": len(drifted)}
-    for row in table.to_dict("records"):
-        for key in ("psi", "p_value", "statistic", "missing_change"):
-            value = row.get(key)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                metrics[f"drift.{row['column']}.{key}"] = float(value)
-    metrics |= {
-        k: float(v)
-        for k, v in summary.items()
-        if k.startswith(("live_", "evaluated_", "performance_")) and v is not None
-    }
-    mlflow.log_metrics(metrics)
-    mlflow.set_tags(
-        {
-            "drift_detected": str(bool(drifted)).lower(),
-            "drifted_columns": ",".join(drifted),
-            "labelled": str(bool(labelled)).lower(),
-        }
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        table.to_csv(out / "drift_table.csv", index=False)
-        write_json(out / "summary.json", summary)
-        (out / "figures").mkdir()
-        plot_drift(ref_frame, batch_frame, table, out / "figures")
-        mlflow.log_artifacts(tmp, "drift")
-    mlflow.log_table(table, artifact_file="drift/drift_table.json")
+    if labelled and numeric_ok:
+        summary |= live_performance(model, reference, batch)
+    log_drift(table, summary, labelled, (ref_frame, batch_frame))
     verdict = f"drift in {', '.join(drifted)}" if drifted else "no drift"
     logger.info(
         "%s: %d rows against %d training rows of %s v%s",
@@ -384,15 +389,27 @@ def run_monitor(
 @click.command()
 @click.option("--data-uri", required=True, help="The new batch, as load: a path, URL, artifact URI or sklearn:<name>.")
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
-@click.option("--model-uri", default="auto", help="A registered model URI; auto: models:/<name>@champion.")
+@click.option(
+    "--model-uri",
+    default="auto",
+    callback=unset_is_none,
+    help="A registered model URI; auto: models:/<name>@champion.",
+)
 @click.option("--fail-on-drift", default="false", help="true: exit non-zero when drift is found.")
 @click.option("--p-value", default=0.01, type=float, help="Significance level, split over the columns.")
 @click.option("--min-psi", default=0.1, type=float, help="Smallest PSI that counts as drift.")
 def main(
-    data_uri: str, registered_model_name: str, model_uri: str, fail_on_drift: str, p_value: float, min_psi: float
+    data_uri: str, registered_model_name: str, model_uri: str | None, fail_on_drift: str, p_value: float, min_psi: float
 ) -> None:
     with step_run("monitor"):
-        run_monitor(data_uri, registered_model_name, model_uri, fail_on_drift, p_value, min_psi)
+        run_monitor(
+            data_uri,
+            registered_model_name=registered_model_name,
+            model_uri=model_uri,
+            fail_on_drift=fail_on_drift,
+            p_value=p_value,
+            min_psi=min_psi,
+        )
 
 
 if __name__ == "__main__":

@@ -12,30 +12,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from steps.common import (
-    DEFAULT_DATA_URI,
-    DEFAULT_REGISTERED_MODEL_NAME,
-    OUTPUT_DIGEST_TAG,
-    PipelineError,
-    digest_path,
-    one_line,
-    read_data,
-    redact_uri,
-    run_cli,
-    step_run,
-)
+from steps.lib.artifacts import digest_path
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
+from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
+from steps.lib.runner import run_cli, step_run, unset_is_none
+from steps.lib.tables import DEFAULT_DATA_URI, read_data
+from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.predict")
-CHAMPION_URI = "models:/{name}@champion"
-
-
-def resolve_model_uri(model_uri: str, registered_model_name: str) -> str:
-    """`auto`: the registered model's champion."""
-    if model_uri.strip().lower() in ("", "auto"):
-        if not registered_model_name.strip():
-            raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
-        return CHAMPION_URI.format(name=registered_model_name)
-    return model_uri
 
 
 def load_models(model_uri: str) -> tuple[Any, Any]:
@@ -116,8 +101,10 @@ def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, fl
     return summary
 
 
-def run_predict(data_uri: str, registered_model_name: str, model_uri: str) -> pd.DataFrame:
-    """The whole step inside the active run; returns the scored table."""
+def run_predict(
+    data_uri: str, registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME, model_uri: str | None = None
+) -> pd.DataFrame:
+    """The whole step inside the active run; returns the scored table. `model_uri` None: the champion."""
     uri = resolve_model_uri(model_uri, registered_model_name)
     mlflow.set_tags({"model_uri": uri, "data_uri": redact_uri(data_uri)})
     pyfunc, sklearn_model = load_models(uri)
@@ -131,11 +118,11 @@ def run_predict(data_uri: str, registered_model_name: str, model_uri: str) -> pd
         | prediction_summary(table["prediction"], classifier)
     )
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp, "predictions")
+        out = Path(tmp, PREDICTIONS_DIR)
         out.mkdir()
         table.to_parquet(out / "predictions.parquet", index=False)
         table.to_csv(out / "predictions.csv", index=False)
-        mlflow.log_artifacts(str(out), "predictions")
+        mlflow.log_artifacts(str(out), PREDICTIONS_DIR)
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
     model_version = getattr(pyfunc.metadata, "model_id", None) or ""
     logger.info("scored %d rows with %s %s", len(table), uri, model_version)
@@ -145,10 +132,15 @@ def run_predict(data_uri: str, registered_model_name: str, model_uri: str) -> pd
 @click.command()
 @click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="As load: sklearn:<name>, path, URL.")
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
-@click.option("--model-uri", default="auto", help="A model URI; auto: models:/<registered_model_name>@champion.")
-def main(data_uri: str, registered_model_name: str, model_uri: str) -> None:
+@click.option(
+    "--model-uri",
+    default="auto",
+    callback=unset_is_none,
+    help="A model URI; auto: models:/<registered_model_name>@champion.",
+)
+def main(data_uri: str, registered_model_name: str, model_uri: str | None) -> None:
     with step_run("predict"):
-        run_predict(data_uri, registered_model_name, model_uri)
+        run_predict(data_uri, registered_model_name=registered_model_name, model_uri=model_uri)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,12 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.common import DIRTY_TAG, STEP_TAG, PipelineError, one_line, redact_uri, run_cli, step_run
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.names import DIRTY_TAG, PIPELINE_STEPS, STEP_TAG
+from steps.lib.runner import run_cli, step_run, unset_is_none
+from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.reproduce")
-STEPS = ("load", "featurize", "tune", "train", "evaluate")
 COMMIT_TAG = "mlflow.source.git.commit"
 SOURCE_TAG = "mlflow.source.name"
 # Wall-clock figures differ from run to run by nature; everything else must match exactly.
@@ -39,7 +41,7 @@ class Original:
     dirty: bool
 
 
-def read_original(client: MlflowClient, run_id: str, source: str) -> Original:
+def read_original(client: MlflowClient, run_id: str, source: str | None) -> Original:
     """The main run to reproduce: its commit, where its code came from, and its params."""
     try:
         run = client.get_run(run_id)
@@ -55,7 +57,7 @@ def read_original(client: MlflowClient, run_id: str, source: str) -> Original:
     if not commit:
         raise PipelineError(f"main run '{run_id}' has no git commit (it was not run from a git checkout)")
     recorded = run.data.tags.get(SOURCE_TAG, "")
-    uri, _, subdirectory = (recorded if source == "auto" else source).partition("#")
+    uri, _, subdirectory = (source or recorded).partition("#")
     if not uri:
         raise PipelineError(f"main run '{run_id}' records no source; pass -P source=<git URL>")
     params = {k: v for k, v in run.data.params.items() if k != "use_cache"}
@@ -100,7 +102,7 @@ def rerun(project: Path, params: dict[str, str], env_manager: str, tracking_uri:
 def step_metrics(client: MlflowClient, main_run: Run) -> dict[str, dict[str, float]]:
     """Every step's metrics, by step, as recorded on a main run's tags."""
     metrics = {}
-    for step in STEPS:
+    for step in PIPELINE_STEPS:
         run_id = main_run.data.tags.get(f"steps.{step}.run_id")
         if run_id:
             metrics[step] = {
@@ -112,7 +114,7 @@ def step_metrics(client: MlflowClient, main_run: Run) -> dict[str, dict[str, flo
 def compare_metrics(original: dict[str, dict[str, float]], reproduced: dict[str, dict[str, float]]) -> pd.DataFrame:
     """One row per (step, metric): both values and whether they are identical."""
     rows = []
-    for step in STEPS:
+    for step in PIPELINE_STEPS:
         names = sorted(set(original.get(step, {})) | set(reproduced.get(step, {})))
         for name in names:
             before, after = original.get(step, {}).get(name), reproduced.get(step, {}).get(name)
@@ -142,7 +144,7 @@ def format_comparison(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def run_reproduce(run_id: str, env_manager: str, source: str) -> pd.DataFrame:
+def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = None) -> pd.DataFrame:
     """The whole step inside the active run; returns the comparison table."""
     client = MlflowClient()
     original = read_original(client, run_id, source)
@@ -194,10 +196,15 @@ def run_reproduce(run_id: str, env_manager: str, source: str) -> pd.DataFrame:
 @click.command()
 @click.option("--run-id", required=True, help="The id of a FINISHED main run.")
 @click.option("--env-manager", default="uv", type=click.Choice(["uv", "virtualenv", "conda", "local"]))
-@click.option("--source", default="auto", help="git URL (or path) of the project; auto: the run's own source.")
-def main(run_id: str, env_manager: str, source: str) -> None:
+@click.option(
+    "--source",
+    default="auto",
+    callback=unset_is_none,
+    help="git URL (or path) of the project; auto: the run's own source.",
+)
+def main(run_id: str, env_manager: str, source: str | None) -> None:
     with step_run("reproduce"):
-        run_reproduce(run_id, env_manager, source)
+        run_reproduce(run_id, env_manager=env_manager, source=source)
 
 
 if __name__ == "__main__":

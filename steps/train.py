@@ -12,25 +12,22 @@ from typing import Any
 import click
 import mlflow
 
-from steps.common import (
+from steps.lib.artifacts import download_dir
+from steps.lib.errors import PipelineError
+from steps.lib.models import (
     DEFAULT_FAMILY,
-    INT,
     MODEL_FAMILIES,
-    OUTPUT_DIGEST_TAG,
     SKOPS_TRUSTED_TYPES,
     ModelFamily,
-    PipelineError,
-    download_dir,
-    features_and_target,
     fit_model,
     get_family,
     hyperparam_params,
     model_pip_requirements,
-    read_splits,
-    run_cli,
     score_model,
-    step_run,
 )
+from steps.lib.names import MODEL_URI_TAG, OUTPUT_DIGEST_TAG
+from steps.lib.runner import INT, run_cli, step_run, unset_is_none
+from steps.lib.splits import features_and_target, read_splits
 
 logger = logging.getLogger("steps.train")
 
@@ -66,11 +63,13 @@ def read_params_file(params_uri: str) -> dict[str, Any]:
 
 
 def choose_model(
-    task: str, model: str, params_file: dict[str, Any] | None, given: dict[str, Any]
+    task: str, model: str | None, params_file: dict[str, Any] | None, given: dict[str, Any]
 ) -> tuple[ModelFamily, dict[str, Any]]:
-    """The family and its full typed hyperparameters: file values, overridden by ones given directly."""
+    """The family (None: the file's, else the task's default) and its full typed hyperparameters.
+
+    The file's values, overridden by ones given directly.
+    """
     file_model = params_file["model"] if params_file else ""
-    model = "" if model == "auto" else model
     if model and file_model and model != file_model:
         raise PipelineError(f"model '{model}' conflicts with the params file's model '{file_model}'; drop one of them")
     family = get_family(model or file_model or DEFAULT_FAMILY[task], task)
@@ -78,13 +77,22 @@ def choose_model(
     return family, family.resolve(merged)
 
 
-def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: dict[str, Any]) -> dict[str, float]:
-    """The whole step inside the active run; returns the validation metrics."""
-    if model not in ("", "auto", *MODEL_FAMILIES):  # fail before any download
+def run_train(
+    splits_uri: str,
+    model: str | None = None,
+    params_uri: str | None = None,
+    seed: int = 42,
+    given: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """The whole step inside the active run; returns the validation metrics.
+
+    `model` None: the params file's family, else the task's default; `given`: hyperparameters set one by one.
+    """
+    if model is not None and model not in MODEL_FAMILIES:  # fail before any download
         raise PipelineError(f"unknown model '{model}'; use one of {', '.join(MODEL_FAMILIES)}")
     splits, spec = read_splits(splits_uri)
-    params_file = read_params_file(params_uri) if params_uri not in ("", "none") else None
-    family, hyperparams = choose_model(spec.task, model, params_file, given)
+    params_file = read_params_file(params_uri) if params_uri is not None else None
+    family, hyperparams = choose_model(spec.task, model, params_file, given or {})
     started = time.perf_counter()
     fitted = fit_model(splits, spec, family, hyperparams, seed)
     fit_seconds = time.perf_counter() - started
@@ -114,7 +122,7 @@ def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: di
     )
     # skops files embed zip timestamps; the pickled pipeline is the same bytes for the same fit.
     mlflow.set_tags(
-        {"model_uri": info.model_uri, OUTPUT_DIGEST_TAG: hashlib.sha256(pickle.dumps(fitted, 5)).hexdigest()}
+        {MODEL_URI_TAG: info.model_uri, OUTPUT_DIGEST_TAG: hashlib.sha256(pickle.dumps(fitted, 5)).hexdigest()}
     )
     logger.info("trained %s %s: validation %s", family.name, hyperparams, validation)
     return validation
@@ -122,14 +130,25 @@ def run_train(splits_uri: str, model: str, params_uri: str, seed: int, given: di
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--splits-uri", required=True, help="featurize's artifact URI, e.g. runs:/<featurize run>/splits.")
-@click.option("--model", default="auto", help="Model family; auto: the params file's, else logistic_regression/ridge.")
-@click.option("--params-uri", default="none", help="tune's best-params file, e.g. runs:/<tune run>/best_params.json.")
+@click.option(
+    "--model",
+    default="auto",
+    callback=unset_is_none,
+    help="Model family; auto: the params file's, else logistic_regression/ridge.",
+)
+@click.option(
+    "--params-uri",
+    default="none",
+    callback=unset_is_none,
+    help="tune's best-params file, e.g. runs:/<tune run>/best_params.json.",
+)
 @click.option("--seed", default=42, type=INT)
 @click.pass_context
-def main(ctx: click.Context, splits_uri: str, model: str, params_uri: str, seed: int) -> None:
+def main(ctx: click.Context, splits_uri: str, model: str | None, params_uri: str | None, seed: int) -> None:
     """Extra `-P <hyperparameter>=<value>` params set the family's hyperparameters one by one."""
     with step_run("train"):
-        run_train(splits_uri, model, params_uri, seed, parse_extra_params(ctx.args))
+        given = parse_extra_params(ctx.args)
+        run_train(splits_uri, model=model, params_uri=params_uri, seed=seed, given=given)
 
 
 if __name__ == "__main__":

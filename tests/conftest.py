@@ -82,7 +82,7 @@ def run_step_cli(capsys: pytest.CaptureFixture[str], step: str, *args: str) -> t
     import importlib
     import sys
 
-    from steps.common import run_cli
+    from steps.lib.runner import run_cli
 
     module = importlib.import_module(f"steps.{step}")
     saved = sys.argv

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import load_bundled_frame
+from steps.lib.tables import load_bundled_frame
 from tests.integration.conftest import mlflow_run, runs_by_step
 
 STEPS = ["load", "featurize", "tune", "train", "evaluate"]

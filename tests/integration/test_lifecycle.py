@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import load_bundled_frame
+from steps.lib.tables import load_bundled_frame
 from tests.conftest import run_step_cli
 from tests.integration.conftest import free_port, mlflow_env, mlflow_run, runs_by_step
 

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import load_bundled_frame
+from steps.lib.tables import load_bundled_frame
 from tests.conftest import PROJECT_DIR
 from tests.integration.conftest import children, copy_project, mlflow_env
 

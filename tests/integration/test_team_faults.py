@@ -14,7 +14,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps.trial_logger import TRIAL_TAG
+from steps.lib.names import TRIAL_TAG
 from tests.integration.conftest import TrackingServer, children, mlflow_env, mlflow_run, tracking_server
 
 STEPS = ("load", "featurize", "tune", "train", "evaluate")

@@ -6,31 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps.common import (
-    BUNDLED_DATASETS,
-    CLASSIFICATION,
-    MODEL_FAMILIES,
-    REGRESSION,
-    FeatureSpec,
-    HyperParam,
-    PipelineError,
-    Splits,
-    build_model,
-    compute_metrics,
-    dataset_name,
-    detect_task,
-    fit_model,
-    get_family,
-    load_bundled_frame,
-    metric_loss,
-    parse_bool,
-    read_data,
-    redact_uri,
-    resolve_metric,
-    score_model,
-    snake_case,
-    validate_target,
-)
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, REGRESSION, FeatureSpec, detect_task, validate_target
+from steps.lib.metrics import compute_metrics, metric_loss, resolve_metric
+from steps.lib.models import MODEL_FAMILIES, HyperParam, build_model, fit_model, get_family, score_model
+from steps.lib.runner import parse_bool
+from steps.lib.splits import Splits
+from steps.lib.tables import BUNDLED_DATASETS, dataset_name, load_bundled_frame, read_data, snake_case
+from steps.lib.uris import redact_uri
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED_DATASETS))
@@ -131,8 +114,8 @@ def test_validate_target(frame, target, message):
 
 
 def test_resolve_metric_direction_and_task():
-    assert resolve_metric("auto", CLASSIFICATION) == "f1_macro"
-    assert resolve_metric("auto", REGRESSION) == "rmse"
+    assert resolve_metric(None, CLASSIFICATION) == "f1_macro"
+    assert resolve_metric(None, REGRESSION) == "rmse"
     assert metric_loss("accuracy", 0.9) == -0.9 and metric_loss("rmse", 2.0) == 2.0
     with pytest.raises(PipelineError, match="unknown metric"):
         resolve_metric("auc", CLASSIFICATION)

@@ -6,15 +6,14 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, load_bundled_frame, model_pip_requirements
-from steps.evaluate import (
-    compare_with_baseline,
-    decide_champion,
-    fit_baseline,
-    is_better,
-    predictions_table,
-)
-from steps.featurize import build_feature_spec, split_frame
+from steps.evaluate import compare_with_baseline, fit_baseline, predictions_table
+from steps.lib.errors import PipelineError
+from steps.lib.features import build_feature_spec
+from steps.lib.gates import GATE_OPTION_NAMES, GateOptions, decide_champion, parse_min_delta
+from steps.lib.metrics import is_better
+from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
+from steps.lib.splits import split_frame
+from steps.lib.tables import load_bundled_frame
 
 
 def test_direction_aware_comparisons():
@@ -57,7 +56,17 @@ BASELINE = {"accuracy": 0.33, "f1_macro": 0.2}
 
 def decide(client, scores, thresholds=None, min_delta=0.0, iris=None):
     splits, spec = iris
-    return decide_champion(client, "m", "accuracy", scores, BASELINE, thresholds or {}, min_delta, splits.test, spec)
+    return decide_champion(
+        client,
+        "m",
+        metric="accuracy",
+        scores=scores,
+        baseline_scores=BASELINE,
+        thresholds=thresholds or {},
+        min_delta=min_delta,
+        test=splits.test,
+        spec=spec,
+    )
 
 
 def test_champion_moves_only_to_a_better_model(tracking_uri, iris):
@@ -85,7 +94,7 @@ def test_thresholds_and_min_delta_are_gates(tracking_uri, iris):
     assert ok.promote and ok.gates[0].reason == "passed: min_accuracy=0.9 (accuracy 0.9500)"
     champion = register(*iris, "logistic_regression", {"C": "0.0001"}, "m")
     client.set_registered_model_alias("m", "champion", champion)
-    from steps.common import score_model
+    from steps.lib.models import score_model
 
     champion_accuracy = score_model(mlflow.sklearn.load_model("models:/m@champion"), iris[0].test, iris[1])["accuracy"]
     slightly = {"accuracy": champion_accuracy + 0.01}
@@ -96,16 +105,21 @@ def test_thresholds_and_min_delta_are_gates(tracking_uri, iris):
     assert not same.promote  # a tie does not move the champion
 
 
-def test_threshold_params_are_parsed_and_must_fit_the_task():
-    from steps.common import PipelineError
-    from steps.evaluate import parse_min_delta, parse_thresholds
+def gate_values(**given: str) -> dict[str, str | None]:
+    """What a command line hands GateOptions: every bound (None where not set) and min_delta."""
+    return dict.fromkeys(GATE_OPTION_NAMES) | {"min_delta": "0"} | given
 
-    given = {"min_accuracy": "0.9", "max_rmse": "none", "min_f1_macro": "none"}
-    assert parse_thresholds(given, "classification") == {"accuracy": 0.9}
+
+def test_threshold_params_are_parsed_and_must_fit_the_task():
+    options = GateOptions.from_cli(gate_values(min_accuracy="0.9"))
+    assert options.thresholds("classification") == {"accuracy": 0.9}
+    assert options.as_params() == {"min_delta": "0", **dict.fromkeys(GATE_OPTION_NAMES[1:], "none")} | {
+        "min_accuracy": "0.9"
+    }
     with pytest.raises(PipelineError, match="max_rmse does not fit a classification task; use min_accuracy"):
-        parse_thresholds({"max_rmse": "3"}, "classification")
+        GateOptions.from_cli(gate_values(max_rmse="3")).thresholds("classification")
     with pytest.raises(PipelineError, match="min_r2 must be a number or none; got 'high'"):
-        parse_thresholds({"min_r2": "high"}, "regression")
+        GateOptions.from_cli(gate_values(min_r2="high"))
     assert parse_min_delta("0.02") == 0.02
     with pytest.raises(PipelineError, match="min_delta must be 0 or more"):
         parse_min_delta("-1")

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps.common import CLASSIFICATION, REGRESSION, PipelineError
-from steps.featurize import build_feature_spec, choose_columns, split_frame
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, REGRESSION, build_feature_spec, choose_columns
+from steps.lib.splits import split_frame
 
 
 def test_choose_columns_drops_constant_empty_and_id_like(mixed_frame):

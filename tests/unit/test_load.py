@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import PipelineError
+from steps.lib.errors import PipelineError
 from steps.load import column_table, plot_histograms, profile_frame, resolve_target, run_load
 
 
 def test_resolve_target():
-    assert resolve_target("sklearn:iris", "auto") == "species"
-    assert resolve_target("sklearn:wine", "auto") == "cultivar"
+    assert resolve_target("sklearn:iris", None) == "species"
+    assert resolve_target("sklearn:wine", None) == "cultivar"
     assert resolve_target("data.csv", "label") == "label"
     with pytest.raises(PipelineError, match="-P target="):
-        resolve_target("data.csv", "auto")
+        resolve_target("data.csv", None)
 
 
 def test_profile_counts_missing_values_and_classes(mixed_frame):
@@ -43,7 +43,7 @@ def test_histograms_are_written(tmp_path, mixed_frame):
 
 def test_run_load_logs_data_profile_and_dataset(tracking_uri):
     with mlflow.start_run() as run:
-        meta = run_load("sklearn:iris", "auto")
+        meta = run_load("sklearn:iris")
     client = MlflowClient()
     logged = client.get_run(run.info.run_id)
     assert logged.data.metrics["n_rows"] == 150

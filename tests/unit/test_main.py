@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from steps.lib.cache import cache_key, data_digest, normalise_params
 from steps.main import StepResult, format_summary, ui_hint
+from tests.conftest import PROJECT_DIR
 
 
 def test_summary_table_lists_every_step():
@@ -24,29 +26,27 @@ def test_ui_hint():
 
 
 def test_params_are_normalised_by_declared_type():
-    from steps.main import normalise_params
+    def normalised(entry_point, params):
+        return normalise_params(PROJECT_DIR, entry_point, params)
 
-    assert normalise_params("tune", {"max_evals": "3.0", "seed": 42, "metric": "auto", "splits_uri": "runs:/x"}) == (
-        normalise_params("tune", {"max_evals": 3, "seed": "42", "metric": "auto", "splits_uri": "runs:/y"})
+    assert normalised("tune", {"max_evals": "3.0", "seed": 42, "metric": "auto", "splits_uri": "runs:/x"}) == (
+        normalised("tune", {"max_evals": 3, "seed": "42", "metric": "auto", "splits_uri": "runs:/y"})
     )
-    assert normalise_params("featurize", {"test_size": "1e-01"}) == normalise_params("featurize", {"test_size": 0.1})
-    assert normalise_params("tune", {"max_evals": 3}) != normalise_params("tune", {"max_evals": 4})
+    assert normalised("featurize", {"test_size": "1e-01"}) == normalised("featurize", {"test_size": 0.1})
+    assert normalised("tune", {"max_evals": 3}) != normalised("tune", {"max_evals": 4})
 
 
-def test_cache_key_changes_with_params_inputs_code_and_environment(tmp_path, monkeypatch):
+def test_cache_key_changes_with_params_inputs_code_and_environment(tmp_path):
     import shutil
 
-    import steps.main as main_module
-
     project = tmp_path / "project"
-    shutil.copytree(main_module.PROJECT_DIR / "steps", project / "steps")
+    shutil.copytree(PROJECT_DIR / "steps", project / "steps")
     for name in ("MLproject", "python_env.yaml", "requirements.txt"):
-        shutil.copy(main_module.PROJECT_DIR / name, project / name)
-    monkeypatch.setattr(main_module, "PROJECT_DIR", project)
+        shutil.copy(PROJECT_DIR / name, project / name)
 
     def key(**overrides):
         args = {"parameters": {"task": "auto", "seed": 1}, "inputs": {"raw_data": "abc"}, "env_manager": "local"}
-        return main_module.cache_key("featurize", **(args | overrides))
+        return cache_key(project, "featurize", **(args | overrides))
 
     base = key()
     assert key() == base
@@ -64,8 +64,6 @@ def test_cache_key_changes_with_params_inputs_code_and_environment(tmp_path, mon
 
 
 def test_data_digest_follows_the_content(tmp_path):
-    from steps.main import data_digest
-
     path = tmp_path / "d.csv"
     path.write_text("x,y\n1,2\n")
     first = data_digest(str(path))

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps.common import PipelineError, load_bundled_frame
-from steps.featurize import build_feature_spec
+from steps.lib.errors import PipelineError
+from steps.lib.features import build_feature_spec
+from steps.lib.tables import load_bundled_frame
 from steps.monitor import DriftRule, as_numbers, categorical_drift, check_columns, drift_table, numeric_drift, psi
 from steps.predict import check_batch, prediction_summary
 

@@ -9,27 +9,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import (
-    ERROR_TAG,
-    PROCESS_TAG,
-    PipelineError,
+from steps.lib.errors import PipelineError
+from steps.lib.names import ERROR_TAG, PROCESS_TAG
+from steps.lib.process import process_alive, process_identity
+from steps.lib.reaper import reap_dead_runs
+from steps.lib.registry import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, break_if_stale, champion_lock, lock_name
+from steps.lib.runner import tracking_unreachable
+from steps.lib.tables import read_data
+from steps.lib.uris import (
     check_uri_credentials,
     expand_placeholders,
     move_tracking_credentials,
-    process_alive,
-    process_identity,
-    read_data,
     redact_uri,
     split_credentials,
-    tracking_unreachable,
 )
-from steps.main import reap_dead_runs, step_modules
-from steps.registry_lock import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, break_if_stale, champion_lock, lock_name
 from tests.conftest import served_behind_basic_auth
 
 # --------------------------------------------------------------------------- credentials
@@ -182,23 +181,22 @@ def test_a_version_a_dead_evaluate_never_decided_on_is_deleted(tracking_uri):
     )
     main_run = client.create_run(experiment).info.run_id
     assert sorted(reap_dead_runs(client, experiment, main_run)) == sorted(evaluates)
-    assert [v.version for v in client.search_model_versions("name = 'model'")] == [decided.version]
-    assert undecided.version != decided.version
-
-
-def test_a_steps_cache_key_covers_the_modules_it_imports():
-    assert "steps/model_card.py" in step_modules("evaluate") and "steps/registry_lock.py" in step_modules("evaluate")
-    assert {"steps/trial_logger.py", "steps/spark_backend.py"} <= set(step_modules("tune"))
-    assert step_modules("load") == ["steps/__init__.py", "steps/common.py", "steps/load.py"]
+    remaining = client.search_model_versions("name = 'model'")
+    assert [(v.version, v.tags.get("evaluate_run_id")) for v in remaining] == [(decided.version, evaluates[1])]
+    assert undecided.tags["evaluate_run_id"] == evaluates[0]  # the one gone is the undecided one
 
 
 # --------------------------------------------------------------------------- the champion lock
 
 
-def count_under_lock(tracking_uri: str, counter: str, rounds: int) -> None:
-    """Read-modify-write a file under the lock, with a pause that would lose updates without it."""
+def count_under_lock(tracking_uri: str, counter: str, rounds: int, start: Any) -> None:
+    """Read-modify-write a file under the lock, with a pause that would lose updates without it.
+
+    Every round starts on the barrier, so all the processes ask for the lock at the same moment.
+    """
     client = MlflowClient(tracking_uri)
     for _ in range(rounds):
+        start.wait(timeout=120)
         with champion_lock(client, "model", poll=0.05):
             value = int(Path(counter).read_text())
             time.sleep(0.05)
@@ -210,7 +208,8 @@ def test_the_champion_lock_serialises_processes(tracking_uri, tmp_path):
     counter.write_text("0")
     MlflowClient().search_registered_models()  # create the SQLite schema once, before the processes race
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=count_under_lock, args=(tracking_uri, str(counter), 4)) for _ in range(3)]
+    start = context.Barrier(3)
+    workers = [context.Process(target=count_under_lock, args=(tracking_uri, str(counter), 4, start)) for _ in range(3)]
     for worker in workers:
         worker.start()
     for worker in workers:

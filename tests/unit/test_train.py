@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from steps.common import CLASSIFICATION, REGRESSION, PipelineError
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, REGRESSION
 from steps.train import choose_model, parse_extra_params
 
 
@@ -21,13 +22,13 @@ def test_extra_params_arrive_as_options():
 
 
 def test_default_family_per_task():
-    assert choose_model(CLASSIFICATION, "auto", None, {})[0].name == "logistic_regression"
-    assert choose_model(REGRESSION, "auto", None, {})[0].name == "ridge"
+    assert choose_model(CLASSIFICATION, None, None, {})[0].name == "logistic_regression"
+    assert choose_model(REGRESSION, None, None, {})[0].name == "ridge"
 
 
 def test_params_file_then_overrides():
     best = {"model": "random_forest", "params": {"n_estimators": 120, "max_depth": None}}
-    family, params = choose_model(CLASSIFICATION, "auto", best, {"n_estimators": "30"})
+    family, params = choose_model(CLASSIFICATION, None, best, {"n_estimators": "30"})
     assert family.name == "random_forest"
     assert params["n_estimators"] == 30 and params["max_depth"] is None and params["min_samples_leaf"] == 1
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.common import PipelineError, TrackingUnreachableError
-from steps.trial_logger import TrialLogProcess
+from steps.lib.errors import PipelineError, TrackingUnreachableError
+from steps.lib.trial_logger import TrialLogProcess
 
 
 def test_trials_are_logged_as_children_and_their_ids_come_back(tmp_path):

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 from hyperopt.pyll.stochastic import sample
 
-from steps.common import CLASSIFICATION, MODEL_FAMILIES, REGRESSION, PipelineError, load_bundled_frame
-from steps.featurize import build_feature_spec, split_frame
-from steps.tune import (
-    SearchConfig,
-    best_result,
-    build_search_space,
-    grid_points,
-    leaderboard,
-    parse_timeout,
-    plot_search,
-    run_search,
-    task_families,
-    trials_from_records,
-    trials_to_records,
-    validate_search_options,
-)
+import steps.lib.search as search_module
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, REGRESSION, build_feature_spec
+from steps.lib.models import MODEL_FAMILIES, build_model
+from steps.lib.search import THREAD_VARIABLES, best_result, one_thread_per_library_in_children, run_search, worker_pool
+from steps.lib.search_options import SearchConfig, TuneOptions, parse_models, parse_timeout
+from steps.lib.search_results import leaderboard, plot_search, trials_from_records, trials_to_records
+from steps.lib.search_space import build_search_space, grid_points, task_families
+from steps.lib.splits import features_and_target, split_frame
+from steps.lib.tables import load_bundled_frame
+from tests.conftest import PROJECT_DIR
 
 
 @pytest.mark.parametrize("task", [CLASSIFICATION, REGRESSION])
@@ -40,14 +36,13 @@ def test_space_spans_the_task_families_with_valid_values(task):
 
 
 def test_models_restrict_the_families():
-    assert task_families(CLASSIFICATION, "random_forest, logistic_regression") == [
-        "random_forest",
-        "logistic_regression",
-    ]
+    chosen = parse_models("random_forest, logistic_regression,random_forest")
+    assert task_families(CLASSIFICATION, chosen) == ["random_forest", "logistic_regression"]
+    assert task_families(REGRESSION, None) == ["ridge", "random_forest", "hist_gradient_boosting"]
     with pytest.raises(PipelineError, match="unknown model family 'svm'"):
-        task_families(CLASSIFICATION, "svm")
+        task_families(CLASSIFICATION, ("svm",))
     with pytest.raises(PipelineError, match="does not fit a regression task"):
-        task_families(REGRESSION, "logistic_regression")
+        task_families(REGRESSION, ("logistic_regression",))
 
 
 def test_every_grid_point_is_valid():
@@ -64,9 +59,10 @@ def iris():
     return split_frame(frame, spec, 42, 0.2, 0.2), spec
 
 
-def config(**overrides):
-    base = {"metric": "accuracy", "max_evals": 6, "seed": 7, "families": tuple(task_families(CLASSIFICATION))}
-    return SearchConfig(**(base | overrides))
+def config(families=None, **options):
+    """A search on iris's accuracy, seed 7, every classification family unless `families` says otherwise."""
+    families = families or tuple(task_families(CLASSIFICATION))
+    return SearchConfig(metric="accuracy", seed=7, families=families, options=TuneOptions(**{"max_evals": 6} | options))
 
 
 def test_search_is_deterministic_and_logs_every_trial(iris):
@@ -107,46 +103,87 @@ def test_early_stop_and_timeout(iris):
 
 
 def test_cross_validation_scores_on_the_training_split(iris):
-    outcome = run_search(*iris, config(max_evals=2, cv_folds=3, families=("logistic_regression",)))
-    assert all(r["status"] == "ok" for r in outcome.trials.results)
+    """With cv_folds, a trial's scores are the mean over stratified folds of the training split, as sklearn's."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    splits, spec = iris
+    family = ("logistic_regression",)
+    folded = run_search(splits, spec, config(family, algo="grid", max_evals=2, cv_folds=3)).trials.results
+    plain = run_search(splits, spec, config(family, algo="grid", max_evals=2)).trials.results
+    features, labels = features_and_target(splits.train, spec)
+    for result, on_validation in zip(folded, plain, strict=True):
+        model = build_model(spec, MODEL_FAMILIES["logistic_regression"], result["params"], 7)
+        folds = StratifiedKFold(3, shuffle=True, random_state=7)
+        expected = cross_val_score(model, features, labels, cv=folds, scoring="accuracy").mean()
+        assert result["scores"]["accuracy"] == pytest.approx(expected)
+        assert result["scores"]["log_loss"] != on_validation["scores"]["log_loss"]
 
 
-def test_resume_continues_the_same_sequence(iris):
-    whole = run_search(*iris, config(max_evals=24)).trials  # past TPE's 20 random start-up trials
-    first = run_search(*iris, config(max_evals=21)).trials
-    records = json.loads(json.dumps(trials_to_records(first)))
-    resumed = run_search(*iris, config(max_evals=3), previous=trials_from_records(records))
-    assert resumed.new_trials == 3 and len(resumed.trials.trials) == 24
+@pytest.mark.parametrize(("algo", "families"), [("tpe", None), ("grid", ("logistic_regression", "random_forest"))])
+def test_a_search_recorded_before_the_layout_change_resumes(iris, algo, families):
+    """trials.json files written by the code before steps/lib (hyperopt labels unchanged) continue as before."""
+    records = json.loads((PROJECT_DIR / "tests" / "data" / f"trials-{algo}-before-layout.json").read_text())
+    done = len(records)  # tpe: 21, past its 20 random start-up trials
+    whole = run_search(*iris, config(families, algo=algo, max_evals=done + 3)).trials
+    assert [t["misc"]["vals"] for t in whole.trials[:done]] == [record["vals"] for record in records]
+    resumed = run_search(*iris, config(families, algo=algo, max_evals=3), previous=trials_from_records(records))
+    assert resumed.new_trials == 3 and len(resumed.trials.trials) == done + 3
     assert [t["misc"]["vals"] for t in resumed.trials.trials] == [t["misc"]["vals"] for t in whole.trials]
+    assert json.loads(json.dumps(trials_to_records(resumed.trials)))[:done] == records
 
 
-def test_parallel_workers_give_complete_results(iris):
+@pytest.fixture
+def no_evaluation_here(monkeypatch):
+    """Trials evaluated in this process fail the test: with parallelism, the workers must do them."""
+
+    def evaluated_here(*args, **kwargs):
+        raise AssertionError(f"a trial was evaluated in the test process {os.getpid()}")
+
+    monkeypatch.setattr(search_module, "evaluate_sample", evaluated_here)
+
+
+def test_parallel_workers_give_complete_results(iris, no_evaluation_here):
     outcome = run_search(*iris, config(max_evals=4, parallelism=2))
     assert len(outcome.trials.trials) == 4
     assert all(r["status"] == "ok" for r in outcome.trials.results)
     assert sorted(r["trial"] for r in outcome.trials.results) == [1, 2, 3, 4]
 
 
-def test_parallel_random_search_tries_the_sequential_configurations(iris):
+def test_parallel_random_search_tries_the_sequential_configurations(iris, monkeypatch):
     """random does not adapt: whatever order the workers finish in, the same configurations are tried."""
     sequential = run_search(*iris, config(algo="random", max_evals=5))
+    monkeypatch.setattr(search_module, "evaluate_sample", None)  # in this process, nothing more is evaluated
     parallel = run_search(*iris, config(algo="random", max_evals=5, parallelism=2))
     by_trial = [sorted(o.trials.results, key=lambda r: r["trial"]) for o in (sequential, parallel)]
     assert [r["params"] for r in by_trial[0]] == [r["params"] for r in by_trial[1]]
+    assert all(r["status"] == "ok" for r in by_trial[1])
 
 
-def test_parallel_grid_walks_each_point_once(iris):
+def test_parallel_grid_walks_each_point_once(iris, no_evaluation_here):
     """Points are given by trial id: running trials, not yet in the history, do not shift the grid."""
-    outcome = run_search(*iris, config(algo="grid", families=("logistic_regression",), max_evals=50, parallelism=2))
+    outcome = run_search(*iris, config(("logistic_regression",), algo="grid", max_evals=50, parallelism=2))
     assert sorted(r["params"]["C"] for r in outcome.trials.results) == [0.01, 0.1, 1.0, 10.0, 100.0]
+    assert all(r["status"] == "ok" for r in outcome.trials.results)
 
 
-def test_worker_processes_start_with_one_thread_per_library():
-    import os
+def threads_in_this_process() -> tuple[int, dict[str, str | None], list[dict]]:
+    """Run inside a worker: its pid, its thread variables, and each BLAS/OpenMP library's thread count."""
+    import sklearn.ensemble  # noqa: F401  (loads scikit-learn's OpenMP runtime, as a HistGradientBoosting fit does)
+    from threadpoolctl import threadpool_info
 
-    from steps.tune import THREAD_VARIABLES, one_thread_per_library_in_children
+    return os.getpid(), {name: os.environ.get(name) for name in THREAD_VARIABLES}, threadpool_info()
 
+
+def test_worker_processes_run_one_thread_per_library(iris):
     before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    with worker_pool(*iris, config(parallelism=2)) as pool:
+        answers = [pool.submit(threads_in_this_process).result(timeout=120) for _ in range(4)]
+    assert {name: os.environ.get(name) for name in THREAD_VARIABLES} == before  # this process is left as it was
+    for pid, variables, libraries in answers:
+        assert pid != os.getpid()
+        assert variables == dict.fromkeys(THREAD_VARIABLES, "1")
+        assert {"openmp", "blas"} <= {library["user_api"] for library in libraries}
+        assert [library["num_threads"] for library in libraries] == [1] * len(libraries), libraries
     with one_thread_per_library_in_children():
         assert all(os.environ[name] == "1" for name in THREAD_VARIABLES)
     assert {name: os.environ.get(name) for name in THREAD_VARIABLES} == before
@@ -159,23 +196,25 @@ def test_figures_are_drawn(iris, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("options", "message"),
     [
-        (("bayes", 5, 1, 0, 0), "unknown algo 'bayes'"),
-        (("tpe", 0, 1, 0, 0), "max_evals must be at least 1"),
-        (("tpe", 5, 0, 0, 0), "parallelism must be at least 1"),
-        (("tpe", 5, 1, -1, 0), "early_stop_rounds"),
-        (("tpe", 5, 1, 0, 1), "cv_folds"),
-        (("tpe", 5, 1, 0, 0, "auto", "all", "ray"), "unknown backend 'ray'; use one of local, spark"),
+        ({"algo": "bayes"}, "unknown algo 'bayes'"),
+        ({"max_evals": 0}, "max_evals must be at least 1"),
+        ({"parallelism": 0}, "parallelism must be at least 1"),
+        ({"early_stop_rounds": -1}, "early_stop_rounds"),
+        ({"cv_folds": 1}, "cv_folds"),
+        ({"backend": "ray"}, "unknown backend 'ray'; use one of local, spark"),
+        ({"models": ("random_forest", "svm")}, "unknown model family 'svm'"),
+        ({"metric": "auc"}, "unknown metric 'auc'"),
     ],
 )
-def test_search_options_are_checked(args, message):
+def test_search_options_are_checked(options, message):
     with pytest.raises(PipelineError, match=message):
-        validate_search_options(*args)
+        TuneOptions(**options).check()
 
 
 def test_timeout_parsing():
-    assert parse_timeout("none") is None and parse_timeout("2.5") == 2.5
+    assert parse_timeout(None) is None and parse_timeout("2.5") == 2.5
     for bad in ("0", "-3"):
         with pytest.raises(PipelineError, match="more than 0 seconds"):
             parse_timeout(bad)
@@ -183,8 +222,23 @@ def test_timeout_parsing():
         parse_timeout("soon")
 
 
+def test_options_main_passes_on_reach_tune_unchanged():
+    """main's TuneOptions -> MLflow params -> tune's command line -> the same TuneOptions."""
+    from steps.main import main as main_command
+    from steps.tune import main as tune_command
+
+    typed = ["--models", "ridge, random_forest", "--timeout", "30", "--algo", "random", "--cv-folds", "3"]
+    options = TuneOptions.from_cli(main_command.make_context("main", typed).params)
+    assert options == TuneOptions(algo="random", models=("ridge", "random_forest"), timeout=30.0, cv_folds=3)
+    params = options.as_params()
+    assert params["models"] == "ridge,random_forest" and params["timeout"] == "30" and params["metric"] == "auto"
+    flags = [item for name, value in params.items() for item in (f"--{name.replace('_', '-')}", value)]
+    assert TuneOptions.from_cli(tune_command.make_context("tune", flags).params) == options
+    assert TuneOptions.from_cli(tune_command.make_context("tune", []).params) == TuneOptions()
+
+
 def test_spark_backend_helpers(tmp_path, monkeypatch):
-    from steps.spark_backend import absolute_tracking_uri
+    from steps.lib.spark_search import absolute_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
@@ -196,18 +250,18 @@ def test_spark_backend_helpers(tmp_path, monkeypatch):
 def test_spark_backend_without_pyspark_says_how_to_install_it(monkeypatch):
     import sys
 
-    from steps.spark_backend import spark_session
+    from steps.lib.spark_search import spark_session
 
     monkeypatch.setitem(sys.modules, "pyspark.sql", None)  # as if pyspark were not installed
     with pytest.raises(PipelineError, match=r"backend=spark needs pyspark.*requirements-spark\.txt"):
-        spark_session("auto", 2)
+        spark_session(None)
 
 
 def test_failed_spark_tasks_become_failed_trials():
     """A task that errored in Spark (no result from our objective) is a failed trial with its error."""
     from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, Trials
 
-    from steps.spark_backend import collect_trials
+    from steps.lib.spark_search import collect_trials
 
     space = build_search_space(CLASSIFICATION, ["logistic_regression"])
     source = Trials()

@@ -1,4 +1,4 @@
-"""A lock on a registered model's champion alias, made of the model registry itself.
+"""The model registry: the champion and challenger aliases, model lookups, and the lock on the champion.
 
 MLflow has no compare-and-set for aliases: two evaluate runs that each read the champion, compare
 with it and move the alias can both "win", and the alias ends on whichever wrote last. Creating a
@@ -18,12 +18,47 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.common import PipelineError, process_alive, process_identity
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.process import process_alive, process_identity
 
-logger = logging.getLogger("steps.registry_lock")
+logger = logging.getLogger("steps.registry")
+DEFAULT_REGISTERED_MODEL_NAME = "pipeline-model"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def resolve_model_uri(model_uri: str | None, registered_model_name: str) -> str:
+    """The model to use: the given URI, or (None) the registered model's champion."""
+    if model_uri is None:
+        if not registered_model_name.strip():
+            raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
+        return f"models:/{registered_model_name}@{CHAMPION}"
+    return model_uri
+
+
+def model_version_of(client: MlflowClient, uri: str) -> ModelVersion:
+    """The registry version behind models:/<name>@<alias> or models:/<name>/<version>."""
+    if not uri.startswith("models:/"):
+        raise PipelineError(f"model_uri '{uri}' is not a registered model; use models:/<name>@<alias> or /<version>")
+    path = uri.removeprefix("models:/")
+    try:
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = path.partition("/")
+        return client.get_model_version(name, version)
+    except MlflowException as error:
+        raise PipelineError(
+            f"model '{uri}' does not exist ({one_line(str(error.message), 120)}); "
+            "check the registered model name and the alias or version"
+        ) from None
+
+
+# --------------------------------------------------------------------------- the champion lock
 
 LOCK_SUFFIX = ".champion-lock"
 HOLDER_TAG = "lock.holder"

@@ -19,18 +19,11 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from steps.common import (
-    PARENT_TAG,
-    RUN_NAME_TAG,
-    STEP_TAG,
-    PipelineError,
-    TrackingUnreachableError,
-    configure_logging,
-    tracking_unreachable,
-)
+from steps.lib.errors import PipelineError, TrackingUnreachableError
+from steps.lib.names import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, TRIAL_TAG
+from steps.lib.runner import configure_logging, tracking_unreachable
 
 TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
-TRIAL_TAG = "trial"
 
 STOP = None
 POLL_SECONDS = 1.0

@@ -9,7 +9,6 @@ pyspark is an optional extra: `pip install -r requirements-spark.txt`.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import shutil
@@ -25,21 +24,18 @@ from hyperopt.early_stop import no_progress_loss
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from steps.common import RUN_NAME_TAG, FeatureSpec, PipelineError, Splits, one_line
-from steps.trial_logger import TRIAL_TAG, nested_trial_logger
-from steps.tune import (
-    SearchConfig,
-    SearchOutcome,
-    check_some_trial_succeeded,
-    evaluate_sample,
-    log_result,
-    search_setup,
-    seed_sequence,
-    trials_from_records,
-)
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.features import FeatureSpec
+from steps.lib.names import RUN_NAME_TAG, TRIAL_TAG
+from steps.lib.search import SearchOutcome, check_some_trial_succeeded, evaluate_sample, log_result, seed_sequence
+from steps.lib.search_options import SearchConfig
+from steps.lib.search_results import trials_from_records
+from steps.lib.search_space import search_setup
+from steps.lib.splits import Splits
+from steps.lib.trial_logger import nested_trial_logger
 
 logger = logging.getLogger("steps.tune")
-STEPS_DIR = Path(__file__).resolve().parent
+STEPS_DIR = Path(__file__).resolve().parents[1]  # the steps package, shipped to the executors
 INSTALL_HINT = "pip install -r requirements-spark.txt (pyspark 4.3.0) into the environment tune runs in"
 
 
@@ -52,14 +48,14 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def is_local_master(master: str) -> bool:
-    return master == "auto" or master.startswith("local")
+def is_local_master(master: str | None) -> bool:
+    return master is None or master.startswith("local")
 
 
-def spark_session(master: str, parallelism: int) -> Any:
+def spark_session(master: str | None) -> Any:
     """The active Spark session, or a new one.
 
-    master `auto` leaves the choice to Spark: `spark-submit --master`, `PYSPARK_SUBMIT_ARGS` or
+    master None leaves the choice to Spark: `spark-submit --master`, `PYSPARK_SUBMIT_ARGS` or
     spark-defaults.conf, else local[*]. A local Spark listens on 127.0.0.1 only and has no web UI.
     """
     try:
@@ -73,7 +69,7 @@ def spark_session(master: str, parallelism: int) -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName("tune").config("spark.executorEnv.OMP_NUM_THREADS", "1")
     builder = builder.config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-    if master != "auto":
+    if master is not None:
         builder = builder.master(master)
     if is_local_master(master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -82,7 +78,7 @@ def spark_session(master: str, parallelism: int) -> Any:
         session = builder.getOrCreate()
     except Exception as error:
         raise PipelineError(
-            f"could not start Spark (master {master}): {one_line(str(error), 160)}; "
+            f"could not start Spark (master {master or 'auto'}): {one_line(str(error), 160)}; "
             "Spark 4 needs Java 17 or newer on PATH or in JAVA_HOME"
         ) from None
     session.sparkContext.setLogLevel("WARN")
@@ -116,7 +112,7 @@ def run_spark_search(
     splits: Splits,
     spec: FeatureSpec,
     config: SearchConfig,
-    master: str = "auto",
+    master: str | None = None,
     log_runs: bool = True,
     show_progress: bool = False,
     previous: Trials | None = None,
@@ -125,18 +121,16 @@ def run_spark_search(
     from hyperopt import SparkTrials
 
     setup = search_setup(spec, config, previous)
-    session = spark_session(master, config.parallelism)
+    session = spark_session(master)
     ship_steps_package(session)
-    # Rebuilt from this module's import of steps.tune: under `python -m steps.tune` the caller's class is
-    # `__main__.SearchConfig`, which executors cannot unpickle.
-    config = SearchConfig(**dataclasses.asdict(config))
     data = session.sparkContext.broadcast((splits, spec, config))
     tracking_uri = experiment_id = parent_run_id = None
     active = mlflow.active_run()
     if log_runs and active is not None:
         tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
         experiment_id, parent_run_id = active.info.experiment_id, active.info.run_id
-    trials = SparkTrials(parallelism=config.parallelism, timeout=config.timeout, spark_session=session)
+    options = config.options
+    trials = SparkTrials(parallelism=options.parallelism, timeout=options.timeout, spark_session=session)
     if previous is not None:
         trials.insert_trial_docs(previous.trials)
         trials.refresh()
@@ -149,8 +143,8 @@ def run_spark_search(
         setup.target,
         trials=trials,
         rstate=rng,
-        max_queue_len=config.parallelism,
-        early_stop_fn=no_progress_loss(config.early_stop_rounds) if config.early_stop_rounds else None,
+        max_queue_len=options.parallelism,
+        early_stop_fn=no_progress_loss(options.early_stop_rounds) if options.early_stop_rounds else None,
         show_progressbar=show_progress,
         return_argmin=False,  # all trials may have failed: reported below, in one line
     )

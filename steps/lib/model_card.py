@@ -16,9 +16,9 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from steps.common import FeatureSpec, redact_uri
-
-CARD_DIR = "model_card"
+from steps.lib.features import FeatureSpec
+from steps.lib.names import CARD_DIR, OUTPUT_DIGEST_TAG
+from steps.lib.uris import redact_uri, run_of_uri
 
 
 @dataclass
@@ -40,11 +40,6 @@ class CardFacts:
     plots: list[str] = field(default_factory=list)  # file names beside the card
 
 
-def run_of_uri(uri: str) -> str | None:
-    """The run id in a runs:/<id>/... URI."""
-    return uri.split("/")[1] if uri.startswith("runs:/") and uri.count("/") >= 2 else None
-
-
 def gather_data_facts(client: MlflowClient, splits_uri: str, test_dataset: Any) -> dict[str, str]:
     """The data set behind the splits: the load run's name and digest, the featurize output, the test rows."""
     facts = {"test rows": str(test_dataset.profile.get("num_rows", "")), "test set digest": test_dataset.digest}
@@ -54,7 +49,7 @@ def gather_data_facts(client: MlflowClient, splits_uri: str, test_dataset: Any) 
     featurize = client.get_run(featurize_id)
     facts |= {
         "splits": splits_uri,
-        "splits digest": featurize.data.tags.get("outputs.digest", ""),
+        "splits digest": featurize.data.tags.get(OUTPUT_DIGEST_TAG, ""),
         "rows (train / validation / test)": " / ".join(
             str(int(featurize.data.metrics.get(f"n_{split}", 0))) for split in ("train", "validation", "test")
         ),

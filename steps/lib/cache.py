@@ -1,0 +1,171 @@
+"""The step cache: what decides a step's output (its key), and a finished run with that key to reuse.
+
+A step's code digest covers its own module, the `steps/lib` modules it imports (directly or not),
+the files those modules read at run time (each lists them in `RUNTIME_FILES`), and its MLproject
+declaration; never another entry module: an upstream step enters through its output digest. So a
+change to a lib module re-runs exactly the steps that import it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from steps.lib.artifacts import digest_json, digest_path
+from steps.lib.errors import PipelineError
+from steps.lib.names import (
+    BEST_PARAMS,
+    CACHE_KEY_TAG,
+    DATA_DIR,
+    EVALUATION_DIR,
+    MODEL_URI_TAG,
+    OUTPUT_DIGEST_TAG,
+    SPLITS_DIR,
+)
+from steps.lib.tables import fetch_local
+from steps.lib.uris import redact_uri
+
+# Params that point at an earlier step's run: the key uses what that run produced instead.
+URI_PARAMS = frozenset({"raw_data_uri", "splits_uri", "params_uri", "model_uri"})
+ENV_FILES = ("python_env.yaml", "conda.yaml", "requirements.txt", "requirements.lock")
+PACKAGE_FILES = ("steps/__init__.py", "steps/lib/__init__.py")
+LIB_PREFIX = "steps.lib."
+
+
+def entry_point_spec(project: Path, entry_point: str) -> dict[str, Any]:
+    """The entry point as MLproject declares it (params with types, command)."""
+    return yaml.safe_load((project / "MLproject").read_text())["entry_points"][entry_point]
+
+
+def normalise_value(kind: str, value: Any) -> Any:
+    """A param as its declared type: 1e-05 and 0.00001 are the same float, "3" and 3 the same int."""
+    if kind in ("int", "float"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return int(number) if kind == "int" and number.is_integer() else number
+    return str(value)
+
+
+def normalise_params(project: Path, entry_point: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    declared = entry_point_spec(project, entry_point)["parameters"]
+    return {
+        name: normalise_value(declared.get(name, {}).get("type", "string"), value)
+        for name, value in sorted(parameters.items())
+        if name not in URI_PARAMS
+    }
+
+
+def imported_lib_modules(source: Path) -> list[str]:
+    """The `steps.lib` modules a module imports, at the top or inside a function, as file paths."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]  # from steps.lib import search
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [f"{name.replace('.', '/')}.py" for name in names if name.startswith(LIB_PREFIX)]
+
+
+def runtime_files(project: Path, module: str) -> list[str]:
+    """The files a module reads at run time, as its module-level `RUNTIME_FILES` names them."""
+    for node in ast.parse((project / module).read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "RUNTIME_FILES" for t in node.targets):
+            return [str(Path(module).parent / name) for name in ast.literal_eval(node.value)]
+    return []
+
+
+def step_modules(project: Path, entry_point: str) -> list[str]:
+    """The step's module and every `steps/lib` module it imports, directly or not."""
+    found: set[str] = set()
+    pending = [f"steps/{entry_point}.py"]
+    while pending:
+        module = pending.pop()
+        if module in found or not (project / module).exists():
+            continue
+        found.add(module)
+        pending += imported_lib_modules(project / module)
+    return sorted(found | set(PACKAGE_FILES))
+
+
+def code_files(project: Path, entry_point: str) -> list[str]:
+    """Every file the step's code digest covers: its modules and the files they read."""
+    modules = step_modules(project, entry_point)
+    return sorted({*modules, *(name for module in modules for name in runtime_files(project, module))})
+
+
+def code_digest(project: Path, entry_point: str) -> str:
+    """The step's code files and its MLproject declaration."""
+    files = code_files(project, entry_point)
+    return digest_json(
+        {"files": {f: digest_path(project / f) for f in files}, "entry_point": entry_point_spec(project, entry_point)}
+    )
+
+
+def env_digest(project: Path) -> str:
+    """The environment spec: python_env.yaml and the requirement files it installs."""
+    return digest_json({f: digest_path(project / f) for f in ENV_FILES if (project / f).exists()})
+
+
+def data_digest(data_uri: str) -> str:
+    """The content of the data load will read (a bundled set: its name and scikit-learn's version)."""
+    if data_uri.startswith("sklearn:"):
+        import sklearn
+
+        return f"{data_uri}@scikit-learn=={sklearn.__version__}"
+    try:
+        return digest_path(fetch_local(data_uri))
+    except PipelineError:  # load itself reports the problem
+        return f"unavailable:{redact_uri(data_uri)}"
+
+
+def cache_key(
+    project: Path, entry_point: str, parameters: dict[str, Any], inputs: dict[str, str], env_manager: str
+) -> str:
+    """What decides a step's output: entry point, typed params, code, environment, input digests."""
+    return digest_json(
+        {
+            "entry_point": entry_point,
+            "params": normalise_params(project, entry_point, parameters),
+            "code": code_digest(project, entry_point),
+            "env": env_digest(project),
+            "env_manager": env_manager,
+            "inputs": inputs,
+        }
+    )
+
+
+def outputs_exist(client: MlflowClient, entry_point: str, run: Run) -> bool:
+    """Whether what the run produced is still there to be reused."""
+    try:
+        if entry_point == "train":
+            return bool(mlflow.artifacts.list_artifacts(artifact_uri=run.data.tags[MODEL_URI_TAG]))
+        if entry_point == "evaluate":
+            tags = run.data.tags
+            client.get_model_version(tags["registered_model.name"], tags["registered_model.version"])
+            return bool(client.list_artifacts(run.info.run_id, EVALUATION_DIR))
+        expected = {"load": DATA_DIR, "featurize": SPLITS_DIR, "tune": BEST_PARAMS}[entry_point]
+        return any(artifact.path == expected for artifact in client.list_artifacts(run.info.run_id))
+    except Exception:  # a deleted run, artifact or model version: not reusable
+        return False
+
+
+def reusable_run(client: MlflowClient, experiment_id: str, entry_point: str, key: str) -> Run | None:
+    """The newest FINISHED run with this cache key whose outputs still exist."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+    )
+    return next(
+        (run for run in runs if OUTPUT_DIGEST_TAG in run.data.tags and outputs_exist(client, entry_point, run)), None
+    )

@@ -1,0 +1,17 @@
+"""The two errors a step reports in one line, and the one-line form of any message."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Bad input: reported as one line naming the problem and the fix; the run is marked FAILED."""
+
+
+class TrackingUnreachableError(PipelineError):
+    """MLflow gave up on the tracking server: nothing more can be recorded, not even FAILED."""
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Collapse whitespace so a message fits on one line (and in a tag)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

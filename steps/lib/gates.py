@@ -1,0 +1,208 @@
+"""evaluate's promotion gates, each through MLflow's own validation API: thresholds, the baseline, the champion.
+
+The gate options (`--min-delta`, `--min-accuracy`, ...) are declared here once, for the two command
+lines that take them (evaluate's and main's); `none` becomes None at the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.features import FeatureSpec
+from steps.lib.metrics import METRICS, greater_is_better
+from steps.lib.models import score_model
+from steps.lib.registry import CHAMPION
+from steps.lib.runner import as_param, unset_is_none
+
+# Threshold params: metric -> the param that bounds it. Each is checked only when given.
+THRESHOLD_PARAMS = {
+    "accuracy": "min_accuracy",
+    "f1_macro": "min_f1_macro",
+    "roc_auc_ovr": "min_roc_auc_ovr",
+    "log_loss": "max_log_loss",
+    "rmse": "max_rmse",
+    "mae": "max_mae",
+    "r2": "min_r2",
+}
+STRICTLY_BETTER = 1e-9  # min_delta 0 means "better", and MLflow's min_absolute_change must be > 0
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """How a new version earns the champion alias: bounds on its test metrics, and its margin over the champion."""
+
+    min_delta: float = 0.0
+    bounds: dict[str, float] = field(default_factory=dict)  # threshold param -> bound, for those given
+
+    @classmethod
+    def from_cli(cls, given: dict[str, Any]) -> GateOptions:
+        """The options from a command line's values (an unset bound already None)."""
+        bounds = {
+            param: parse_bound(param, given[param]) for param in THRESHOLD_PARAMS.values() if given[param] is not None
+        }
+        return cls(parse_min_delta(given["min_delta"]), bounds)
+
+    def thresholds(self, task: str) -> dict[str, float]:
+        """The bounds as metric -> bound; each must fit the task."""
+        thresholds = {}
+        for metric, param in THRESHOLD_PARAMS.items():
+            if param not in self.bounds:
+                continue
+            if METRICS[metric][0] != task:
+                fitting = ", ".join(THRESHOLD_PARAMS[m] for m, (kind, _) in METRICS.items() if kind == task)
+                raise PipelineError(f"{param} does not fit a {task} task; use {fitting}")
+            thresholds[metric] = self.bounds[param]
+        return thresholds
+
+    def as_params(self) -> dict[str, str]:
+        """The options as evaluate's MLflow params (what main passes on)."""
+        bounds = {param: as_param(self.bounds.get(param), unset="none") for param in THRESHOLD_PARAMS.values()}
+        return {"min_delta": as_param(self.min_delta)} | bounds
+
+
+GATE_OPTION_NAMES = ("min_delta", *THRESHOLD_PARAMS.values())
+
+
+def parse_bound(param: str, raw: Any) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise PipelineError(f"{param} must be a number or none; got {raw!r}") from None
+
+
+def parse_min_delta(min_delta: str | float) -> float:
+    try:
+        value = float(min_delta)
+    except ValueError:
+        raise PipelineError(f"min_delta must be a number (0 or more); got {min_delta!r}") from None
+    if not value >= 0:
+        raise PipelineError(f"min_delta must be 0 or more; got {min_delta}")
+    return value
+
+
+def gate_options(command: Any) -> Any:
+    """--min-delta, --min-accuracy, --max-rmse, ...: the gates, `none` when a bound is not set."""
+    for metric, param in reversed(THRESHOLD_PARAMS.items()):
+        bound = "at least" if param.startswith("min_") else "at most"
+        command = click.option(
+            f"--{param.replace('_', '-')}",
+            default="none",
+            callback=unset_is_none,
+            help=f"Gate: test {metric} must be {bound} this.",
+        )(command)
+    return click.option(
+        "--min-delta", default="0", help="Gate: beat the champion's metric by at least this; 0: at all."
+    )(command)
+
+
+@dataclass
+class Gate:
+    name: str  # "thresholds", "baseline" or "champion"
+    passed: bool
+    reason: str
+
+
+def run_gate(
+    name: str, thresholds: dict[str, Any], candidate: dict[str, float], reference: dict[str, float] | None
+) -> Gate:
+    """One gate through MLflow's own validation API; its failure message is the reason."""
+    from mlflow.models.evaluation import EvaluationResult
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    try:
+        mlflow.validate_evaluation_results(
+            thresholds,
+            EvaluationResult(candidate, {}),
+            EvaluationResult(reference, {}) if reference is not None else None,
+        )
+    except ModelValidationFailedException as failure:
+        return Gate(name, False, one_line(str(failure), 400))
+    return Gate(name, True, "passed")
+
+
+def threshold_gate(scores: dict[str, float], thresholds: dict[str, float]) -> Gate:
+    """Each given bound (min_accuracy, max_rmse, ...) on the test rows."""
+    from mlflow.models import MetricThreshold
+
+    if not thresholds:
+        return Gate("thresholds", True, "no thresholds set")
+    checks = {m: MetricThreshold(threshold=v, greater_is_better=greater_is_better(m)) for m, v in thresholds.items()}
+    gate = run_gate("thresholds", checks, scores, None)
+    bounds = ", ".join(f"{THRESHOLD_PARAMS[m]}={v:g} ({m} {scores[m]:.4f})" for m, v in thresholds.items())
+    gate.reason = f"passed: {bounds}" if gate.passed else f"{bounds}: {gate.reason}"
+    return gate
+
+
+def better_than_gate(
+    name: str, metric: str, scores: dict[str, float], reference: dict[str, float], min_delta: float, what: str
+) -> Gate:
+    """The decision metric beats `reference` on the same test rows by at least min_delta (or at all)."""
+    from mlflow.models import MetricThreshold
+
+    check = MetricThreshold(
+        min_absolute_change=max(min_delta, STRICTLY_BETTER), greater_is_better=greater_is_better(metric)
+    )
+    gate = run_gate(name, {metric: check}, {metric: scores[metric]}, {metric: reference[metric]})
+    by = f" by at least {min_delta:g}" if min_delta > 0 else ""
+    verdict = "beats" if gate.passed else "does not beat"
+    gate.reason = f"{metric} {scores[metric]:.4f} {verdict} {what}'s {reference[metric]:.4f}{by} on the same test rows"
+    return gate
+
+
+@dataclass
+class ChampionDecision:
+    promote: bool
+    reason: str
+    gates: list[Gate]
+    previous_version: str | None = None
+
+
+def decide_champion(
+    client: MlflowClient,
+    name: str,
+    *,
+    metric: str,
+    scores: dict[str, float],
+    baseline_scores: dict[str, float],
+    thresholds: dict[str, float],
+    min_delta: float,
+    test: pd.DataFrame,
+    spec: FeatureSpec,
+) -> ChampionDecision:
+    """The gates: thresholds, the dummy baseline, then the current champion (if any). All must pass."""
+    gates = [
+        threshold_gate(scores, thresholds),
+        better_than_gate("baseline", metric, scores, baseline_scores, 0.0, "the dummy baseline"),
+    ]
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current is None:
+        gates.append(Gate("champion", True, "no champion yet"))
+    else:
+        try:
+            champion_model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+            champion_scores = score_model(champion_model, test, spec)
+        except Exception as error:  # e.g. the champion was trained on another data set's columns
+            gates.append(
+                Gate(
+                    "champion",
+                    False,
+                    f"champion v{current.version} cannot score these test rows ({one_line(str(error), 120)}); "
+                    "use another registered_model_name for a different data set",
+                )
+            )
+        else:
+            what = f"champion v{current.version}"
+            gates.append(better_than_gate("champion", metric, scores, champion_scores, min_delta, what))
+    failed = [g for g in gates if not g.passed]
+    reason = "; ".join(f"{g.name}: {g.reason}" for g in failed) if failed else "all gates passed"
+    return ChampionDecision(not failed, reason, gates, current.version if current else None)

@@ -1,0 +1,84 @@
+"""Metrics: which ones each task has, their direction, and how they are computed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, REGRESSION
+
+# name -> (task, greater is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "accuracy": (CLASSIFICATION, True),
+    "f1_macro": (CLASSIFICATION, True),
+    "roc_auc_ovr": (CLASSIFICATION, True),
+    "log_loss": (CLASSIFICATION, False),
+    "rmse": (REGRESSION, False),
+    "mae": (REGRESSION, False),
+    "r2": (REGRESSION, True),
+}
+DEFAULT_METRIC = {CLASSIFICATION: "f1_macro", REGRESSION: "rmse"}
+
+
+def check_metric_name(metric: str | None) -> None:
+    """Reject a metric name we do not know, before the task is known (None: the task's default)."""
+    if metric is not None and metric not in METRICS:
+        raise PipelineError(f"unknown metric '{metric}'; use auto or one of {', '.join(METRICS)}")
+
+
+def resolve_metric(metric: str | None, task: str) -> str:
+    """The metric to optimise and compare on: None picks the task's default."""
+    check_metric_name(metric)
+    if metric is None:
+        return DEFAULT_METRIC[task]
+    if METRICS[metric][0] != task:
+        fits = ", ".join(name for name, (kind, _) in METRICS.items() if kind == task)
+        raise PipelineError(f"metric '{metric}' does not fit a {task} task; use one of {fits}")
+    return metric
+
+
+def greater_is_better(metric: str) -> bool:
+    return METRICS[metric][1]
+
+
+def metric_loss(metric: str, value: float) -> float:
+    """Turn a metric into a loss to minimise."""
+    return -value if greater_is_better(metric) else value
+
+
+def compute_metrics(
+    task: str, y_true: pd.Series, y_pred: np.ndarray, proba: np.ndarray | None, classes: list[Any] | None
+) -> dict[str, float]:
+    """Every metric of the task; a metric that cannot be computed on these rows is left out."""
+    from sklearn import metrics as skm
+
+    if task == REGRESSION:
+        return {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+            "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+            "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan,
+        }
+    scores = {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+    if proba is not None and classes is not None:
+        labels = list(classes)
+        scores["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
+        try:
+            if len(labels) == 2:
+                scores["roc_auc_ovr"] = float(skm.roc_auc_score(np.asarray(y_true) == labels[1], proba[:, 1]))
+            else:
+                scores["roc_auc_ovr"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
+        except ValueError:  # a class absent from these rows: AUC is undefined
+            pass
+    return {name: value for name, value in scores.items() if not math.isnan(value)}
+
+
+def is_better(candidate: float, reference: float, metric: str) -> bool:
+    """Strictly better in the metric's own direction."""
+    return candidate > reference if greater_is_better(metric) else candidate < reference

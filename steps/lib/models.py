@@ -1,0 +1,232 @@
+"""Model families: hyperparameters with bounds, the preprocessing + estimator pipeline, fit and score."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from steps.lib.errors import PipelineError
+from steps.lib.features import CLASSIFICATION, REGRESSION, TASKS, FeatureSpec
+from steps.lib.metrics import compute_metrics
+from steps.lib.splits import Splits, features_and_target
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    """One hyperparameter: its type, default, and the range it must lie in."""
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None  # inclusive lower bound
+    high: float | None = None  # inclusive upper bound
+    allow_none: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def parse(self, raw: Any, family: str) -> Any:
+        """Coerce a value given on the command line or read from JSON; reject it if out of range."""
+        where = f"{family} hyperparameter '{self.name}'"
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in {"none", "null", ""}):
+            if self.allow_none:
+                return None
+            raise PipelineError(f"{where} cannot be empty")
+        if self.choices:
+            if raw not in self.choices:
+                raise PipelineError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {raw!r}")
+            return raw
+        try:
+            number = float(raw)
+            if self.kind is int:
+                if number != int(number):
+                    raise ValueError
+                value: Any = int(number)
+            else:
+                value = number
+        except (TypeError, ValueError):
+            raise PipelineError(
+                f"{where} must be {'an integer' if self.kind is int else 'a number'}; got {raw!r}"
+            ) from None
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            span = f"[{self.low if self.low is not None else '-inf'}, {self.high if self.high is not None else 'inf'}]"
+            raise PipelineError(f"{where} must lie in {span}; got {raw!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family: the tasks it serves, its hyperparameters and how to build its estimator."""
+
+    name: str
+    tasks: tuple[str, ...]
+    hyperparams: tuple[HyperParam, ...]
+    build: Callable[[str, dict[str, Any], int], Any]
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """All hyperparameters, typed: the defaults overridden by `given`."""
+        known = {hp.name: hp for hp in self.hyperparams}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise PipelineError(
+                f"unknown hyperparameter(s) {', '.join(unknown)} for model '{self.name}'; it takes {', '.join(known)}"
+            )
+        return {name: hp.parse(given[name], self.name) if name in given else hp.default for name, hp in known.items()}
+
+
+def _build_logistic_regression(task: str, params: dict[str, Any], seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(random_state=seed, **params)
+
+
+def _build_ridge(task: str, params: dict[str, Any], seed: int) -> Any:
+    from sklearn.linear_model import Ridge
+
+    return Ridge(**params)
+
+
+def _build_random_forest(task: str, params: dict[str, Any], seed: int) -> Any:
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    estimator = RandomForestClassifier if task == CLASSIFICATION else RandomForestRegressor
+    kwargs = {k: v for k, v in params.items() if not (k == "max_features" and v is None)}
+    return estimator(random_state=seed, n_jobs=1, **kwargs)
+
+
+def _build_hist_gradient_boosting(task: str, params: dict[str, Any], seed: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    estimator = HistGradientBoostingClassifier if task == CLASSIFICATION else HistGradientBoostingRegressor
+    return estimator(random_state=seed, **params)
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    family.name: family
+    for family in (
+        ModelFamily(
+            "logistic_regression",
+            (CLASSIFICATION,),
+            (
+                HyperParam("C", float, 1.0, low=1e-12),
+                HyperParam("max_iter", int, 1000, low=1),
+                HyperParam("class_weight", str, None, allow_none=True, choices=("balanced",)),
+            ),
+            _build_logistic_regression,
+        ),
+        ModelFamily("ridge", (REGRESSION,), (HyperParam("alpha", float, 1.0, low=0.0),), _build_ridge),
+        ModelFamily(
+            "random_forest",
+            TASKS,
+            (
+                HyperParam("n_estimators", int, 200, low=1),
+                HyperParam("max_depth", int, None, low=1, allow_none=True),
+                HyperParam("min_samples_leaf", int, 1, low=1),
+                HyperParam("max_features", float, None, low=1e-6, high=1.0, allow_none=True),
+            ),
+            _build_random_forest,
+        ),
+        ModelFamily(
+            "hist_gradient_boosting",
+            TASKS,
+            (
+                HyperParam("learning_rate", float, 0.1, low=1e-6),
+                HyperParam("max_iter", int, 100, low=1),
+                HyperParam("max_leaf_nodes", int, 31, low=2),
+                HyperParam("min_samples_leaf", int, 20, low=1),
+                HyperParam("l2_regularization", float, 0.0, low=0.0),
+            ),
+            _build_hist_gradient_boosting,
+        ),
+    )
+}
+DEFAULT_FAMILY = {CLASSIFICATION: "logistic_regression", REGRESSION: "ridge"}
+
+
+def get_family(name: str, task: str) -> ModelFamily:
+    """The named family, checked against the task."""
+    fits = [f.name for f in MODEL_FAMILIES.values() if task in f.tasks]
+    if name not in MODEL_FAMILIES:
+        raise PipelineError(f"unknown model '{name}'; for {task} use one of {', '.join(fits)}")
+    family = MODEL_FAMILIES[name]
+    if task not in family.tasks:
+        raise PipelineError(f"model '{name}' does not fit a {task} task; use one of {', '.join(fits)}")
+    return family
+
+
+def build_model(spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int) -> Any:
+    """A scikit-learn Pipeline: impute/scale/one-hot the raw feature columns, then the estimator.
+
+    The preprocessing sits inside the pipeline so it is fitted on training rows only and travels with
+    the model; columns featurize dropped are ignored, so the model takes raw rows as `load` wrote them.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    transformers = []
+    if spec.numeric:
+        numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        transformers.append(("numeric", numeric, list(spec.numeric)))
+    if spec.categorical:
+        categorical = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="most_frequent")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+            ]
+        )
+        transformers.append(("categorical", categorical, list(spec.categorical)))
+    preprocess = ColumnTransformer(transformers, remainder="drop")
+    return Pipeline([("preprocess", preprocess), ("model", family.build(spec.task, hyperparams, seed))])
+
+
+def predict_with_proba(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions, and class probabilities for a classifier."""
+    predictions = model.predict(frame)
+    proba = model.predict_proba(frame) if task == CLASSIFICATION and hasattr(model, "predict_proba") else None
+    return predictions, proba
+
+
+def fit_model(splits: Splits, spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int) -> Any:
+    """Fit the preprocessing + estimator pipeline on the training rows."""
+    features, labels = features_and_target(splits.train, spec)
+    # Built first: threadpoolctl limits only the BLAS/OpenMP libraries already loaded, and building imports them.
+    model = build_model(spec, family, hyperparams, seed)
+    # One BLAS/OpenMP thread: faster for small fits on shared cores, and the same result every run.
+    with threadpool_limits(limits=1):
+        return model.fit(features, labels)
+
+
+def score_model(model: Any, frame: Any, spec: FeatureSpec) -> dict[str, float]:
+    """All task metrics of a fitted model on one split."""
+    features, labels = features_and_target(frame, spec)
+    predictions, proba = predict_with_proba(model, features, spec.task)
+    classes = list(model.classes_) if proba is not None else None
+    return compute_metrics(spec.task, labels, predictions, proba, classes)
+
+
+def hyperparam_params(family: ModelFamily, hyperparams: dict[str, Any]) -> dict[str, str]:
+    """How a family and its hyperparameters are logged, on train runs and tune trials alike."""
+    return {"model_family": family.name, **{f"{family.name}.{k}": str(v) for k, v in hyperparams.items()}}
+
+
+def model_pip_requirements() -> list[str]:
+    """Exact pins of what a logged model needs, read from this environment.
+
+    Given explicitly, MLflow skips its requirement inference, which loads the model in a subprocess
+    and cost ~6 s per logged model here.
+    """
+    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops")]
+
+
+# What our pipelines hold beyond skops' default allow-list; all come from numpy and scikit-learn.
+SKOPS_TRUSTED_TYPES = (
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)

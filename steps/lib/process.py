@@ -1,0 +1,50 @@
+"""Which process runs a step: an identity that survives pid reuse, and whether that process still lives."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+
+
+def process_identity(pid: int | None = None) -> str:
+    """machine:pid:start-time, unique even when the system reuses a pid (start time from /proc; '' elsewhere)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{machine_identity()}:{pid}:{process_start_time(pid)}"
+
+
+@functools.cache
+def machine_identity() -> str:
+    """Host name, boot and pid namespace: containers that share a host name do not share pids."""
+    parts = [socket.gethostname().replace(":", "_")]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # no /proc (macOS): the host name alone
+        pass
+    return "/".join(parts)
+
+
+def process_start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); '' if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+
+
+def process_alive(identity: str) -> bool | None:
+    """Whether the process a PROCESS_TAG names still runs; None if it ran on another host (unknowable)."""
+    machine, _, rest = identity.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if machine != machine_identity() or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    return not started or process_start_time(int(pid_text)) == started

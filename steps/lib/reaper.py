@@ -1,0 +1,52 @@
+"""The reaper: step runs whose process died (kill -9, a crash, a lost server) are marked KILLED by the next main."""
+
+from __future__ import annotations
+
+import logging
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from steps.lib.errors import one_line
+from steps.lib.names import ERROR_TAG, EVALUATE_RUN_TAG, GATES_PASSED_TAG, PROCESS_TAG, STEP_TAG
+from steps.lib.process import process_alive
+
+logger = logging.getLogger("steps.reaper")
+
+
+def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -> list[str]:
+    """Mark KILLED the RUNNING step runs whose process on this machine is gone (kill -9, a crash, a lost server).
+
+    MLflow leaves such runs RUNNING forever; the cache never reuses them (it takes FINISHED runs only).
+    Runs of live processes, and runs from other machines, are left alone. A model version that a dead
+    evaluate registered but never decided on (no `gates.passed` tag) is deleted: nothing half-registered.
+    """
+    reaped = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        identity = run.data.tags.get(PROCESS_TAG, "")
+        if not identity or run.info.run_id == main_run_id or process_alive(identity) is not False:
+            continue
+        try:
+            if run.data.tags.get(STEP_TAG) == "evaluate":
+                delete_undecided_versions(client, run.info.run_id)
+            client.set_tag(
+                run.info.run_id,
+                ERROR_TAG,
+                f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
+            )
+            client.set_terminated(run.info.run_id, status="KILLED")
+        except MlflowException as error:  # e.g. no permission on another user's run: not main's to fail over
+            logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
+            continue
+        reaped.append(run.info.run_id)
+    if reaped:
+        logger.warning("marked %d run(s) of dead processes KILLED: %s", len(reaped), ", ".join(reaped))
+    return reaped
+
+
+def delete_undecided_versions(client: MlflowClient, evaluate_run_id: str) -> None:
+    """Delete the versions a dead evaluate registered before its gates decided (so no alias points at them)."""
+    for version in client.search_model_versions(f"tags.`{EVALUATE_RUN_TAG}` = '{evaluate_run_id}'"):
+        if GATES_PASSED_TAG not in version.tags:
+            logger.warning("deleting %s v%s: its evaluate died before deciding", version.name, version.version)
+            client.delete_model_version(version.name, version.version)

@@ -1,0 +1,186 @@
+"""The step runner: one run per step, bad input as one line and a FAILED run, and the CLI's own types."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import mlflow
+
+from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
+from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG
+from steps.lib.process import process_identity
+from steps.lib.uris import move_tracking_credentials, redact_uri
+
+logger = logging.getLogger("steps")
+
+
+def configure_logging() -> None:
+    """Readable step logs; quieter MLflow internals."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Per-file download bars drown the step logs; child step processes inherit this.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@contextmanager
+def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Open (or resume, under `mlflow run`) the step's run; turn a PipelineError into a FAILED run.
+
+    On bad input the run gets the tag `pipeline.error`, stderr gets one line `error: ...`, and the
+    process exits with status 1. Nothing is logged as an artifact before the step succeeds, so a
+    failed run never leaves output that a later step could trust. A nested step run (one step run
+    inside another's process) re-raises instead, so its parent fails too.
+    """
+    if not nested:
+        configure_logging()
+        move_tracking_credentials()
+    with mlflow.start_run(run_name=step, nested=nested) as run:
+        mlflow.set_tags(
+            {
+                STEP_TAG: step,
+                RUN_NAME_TAG: step,
+                PROCESS_TAG: process_identity(),
+                "runtime.python": sys.executable,
+                "runtime.prefix": sys.prefix,
+            }
+        )
+        try:
+            yield run
+        except PipelineError as error:
+            exit_if_unreachable(step, error)  # a TrackingUnreachableError: nothing can be recorded
+            message = one_line(str(error))
+            try:
+                mlflow.set_tag(ERROR_TAG, message)
+                mlflow.end_run(status="FAILED")
+            except Exception as recording:
+                exit_if_unreachable(step, recording)
+                raise
+            if nested:
+                raise
+            print(f"error: {step}: {message}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+        except Exception as error:
+            exit_if_unreachable(step, error)
+            mlflow.set_tag(ERROR_TAG, one_line(f"unexpected {type(error).__name__}: {error}"))
+            raise
+
+
+def exit_if_unreachable(step: str, error: BaseException) -> None:
+    """If `error` is MLflow giving up on the tracking server, exit as exit_unrecorded does."""
+    unreachable = tracking_unreachable(error)
+    if unreachable:
+        exit_unrecorded(step, unreachable)
+
+
+def exit_unrecorded(step: str, message: str) -> None:
+    """The tracking server is gone: say so in one line and exit 1 at once.
+
+    Nothing more can be recorded (not even FAILED: the run stays RUNNING until the next `main` marks
+    it KILLED), and a normal exit would try the server again for minutes (MLflow's atexit end_run).
+    """
+    print(f"error: {step}: {one_line(message)}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def tracking_unreachable(error: BaseException) -> str:
+    """A one-line reason if `error` is MLflow giving up on the tracking server (or says so already), else ''."""
+    if isinstance(error, TrackingUnreachableError):
+        return str(error)
+    text = str(error)
+    if not (isinstance(error, mlflow.exceptions.MlflowException) and text.startswith("API request to")):
+        return ""
+    if "Connection refused" in text or "NewConnectionError" in text:
+        cause = "connection refused"
+    elif "timed out" in text or "timeout" in text:
+        cause = "timed out"
+    elif "Max retries exceeded" in text or "ConnectionError" in text:
+        cause = "no answer"
+    else:
+        return ""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    called = re.match(r"API request to (?:endpoint )?(\S+?)/api/", text)
+    server = called.group(1) if called else mlflow.get_tracking_uri()
+    return (
+        f"the tracking server {redact_uri(server)} is unreachable ({cause}, "
+        f"after MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries} retries); start it again and re-run: "
+        "finished steps are reused"
+    )
+
+
+def run_cli(command: click.Command, step: str) -> None:
+    """Run a step's click command; a bad option value gets the same one-line error and FAILED run."""
+    move_tracking_credentials()
+    try:
+        command.main(standalone_mode=False)
+    except click.exceptions.Exit as done:  # --help
+        sys.exit(done.exit_code)
+    except (click.ClickException, click.Abort) as error:
+        message = one_line(error.format_message() if isinstance(error, click.ClickException) else "aborted")
+        configure_logging()
+        with mlflow.start_run():
+            mlflow.set_tags({STEP_TAG: step, RUN_NAME_TAG: step, ERROR_TAG: message})
+            mlflow.end_run(status="FAILED")
+        print(f"error: {step}: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+class WholeNumber(click.ParamType):
+    """An int param that also accepts the same number written as 3.0 or 1e2 (as the cache key does)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not number.is_integer():
+            self.fail(f"{value!r} is not a valid integer", param, ctx)
+        return int(number)
+
+
+INT = WholeNumber()
+
+
+def parse_bool(name: str, value: str | bool) -> bool:
+    """Parse a boolean param the way users type it."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "1", "yes", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "off"}:
+        return False
+    raise PipelineError(f"{name} must be true or false, got {value!r}")
+
+
+# How a param leaves a choice to the pipeline. Turned into None at the CLI boundary, never checked deeper.
+UNSET = ("", "auto", "none")
+
+
+def unset_is_none(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> Any:
+    """A click callback: `auto`, `none` or nothing becomes None."""
+    return None if value is None or str(value).strip().lower() in UNSET else value
+
+
+def as_param(value: Any, unset: str = "auto") -> str:
+    """The inverse, for passing a value on as an MLflow param: None becomes the declared sentinel."""
+    if value is None:
+        return unset
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,143 @@
+"""Tables in: scikit-learn's bundled sets, local paths, file://, http(s):// and MLflow artifact URIs."""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.uris import check_uri_credentials, expand_placeholders, redact_uri, split_credentials
+
+DEFAULT_DATA_URI = "sklearn:iris"
+
+# name -> (scikit-learn loader, label column name, whether labels are class names)
+BUNDLED_DATASETS: dict[str, tuple[str, str, bool]] = {
+    "iris": ("load_iris", "species", True),
+    "wine": ("load_wine", "cultivar", True),
+    "breast_cancer": ("load_breast_cancer", "diagnosis", True),
+    "digits": ("load_digits", "digit", False),
+    "diabetes": ("load_diabetes", "progression", False),
+}
+DATA_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def snake_case(name: str) -> str:
+    """'sepal length (cm)' -> 'sepal_length_cm'."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def load_bundled_frame(name: str) -> tuple[pd.DataFrame, str]:
+    """One of scikit-learn's bundled data sets as a frame with snake_case columns, and its label."""
+    if name not in BUNDLED_DATASETS:
+        raise PipelineError(
+            f"unknown bundled data set 'sklearn:{name}'; use one of "
+            + ", ".join(f"sklearn:{known}" for known in BUNDLED_DATASETS)
+        )
+    import sklearn.datasets
+
+    loader, label, named_classes = BUNDLED_DATASETS[name]
+    bunch = getattr(sklearn.datasets, loader)(as_frame=True)
+    frame = bunch.data.rename(columns=snake_case)
+    labels = bunch.target
+    if named_classes:
+        labels = pd.Series(np.asarray(bunch.target_names)[labels.to_numpy()], dtype=object)
+    frame[label] = labels.to_numpy()
+    return frame, label
+
+
+def dataset_name(data_uri: str) -> str:
+    """A short human name for the data: 'iris' for sklearn:iris, the file stem otherwise."""
+    if data_uri.startswith("sklearn:"):
+        return data_uri.split(":", 1)[1]
+    path = urllib.parse.urlsplit(data_uri).path.rstrip("/") or data_uri
+    stem = Path(path).name
+    for suffix in (".gz", ".bz2", ".zip", ".xz", *DATA_SUFFIXES):
+        stem = stem.removesuffix(suffix)
+    return snake_case(stem) or "data"
+
+
+def read_data(data_uri: str) -> pd.DataFrame:
+    """Read a table from sklearn:<name>, a local path, file://, http(s):// or an MLflow artifact URI."""
+    if not data_uri.strip():
+        raise PipelineError("data_uri is empty; pass -P data_uri=<path, URL or sklearn:iris>")
+    if data_uri.startswith("sklearn:"):
+        return load_bundled_frame(data_uri.split(":", 1)[1])[0]
+    local = fetch_local(data_uri)
+    return read_table_file(find_data_file(local, data_uri), data_uri)
+
+
+def fetch_local(uri: str) -> Path:
+    """A local path holding what `uri` names: downloads http(s) and MLflow artifact URIs."""
+    shown = redact_uri(uri)
+    check_uri_credentials("data_uri", uri)
+    uri = expand_placeholders(uri)
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in {"", "file"} or (len(scheme) == 1 and sys.platform == "win32"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path)) if scheme else Path(uri)
+        path = path.expanduser()
+        if not path.exists():
+            raise PipelineError(f"data not found at '{shown}'; check the path or data_uri")
+        return path
+    target_dir = Path(tempfile.mkdtemp(prefix="pipeline-data-"))
+    if scheme in {"http", "https"}:
+        name = Path(urllib.parse.urlsplit(uri).path).name or "data.csv"
+        target = target_dir / name
+        bare, credentials = split_credentials(uri)
+        request = urllib.request.Request(bare)
+        if credentials is not None:  # basic auth from the user-info, which urllib does not do by itself
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            request.add_unredirected_header("Authorization", f"Basic {token}")  # not sent on to a redirect
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response, target.open("wb") as out:
+                out.write(response.read())
+        except OSError as error:
+            raise PipelineError(f"cannot download '{shown}': {error}") from None
+        return target
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target_dir)))
+    except Exception as error:  # MLflow raises several types for a missing artifact
+        raise PipelineError(f"cannot fetch '{shown}': {one_line(str(error), 200)}") from None
+
+
+def find_data_file(path: Path, shown_uri: str) -> Path:
+    """The data file itself, or the single CSV/Parquet file inside a directory."""
+    if path.is_file():
+        return path
+    candidates = sorted(p for p in path.iterdir() if table_format(p) is not None)
+    if len(candidates) != 1:
+        raise PipelineError(
+            f"'{redact_uri(shown_uri)}' is a directory with {len(candidates)} CSV/Parquet files; "
+            "point data_uri at one file"
+        )
+    return candidates[0]
+
+
+def table_format(path: Path) -> str | None:
+    """'csv' or 'parquet' from the file name (compressed CSV included), None if neither."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in {".gz", ".bz2", ".zip", ".xz"}:
+        suffixes = suffixes[:-1]
+    return DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
+    """Read one CSV or Parquet file, turning parser failures into a one-line error."""
+    kind = table_format(path)
+    shown = redact_uri(shown_uri)
+    if kind is None:
+        raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
+    try:
+        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
+    except Exception as error:
+        raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
