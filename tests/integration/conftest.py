@@ -59,6 +59,21 @@ def mlflow_run(
     )
 
 
+def assert_failed_cleanly(result: subprocess.CompletedProcess[str], store: str, step: str, message: str) -> Run:
+    """The contract for bad input, checked on the process and on the tracking store; the step's failed run."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"error: {step}:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert message in errors[0]
+    client = MlflowClient(store)
+    run = runs_by_step(client, step)[0]
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags["pipeline.error"]
+    assert client.list_artifacts(run.info.run_id) == []
+    return run
+
+
 def children(client: MlflowClient, parent: Run) -> list[Run]:
     return client.search_runs(
         [parent.info.experiment_id],
@@ -93,34 +108,25 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def git_server(tmp_path_factory: pytest.TempPathFactory):
-    """`git daemon` on 127.0.0.1 serving two repos: the project at the top, and the project in a subdirectory."""
+def git_server(tmp_path_factory):
+    """`git daemon` on 127.0.0.1 serving one repo, `mono`, with the project in its subdirectory `pipeline`."""
     import socket
     import time
 
     root = tmp_path_factory.mktemp("git")
     served = root / "served"
     served.mkdir()
-    repos = {}
-    for name, subdir in (("project", ""), ("mono", "pipeline")):
-        work = root / f"{name}-work"
-        work.mkdir()
-        git("init", "-q", "-b", "main", cwd=work)
-        copy_project(work / subdir if subdir else work / "tmp-copy")
-        if not subdir:  # the project at the top of the repository
-            for item in (work / "tmp-copy").iterdir():
-                if item.name != ".git":
-                    item.rename(work / item.name)
-            shutil.rmtree(work / "tmp-copy")
-        else:
-            shutil.rmtree(work / subdir / ".git", ignore_errors=True)
-        git("add", "-A", cwd=work)
-        git("commit", "-q", "-m", "snapshot of the project", cwd=work)
-        git("branch", "feature", cwd=work)
-        bare = served / f"{name}.git"
-        git("clone", "-q", "--bare", str(work), str(bare), cwd=root)
-        git("config", "uploadpack.allowReachableSHA1InWant", "true", cwd=bare)
-        repos[name] = {"commit": git("rev-parse", "HEAD", cwd=work), "subdir": subdir}
+    work = root / "mono-work"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    copy_project(work / "pipeline")
+    shutil.rmtree(work / "pipeline" / ".git", ignore_errors=True)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "snapshot of the project", cwd=work)
+    bare = served / "mono.git"
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=root)
+    git("config", "uploadpack.allowReachableSHA1InWant", "true", cwd=bare)
+    repos = {"mono": {"commit": git("rev-parse", "HEAD", cwd=work), "subdir": "pipeline"}}
     port = free_port()
     daemon = subprocess.Popen(
         [
@@ -213,6 +219,16 @@ class TrackingServer:
         if os.getuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
         return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[TrackingServer]:
+    """One tracking server per test worker (tests/conftest.py sends its users to one worker).
+
+    Each test keeps to an experiment and a registered model name of its own.
+    """
+    with tracking_server() as started:
+        yield started
 
 
 @contextmanager

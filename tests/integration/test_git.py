@@ -2,71 +2,65 @@
 
 from __future__ import annotations
 
-import time
-
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import children, mlflow_run, runs_by_step
-
-STEPS = ["load", "featurize", "tune", "train", "evaluate"]
+from steps.lib.names import PIPELINE_STEPS
+from tests.conftest import run_step_cli
+from tests.integration.conftest import assert_failed_cleanly, children, mlflow_run, runs_by_step
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('git-store') / 'mlflow.db'}"
-
-
-def test_main_from_a_git_url_at_a_commit(git_server, store, tmp_path):
-    repo = git_server["repos"]["project"]
-    result = mlflow_run(
-        None,
-        ["-e", "main", "-v", repo["commit"], "-P", "max_evals=2"],
-        store,
-        cwd=tmp_path,
-        uri=f"{git_server['url']}/project.git",
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    client = MlflowClient(store)
-    [main] = runs_by_step(client, "main")
-    steps = children(client, main)
-    assert [(r.info.run_name, r.info.status) for r in steps] == [(s, "FINISHED") for s in STEPS]
-    for run in [main, *steps]:  # the nested mlflow.run calls ran from the fetched checkout too
-        assert run.data.tags["mlflow.source.git.commit"] == repo["commit"], run.info.run_name
-    assert main.data.tags["git.dirty"] == "false"
-    assert main.data.tags["mlflow.source.name"] == f"{git_server['url']}/project.git"
-
-
-def test_main_from_a_subdirectory_and_a_branch(git_server, tmp_path):
+def from_git(git_server, tmp_path_factory):
+    """`main` straight from the git URL, the project in a subdirectory, at a commit: what reproduce starts from."""
+    folder = tmp_path_factory.mktemp("git-store")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
     repo = git_server["repos"]["mono"]
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     uri = f"{git_server['url']}/mono.git#{repo['subdir']}"
-    result = mlflow_run(None, ["-e", "main", "-v", "feature", "-P", "max_evals=1"], store, cwd=tmp_path, uri=uri)
+    result = mlflow_run(None, ["-e", "main", "-v", repo["commit"], "-P", "max_evals=2"], store, cwd=folder, uri=uri)
     assert result.returncode == 0, result.stderr[-4000:]
-    client = MlflowClient(store)
-    [main] = runs_by_step(client, "main")
-    assert main.data.tags["mlflow.source.git.branch"] == "feature"
+    [main] = runs_by_step(MlflowClient(store), "main")
+    return {"store": store, "main": main, "uri": uri, "commit": repo["commit"]}
+
+
+def test_main_from_a_git_url_at_a_commit_in_a_subdirectory(from_git):
+    client = MlflowClient(from_git["store"])
+    main = client.get_run(from_git["main"].info.run_id)
     steps = children(client, main)
-    assert [r.info.status for r in steps] == ["FINISHED"] * 5
-    assert {r.data.tags["mlflow.source.git.commit"] for r in [main, *steps]} == {repo["commit"]}
+    assert [(r.info.run_name, r.info.status) for r in steps] == [(s, "FINISHED") for s in PIPELINE_STEPS]
+    for run in [main, *steps]:  # the nested mlflow.run calls ran from the fetched checkout too
+        assert run.data.tags["mlflow.source.git.commit"] == from_git["commit"], run.info.run_name
+    assert main.data.tags["git.dirty"] == "false"
+    assert main.data.tags["mlflow.source.name"] == from_git["uri"]
 
 
-def test_reproduce_matches_every_metric(project, git_server, store):
+def test_reproduce_matches_every_metric(project, from_git):
+    store, original = from_git["store"], from_git["main"]
     client = MlflowClient(store)
-    [original] = runs_by_step(client, "main")
     client.set_tag(original.info.run_id, "git.dirty", "true")  # as if made from an uncommitted tree
-    started = time.monotonic()
-    result = mlflow_run(project, ["-e", "reproduce", "-P", f"run_id={original.info.run_id}"], store, timeout=1200)
+    # The re-run's env manager goes to `mlflow run` as is; building environments is test_uv's contract.
+    args = ["-e", "reproduce", "-P", f"run_id={original.info.run_id}", "-P", "env_manager=local"]
+    result = mlflow_run(project, args, store, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "reproduced: all" in result.stdout and "NO" not in result.stdout.split()
     assert "warning: reproduce: run" in result.stderr and "uncommitted changes" in result.stderr
-    table = [line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STEPS]
-    assert {row[0] for row in table} == set(STEPS) and len(table) > 20
-    [reproduce] = runs_by_step(client, "reproduce")
+    rows = [line.split() for line in result.stdout.splitlines()]
+    table = [row for row in rows if row[:1] and row[0] in PIPELINE_STEPS]
+    assert {row[0] for row in table} == set(PIPELINE_STEPS) and len(table) > 20
+    assert all(row[-1] == "yes" for row in table)
+    reproduce = runs_by_step(client, "reproduce")[0]
     assert reproduce.info.status == "FINISHED" and reproduce.data.tags["reproduce.match"] == "true"
-    assert reproduce.data.tags["reproduce.commit"] == git_server["repos"]["project"]["commit"]
-    assert len(runs_by_step(client, "main")) == 1  # the re-run went to a temporary store
-    assert time.monotonic() - started < 1200
+    assert reproduce.data.tags["reproduce.commit"] == from_git["commit"]
+    mains = [run.info.run_id for run in runs_by_step(client, "main") if "test.fake" not in run.data.tags]
+    assert mains == [original.info.run_id]  # the re-run went to a temporary store
+
+
+def test_reproduce_from_an_unreachable_repository_fails_in_one_line(project, from_git):
+    run_id = from_git["main"].info.run_id
+    args = ["-e", "reproduce", "-P", f"run_id={run_id}", "-P", "source=git://127.0.0.1:9/nowhere.git"]
+    result = mlflow_run(project, args, from_git["store"])
+    assert_failed_cleanly(result, from_git["store"], "reproduce", "cannot reach git repository")
 
 
 @pytest.mark.parametrize(
@@ -75,33 +69,30 @@ def test_reproduce_matches_every_metric(project, git_server, store):
         ("missing run", "does not exist"),
         ("not main", "is a load run, not a main run"),
         ("missing commit", "does not exist in"),
-        ("unreachable", "cannot reach git repository"),
     ],
 )
-def test_reproduce_bad_input(project, git_server, store, case, message):
+def test_reproduce_bad_input(from_git, case, message, capsys, monkeypatch):
+    """The same command line in-process (the `mlflow run` path of reproduce's errors: the test above)."""
+    store, original = from_git["store"], from_git["main"]
     client = MlflowClient(store)
-    original = runs_by_step(client, "main")[-1]  # the first, real one
     run_id = {
         "missing run": "0123456789abcdef0123456789abcdef",
         "not main": original.data.tags["steps.load.run_id"],
     }.get(case, original.info.run_id)
-    args = ["-e", "reproduce", "-P", f"run_id={run_id}"]
     if case == "missing commit":
-        fake = client.create_run(
-            original.info.experiment_id,
-            tags={
-                "pipeline.step": "main",
-                "mlflow.source.git.commit": "f" * 40,
-                "mlflow.source.name": f"{git_server['url']}/project.git",
-            },
-        )
+        tags = {"pipeline.step": "main", "test.fake": "true", "mlflow.source.git.commit": "f" * 40}
+        fake = client.create_run(original.info.experiment_id, tags=tags | {"mlflow.source.name": from_git["uri"]})
         client.set_terminated(fake.info.run_id)
-        args = ["-e", "reproduce", "-P", f"run_id={fake.info.run_id}"]
-    if case == "unreachable":
-        args += ["-P", "source=git://127.0.0.1:9/nowhere.git"]
-    result = mlflow_run(project, args, store)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: reproduce:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert runs_by_step(client, "reproduce")[0].info.status == "FAILED"
+        run_id = fake.info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(store)
+    try:
+        code, stderr = run_step_cli(capsys, "reproduce", "--run-id", run_id, "--env-manager", "local")
+    finally:
+        mlflow.set_tracking_uri(None)
+    errors = [line for line in stderr.splitlines() if line.startswith("error: reproduce:")]
+    assert code == 1 and len(errors) == 1 and message in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr
+    failed = runs_by_step(client, "reproduce")[0]
+    assert failed.info.status == "FAILED" and message in failed.data.tags["pipeline.error"]

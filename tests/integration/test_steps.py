@@ -1,4 +1,4 @@
-"""Each entry point on its own, as a user chains them by hand on their own CSV."""
+"""Each entry point on its own, as a user chains them by hand on their own CSV; tune exactly as typed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import run_step_cli
 from tests.integration.conftest import children, mlflow_run, runs_by_step
 
 
@@ -41,43 +43,69 @@ def newest(client: MlflowClient, step: str):
     return run
 
 
-def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path):
+@pytest.fixture
+def in_process(store, capsys, monkeypatch):
+    """A step's command line run in this process against `store`, as `python -m steps.<step>` runs it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(store)
+
+    def run(step: str, *args: str) -> None:
+        code, stderr = run_step_cli(capsys, step, *args)
+        assert code == 0, stderr[-3000:]
+
+    yield run
+    mlflow.set_tracking_uri(None)
+
+
+def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path, in_process):
+    """load, featurize and evaluate by their command lines in-process; train through `mlflow run`, whose
+    undeclared params (-P n_estimators=40) MLflow hands over as extra options."""
     frame = churn_csv(tmp_path / "churn.csv")
     client = MlflowClient(store)
-
-    def run(entry_point: str, **params: str) -> None:
-        args = ["-e", entry_point, *[x for name, value in params.items() for x in ("-P", f"{name}={value}")]]
-        result = mlflow_run(project, args, store)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    run("load", data_uri=str(tmp_path / "churn.csv"), target="churned")
+    in_process("load", "--data-uri", str(tmp_path / "churn.csv"), "--target", "churned")
     load = newest(client, "load")
     assert load.data.tags["data.name"] == "churn" and load.data.metrics["n_missing_cells"] == 35
-    run("featurize", raw_data_uri=f"runs:/{load.info.run_id}/data", seed="1")
+    in_process("featurize", "--raw-data-uri", f"runs:/{load.info.run_id}/data", "--seed", "1")
     featurize = newest(client, "featurize")
-    spec = json.loads(_load_text(store, featurize))
+    spec = json.loads(mlflow.artifacts.load_text(f"runs:/{featurize.info.run_id}/splits/feature_spec.json"))
     assert list(spec["dropped"]) == ["customer_id"] and spec["dropped"]["customer_id"].startswith("ID-like")
     assert spec["categorical"] == ["plan"] and spec["numeric"] == ["tenure", "monthly_charges"]
     splits_uri = f"runs:/{featurize.info.run_id}/splits"
-    run("train", splits_uri=splits_uri, model="random_forest", n_estimators="40", max_depth="6")
+    params = {"splits_uri": splits_uri, "model": "random_forest", "n_estimators": "40", "max_depth": "6"}
+    args = ["-e", "train", *[item for name, value in params.items() for item in ("-P", f"{name}={value}")]]
+    result = mlflow_run(project, args, store)
+    assert result.returncode == 0, result.stderr[-3000:]
     train = newest(client, "train")
     assert train.data.params["random_forest.n_estimators"] == "40"
     assert train.data.params["random_forest.max_depth"] == "6"
     assert train.data.metrics["val_accuracy"] > 0.8
     model_uri = train.data.tags["model_uri"]
-    run("evaluate", model_uri=model_uri, splits_uri=splits_uri, registered_model_name="churn", metric="accuracy")
+    flags = ["--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "churn"]
+    in_process("evaluate", *flags, "--metric", "accuracy")
     evaluate = newest(client, "evaluate")
     assert evaluate.data.tags["registered_model.alias"] == "champion"
-    mlflow.set_tracking_uri(store)
-    try:
-        model = mlflow.pyfunc.load_model("models:/churn@champion")
-        raw_rows = frame.drop(columns="churned").head(20)  # exactly as load read them, ID included
-        assert set(model.predict(raw_rows)) <= {"yes", "no"}
-    finally:
-        mlflow.set_tracking_uri(None)
+    model = mlflow.pyfunc.load_model("models:/churn@champion")
+    raw_rows = frame.drop(columns="churned").head(20)  # exactly as load read them, ID included
+    assert set(model.predict(raw_rows)) <= {"yes", "no"}
 
 
-def _load_text(store: str, run, path: str = "splits/feature_spec.json") -> str:
+def test_regression_data_set_trains_its_regression_families(store, in_process):
+    client = MlflowClient(store)
+    in_process("load", "--data-uri", "sklearn:diabetes")
+    load = newest(client, "load")
+    in_process("featurize", "--raw-data-uri", f"runs:/{load.info.run_id}/data")
+    featurize = newest(client, "featurize")
+    assert featurize.data.tags["task"] == "regression"
+    splits_uri = f"runs:/{featurize.info.run_id}/splits"
+    in_process("train", "--splits-uri", splits_uri, "--model", "hist_gradient_boosting", "--learning_rate", "0.05")
+    train = newest(client, "train")
+    assert train.data.params["model_family"] == "hist_gradient_boosting"
+    assert train.data.params["hist_gradient_boosting.learning_rate"] == "0.05"
+    assert {"val_rmse", "val_mae", "val_r2"} <= set(train.data.metrics)
+
+
+def _load_text(store: str, run, path: str) -> str:
     mlflow.set_tracking_uri(store)
     try:
         return mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{path}")
@@ -85,36 +113,7 @@ def _load_text(store: str, run, path: str = "splits/feature_spec.json") -> str:
         mlflow.set_tracking_uri(None)
 
 
-def test_regression_data_set_trains_its_regression_families(project, store):
-    client = MlflowClient(store)
-    result = mlflow_run(project, ["-e", "load", "-P", "data_uri=sklearn:diabetes"], store)
-    assert result.returncode == 0, result.stderr[-3000:]
-    load = newest(client, "load")
-    result = mlflow_run(project, ["-e", "featurize", "-P", f"raw_data_uri=runs:/{load.info.run_id}/data"], store)
-    assert result.returncode == 0, result.stderr[-3000:]
-    featurize = newest(client, "featurize")
-    assert featurize.data.tags["task"] == "regression"
-    result = mlflow_run(
-        project,
-        [
-            "-e",
-            "train",
-            "-P",
-            f"splits_uri=runs:/{featurize.info.run_id}/splits",
-            "-P",
-            "model=hist_gradient_boosting",
-            "-P",
-            "learning_rate=0.05",
-        ],
-        store,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    train = newest(client, "train")
-    assert train.data.params["model_family"] == "hist_gradient_boosting"
-    assert {"val_rmse", "val_mae", "val_r2"} <= set(train.data.metrics)
-
-
-def test_tune_exactly_as_typed_on_a_fresh_store(project, store):
+def test_tune_exactly_as_typed_on_a_fresh_store(project, store, capsys, monkeypatch):
     """`mlflow run . -e tune -P max_evals=50` with nothing in the store prepares the default data first."""
     result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=50"], store)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,9 +132,14 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store):
     assert best.data.params["model_family"] == tune.data.tags["best.model_family"]
     figures = {a.path for a in client.list_artifacts(tune.info.run_id, "figures")}
     assert figures == {"figures/loss_history.png", "figures/hyperparams_vs_loss.png"}
-    # Resume: continue that search with 2 more trials; the 50 are loaded, not run again.
-    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=2", "-P", f"resume_from={tune.info.run_id}"], store)
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    # The same command line in this process (the `mlflow run` wrapper proves nothing more): resume that
+    # search with 2 more trials (the 50 are loaded, not run again), then a new search in two worker processes.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(store)
+    code, stderr = run_step_cli(capsys, "tune", "--max-evals", "2", "--resume-from", tune.info.run_id)
+    assert code == 0, stderr[-3000:]
     resumed = newest(client, "tune")
     assert resumed.data.tags["resumed_from"] == tune.info.run_id
     assert resumed.data.metrics["n_trials"] == 52 and resumed.data.metrics["n_new_trials"] == 2
@@ -143,9 +147,10 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store):
     assert resumed.data.metrics["best_val_f1_macro"] >= tune.data.metrics["best_val_f1_macro"]
     board = _load_text(store, resumed, "trials.csv").splitlines()
     assert len(board) == 53  # the whole history: header + 52 trials
-    # A new search reuses the newest finished featurize output, here in two worker processes.
-    result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=2", "-P", "parallelism=2"], store)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # A new search reuses the newest finished featurize output.
+    code, stderr = run_step_cli(capsys, "tune", "--max-evals", "2", "--parallelism", "2")
+    assert code == 0, stderr[-3000:]
     again = newest(client, "tune")
     assert again.data.tags["splits_uri"] == tune.data.tags["splits_uri"]
     assert sorted(r.info.run_name for r in children(client, again)) == ["trial-001", "trial-002"]
+    mlflow.set_tracking_uri(None)

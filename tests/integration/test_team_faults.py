@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps.lib.names import TRIAL_TAG
-from tests.integration.conftest import TrackingServer, children, mlflow_env, mlflow_run, tracking_server
+from tests.integration.conftest import TrackingServer, children, mlflow_env, mlflow_run
 
 STEPS = ("load", "featurize", "tune", "train", "evaluate")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TrackingServer]:
-    with tracking_server() as started:
-        yield started
 
 
 def main_command(project: Path, *params: str) -> list[str]:

@@ -91,3 +91,27 @@ def test_train_refuses_an_unknown_model(tracking_uri, capsys):
     assert_failed_cleanly(
         capsys, "train", ["--splits-uri", "runs:/0/splits", "--model", "xgboost"], "unknown model 'xgboost'"
     )
+
+
+def test_tune_refuses_an_unknown_backend(tracking_uri, capsys):
+    run = assert_failed_cleanly(capsys, "tune", ["--backend", "dask"], "unknown backend 'dask'")
+    assert run.data.tags["pipeline.error"] == "unknown backend 'dask'; use one of local, spark"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-evals", "0"], "max_evals must be at least 1"),
+        (["--timeout", "soon"], "timeout must be a number of seconds or none; got 'soon'"),
+        (["--min-delta", "-1"], "min_delta must be 0 or more"),
+        (["--min-r2", "high"], "min_r2 must be a number or none; got 'high'"),
+        (["--use-cache", "sometimes"], "use_cache must be true or false, got 'sometimes'"),
+        (["--data-uri", "https://alice:hunter2@127.0.0.1:9/data.csv"], "data_uri holds a password in clear text"),
+    ],
+)
+def test_main_refuses_bad_options_before_any_step(tracking_uri, capsys, args, message):
+    main = assert_failed_cleanly(capsys, "main", args, message)
+    assert (
+        MlflowClient().search_runs([main.info.experiment_id], f"tags.`mlflow.parentRunId` = '{main.info.run_id}'") == []
+    )
+    assert newest_run("load") is None

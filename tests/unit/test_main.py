@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+import steps.main as main_module
 from steps.lib.cache import cache_key, data_digest, normalise_params
-from steps.main import StepResult, format_summary, ui_hint
+from steps.lib.gates import GateOptions
+from steps.lib.names import CACHE_KEY_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, PIPELINE_STEPS
+from steps.lib.search_options import TuneOptions
+from steps.main import StepResult, format_summary, run_steps, ui_hint
 from tests.conftest import PROJECT_DIR
 
 
@@ -71,3 +81,71 @@ def test_data_digest_follows_the_content(tmp_path):
     assert data_digest(str(path)) != first
     assert data_digest("sklearn:iris").startswith("sklearn:iris@scikit-learn==")
     assert data_digest(str(tmp_path / "missing.csv")).startswith("unavailable:")
+
+
+def recorded_step_runs(data_uri: str) -> dict[str, tuple[dict, dict]]:
+    """What main hands each step (params, cache inputs), with each step's run made up: its id and digest."""
+    calls = {}
+
+    class Recorder:
+        def step(self, entry_point: str, parameters: dict, inputs: dict) -> SimpleNamespace:
+            calls[entry_point] = (parameters, inputs)
+            tags = {OUTPUT_DIGEST_TAG: f"{entry_point}-digest", MODEL_URI_TAG: "models:/m-1"}
+            return SimpleNamespace(info=SimpleNamespace(run_id=f"{entry_point}-run"), data=SimpleNamespace(tags=tags))
+
+    gates = GateOptions(min_delta=0.01, bounds={"min_accuracy": 0.9})
+    tune = TuneOptions(max_evals=5, models=("ridge",))
+    run_steps(Recorder(), data_uri, None, "regression", "name", 7, tune, gates)
+    return calls
+
+
+def test_main_keys_load_by_the_data_and_each_later_step_by_what_came_before(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y\n1,2\n")
+    calls = recorded_step_runs(str(path))
+    assert list(calls) == list(PIPELINE_STEPS)
+    inputs = {step: given for step, (_, given) in calls.items()}
+    assert inputs["load"] == {"data": data_digest(str(path))}
+    assert inputs["featurize"] == {"raw_data": "load-digest"}
+    assert inputs["tune"] == {"splits": "featurize-digest"}
+    assert inputs["train"] == {"splits": "featurize-digest", "best_params": "tune-digest"}
+    assert inputs["evaluate"] == {"model": "train-digest", "splits": "featurize-digest"}
+    path.write_text("x,y\n1,3\n")  # other bytes: another key for load, and so for every step after it
+    assert recorded_step_runs(str(path))["load"][1] != inputs["load"]
+    params = {step: given for step, (given, _) in calls.items()}
+    assert params["load"] == {"data_uri": str(path), "target": "auto"}
+    assert params["featurize"] == {"raw_data_uri": "runs:/load-run/data", "task": "regression", "seed": 7}
+    assert params["tune"]["models"] == "ridge" and params["tune"]["max_evals"] == "5"
+    assert params["train"]["params_uri"] == "runs:/tune-run/best_params.json"
+    assert params["evaluate"]["model_uri"] == "models:/m-1" and params["evaluate"]["min_accuracy"] == "0.9"
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_finished_run_with_the_key_is_reused_unless_use_cache_is_false(
+    tracking_uri, tmp_path, monkeypatch, use_cache
+):
+    client = MlflowClient()
+    params, inputs = {"data_uri": "sklearn:iris", "target": "auto"}, {"data": "digest-of-the-data"}
+    key = cache_key(main_module.PROJECT_DIR, "load", params, inputs, "local")
+    with mlflow.start_run(run_name="load") as earlier:
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "raw.parquet").write_text("")
+        mlflow.log_artifacts(str(tmp_path / "data"), "data")
+        mlflow.set_tags({CACHE_KEY_TAG: key, OUTPUT_DIGEST_TAG: "abc"})
+    launched = []
+
+    def launch(entry_point: str, *args: object) -> StepResult:
+        with mlflow.start_run(run_name=entry_point, nested=True) as run:
+            pass
+        launched.append(run.info.run_id)
+        return StepResult(entry_point, run.info.run_id, "FINISHED", 0.1)
+
+    monkeypatch.setattr(main_module, "launch_step", launch)
+    with mlflow.start_run(run_name="main"):
+        pipeline = main_module.Pipeline(client, "0", mlflow.active_run().info.run_id, "local", use_cache, {})
+        run = pipeline.step("load", params, inputs)
+    if use_cache:
+        assert launched == [] and run.info.run_id == earlier.info.run_id and pipeline.results[0].cached
+    else:
+        assert launched == [run.info.run_id] and run.info.run_id != earlier.info.run_id
+        assert client.get_run(run.info.run_id).data.tags[CACHE_KEY_TAG] == key  # the next main may reuse it
