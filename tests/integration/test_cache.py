@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from steps.lib.cache import cache_key, data_digest
 from steps.lib.names import PIPELINE_STEPS
 from steps.lib.tables import load_bundled_frame
 from tests.integration.conftest import assert_failed_cleanly, mlflow_run, runs_by_step
@@ -32,14 +33,25 @@ def workspace(project, tmp_path_factory):
 DEFAULTS = {"metric": "auto", "registered_model_name": "pipeline-model", "use_cache": "true"}
 
 
+def load_key(workspace) -> str:
+    """The cache key main gives load for the workspace's data, with the project's code as it is now."""
+    data = str(workspace["data"])
+    params, inputs = {"data_uri": data, "target": "species"}, {"data": data_digest(data)}
+    return cache_key(Path(workspace["project"]), "load", params, inputs, "local")
+
+
 def last_default_main(workspace) -> dict[str, str]:
-    """The step run ids of the newest finished main with the default params: what the next one reuses."""
+    """The step run ids of the newest finished main with the default params and today's code: what the next reuses."""
     client = MlflowClient(workspace["store"])
     conditions = [f"params.{name} = '{value}'" for name, value in DEFAULTS.items()]
     query = " and ".join(["tags.`pipeline.step` = 'main'", "attributes.status = 'FINISHED'", *conditions])
     experiments = [e.experiment_id for e in client.search_experiments()]
-    [main] = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
-    return {step: main.data.tags[f"steps.{step}.run_id"] for step in PIPELINE_STEPS}
+    key = load_key(workspace)
+    for main in client.search_runs(experiments, query, order_by=["attributes.start_time DESC"]):
+        ids = {step: main.data.tags[f"steps.{step}.run_id"] for step in PIPELINE_STEPS}
+        if client.get_run(ids["load"]).data.tags.get("cache.key") == key:
+            return ids
+    raise AssertionError("no finished main with the default params and the current code")
 
 
 def run_main(workspace, *params: str, expect_ok: bool = True) -> dict:
@@ -120,9 +132,8 @@ def test_a_failed_step_fails_main_in_one_line_and_resumes_after_the_fix(workspac
 def test_missing_artifacts_are_not_reused(workspace):
     before = last_default_main(workspace)
     client = MlflowClient(workspace["store"])
-    load = client.get_run(before["load"])
-    key = load.data.tags["cache.key"]
-    for run in client.search_runs([load.info.experiment_id], f"tags.`cache.key` = '{key}'"):
+    experiment = client.get_run(before["load"]).info.experiment_id
+    for run in client.search_runs([experiment], f"tags.`cache.key` = '{load_key(workspace)}'"):
         shutil.rmtree(Path(run.info.artifact_uri.removeprefix("file://")) / "data")  # every run it could reuse
     after = run_main(workspace)
     assert after["cached"]["load"] == "false" and after["ids"]["load"] != before["load"]

@@ -311,7 +311,7 @@ def test_a_failing_gate_leaves_the_champion_where_it_was(registry):
     assert "min_accuracy" in card and "mlflow models serve" in card
     # Crowning the challenger by hand, then restoring the previous champion: moving the alias, as the README shows.
     client.set_registered_model_alias(NAME, "champion", version)
-    assert client.get_model_version_by_alias(NAME, "champion").version == version
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == version
     client.set_registered_model_alias(NAME, "champion", champion.version)
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     assert client.get_model_version(NAME, version).aliases == ["challenger"]

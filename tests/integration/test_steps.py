@@ -105,14 +105,6 @@ def test_regression_data_set_trains_its_regression_families(store, in_process):
     assert {"val_rmse", "val_mae", "val_r2"} <= set(train.data.metrics)
 
 
-def _load_text(store: str, run, path: str) -> str:
-    mlflow.set_tracking_uri(store)
-    try:
-        return mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{path}")
-    finally:
-        mlflow.set_tracking_uri(None)
-
-
 def test_tune_exactly_as_typed_on_a_fresh_store(project, store, capsys, monkeypatch):
     """`mlflow run . -e tune -P max_evals=50` with nothing in the store prepares the default data first."""
     result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=50"], store)
@@ -145,7 +137,7 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, capsys, monkeypa
     assert resumed.data.metrics["n_trials"] == 52 and resumed.data.metrics["n_new_trials"] == 2
     assert sorted(r.info.run_name for r in children(client, resumed)) == ["trial-051", "trial-052"]
     assert resumed.data.metrics["best_val_f1_macro"] >= tune.data.metrics["best_val_f1_macro"]
-    board = _load_text(store, resumed, "trials.csv").splitlines()
+    board = mlflow.artifacts.load_text(f"runs:/{resumed.info.run_id}/trials.csv").splitlines()
     assert len(board) == 53  # the whole history: header + 52 trials
     # A new search reuses the newest finished featurize output.
     code, stderr = run_step_cli(capsys, "tune", "--max-evals", "2", "--parallelism", "2")
