@@ -16,25 +16,26 @@ from mlflow.tracking import MlflowClient
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
-# Test files that share one tracking server (a session fixture): one xdist group, so one worker starts it.
-SERVER_FILES = ("test_tracking_server.py", "test_team_faults.py")
-# The longest groups first, so that two workers end together; the rest (unit tests last) fill the gaps.
+# The longest test files first, so that the two workers end together; the rest (unit tests last) fill the gaps.
+# (xdist's own reordering, by number of tests, is off: see pyproject.toml.)
 SLOWEST_FIRST = (
-    "tracking-server",
-    "test_virtualenv.py",
-    "test_main_pipeline.py",
+    "test_team_faults.py",
     "test_cache.py",
-    "test_uv.py",
+    "test_virtualenv.py",
     "test_git.py",
-    "test_spark.py",
+    "test_main_pipeline.py",
+    "test_tracking_server.py",
+    "test_uv.py",
     "test_steps.py",
+    "test_spark.py",
     "test_bad_input.py",
 )
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark integration tests; group tests by file (server users together); order the groups slowest first.
+    """Mark integration tests; one xdist group per test file (its module fixtures stay on one worker); order
+    the files slowest first.
 
     Everything under tests/integration is marked `integration`, so `-m "not integration"` is fast.
     """
@@ -42,11 +43,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.fspath))
         if "integration" in path.parts:
             item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group("tracking-server" if path.name in SERVER_FILES else path.name))
+        item.add_marker(pytest.mark.xdist_group(path.name))
 
     def rank(item: pytest.Item) -> int:
-        group = next(item.iter_markers("xdist_group")).args[0]
-        return SLOWEST_FIRST.index(group) if group in SLOWEST_FIRST else len(SLOWEST_FIRST)
+        name = Path(str(item.fspath)).name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
 
