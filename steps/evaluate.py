@@ -193,23 +193,28 @@ def register_and_decide(
 
 
 def log_outcome(
-    client: MlflowClient, model_uri: str, splits_uri: str, scored: Scored, version: ModelVersion, decision: Any
+    client: MlflowClient,
+    model_uri: str,
+    splits_uri: str,
+    scored: Scored,
+    version: ModelVersion,
+    decision: ChampionDecision,
 ) -> None:
     """The model card in the run, linked from the version (its tag) and summarised (its description)."""
     alias = CHAMPION if decision.promote else CHALLENGER
     card, plots = build_card(
-        version.name,
-        str(version.version),
-        alias,
-        scored.metric,
-        model_uri,
-        splits_uri,
-        scored.spec,
-        scored.test_dataset,
-        scored.comparison,
-        [(gate.name, gate.passed, gate.reason) for gate in decision.gates],
-        decision.reason,
-        scored.evaluation.artifacts,
+        name=version.name,
+        version=str(version.version),
+        alias=alias,
+        metric=scored.metric,
+        model_uri=model_uri,
+        splits_uri=splits_uri,
+        spec=scored.spec,
+        test_dataset=scored.test_dataset,
+        comparison=scored.comparison,
+        gates=[(gate.name, gate.passed, gate.reason) for gate in decision.gates],
+        decision=decision.reason,
+        evaluation_artifacts=scored.evaluation.artifacts,
     )
     log_card(card, plots)
     run_id = mlflow.active_run().info.run_id

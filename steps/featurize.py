@@ -70,7 +70,7 @@ def run_featurize(
     """The whole step inside the active run; returns the feature spec. `task` None: detected from the label."""
     frame, meta = read_raw_data(raw_data_uri)
     spec = build_feature_spec(frame, meta["target"], task)
-    splits = split_frame(frame, spec, seed, validation_size, test_size)
+    splits = split_frame(frame, spec, seed=seed, validation_size=validation_size, test_size=test_size)
     log_splits(splits, spec, meta)
     logger.info(
         "%s task; %d numeric, %d categorical features; dropped %s; %d/%d/%d rows",

@@ -18,14 +18,15 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # The longest test files first, so that the two workers end together; the rest (unit tests last) fill the gaps.
 # (xdist's own reordering, by number of tests, is off: see pyproject.toml.)
+# test_cache.py goes on with the store of test_main_pipeline.py's README run (a session fixture): one group.
+SHARED_GROUPS = {"test_cache.py": "readme-store", "test_main_pipeline.py": "readme-store"}
 SLOWEST_FIRST = (
-    "test_team_faults.py",
-    "test_cache.py",
-    "test_virtualenv.py",
-    "test_git.py",
     "test_main_pipeline.py",
+    "test_cache.py",
+    "test_team_faults.py",
+    "test_git.py",
+    "test_virtualenv.py",
     "test_tracking_server.py",
-    "test_uv.py",
     "test_steps.py",
     "test_spark.py",
     "test_bad_input.py",
@@ -34,8 +35,8 @@ SLOWEST_FIRST = (
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark integration tests; one xdist group per test file (its module fixtures stay on one worker); order
-    the files slowest first.
+    """Mark integration tests; one xdist group per test file (its module fixtures stay on one worker), but for
+    files that share a session fixture; order the files slowest first.
 
     Everything under tests/integration is marked `integration`, so `-m "not integration"` is fast.
     """
@@ -43,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.fspath))
         if "integration" in path.parts:
             item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group(path.name))
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(path.name, path.name)))
 
     def rank(item: pytest.Item) -> int:
         name = Path(str(item.fspath)).name

@@ -154,6 +154,7 @@ def card_summary(card: str) -> str:
 
 
 def build_card(
+    *,
     name: str,
     version: str,
     alias: str,

@@ -15,6 +15,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from steps.lib.names import PIPELINE_STEPS
 from tests.conftest import PROJECT_DIR, fresh_store, runs_by_step
 
 COPY_IGNORE = shutil.ignore_patterns(
@@ -93,6 +94,31 @@ def store(tmp_path: Path, store_template: Path) -> str:
     return fresh_store(store_template, tmp_path)
 
 
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The README's main command, `mlflow run . -e main --env-manager local`, in a fresh copy with no tracking URI
+    set: the pipeline on the embedded default into the default store. Shared by test_main_pipeline.py and
+    test_cache.py (one xdist group: tests/conftest.py), which go on with its store and its copy."""
+    project = copy_project(tmp_path_factory.mktemp("readme") / "project")
+    result = subprocess.run(
+        ["mlflow", "run", ".", "-e", "main", "--env-manager", "local"],
+        cwd=project,
+        env=mlflow_env(None),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (project / "mlflow.db").exists(), "the default store is sqlite:///mlflow.db in the working directory"
+    # As the README run left it, for the client example (the tests after it add runs to the store).
+    shutil.copy(project / "mlflow.db", project.parent / "after-main.db")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    [main] = client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'main'")
+    steps = {run.info.run_name: run for run in children(client, main)}
+    return {"result": result, "client": client, "main": main, "steps": steps, "uri": uri, "project": project}
+
+
 def git(*args: str, cwd: Path) -> str:
     """Run git with a fixed identity; return its stdout."""
     command = ["git", "-c", "user.name=pipeline-tests", "-c", "user.email=tests@localhost", *args]
@@ -157,32 +183,38 @@ def git_server(tmp_path_factory):
     daemon.wait(timeout=10)
 
 
-def assert_main_builds_its_environment(project: Path, store: str, env_root: Path, env_manager: str) -> None:
-    """`main` under `env_manager`: MLflow builds one env from python_env.yaml, and every step runs in it."""
-    result = mlflow_run(
+def run_in_a_built_environment(
+    project: Path | None, store: str, env_root: Path, env_manager: str, args: Sequence[str], **where: object
+) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` under `env_manager` (uv, virtualenv): MLflow builds the environment under `env_root`."""
+    return mlflow_run(
         project,
-        ["-e", "main", "--env-manager", env_manager, "-P", "max_evals=1"],
+        ["--env-manager", env_manager, *args],
         store,
         # Built here, not reused from another test. pip's byte-compiling of every installed module (uv does none)
         # adds a good share of the build's time and proves nothing here.
         extra_env={"MLFLOW_ENV_ROOT": str(env_root), "PIP_NO_COMPILE": "1"},
         timeout=1500,
+        **where,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    client = MlflowClient(store)
-    [main] = runs_by_step(client, "main")
-    steps = children(client, main)
-    assert [r.info.run_name for r in steps] == ["load", "featurize", "tune", "train", "evaluate"]
+
+
+def assert_the_project_environment_was_built(client: MlflowClient, run: Run, env_root: Path, env_manager: str) -> None:
+    """MLflow built one env from python_env.yaml, with every direct pin at its version, and `run` ran in it; for a
+    main run, so did every step (main passes its env manager on to them)."""
+    steps = children(client, run)
+    main = run.data.tags.get("pipeline.step") == "main"
+    assert [r.info.run_name for r in steps] == (list(PIPELINE_STEPS) if main else [])
     prefixes = set()
-    for run in [main, *steps]:
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["mlflow.project.env"] == env_manager, run.info.run_name  # passed on to each child
-        prefixes.add(run.data.tags["runtime.prefix"])
+    for each in [run, *steps]:
+        assert each.info.status == "FINISHED"
+        assert each.data.tags["mlflow.project.env"] == env_manager, each.info.run_name  # passed on to each child
+        prefixes.add(each.data.tags["runtime.prefix"])
     [prefix] = map(Path, prefixes)  # one environment, built once and reused by every step
     assert prefix != Path(sys.prefix)
     assert prefix.parent == env_root and prefix.name.startswith("mlflow-")
     installed = {p.name.lower() for p in (prefix / "lib" / "python3.11" / "site-packages").iterdir()}
-    for pin in [line for line in (project / "requirements.txt").read_text().splitlines() if "==" in line]:
+    for pin in [line for line in (PROJECT_DIR / "requirements.txt").read_text().splitlines() if "==" in line]:
         name, version = pin.split("==")  # every direct pin, at its exact version
         assert f"{name.replace('-', '_').lower()}-{version}.dist-info" in installed, pin
 

@@ -1,13 +1,13 @@
 """The step cache through real `mlflow run`s: reuse what is done, re-run what changed, resume after a failure.
 
-One store and one data file for the module, and a first main run on them. Each test compares with the
-newest finished main of the same params (whichever test made it), so each passes alone (`-k`) and in any
-order. The cache's decisions in-process (changed data, use_cache=false): tests/unit/test_main.py.
+The module goes on with the README run's store and project copy (a session fixture, shared with
+test_main_pipeline.py): its main ran every step. Each test compares with the newest finished main of the
+README's params and the code as it is now (whichever test made it), so each passes alone (`-k`) and in any
+order. The cache's decisions in-process (changed data, use_cache=false, outputs gone): tests/unit/test_main.py.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,53 +15,45 @@ from mlflow.tracking import MlflowClient
 
 from steps.lib.cache import cache_key, data_digest
 from steps.lib.names import PIPELINE_STEPS
-from steps.lib.tables import load_bundled_frame
-from tests.integration.conftest import assert_failed_cleanly, mlflow_run, runs_by_step
+from tests.integration.conftest import assert_failed_cleanly, mlflow_run
+
+DATA_URI = "sklearn:iris"  # the README run's data, the default
 
 
 @pytest.fixture(scope="module")
-def workspace(project, tmp_path_factory):
-    """The store, the data file, and a first main run on them (every step ran)."""
-    root = tmp_path_factory.mktemp("cache")
-    frame, _ = load_bundled_frame("iris")
-    frame.to_csv(root / "iris.csv", index=False)
-    workspace = {"project": project, "store": f"sqlite:///{root / 'mlflow.db'}", "data": root / "iris.csv"}
-    workspace["first"] = run_main(workspace)
-    return workspace
-
-
-DEFAULTS = {"metric": "auto", "registered_model_name": "pipeline-model", "use_cache": "true"}
+def workspace(readme_run):
+    return {"project": readme_run["project"], "store": readme_run["uri"], "first": readme_run}
 
 
 def load_key(workspace) -> str:
-    """The cache key main gives load for the workspace's data, with the project's code as it is now."""
-    data = str(workspace["data"])
-    params, inputs = {"data_uri": data, "target": "species"}, {"data": data_digest(data)}
+    """The cache key main gives load for the default data, with the project's code as it is now."""
+    params, inputs = {"data_uri": DATA_URI, "target": "auto"}, {"data": data_digest(DATA_URI)}
     return cache_key(Path(workspace["project"]), "load", params, inputs, "local")
 
 
-def last_default_main(workspace) -> dict[str, str]:
-    """The step run ids of the newest finished main with the default params and today's code: what the next reuses."""
+def last_readme_like_main(workspace) -> dict[str, str]:
+    """The step run ids of the newest finished main with the README run's params and today's code: what the next
+    such main reuses."""
     client = MlflowClient(workspace["store"])
-    conditions = [f"params.{name} = '{value}'" for name, value in DEFAULTS.items()]
-    query = " and ".join(["tags.`pipeline.step` = 'main'", "attributes.status = 'FINISHED'", *conditions])
-    experiments = [e.experiment_id for e in client.search_experiments()]
+    readme_params = workspace["first"]["main"].data.params
     key = load_key(workspace)
-    for main in client.search_runs(experiments, query, order_by=["attributes.start_time DESC"]):
+    query = "tags.`pipeline.step` = 'main' and attributes.status = 'FINISHED'"
+    for main in client.search_runs(["0"], query, order_by=["attributes.start_time DESC"]):
         ids = {step: main.data.tags[f"steps.{step}.run_id"] for step in PIPELINE_STEPS}
-        if client.get_run(ids["load"]).data.tags.get("cache.key") == key:
+        if main.data.params == readme_params and client.get_run(ids["load"]).data.tags.get("cache.key") == key:
             return ids
-    raise AssertionError("no finished main with the default params and the current code")
+    raise AssertionError("no finished main with the README run's params and the current code")
 
 
 def run_main(workspace, *params: str, expect_ok: bool = True) -> dict:
-    """`mlflow run . -e main` on the workspace's data; its run, each step's run id and whether it was cached."""
-    values = {"data_uri": str(workspace["data"]), "target": "species", "max_evals": "3"}
-    values |= dict(param.split("=", 1) for param in params)
-    args = ["-e", "main", *[item for name, value in values.items() for item in ("-P", f"{name}={value}")]]
+    """`mlflow run . -e main` with `params` on top of the defaults; its run, each step's run id and whether it
+    was cached."""
+    args = ["-e", "main", *[item for param in params for item in ("-P", param)]]
     result = mlflow_run(workspace["project"], args, workspace["store"])
     assert (result.returncode == 0) == expect_ok, result.stderr[-3000:]
-    main = runs_by_step(MlflowClient(workspace["store"]), "main")[0]
+    client = MlflowClient(workspace["store"])
+    query = "tags.`pipeline.step` = 'main'"
+    [main] = client.search_runs(["0"], query, order_by=["attributes.start_time DESC"], max_results=1)
     tags = main.data.tags
     return {
         "main": main,
@@ -78,14 +70,16 @@ def ran(*steps: str) -> dict[str, str | None]:
 
 def test_a_first_run_runs_every_step(workspace):
     first = workspace["first"]
-    assert first["cached"] == ran(*PIPELINE_STEPS)
+    tags = first["main"].data.tags
+    assert {step: tags[f"steps.{step}.cached"] for step in PIPELINE_STEPS} == ran(*PIPELINE_STEPS)
+    ids = {step: tags[f"steps.{step}.run_id"] for step in PIPELINE_STEPS}
     rows = [line.split() for line in first["result"].stdout.splitlines()]
-    assert [row[-1] for row in rows if row[:2] in ([s, first["ids"][s]] for s in PIPELINE_STEPS)] == ["ran"] * 5
+    assert [row[-1] for row in rows if row[:2] in ([s, ids[s]] for s in PIPELINE_STEPS)] == ["ran"] * 5
 
 
 def test_nothing_changed_reuses_every_step(workspace):
-    before = last_default_main(workspace)
-    again = run_main(workspace, "max_evals=3.0")  # the same int, typed differently
+    before = last_readme_like_main(workspace)
+    again = run_main(workspace, "max_evals=20.0")  # the default, typed differently
     assert again["cached"] == ran() and again["ids"] == before
     assert again["main"].info.status == "FINISHED"
     for step in PIPELINE_STEPS:
@@ -93,7 +87,7 @@ def test_nothing_changed_reuses_every_step(workspace):
 
 
 def test_a_param_reruns_its_step_only(workspace):
-    before = last_default_main(workspace)
+    before = last_readme_like_main(workspace)
     changed = run_main(workspace, "registered_model_name=cache-param")
     assert changed["cached"] == ran("evaluate")
     assert changed["ids"]["train"] == before["train"] and changed["ids"]["evaluate"] != before["evaluate"]
@@ -101,7 +95,7 @@ def test_a_param_reruns_its_step_only(workspace):
 
 def test_a_comment_in_load_reruns_load_only_as_its_output_is_the_same(workspace):
     """A code change re-runs its step; the same bytes out keep every later step cached (early cut-off)."""
-    before = last_default_main(workspace)
+    before = last_readme_like_main(workspace)
     load = Path(workspace["project"]) / "steps" / "load.py"
     original = load.read_text()
     load.write_text(original + "\n# a cosmetic change to load's code\n")
@@ -122,20 +116,8 @@ def test_a_failed_step_fails_main_in_one_line_and_resumes_after_the_fix(workspac
     assert any(line.startswith("error: main: step 'tune' failed") for line in failed["result"].stderr.splitlines())
     assert failed["cached"] == {"load": "true", "featurize": "true", "tune": "false", "train": None, "evaluate": None}
     assert failed["ids"]["tune"] == tune.info.run_id
-    fixed = run_main(workspace, "metric=log_loss")
+    fixed = run_main(workspace, "metric=log_loss", "registered_model_name=cache-fix")
     assert fixed["main"].info.status == "FINISHED"
     # tune's output names its metric, so train's input changed too
     assert fixed["cached"] == ran("tune", "train", "evaluate")
     assert fixed["ids"]["tune"] != failed["ids"]["tune"]  # the FAILED run is never reused
-
-
-def test_missing_artifacts_are_not_reused(workspace):
-    before = last_default_main(workspace)
-    client = MlflowClient(workspace["store"])
-    experiment = client.get_run(before["load"]).info.experiment_id
-    for run in client.search_runs([experiment], f"tags.`cache.key` = '{load_key(workspace)}'"):
-        shutil.rmtree(Path(run.info.artifact_uri.removeprefix("file://")) / "data")  # every run it could reuse
-    after = run_main(workspace)
-    assert after["cached"]["load"] == "false" and after["ids"]["load"] != before["load"]
-    # load wrote the same bytes again, so featurize's inputs did not change: it stays cached
-    assert after["cached"]["featurize"] == "true" and after["ids"]["featurize"] == before["featurize"]

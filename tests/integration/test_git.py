@@ -1,4 +1,8 @@
-"""Runs straight from a git URL (served by `git daemon` on 127.0.0.1), and `reproduce`."""
+"""Runs straight from a git URL (served by `git daemon` on 127.0.0.1) under `--env-manager uv`, and `reproduce`.
+
+The README's command for a run from git, `mlflow run <git url> -e main -v <commit> --env-manager uv`: MLflow
+fetches the commit, builds the environment from python_env.yaml with uv, and main passes both on to every step.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,35 @@ from mlflow.tracking import MlflowClient
 
 from steps.lib.names import PIPELINE_STEPS
 from tests.conftest import run_step_cli
-from tests.integration.conftest import assert_failed_cleanly, children, mlflow_run, runs_by_step
+from tests.integration.conftest import (
+    assert_the_project_environment_was_built,
+    children,
+    mlflow_run,
+    run_in_a_built_environment,
+    runs_by_step,
+)
+
+pytestmark = pytest.mark.uv
 
 
 @pytest.fixture(scope="module")
 def from_git(git_server, tmp_path_factory):
-    """`main` straight from the git URL, the project in a subdirectory, at a commit: what reproduce starts from."""
+    """`main` straight from the git URL, the project in a subdirectory, at a commit, under uv: what reproduce
+    starts from."""
     folder = tmp_path_factory.mktemp("git-store")
     store = f"sqlite:///{folder / 'mlflow.db'}"
     repo = git_server["repos"]["mono"]
     uri = f"{git_server['url']}/mono.git#{repo['subdir']}"
-    result = mlflow_run(None, ["-e", "main", "-v", repo["commit"], "-P", "max_evals=2"], store, cwd=folder, uri=uri)
+    args = ["-e", "main", "-v", repo["commit"], "-P", "max_evals=2"]
+    result = run_in_a_built_environment(None, store, folder / "envs", "uv", args, cwd=folder, uri=uri)
     assert result.returncode == 0, result.stderr[-4000:]
     [main] = runs_by_step(MlflowClient(store), "main")
-    return {"store": store, "main": main, "uri": uri, "commit": repo["commit"]}
+    return {"store": store, "main": main, "uri": uri, "commit": repo["commit"], "envs": folder / "envs"}
+
+
+def test_main_under_uv_builds_the_project_environment_for_every_step(from_git):
+    client = MlflowClient(from_git["store"])
+    assert_the_project_environment_was_built(client, from_git["main"], from_git["envs"], "uv")
 
 
 def test_main_from_a_git_url_at_a_commit_in_a_subdirectory(from_git):
@@ -39,7 +58,7 @@ def test_reproduce_matches_every_metric(project, from_git):
     store, original = from_git["store"], from_git["main"]
     client = MlflowClient(store)
     client.set_tag(original.info.run_id, "git.dirty", "true")  # as if made from an uncommitted tree
-    # The re-run's env manager goes to `mlflow run` as is; building environments is test_uv's contract.
+    # The re-run's env manager goes to `mlflow run` as is; building an environment is the fixture's contract.
     args = ["-e", "reproduce", "-P", f"run_id={original.info.run_id}", "-P", "env_manager=local"]
     result = mlflow_run(project, args, store, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -56,23 +75,17 @@ def test_reproduce_matches_every_metric(project, from_git):
     assert mains == [original.info.run_id]  # the re-run went to a temporary store
 
 
-def test_reproduce_from_an_unreachable_repository_fails_in_one_line(project, from_git):
-    run_id = from_git["main"].info.run_id
-    args = ["-e", "reproduce", "-P", f"run_id={run_id}", "-P", "source=git://127.0.0.1:9/nowhere.git"]
-    result = mlflow_run(project, args, from_git["store"])
-    assert_failed_cleanly(result, from_git["store"], "reproduce", "cannot reach git repository")
-
-
 @pytest.mark.parametrize(
     ("case", "message"),
     [
         ("missing run", "does not exist"),
         ("not main", "is a load run, not a main run"),
         ("missing commit", "does not exist in"),
+        ("unreachable", "cannot reach git repository"),
     ],
 )
 def test_reproduce_bad_input(from_git, case, message, capsys, monkeypatch):
-    """The same command line in-process (the `mlflow run` path of reproduce's errors: the test above)."""
+    """reproduce's command line in this process (bad input through a real `mlflow run`: test_bad_input.py)."""
     store, original = from_git["store"], from_git["main"]
     client = MlflowClient(store)
     run_id = {
@@ -88,7 +101,8 @@ def test_reproduce_bad_input(from_git, case, message, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(store)
     try:
-        code, stderr = run_step_cli(capsys, "reproduce", "--run-id", run_id, "--env-manager", "local")
+        source = ["--source", "git://127.0.0.1:9/nowhere.git"] if case == "unreachable" else []
+        code, stderr = run_step_cli(capsys, "reproduce", "--run-id", run_id, "--env-manager", "local", *source)
     finally:
         mlflow.set_tracking_uri(None)
     errors = [line for line in stderr.splitlines() if line.startswith("error: reproduce:")]

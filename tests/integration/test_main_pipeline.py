@@ -1,10 +1,10 @@
 """The README's main command, exactly as written, on the embedded default data and the default store; then
-what comes after it on that store: gated promotion, batch scoring, online serving over real HTTP, drift."""
+what comes after it on that store: gated promotion, batch scoring, online serving over real HTTP, drift.
+(tests/integration/test_cache.py goes on with the same store, after these.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -16,12 +16,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from steps.lib.names import PIPELINE_STEPS
 from steps.lib.tables import load_bundled_frame
 from tests.conftest import PROJECT_DIR, run_step_cli
-from tests.integration.conftest import children, copy_project, free_port, mlflow_env, mlflow_run, runs_by_step
+from tests.integration.conftest import children, free_port, mlflow_env, mlflow_run, runs_by_step
 
 STEPS = list(PIPELINE_STEPS)
 NAME = "pipeline-model"
@@ -29,27 +28,10 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """Run `mlflow run . -e main --env-manager local` in a fresh copy, with no tracking URI set."""
-    project = copy_project(tmp_path_factory.mktemp("readme") / "project")
-    result = subprocess.run(
-        ["mlflow", "run", ".", "-e", "main", "--env-manager", "local"],
-        cwd=project,
-        env=mlflow_env(None),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert (project / "mlflow.db").exists(), "the default store is sqlite:///mlflow.db in the working directory"
-    # As the README run left it, for the client example (the tests below add runs to the store).
-    shutil.copy(project / "mlflow.db", project.parent / "after-main.db")
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    [main] = client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'main'")
-    steps = {run.info.run_name: run for run in children(client, main)}
-    yield {"result": result, "client": client, "main": main, "steps": steps, "uri": uri, "project": project}
+def pipeline(readme_run):
+    """The README's main run (tests/integration/conftest.py), its store the tracking URI of this module."""
+    mlflow.set_tracking_uri(readme_run["uri"])
+    yield readme_run
     mlflow.set_tracking_uri(None)
 
 

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_step_cli
-from tests.integration.conftest import children, mlflow_run, runs_by_step
+from tests.integration.conftest import children, runs_by_step
 
 pytestmark = [
     pytest.mark.spark,
@@ -27,11 +27,28 @@ def finished_tune(client: MlflowClient):
     return run
 
 
-def test_spark_backend_nests_trials_under_the_tune_run_and_resumes(project, store, capsys, monkeypatch):
+@pytest.fixture
+def tune_here(store, capsys, monkeypatch):
+    """tune's command line in this process (one Spark driver, started once for both searches)."""
+    for name, value in SPARK_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(store)
+
+    def tune(*args: str) -> None:
+        flags = ["--backend", "spark", "--spark-master", "local[2]", "--parallelism", "2"]
+        code, stderr = run_step_cli(capsys, "tune", *flags, *args)
+        assert code == 0, stderr[-4000:]
+
+    yield tune
+    mlflow.set_tracking_uri(None)
+
+
+def test_spark_backend_nests_trials_under_the_tune_run_and_resumes(store, tune_here):
+    """The `mlflow run` wrapper proves nothing more here: tune's command line runs in this process."""
     pytest.importorskip("pyspark")
-    args = ["-e", "tune", "-P", "backend=spark", "-P", "spark_master=local[2]", "-P", "parallelism=2"]
-    result = mlflow_run(project, [*args, "-P", "max_evals=6"], store, extra_env=SPARK_ENV)
-    assert result.returncode == 0, result.stderr[-4000:]
+    tune_here("--max-evals", "6")
     client = MlflowClient(store)
     tune = finished_tune(client)
     assert tune.data.tags["backend"] == "spark" and tune.data.tags["stopped_by"] == "max_evals"
@@ -50,18 +67,8 @@ def test_spark_backend_nests_trials_under_the_tune_run_and_resumes(project, stor
     board = list(csv.DictReader(io.StringIO(_text(client, tune.info.run_id, "trials.csv"))))
     assert len(board) == 6 and {row["run_id"] for row in board} == {r.info.run_id for r in trials}
 
-    # Resume on Spark, through the same command line in this process: the 6 trials go into SparkTrials, 2 more run.
-    for name, value in SPARK_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(store)
-    try:
-        flags = ["--backend", "spark", "--spark-master", "local[2]", "--parallelism", "2"]
-        code, stderr = run_step_cli(capsys, "tune", *flags, "--max-evals", "2", "--resume-from", tune.info.run_id)
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert code == 0, stderr[-4000:]
+    # Resume on Spark: the 6 trials go into SparkTrials, 2 more run.
+    tune_here("--max-evals", "2", "--resume-from", tune.info.run_id)
     resumed = finished_tune(client)
     assert resumed.info.run_id != tune.info.run_id
     assert resumed.data.metrics["n_trials"] == 8 and resumed.data.metrics["n_new_trials"] == 2

@@ -1,5 +1,5 @@
-"""The pipeline, unchanged, against scripts/tracking-server.sh (mlflow server on 127.0.0.1 over PostgreSQL):
-the whole run tree over HTTP with passwords that must leak nowhere, and two mains at once on one model name."""
+"""The pipeline, unchanged, against scripts/tracking-server.sh (mlflow server on 127.0.0.1 over PostgreSQL): two
+people run main at once on one model name, one with passwords that must leak nowhere."""
 
 from __future__ import annotations
 
@@ -7,104 +7,65 @@ import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-import sklearn.datasets
 from mlflow.tracking import MlflowClient
 
+from steps.lib.names import PIPELINE_STEPS
+from steps.lib.tables import load_bundled_frame
 from tests.conftest import served_behind_basic_auth
-from tests.integration.conftest import children, mlflow_env, mlflow_run
+from tests.integration.conftest import children, mlflow_env
 
 TRACKING_PASSWORD = "trk-S3cret-42"
 DATA_PASSWORD = "dat-S3cret-17"
-STEPS = ("load", "featurize", "tune", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
-def iris_behind_basic_auth() -> Iterator[str]:
-    """iris as CSV over HTTP on 127.0.0.1, only for alice with DATA_PASSWORD (401 otherwise)."""
-    body = sklearn.datasets.load_iris(as_frame=True).frame.to_csv(index=False).encode()
+def data_behind_basic_auth() -> Iterator[str]:
+    """breast_cancer as CSV over HTTP on 127.0.0.1, only for alice with DATA_PASSWORD (401 otherwise)."""
+    body = load_bundled_frame("breast_cancer")[0].to_csv(index=False).encode()
     with served_behind_basic_auth(body, "alice", DATA_PASSWORD) as address:
-        yield address
+        yield f"http://alice:${{DATA_PASSWORD}}@{address}/breast_cancer.csv"
 
 
 def secrets_in(text: str) -> list[str]:
     return [s for s in (TRACKING_PASSWORD, DATA_PASSWORD) if s in text or urllib.parse.quote(s) in text]
 
 
-def test_main_over_http_records_everything_and_no_password(project, server, iris_behind_basic_auth, tmp_path):
-    # The password in the tracking URI (MLflow sends it as basic auth) and the data password as a ${VAR}.
-    tracking_uri = server.uri.replace("http://", f"http://bob:{TRACKING_PASSWORD}@")
-    data_uri = f"http://alice:${{DATA_PASSWORD}}@{iris_behind_basic_auth}/iris.csv"
-    params = [f"data_uri={data_uri}", "target=target", "max_evals=3", "registered_model_name=http-model"]
-    result = mlflow_run(
-        project,
-        ["-e", "main", *[item for param in params for item in ("-P", param)]],
-        tracking_uri,
-        # MLflow's own CLI prints its tracking URI in "View run" links; README: silence it, or use the variables.
-        extra_env={
-            "DATA_PASSWORD": DATA_PASSWORD,
-            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-            "MLFLOW_EXPERIMENT_NAME": "http",
-        },
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert f"open {server.uri} in a browser" in result.stdout
-    client = MlflowClient(server.uri)
-    experiment = client.get_experiment_by_name("http").experiment_id
-    [main] = client.search_runs([experiment], "tags.`pipeline.step` = 'main'")
-    steps = children(client, main)
-    assert [(r.info.run_name, r.info.status) for r in steps] == [(name, "FINISHED") for name in STEPS]
-    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in [main, *steps])  # served by the server
-    assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()
-    # The placeholder as typed (MLflow shell-quotes it: the shell must not expand ${DATA_PASSWORD} either).
-    assert steps[0].data.params["data_uri"] == f"'{data_uri}'"
-    mlflow.set_tracking_uri(server.uri)
-    try:
-        version = client.get_model_version_by_alias("http-model", "champion")
-        assert version.run_id == steps[3].info.run_id
-        assert version.tags["evaluate_run_id"] == steps[4].info.run_id
-        model = mlflow.pyfunc.load_model("models:/http-model@champion")
-        test_rows = pd.read_parquet(
-            mlflow.artifacts.download_artifacts(f"runs:/{steps[1].info.run_id}/splits/test.parquet")
-        )
-        assert (model.predict(test_rows.drop(columns="target")) == test_rows["target"]).mean() >= 0.85
-    finally:
-        mlflow.set_tracking_uri(None)
-
-    # No password anywhere: output, every param/tag/dataset row in PostgreSQL, every artifact file, server log.
-    assert secrets_in(result.stdout + result.stderr) == []
-    assert secrets_in(server.dump()) == []
-    leaking = subprocess.run(
-        ["grep", "-rlaF", "-e", TRACKING_PASSWORD, "-e", DATA_PASSWORD, str(server.data_dir)],
-        capture_output=True,
-        text=True,
-    )
-    assert leaking.stdout == "", leaking.stdout
-    assert any(path.is_file() for path in (server.data_dir / "artifacts").rglob("MLmodel"))  # grep saw artifacts
-
-
-def test_two_mains_at_once_on_one_model_name_lose_nothing(project, server, tmp_path):
-    """Two model families on the same splits (one scores better); both evaluates race for the alias."""
-    name = "team-model"
-    shared = [f"registered_model_name={name}", "use_cache=false", "data_uri=sklearn:breast_cancer"]
-    commands = {
-        family: [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main"]
-        + [item for param in (f"models={family}", f"max_evals={evals}", *shared) for item in ("-P", param)]
-        for family, evals in (("logistic_regression", 3), ("random_forest", 1))
+def start_mains(project: Path, server, data_uri: str, logs: dict[str, Path]) -> dict[str, subprocess.Popen]:
+    """alice: her password in the tracking URI (MLflow sends it as basic auth), logistic regression; bob: no
+    password, a random forest (so one of them scores better). Same data (the data password as a ${VAR}), same
+    model name, at the same time."""
+    name_and_data = ["registered_model_name=team-model", f"data_uri={data_uri}", "target=diagnosis", "use_cache=false"]
+    users = {
+        "alice": (server.uri.replace("http://", f"http://alice:{TRACKING_PASSWORD}@"), "logistic_regression", 3),
+        "bob": (server.uri, "random_forest", 1),
     }
     # Created first, as a team does: two `mlflow run`s creating one new experiment at once race inside MLflow.
     MlflowClient(server.uri).create_experiment("concurrent")
-    env = mlflow_env(server.uri, {"MLFLOW_EXPERIMENT_NAME": "concurrent"})
-    logs = {family: tmp_path / f"{family}.log" for family in commands}
     processes = {}
-    for family, command in commands.items():
-        with logs[family].open("w") as log:
-            processes[family] = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
-    for family, process in processes.items():
-        assert process.wait(timeout=900) == 0, (family, logs[family].read_text()[-3000:])
+    for user, (tracking_uri, family, evals) in users.items():
+        params = [f"models={family}", f"max_evals={evals}", *name_and_data]
+        command = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main"]
+        command += [item for param in params for item in ("-P", param)]
+        # MLflow's own CLI prints its tracking URI in "View run" links; README: silence it, or use the variables.
+        quiet = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DATA_PASSWORD": DATA_PASSWORD}
+        env = mlflow_env(tracking_uri, {"MLFLOW_EXPERIMENT_NAME": "concurrent", **quiet})
+        with logs[user].open("w") as log:
+            processes[user] = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return processes
+
+
+def test_two_people_at_once_over_http_lose_nothing_and_leak_no_password(
+    project, server, data_behind_basic_auth, tmp_path
+):
+    logs = {user: tmp_path / f"{user}.log" for user in ("alice", "bob")}
+    for user, process in start_mains(project, server, data_behind_basic_auth, logs).items():
+        assert process.wait(timeout=900) == 0, (user, logs[user].read_text()[-3000:])
+    assert f"open {server.uri} in a browser" in logs["alice"].read_text()
 
     client = MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("concurrent").experiment_id
@@ -114,17 +75,43 @@ def test_two_mains_at_once_on_one_model_name_lose_nothing(project, server, tmp_p
     for main in mains:
         steps = children(client, main)
         assert main.info.status == "FINISHED"
-        assert [(r.info.run_name, r.info.status) for r in steps] == [(s, "FINISHED") for s in STEPS]  # none lost
+        assert [(r.info.run_name, r.info.status) for r in steps] == [(s, "FINISHED") for s in PIPELINE_STEPS]
+        assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in [main, *steps])  # served
+        # The placeholder as typed (MLflow shell-quotes it: the shell must not expand ${DATA_PASSWORD} either).
+        assert steps[0].data.params["data_uri"] == f"'{data_behind_basic_auth}'"
         evaluate = steps[-1]
-        version = client.get_model_version(name, evaluate.data.tags["registered_model.version"])
-        assert version.tags["evaluate_run_id"] == evaluate.info.run_id
-        versions[version.version] = (evaluate.data.metrics[f"test_{evaluate.data.tags['metric']}"], version)
+        version = client.get_model_version("team-model", evaluate.data.tags["registered_model.version"])
+        assert version.tags["evaluate_run_id"] == evaluate.info.run_id and version.run_id == steps[3].info.run_id
+        versions[version.version] = (evaluate.data.metrics[f"test_{evaluate.data.tags['metric']}"], steps)
+    assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()
+
+    # Nothing lost, nothing half-registered, the better one is champion, the lock is released.
     assert len(versions) == 2  # two different version numbers
     assert len({score for score, _ in versions.values()}) == 2, versions  # so one of them is the better
-    assert len(client.search_model_versions(f"name = '{name}'")) == 2  # and no other, none half-registered
-    champion = client.get_model_version_by_alias(name, "champion")
-    best = max(score for score, _ in versions.values())
-    assert versions[champion.version][0] == best, {v: s for v, (s, _) in versions.items()}
+    assert len(client.search_model_versions("name = 'team-model'")) == 2  # and no other
+    champion = client.get_model_version_by_alias("team-model", "champion")
+    assert versions[champion.version][0] == max(score for score, _ in versions.values())
     other = next(v for v in versions if v != champion.version)
-    assert "champion" not in client.get_model_version(name, other).aliases
-    assert not client.search_registered_models(f"name = '{name}.champion-lock'")  # the lock is released
+    assert "champion" not in client.get_model_version("team-model", other).aliases
+    assert not client.search_registered_models("name = 'team-model.champion-lock'")
+    mlflow.set_tracking_uri(server.uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/team-model@champion")
+        featurize = versions[champion.version][1][1]
+        test_rows = pd.read_parquet(
+            mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits/test.parquet")
+        )
+        assert (model.predict(test_rows.drop(columns="diagnosis")) == test_rows["diagnosis"]).mean() >= 0.85
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    # No password anywhere: output, every param/tag/dataset row in PostgreSQL, every artifact file, server log.
+    assert secrets_in(logs["alice"].read_text() + logs["bob"].read_text()) == []
+    assert secrets_in(server.dump()) == []
+    leaking = subprocess.run(
+        ["grep", "-rlaF", "-e", TRACKING_PASSWORD, "-e", DATA_PASSWORD, str(server.data_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert leaking.stdout == "", leaking.stdout
+    assert any(path.is_file() for path in (server.data_dir / "artifacts").rglob("MLmodel"))  # grep saw artifacts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -120,9 +122,9 @@ def test_main_keys_load_by_the_data_and_each_later_step_by_what_came_before(tmp_
     assert params["evaluate"]["model_uri"] == "models:/m-1" and params["evaluate"]["min_accuracy"] == "0.9"
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_a_finished_run_with_the_key_is_reused_unless_use_cache_is_false(
-    tracking_uri, tmp_path, monkeypatch, use_cache
+@pytest.mark.parametrize("case", ["reused", "use_cache=false", "outputs gone"])
+def test_a_finished_run_with_the_key_and_its_outputs_is_reused_unless_use_cache_is_false(
+    tracking_uri, tmp_path, monkeypatch, case
 ):
     client = MlflowClient()
     params, inputs = {"data_uri": "sklearn:iris", "target": "auto"}, {"data": "digest-of-the-data"}
@@ -132,6 +134,8 @@ def test_a_finished_run_with_the_key_is_reused_unless_use_cache_is_false(
         (tmp_path / "data" / "raw.parquet").write_text("")
         mlflow.log_artifacts(str(tmp_path / "data"), "data")
         mlflow.set_tags({CACHE_KEY_TAG: key, OUTPUT_DIGEST_TAG: "abc"})
+    if case == "outputs gone":
+        shutil.rmtree(Path(earlier.info.artifact_uri.removeprefix("file://")) / "data")
     launched = []
 
     def launch(entry_point: str, *args: object) -> StepResult:
@@ -142,9 +146,10 @@ def test_a_finished_run_with_the_key_is_reused_unless_use_cache_is_false(
 
     monkeypatch.setattr(main_module, "launch_step", launch)
     with mlflow.start_run(run_name="main"):
-        pipeline = main_module.Pipeline(client, "0", mlflow.active_run().info.run_id, "local", use_cache, {})
+        main_run_id = mlflow.active_run().info.run_id
+        pipeline = main_module.Pipeline(client, "0", main_run_id, "local", case != "use_cache=false", {})
         run = pipeline.step("load", params, inputs)
-    if use_cache:
+    if case == "reused":
         assert launched == [] and run.info.run_id == earlier.info.run_id and pipeline.results[0].cached
     else:
         assert launched == [run.info.run_id] and run.info.run_id != earlier.info.run_id
