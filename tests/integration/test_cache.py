@@ -116,7 +116,7 @@ def test_a_failed_step_fails_main_in_one_line_and_resumes_after_the_fix(workspac
     assert any(line.startswith("error: main: step 'tune' failed") for line in failed["result"].stderr.splitlines())
     assert failed["cached"] == {"load": "true", "featurize": "true", "tune": "false", "train": None, "evaluate": None}
     assert failed["ids"]["tune"] == tune.info.run_id
-    fixed = run_main(workspace, "metric=log_loss", "registered_model_name=cache-fix")
+    fixed = run_main(workspace, "metric=log_loss", "registered_model_name=cache-fix", "max_evals=3")
     assert fixed["main"].info.status == "FINISHED"
     # tune's output names its metric, so train's input changed too
     assert fixed["cached"] == ran("tune", "train", "evaluate")
