@@ -129,6 +129,21 @@ def run_step_cli(capsys: pytest.CaptureFixture[str], step: str, *args: str) -> t
     return code, capsys.readouterr().err
 
 
+@pytest.fixture
+def cli_on(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """`cli_on(store, step, *args)`: a step's command line in this process against `store`, as
+    `python -m steps.<step>` runs it; (exit code, stderr). For where an `mlflow run` around it proves nothing more."""
+
+    def run(store: str, step: str, *args: str) -> tuple[int, str]:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(store)
+        return run_step_cli(capsys, step, *args)
+
+    yield run
+    mlflow.set_tracking_uri(None)
+
+
 @contextmanager
 def served_behind_basic_auth(body: bytes, user: str, password: str) -> Iterator[str]:
     """`body` over HTTP on 127.0.0.1 for GET with the right basic auth (401 otherwise); yields host:port."""

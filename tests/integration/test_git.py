@@ -6,12 +6,10 @@ fetches the commit, builds the environment from python_env.yaml with uv, and mai
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.lib.names import PIPELINE_STEPS
-from tests.conftest import run_step_cli
 from tests.integration.conftest import (
     assert_the_project_environment_was_built,
     children,
@@ -84,7 +82,7 @@ def test_reproduce_matches_every_metric(project, from_git):
         ("unreachable", "cannot reach git repository"),
     ],
 )
-def test_reproduce_bad_input(from_git, case, message, capsys, monkeypatch):
+def test_reproduce_bad_input(from_git, case, message, cli_on):
     """reproduce's command line in this process (bad input through a real `mlflow run`: test_bad_input.py)."""
     store, original = from_git["store"], from_git["main"]
     client = MlflowClient(store)
@@ -97,14 +95,8 @@ def test_reproduce_bad_input(from_git, case, message, capsys, monkeypatch):
         fake = client.create_run(original.info.experiment_id, tags=tags | {"mlflow.source.name": from_git["uri"]})
         client.set_terminated(fake.info.run_id)
         run_id = fake.info.run_id
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(store)
-    try:
-        source = ["--source", "git://127.0.0.1:9/nowhere.git"] if case == "unreachable" else []
-        code, stderr = run_step_cli(capsys, "reproduce", "--run-id", run_id, "--env-manager", "local", *source)
-    finally:
-        mlflow.set_tracking_uri(None)
+    source = ["--source", "git://127.0.0.1:9/nowhere.git"] if case == "unreachable" else []
+    code, stderr = cli_on(store, "reproduce", "--run-id", run_id, "--env-manager", "local", *source)
     errors = [line for line in stderr.splitlines() if line.startswith("error: reproduce:")]
     assert code == 1 and len(errors) == 1 and message in errors[0], stderr[-2000:]
     assert "Traceback" not in stderr

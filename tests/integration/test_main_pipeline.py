@@ -19,7 +19,7 @@ import pytest
 
 from steps.lib.names import PIPELINE_STEPS
 from steps.lib.tables import load_bundled_frame
-from tests.conftest import PROJECT_DIR, run_step_cli
+from tests.conftest import PROJECT_DIR
 from tests.integration.conftest import children, free_port, mlflow_env, mlflow_run, runs_by_step
 
 STEPS = list(PIPELINE_STEPS)
@@ -174,15 +174,9 @@ def one_error_line(result: subprocess.CompletedProcess[str] | str) -> str:
     return line
 
 
-def in_process(registry, capsys, monkeypatch, step: str, batch: str, *args: str) -> tuple[int, str]:
-    """A step's command line run in this process against the registry's store (bad input: no need for a process).
-
-    The real `mlflow run` path of predict and monitor is exercised by the tests around these.
-    """
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["store"])
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(registry["store"])
-    return run_step_cli(capsys, step, "--data-uri", str(registry["paths"][batch]), *args)
+def in_process(registry, cli_on, step: str, batch: str, *args: str) -> tuple[int, str]:
+    """A step's command line run in this process against the registry's store, on one of the batches."""
+    return cli_on(registry["store"], step, "--data-uri", str(registry["paths"][batch]), *args)
 
 
 def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registry):
@@ -213,17 +207,17 @@ def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registr
         ("held_out", f"models:/{NAME}@nope", f"model 'models:/{NAME}@nope' cannot be loaded"),
     ],
 )
-def test_predict_bad_input_is_one_line_and_a_failed_run(registry, batch, model_uri, message, capsys, monkeypatch):
-    code, stderr = in_process(registry, capsys, monkeypatch, "predict", batch, "--model-uri", model_uri)
+def test_predict_bad_input_is_one_line_and_a_failed_run(registry, batch, model_uri, message, cli_on):
+    code, stderr = in_process(registry, cli_on, "predict", batch, "--model-uri", model_uri)
     assert code == 1
     assert one_error_line(stderr).startswith(f"error: predict: {message}")
     run = newest(registry, "predict")
     assert run.info.status == "FAILED" and not registry["client"].list_artifacts(run.info.run_id, "predictions")
 
 
-def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, capsys, monkeypatch):
+def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, cli_on):
     # The calm and the shifted batch through monitor's command line in-process; failing on drift through `mlflow run`.
-    code, stderr = in_process(registry, capsys, monkeypatch, "monitor", "held_out")
+    code, stderr = in_process(registry, cli_on, "monitor", "held_out")
     assert code == 0, stderr[-3000:]
     calm = newest(registry, "monitor")
     assert calm.data.tags["drift_detected"] == "false" and calm.data.tags["labelled"] == "true"
@@ -234,7 +228,7 @@ def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, capsys, mo
     artifacts = {a.path for a in registry["client"].list_artifacts(calm.info.run_id, "drift")}
     assert {"drift/drift_table.csv", "drift/summary.json", "drift/figures"} <= artifacts
 
-    code, stderr = in_process(registry, capsys, monkeypatch, "monitor", "shifted")
+    code, stderr = in_process(registry, cli_on, "monitor", "shifted")
     assert code == 0, stderr[-3000:]
     shifted = newest(registry, "monitor")
     assert shifted.data.tags["drift_detected"] == "true" and shifted.data.tags["labelled"] == "false"
@@ -263,8 +257,8 @@ def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, capsys, mo
         ("held_out", ["--model-uri", f"models:/{NAME}@nope"], f"model 'models:/{NAME}@nope' does not exist"),
     ],
 )
-def test_monitor_bad_input_is_one_line_and_a_failed_run(registry, batch, extra, message, capsys, monkeypatch):
-    code, stderr = in_process(registry, capsys, monkeypatch, "monitor", batch, *extra)
+def test_monitor_bad_input_is_one_line_and_a_failed_run(registry, batch, extra, message, cli_on):
+    code, stderr = in_process(registry, cli_on, "monitor", batch, *extra)
     assert code == 1
     assert one_error_line(stderr).startswith(f"error: monitor: {message}")
     assert newest(registry, "monitor").info.status == "FAILED"

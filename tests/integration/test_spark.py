@@ -11,7 +11,6 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_step_cli
 from tests.integration.conftest import children, runs_by_step
 
 pytestmark = [
@@ -28,21 +27,17 @@ def finished_tune(client: MlflowClient):
 
 
 @pytest.fixture
-def tune_here(store, capsys, monkeypatch):
+def tune_here(store, cli_on, monkeypatch):
     """tune's command line in this process (one Spark driver, started once for both searches)."""
     for name, value in SPARK_ENV.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(store)
 
     def tune(*args: str) -> None:
         flags = ["--backend", "spark", "--spark-master", "local[2]", "--parallelism", "2"]
-        code, stderr = run_step_cli(capsys, "tune", *flags, *args)
+        code, stderr = cli_on(store, "tune", *flags, *args)
         assert code == 0, stderr[-4000:]
 
-    yield tune
-    mlflow.set_tracking_uri(None)
+    return tune
 
 
 def test_spark_backend_nests_trials_under_the_tune_run_and_resumes(store, tune_here):

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_step_cli
 from tests.integration.conftest import children, mlflow_run, runs_by_step
 
 
@@ -44,18 +43,14 @@ def newest(client: MlflowClient, step: str):
 
 
 @pytest.fixture
-def in_process(store, capsys, monkeypatch):
-    """A step's command line run in this process against `store`, as `python -m steps.<step>` runs it."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(store)
+def in_process(store, cli_on):
+    """A step's command line, run in this process against `store`, that must succeed."""
 
     def run(step: str, *args: str) -> None:
-        code, stderr = run_step_cli(capsys, step, *args)
+        code, stderr = cli_on(store, step, *args)
         assert code == 0, stderr[-3000:]
 
-    yield run
-    mlflow.set_tracking_uri(None)
+    return run
 
 
 def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path, in_process):
@@ -105,7 +100,7 @@ def test_regression_data_set_trains_its_regression_families(store, in_process):
     assert {"val_rmse", "val_mae", "val_r2"} <= set(train.data.metrics)
 
 
-def test_tune_exactly_as_typed_on_a_fresh_store(project, store, capsys, monkeypatch):
+def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
     """`mlflow run . -e tune -P max_evals=50` with nothing in the store prepares the default data first."""
     result = mlflow_run(project, ["-e", "tune", "-P", "max_evals=50"], store)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,11 +122,7 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, capsys, monkeypa
 
     # The same command line in this process (the `mlflow run` wrapper proves nothing more): resume that
     # search with 2 more trials (the 50 are loaded, not run again), then a new search in two worker processes.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(store)
-    code, stderr = run_step_cli(capsys, "tune", "--max-evals", "2", "--resume-from", tune.info.run_id)
-    assert code == 0, stderr[-3000:]
+    in_process("tune", "--max-evals", "2", "--resume-from", tune.info.run_id)
     resumed = newest(client, "tune")
     assert resumed.data.tags["resumed_from"] == tune.info.run_id
     assert resumed.data.metrics["n_trials"] == 52 and resumed.data.metrics["n_new_trials"] == 2
@@ -140,9 +131,7 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, capsys, monkeypa
     board = mlflow.artifacts.load_text(f"runs:/{resumed.info.run_id}/trials.csv").splitlines()
     assert len(board) == 53  # the whole history: header + 52 trials
     # A new search reuses the newest finished featurize output.
-    code, stderr = run_step_cli(capsys, "tune", "--max-evals", "2", "--parallelism", "2")
-    assert code == 0, stderr[-3000:]
+    in_process("tune", "--max-evals", "2", "--parallelism", "2")
     again = newest(client, "tune")
     assert again.data.tags["splits_uri"] == tune.data.tags["splits_uri"]
     assert sorted(r.info.run_name for r in children(client, again)) == ["trial-001", "trial-002"]
-    mlflow.set_tracking_uri(None)
