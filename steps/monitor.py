@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.artifacts import write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
+from steps.lib.keys import key_parts, unused_name
 from steps.lib.metrics import greater_is_better
 from steps.lib.models import score_model
 from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
@@ -115,13 +116,15 @@ def as_numbers(series: pd.Series) -> pd.Series | None:
     return None if (numbers.isna() & series.notna()).any() else numbers
 
 
-def drift_table(reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec, rule: DriftRule) -> pd.DataFrame:
-    """One row per feature (and one for the predictions, when both frames have them)."""
-    columns = [*spec.numeric, *spec.categorical] + ([PREDICTION] if PREDICTION in current else [])
+def drift_table(
+    reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec, rule: DriftRule, prediction: str | None = None
+) -> pd.DataFrame:
+    """One row per feature, and one for the predictions when both frames hold them in column `prediction`."""
+    columns = [*spec.numeric, *spec.categorical] + ([prediction] if prediction is not None else [])
     rows = []
     for name in columns:
         ref, cur = reference[name], current[name]
-        kind = "numeric" if name in spec.numeric or (name == PREDICTION and is_numeric(ref)) else "categorical"
+        kind = "numeric" if name in spec.numeric or (name == prediction and is_numeric(ref)) else "categorical"
         row: dict[str, Any] = {"column": name, "kind": kind}
         schema_change = ""
         if kind == "numeric" and not is_numeric(cur):
@@ -172,7 +175,7 @@ def find_reference(client: MlflowClient, uri: str) -> Reference:
     """The training rows of the version's source (train) run, and the metric evaluate measured."""
     version = model_version_of(client, uri)
     train_run = client.get_run(version.run_id)
-    splits_uri = train_run.data.params.get("splits_uri")
+    splits_uri = train_run.data.tags.get("splits_uri") or train_run.data.params.get("splits_uri")
     if not splits_uri:
         raise PipelineError(f"{uri}: its source run {version.run_id} has no splits_uri param; not a train run")
     splits, spec = read_splits(splits_uri)
@@ -265,18 +268,22 @@ def check_rule(p_value: float, min_psi: float) -> DriftRule:
     return DriftRule(p_value, min_psi)
 
 
-def with_predictions(model: Any, reference: Reference, batch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
-    """Both frames with the model's predictions, when the batch's numeric columns hold numbers (else none)."""
+def with_predictions(
+    model: Any, reference: Reference, batch: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """Both frames with the model's predictions, when the batch's numeric columns hold numbers, and the column
+    that holds them (`prediction`, or `prediction_2`, ... beside a data column of that name); None if not."""
     spec = reference.spec
     ref_frame, batch_frame = reference.train.copy(), batch.copy()
-    numeric_ok = all(is_numeric(batch[c]) or as_numbers(batch[c]) is not None for c in spec.numeric)
-    if numeric_ok:  # predictions need the numbers as numbers
-        features = batch[spec.input_columns].copy()
-        for column in spec.numeric:
-            features[column] = as_numbers(features[column])
-        ref_frame[PREDICTION] = model.predict(reference.train[spec.input_columns])
-        batch_frame[PREDICTION] = model.predict(features)
-    return ref_frame, batch_frame, numeric_ok
+    if not all(is_numeric(batch[c]) or as_numbers(batch[c]) is not None for c in spec.numeric):
+        return ref_frame, batch_frame, None  # predictions need the numbers as numbers
+    features = batch[spec.input_columns].copy()
+    for column in spec.numeric:
+        features[column] = as_numbers(features[column])
+    prediction = unused_name(PREDICTION, [*ref_frame.columns, *batch_frame.columns])
+    ref_frame[prediction] = model.predict(reference.train[spec.input_columns])
+    batch_frame[prediction] = model.predict(features)
+    return ref_frame, batch_frame, prediction
 
 
 def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> dict[str, Any]:
@@ -299,11 +306,12 @@ def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> d
 def drift_metrics(table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, float]:
     """Per column its statistics, and the live performance figures."""
     metrics = {"n_rows": summary["n_rows"], "n_drifted_columns": len(summary["drifted_columns"])}
+    keys = key_parts(table["column"])  # a column such as `Income ($)` is no metric key as it is
     for row in table.to_dict("records"):
         for key in ("psi", "p_value", "statistic", "missing_change"):
             value = row.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                metrics[f"drift.{row['column']}.{key}"] = float(value)
+                metrics[f"drift.{keys[row['column']]}.{key}"] = float(value)
     return metrics | {
         k: float(v)
         for k, v in summary.items()
@@ -353,8 +361,8 @@ def run_monitor(
     batch = read_data(data_uri)
     labelled = check_columns(batch, reference.spec)
     model = mlflow.sklearn.load_model(uri)
-    ref_frame, batch_frame, numeric_ok = with_predictions(model, reference, batch)
-    table = drift_table(ref_frame, batch_frame, reference.spec, rule)
+    ref_frame, batch_frame, prediction = with_predictions(model, reference, batch)
+    table = drift_table(ref_frame, batch_frame, reference.spec, rule, prediction)
     drifted = table.loc[table["drifted"], "column"].tolist()
     summary: dict[str, Any] = {
         "model_uri": uri,
@@ -366,7 +374,7 @@ def run_monitor(
         "rule": f"p < {p_value} / {len(table)} columns (Bonferroni) and PSI >= {min_psi}; "
         f"or missing share changed by >= {MISSING_CHANGE}; or a schema change",
     }
-    if labelled and numeric_ok:
+    if labelled and prediction is not None:
         summary |= live_performance(model, reference, batch)
     log_drift(table, summary, labelled, (ref_frame, batch_frame))
     verdict = f"drift in {', '.join(drifted)}" if drifted else "no drift"

@@ -14,6 +14,7 @@ import pandas as pd
 
 from steps.lib.artifacts import digest_path
 from steps.lib.errors import PipelineError, one_line
+from steps.lib.keys import key_parts, unused_name
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
 from steps.lib.runner import run_cli, step_run, unset_is_none
@@ -70,8 +71,11 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> None:
                 )
 
 
-def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[str]) -> pd.DataFrame:
-    """The input columns, then `prediction`, then `proba_<class>` for a classifier."""
+def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[str]) -> tuple[pd.DataFrame, str]:
+    """The input columns, then `prediction`, then `proba_<class>` for a classifier; and the prediction's column.
+
+    An input column of the same name is never overwritten: the output is called `prediction_2` (...) instead.
+    """
     inputs = frame[columns].copy()
     for name in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked above
         numbers = pd.to_numeric(inputs[name], errors="coerce")
@@ -82,19 +86,21 @@ def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: l
     except Exception as error:
         raise PipelineError(f"the batch does not match the model's signature: {one_line(str(error), 300)}") from None
     table = frame.copy()
-    table["prediction"] = predictions
+    prediction = unused_name("prediction", table.columns)
+    table[prediction] = predictions
     if sklearn_model is not None and hasattr(sklearn_model, "predict_proba"):
         proba = sklearn_model.predict_proba(inputs)
         for index, label in enumerate(sklearn_model.classes_):
-            table[f"proba_{label}"] = proba[:, index]
-    return table
+            table[unused_name(f"proba_{label}", table.columns)] = proba[:, index]
+    return table, prediction
 
 
 def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, float]:
     """Metrics of the prediction distribution: class shares, or mean, spread and quantiles."""
     if classifier:
         shares = predictions.astype(str).value_counts(normalize=True).sort_index()
-        return {f"pred_share_{label}": float(share) for label, share in shares.items()}
+        keys = key_parts(shares.index)  # a label such as `<=50K` is no metric key as it is
+        return {f"pred_share_{keys[label]}": float(share) for label, share in shares.items()}
     values = predictions.astype(float)
     summary = {"pred_mean": float(values.mean()), "pred_std": float(values.std(ddof=0))}
     summary |= {f"pred_p{q:02d}": float(values.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
@@ -111,11 +117,12 @@ def run_predict(
     columns = signature_columns(pyfunc)
     frame = read_data(data_uri)
     check_batch(frame, columns)
-    table = score_batch(frame, pyfunc, sklearn_model, [name for name, _ in columns])
+    table, prediction = score_batch(frame, pyfunc, sklearn_model, [name for name, _ in columns])
     classifier = sklearn_model is not None and hasattr(sklearn_model, "classes_")
+    mlflow.set_tag("prediction_column", prediction)
     mlflow.log_metrics(
         {"n_rows": len(table), "n_input_columns": len(frame.columns)}
-        | prediction_summary(table["prediction"], classifier)
+        | prediction_summary(table[prediction], classifier)
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, PREDICTIONS_DIR)

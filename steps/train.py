@@ -91,6 +91,7 @@ def run_train(
     if model is not None and model not in MODEL_FAMILIES:  # fail before any download
         raise PipelineError(f"unknown model '{model}'; use one of {', '.join(MODEL_FAMILIES)}")
     splits, spec = read_splits(splits_uri)
+    mlflow.set_tag("splits_uri", splits_uri)  # what monitor compares a batch with (also when not run by `mlflow run`)
     params_file = read_params_file(params_uri) if params_uri is not None else None
     family, hyperparams = choose_model(spec.task, model, params_file, given or {})
     started = time.perf_counter()

@@ -136,8 +136,28 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
     if kind is None:
         raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
     try:
+        refuse_duplicate_headers(header_names(path, kind), shown)
         return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
+    except PipelineError:
+        raise
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
+
+
+def header_names(path: Path, kind: str) -> list[str]:
+    """The column names as the file has them (pandas would rename a repeated CSV header `x` to `x.1`)."""
+    if kind == "csv":
+        first_row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+        return [str(name) for name in first_row]
+    import pyarrow.parquet
+
+    return list(pyarrow.parquet.read_schema(path).names)
+
+
+def refuse_duplicate_headers(names: list[str], shown: str) -> None:
+    repeated = sorted({name for name in names if name and names.count(name) > 1})  # pandas names empty ones
+    if repeated:
+        listed = ", ".join(f"'{name}' ({names.count(name)} times)" for name in repeated)
+        raise PipelineError(f"'{shown}' has duplicate column names: {listed}; give each column a name of its own")

@@ -135,3 +135,46 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
     again = newest(client, "tune")
     assert again.data.tags["splits_uri"] == tune.data.tags["splits_uri"]
     assert sorted(r.info.run_name for r in children(client, again)) == ["trial-001", "trial-002"]
+
+
+def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process):
+    """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, and a feature called `prediction`: every step
+    takes them, metric keys are cleaned, the real names stay in the artifacts, no output overwrites an input."""
+    rng = np.random.default_rng(3)
+    n = 200
+    income = rng.normal(50, 15, n).round(1)
+    frame = pd.DataFrame(
+        {
+            "Income ($)": income,
+            "seniority (years)": rng.integers(0, 40, n),
+            "plan type": rng.choice(["basic", "pro"], n),
+            "prediction": rng.normal(size=n),  # a column of the user's, as it happens, named like predict's output
+            "income class": np.where(income > 50, ">50K", "<=50K"),
+        }
+    )
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    client = MlflowClient(store)
+    in_process("load", "--data-uri", str(tmp_path / "people.csv"), "--target", "income class")
+    in_process("featurize", "--raw-data-uri", f"runs:/{newest(client, 'load').info.run_id}/data")
+    splits_uri = f"runs:/{newest(client, 'featurize').info.run_id}/splits"
+    in_process("train", "--splits-uri", splits_uri)
+    model_uri = newest(client, "train").data.tags["model_uri"]
+    in_process("evaluate", "--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "people")
+
+    in_process("predict", "--data-uri", str(tmp_path / "people.csv"), "--registered-model-name", "people")
+    predict = newest(client, "predict")
+    assert predict.data.tags["prediction_column"] == "prediction_2"
+    assert {"pred_share___50K", "pred_share__50K"} >= set(k for k in predict.data.metrics if k.startswith("pred_"))
+    scored = f"{predict.info.artifact_uri}/predictions/predictions.parquet"
+    table = pd.read_parquet(mlflow.artifacts.download_artifacts(scored))
+    assert (table["prediction"] == frame["prediction"]).all()  # the input column, untouched
+    assert set(table["prediction_2"]) <= {"<=50K", ">50K"} and {"proba_<=50K", "proba_>50K"} <= set(table.columns)
+
+    batch = frame.drop(columns="income class")
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    in_process("monitor", "--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "people")
+    monitor = newest(client, "monitor")
+    keys = {"drift.Income ___.psi", "drift.seniority _years_.psi", "drift.prediction.psi", "drift.prediction_2.psi"}
+    assert keys <= set(monitor.data.metrics)
+    drift = pd.read_csv(mlflow.artifacts.download_artifacts(f"{monitor.info.artifact_uri}/drift/drift_table.csv"))
+    assert {"Income ($)", "seniority (years)", "plan type", "prediction", "prediction_2"} == set(drift["column"])
