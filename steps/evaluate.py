@@ -19,6 +19,7 @@ from steps.lib.artifacts import digest_json
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.gates import ChampionDecision, GateOptions, decide_champion, gate_options
+from steps.lib.keys import unused_name
 from steps.lib.metrics import is_better, resolve_metric
 from steps.lib.model_card import build_card, card_summary, log_card
 from steps.lib.models import score_model
@@ -57,15 +58,20 @@ def compare_with_baseline(model_scores: dict[str, float], baseline_scores: dict[
 
 
 def predictions_table(model: Any, test: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """The test rows with `actual` and `predicted` columns (and per-row correctness or error)."""
+    """The test rows with `actual` and `predicted` columns (and per-row correctness or error).
+
+    A feature of the same name is never overwritten: the added column is called `actual_2` (...) instead.
+    """
     features, labels = features_and_target(test, spec)
     table = features.copy()
-    table["actual"] = labels.to_numpy()
-    table["predicted"] = model.predict(features)
+    actual = unused_name("actual", table.columns)
+    table[actual] = labels.to_numpy()
+    predicted = unused_name("predicted", table.columns)
+    table[predicted] = model.predict(features)
     if spec.task == CLASSIFICATION:
-        table["correct"] = table["actual"] == table["predicted"]
+        table[unused_name("correct", table.columns)] = table[actual] == table[predicted]
     else:
-        table["error"] = table["predicted"] - table["actual"]
+        table[unused_name("error", table.columns)] = table[predicted] - table[actual]
     return table
 
 

@@ -37,6 +37,10 @@ def test_baseline_and_predictions_table(iris):
     table = predictions_table(baseline, splits.test, spec)
     assert {"actual", "predicted", "correct"} <= set(table.columns) and len(table) == len(splits.test)
     assert set(spec.input_columns) <= set(table.columns)
+    renamed = splits.test.rename(columns={spec.input_columns[0]: "actual"})  # a feature called `actual`
+    spec.input_columns[0] = "actual"
+    table = predictions_table(baseline, renamed, spec)
+    assert (table["actual"] == renamed["actual"]).all() and (table["actual_2"] == renamed[spec.target]).all()
 
 
 def register(splits, spec, family, params, name):

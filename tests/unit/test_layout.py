@@ -104,7 +104,7 @@ EXPECTED_USERS = {
     "errors": set(CACHED_STEPS),
     "features": {"load", "featurize", "tune", "train", "evaluate"},
     "gates": {"evaluate"},
-    "keys": set(),  # predict and monitor
+    "keys": {"evaluate"},  # and predict, monitor
     "metrics": {"tune", "train", "evaluate"},
     "model_card": {"evaluate"},
     "models": {"tune", "train", "evaluate"},
