@@ -16,7 +16,7 @@ import click
 from steps.lib.errors import PipelineError
 from steps.lib.metrics import check_metric_name
 from steps.lib.models import MODEL_FAMILIES
-from steps.lib.runner import INT, UNSET, as_param, unset_is_none
+from steps.lib.runner import INT, as_param, unset_is_none
 
 ALGOS = ("tpe", "random", "anneal", "grid")
 BACKENDS = ("local", "spark")
@@ -101,7 +101,7 @@ def parse_timeout(timeout: str | float | None) -> float | None:
 
 def all_is_none(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> Any:
     """`all` (like `auto`) leaves the families to the task."""
-    return None if value is None or str(value).strip().lower() in (*UNSET, "all") else value
+    return None if str(value).strip().lower() == "all" else unset_is_none(ctx, param, value)
 
 
 _DEFAULTS = TuneOptions()
