@@ -26,7 +26,7 @@ from steps.lib.models import score_model
 from steps.lib.names import CARD_DIR, EVALUATE_RUN_TAG, EVALUATION_DIR, GATES_PASSED_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, LOCK_SUFFIX, champion_lock
 from steps.lib.runner import run_cli, step_run, tracking_unreachable, unset_is_none
-from steps.lib.sources import dataset_source
+from steps.lib.sources import dataset_source, once_more_on_a_clash
 from steps.lib.splits import Splits, features_and_target, read_splits
 from steps.lib.uris import artifact_uri
 
@@ -135,11 +135,15 @@ def score(model_uri: str, splits_uri: str, metric: str | None, gates: GateOption
     evaluator_config: dict[str, Any] = {"log_model_explainability": False}
     if spec.task == CLASSIFICATION and spec.classes and len(spec.classes) == 2:
         evaluator_config["pos_label"] = spec.classes[1]
-    evaluation = mlflow.models.evaluate(
-        model=model_uri,
-        data=test_dataset,
-        model_type="classifier" if spec.task == CLASSIFICATION else "regressor",
-        evaluator_config=evaluator_config,
+    # MLflow logs the test rows as a dataset input first (before any metric): another main evaluating the
+    # same rows at the same moment can make that insert clash.
+    evaluation = once_more_on_a_clash(
+        lambda: mlflow.models.evaluate(
+            model=model_uri,
+            data=test_dataset,
+            model_type="classifier" if spec.task == CLASSIFICATION else "regressor",
+            evaluator_config=evaluator_config,
+        )
     )
     comparison = compare_with_baseline(test_scores, baseline_scores)
     return Scored(

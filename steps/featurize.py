@@ -17,7 +17,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
-from steps.lib.sources import dataset_source
+from steps.lib.sources import dataset_source, log_dataset
 from steps.lib.splits import SPLIT_NAMES, Splits, split_frame
 
 logger = logging.getLogger("steps.featurize")
@@ -47,7 +47,7 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
                 name=f"{meta['name']}-{name}",
                 targets=spec.target,
             )
-            mlflow.log_input(dataset, context=context)
+            log_dataset(dataset, context=context)
         mlflow.log_metrics(
             {
                 "n_train": len(splits.train),

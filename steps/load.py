@@ -17,7 +17,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, detect_task, validate_target
 from steps.lib.names import DATA_DIR, DATA_META, OUTPUT_DIGEST_TAG, PROFILE_DIR, RAW_TABLE
 from steps.lib.runner import run_cli, step_run, unset_is_none
-from steps.lib.sources import dataset_source
+from steps.lib.sources import dataset_source, log_dataset
 from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data
 from steps.lib.uris import redact_uri
 
@@ -133,7 +133,7 @@ def run_load(data_uri: str, target: str | None = None) -> dict[str, Any]:
         write_json(profile_dir / "profile.json", profile)
         column_table(profile).to_csv(profile_dir / "columns.csv", index=False)
         plot_histograms(frame, target, profile_dir / "histograms.png")
-        mlflow.log_input(dataset, context="raw")
+        log_dataset(dataset, context="raw")
         mlflow.log_metrics(
             {"n_rows": len(frame), "n_columns": len(frame.columns), "n_missing_cells": profile["n_missing_cells"]}
         )

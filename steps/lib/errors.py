@@ -11,6 +11,12 @@ class TrackingUnreachableError(PipelineError):
     """MLflow gave up on the tracking server: nothing more can be recorded, not even FAILED."""
 
 
+def is_unique_key_clash(error: BaseException) -> bool:
+    """Whether the store refused an insert because the same key was inserted meanwhile (SQLite, PostgreSQL,
+    or either behind a tracking server)."""
+    return any(clash in str(error) for clash in ("IntegrityError", "UNIQUE constraint", "duplicate key"))
+
+
 def one_line(text: str, limit: int = 500) -> str:
     """Collapse whitespace so a message fits on one line (and in a tag)."""
     flat = " ".join(text.split())

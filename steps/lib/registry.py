@@ -22,7 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.lib.errors import PipelineError, one_line
+from steps.lib.errors import PipelineError, is_unique_key_clash, one_line
 from steps.lib.process import process_alive, process_identity
 
 logger = logging.getLogger("steps.registry")
@@ -84,10 +84,7 @@ def lost_the_race(error: MlflowException) -> bool:
     found at commit), or as RESOURCE_DOES_NOT_EXIST (MLflow looks the clashing model up after the
     clash, and its holder may have deleted it in between).
     """
-    text = str(error)
-    return error_code(error) in {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"} or any(
-        clash in text for clash in ("IntegrityError", "UNIQUE constraint", "duplicate key")
-    )
+    return error_code(error) in {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"} or is_unique_key_clash(error)
 
 
 def lock_tags(client: MlflowClient, lock: str) -> dict[str, str] | None:

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import mlflow
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.exceptions import MlflowException
 
+from steps.lib.errors import is_unique_key_clash
 from steps.lib.tables import fetch_local
 from steps.lib.uris import redact_uri
+
+T = TypeVar("T")
+
+
+def once_more_on_a_clash(action: Callable[[], T]) -> T:
+    """`action()`, and once more if the store refused it on a unique key that another run inserted meanwhile.
+
+    MLflow looks a dataset up (experiment, name, digest) and inserts it if missing: two runs logging the
+    same dataset at the same moment (two mains on one data set) can both miss it, and the second insert
+    fails. The second try finds the row and only links it to this run.
+    """
+    try:
+        return action()
+    except MlflowException as error:
+        if not is_unique_key_clash(error):
+            raise
+        return action()
+
+
+def log_dataset(dataset: Any, context: str) -> None:
+    """mlflow.log_input, safe against another run logging the same dataset at the same moment."""
+    once_more_on_a_clash(lambda: mlflow.log_input(dataset, context=context))
 
 
 def dataset_source(uri: str) -> Any:

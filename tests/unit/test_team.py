@@ -244,3 +244,34 @@ def test_only_a_lock_known_to_be_dead_or_old_is_broken(tracking_uri):
     assert not break_if_stale(client, lock, stale_after=0)
     client.delete_registered_model(lock)
     assert break_if_stale(client, lock, stale_after=600)  # no lock at all
+
+
+def test_a_dataset_insert_that_clashes_with_another_run_is_tried_once_more():
+    """Two mains logging one dataset at the same moment: the store's second insert fails on its unique key."""
+    from mlflow.exceptions import MlflowException
+
+    from steps.lib.sources import once_more_on_a_clash
+
+    clash = MlflowException(
+        'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    )
+    calls = []
+
+    def log(fails_with: list[Exception]) -> str:
+        calls.append(1)
+        if fails_with:
+            raise fails_with.pop(0)
+        return "linked"
+
+    errors = [clash]
+    assert once_more_on_a_clash(lambda: log(errors)) == "linked" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(MlflowException, match="duplicate key"):  # only once more: a second clash is an error
+        errors = [clash, clash]
+        once_more_on_a_clash(lambda: log(errors))
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):  # any other error: at once
+        errors = [MlflowException("RESOURCE_DOES_NOT_EXIST")]
+        once_more_on_a_clash(lambda: log(errors))
+    assert len(calls) == 1
