@@ -53,7 +53,7 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
                 "n_train": len(splits.train),
                 "n_validation": len(splits.validation),
                 "n_test": len(splits.test),
-                "n_features": len(spec.numeric) + len(spec.categorical),
+                "n_features": len(spec.numeric) + len(spec.categorical) + len(spec.datetime),
                 "n_dropped_columns": len(spec.dropped),
             }
         )
@@ -73,15 +73,18 @@ def run_featurize(
     splits = split_frame(frame, spec, seed=seed, validation_size=validation_size, test_size=test_size)
     log_splits(splits, spec, meta)
     logger.info(
-        "%s task; %d numeric, %d categorical features; dropped %s; %d/%d/%d rows",
+        "%s task; %d numeric, %d categorical, %d date/time features; dropped %s; %d/%d/%d rows",
         spec.task,
         len(spec.numeric),
         len(spec.categorical),
+        len(spec.datetime),
         spec.dropped or "none",
         len(splits.train),
         len(splits.validation),
         len(splits.test),
     )
+    for column, encoding in spec.encodings.items():
+        logger.info("column %r: %s", column, encoding["reason"])
     return spec
 
 

@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import pickle
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +26,7 @@ from steps.lib.models import (
     hyperparam_params,
     model_pip_requirements,
     score_model,
+    shipped_code_paths,
 )
 from steps.lib.names import MODEL_URI_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
@@ -106,21 +109,24 @@ def run_train(
         {
             "Training Info": (
                 f"{family.name} ({spec.task}) on {len(splits.train)} training rows, "
-                f"{len(spec.numeric)} numeric + {len(spec.categorical)} categorical features"
+                f"{len(spec.numeric)} numeric + {len(spec.categorical)} categorical + "
+                f"{len(spec.datetime)} date/time features"
             ),
             "model_family": family.name,
             "task": spec.task,
         }
     )
-    info = mlflow.sklearn.log_model(
-        fitted,
-        name="model",
-        signature=signature,
-        input_example=features.head(5),
-        pip_requirements=model_pip_requirements(),
-        serialization_format="skops",  # safe to load, unlike pickle
-        skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-    )
+    with tempfile.TemporaryDirectory() as code_folder:
+        info = mlflow.sklearn.log_model(
+            fitted,
+            name="model",
+            signature=signature,
+            input_example=features.head(5),
+            pip_requirements=model_pip_requirements(),
+            serialization_format="skops",  # safe to load, unlike pickle
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            code_paths=shipped_code_paths(spec, Path(code_folder)),
+        )
     # skops files embed zip timestamps; the pickled pipeline is the same bytes for the same fit.
     mlflow.set_tags(
         {MODEL_URI_TAG: info.model_uri, OUTPUT_DIGEST_TAG: hashlib.sha256(pickle.dumps(fitted, 5)).hexdigest()}

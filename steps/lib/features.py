@@ -21,6 +21,19 @@ ID_NAME = re.compile(r"(^|_)(id|uuid|guid|key|index)$", re.IGNORECASE)
 # A text column whose values are nearly all distinct carries no reusable signal.
 ID_UNIQUE_RATIO = 0.95
 MIN_ROWS_PER_CLASS = 3  # one each for train, validation and test
+# Categorical encodings. Up to ONE_HOT_MAX_LEVELS levels: one-hot (native categories for HistGradientBoosting),
+# levels seen in fewer than RARE_LEVEL_ROWS training rows grouped as one "infrequent" level, at most
+# ONE_HOT_MAX_CATEGORIES columns; more levels: target encoding, cross-fitted, one column (one per class).
+ONE_HOT = "one-hot"
+TARGET_ENCODING = "target"
+DATE_PARTS = "date parts"
+ONE_HOT_MAX_LEVELS = 64
+ONE_HOT_MAX_CATEGORIES = 32
+RARE_LEVEL_ROWS = 5
+# Text is a timestamp when this share of a sample of its values is ISO 8601 (2024-05-01, 2024-05-01T13:45:00Z).
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
+TIME_SHARE = 0.95
+TIME_SAMPLE = 1000
 
 
 @dataclass
@@ -34,6 +47,16 @@ class FeatureSpec:
     dropped: dict[str, str] = field(default_factory=dict)
     input_columns: list[str] = field(default_factory=list)
     classes: list[Any] | None = None
+    datetime: list[str] = field(default_factory=list)
+    # column -> {"encoding": one-hot | target | date parts, "levels": distinct values, "reason": why}
+    encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def encoding(self, column: str) -> str:
+        """How a categorical column is encoded (a spec written before encodings were recorded: one-hot)."""
+        return self.encodings.get(column, {}).get("encoding", ONE_HOT)
+
+    def columns_encoded(self, encoding: str) -> list[str]:
+        return [c for c in self.categorical if self.encoding(c) == encoding]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,11 +98,41 @@ def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -
         raise PipelineError(f"unknown task '{task}'; use auto, classification or regression")
 
 
-def choose_columns(frame: pd.DataFrame, target: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """Split the non-target columns into numeric and categorical features, and those to drop (with why)."""
-    numeric: list[str] = []
-    categorical: list[str] = []
-    dropped: dict[str, str] = {}
+@dataclass
+class ColumnChoice:
+    """Which non-target columns feed the model, how, and which are dropped (with why)."""
+
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    datetime: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def looks_like_times(present: pd.Series) -> bool:
+    """Text whose values (a spread sample of them) are nearly all ISO 8601 dates or timestamps."""
+    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present):
+        return False
+    step = max(1, len(present) // TIME_SAMPLE)
+    sample = present.iloc[::step].astype(str).str.strip()
+    return bool(sample.str.match(ISO_TIME).mean() >= TIME_SHARE)
+
+
+def categorical_encoding(n_levels: int) -> dict[str, Any]:
+    """The bounded encoding of a categorical column with this many levels, and why."""
+    if n_levels <= ONE_HOT_MAX_LEVELS:
+        reason = (
+            f"{n_levels:,} levels (at most {ONE_HOT_MAX_LEVELS}): one-hot, levels under {RARE_LEVEL_ROWS} "
+            f"training rows grouped, at most {ONE_HOT_MAX_CATEGORIES} columns"
+        )
+        return {"encoding": ONE_HOT, "levels": n_levels, "reason": reason}
+    reason = f"{n_levels:,} levels (over {ONE_HOT_MAX_LEVELS}): target encoding, cross-fitted"
+    return {"encoding": TARGET_ENCODING, "levels": n_levels, "reason": reason}
+
+
+def choose_columns(frame: pd.DataFrame, target: str) -> ColumnChoice:
+    """Split the non-target columns into numeric, categorical and date/time features, and those to drop."""
+    choice = ColumnChoice()
     n_rows = len(frame)
     for column in frame.columns:
         if column == target:
@@ -90,22 +143,28 @@ def choose_columns(frame: pd.DataFrame, target: str) -> tuple[list[str], list[st
         is_bool = pd.api.types.is_bool_dtype(present.infer_objects())
         is_numeric = pd.api.types.is_numeric_dtype(values) and not is_bool
         if present.empty:
-            dropped[column] = "all values missing"
+            choice.dropped[column] = "all values missing"
         elif n_unique <= 1:
-            dropped[column] = "constant"
-        elif pd.api.types.is_datetime64_any_dtype(values):
-            dropped[column] = "datetime (not featurized)"
+            choice.dropped[column] = "constant"
+        elif pd.api.types.is_datetime64_any_dtype(values) or (not is_numeric and looks_like_times(present)):
+            choice.datetime.append(column)
+            choice.encodings[column] = {
+                "encoding": DATE_PARTS,
+                "levels": int(n_unique),
+                "reason": "date/time: year, month, day, day of week, hour, ... (those that vary) and the time in days",
+            }
         elif n_unique == n_rows and ID_NAME.search(str(column)):
-            dropped[column] = "ID-like (unique per row, named like an identifier)"
+            choice.dropped[column] = "ID-like (unique per row, named like an identifier)"
         elif not is_numeric and n_rows >= 20 and n_unique >= ID_UNIQUE_RATIO * len(present):
-            dropped[column] = "ID-like (text unique per row)"
+            choice.dropped[column] = "ID-like (text unique per row)"
         elif is_numeric and n_unique == n_rows and _is_row_counter(present):
-            dropped[column] = "ID-like (a row counter)"
+            choice.dropped[column] = "ID-like (a row counter)"
         elif is_numeric:
-            numeric.append(column)
+            choice.numeric.append(column)
         else:
-            categorical.append(column)
-    return numeric, categorical, dropped
+            choice.categorical.append(column)
+            choice.encodings[column] = categorical_encoding(int(n_unique))
+    return choice
 
 
 def _is_row_counter(values: pd.Series) -> bool:
@@ -125,9 +184,11 @@ def build_feature_spec(frame: pd.DataFrame, target: str, task: str | None = None
         raise PipelineError(
             f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification"
         )
-    numeric, categorical, dropped = choose_columns(frame, target)
-    if not numeric and not categorical:
-        raise PipelineError(f"no usable feature columns (dropped: {dropped}); the data needs informative columns")
+    choice = choose_columns(frame, target)
+    if not choice.numeric and not choice.categorical and not choice.datetime:
+        raise PipelineError(
+            f"no usable feature columns (dropped: {choice.dropped}); the data needs informative columns"
+        )
     classes = None
     if task == CLASSIFICATION:
         counts = labels.value_counts()
@@ -140,4 +201,14 @@ def build_feature_spec(frame: pd.DataFrame, target: str, task: str | None = None
         classes = sorted(labels.unique().tolist(), key=lambda v: (str(type(v)), v))
         classes = [c.item() if hasattr(c, "item") else c for c in classes]
     input_columns = [str(c) for c in frame.columns if c != target]
-    return FeatureSpec(target, task, numeric, categorical, dropped, input_columns, classes)
+    return FeatureSpec(
+        target,
+        task,
+        choice.numeric,
+        choice.categorical,
+        choice.dropped,
+        input_columns,
+        classes,
+        datetime=choice.datetime,
+        encodings=choice.encodings,
+    )

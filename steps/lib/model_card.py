@@ -184,7 +184,7 @@ def build_card(
         metric,
         spec.task,
         spec.target,
-        [*spec.numeric, *spec.categorical],
+        [*spec.numeric, *spec.categorical, *spec.datetime],
         gather_data_facts(client, splits_uri, test_dataset),
         gather_params(model_uri),
         comparison,

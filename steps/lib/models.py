@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,16 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from steps.lib.errors import PipelineError
-from steps.lib.features import CLASSIFICATION, REGRESSION, TASKS, FeatureSpec
+from steps.lib.features import (
+    CLASSIFICATION,
+    ONE_HOT,
+    ONE_HOT_MAX_CATEGORIES,
+    RARE_LEVEL_ROWS,
+    REGRESSION,
+    TARGET_ENCODING,
+    TASKS,
+    FeatureSpec,
+)
 from steps.lib.metrics import compute_metrics
 from steps.lib.splits import Splits, features_and_target
 
@@ -159,30 +170,58 @@ def get_family(name: str, task: str) -> ModelFamily:
 
 
 def build_model(spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int) -> Any:
-    """A scikit-learn Pipeline: impute/scale/one-hot the raw feature columns, then the estimator.
+    """A scikit-learn Pipeline: the bounded encoding of the raw feature columns, then the estimator.
 
     The preprocessing sits inside the pipeline so it is fitted on training rows only and travels with
     the model; columns featurize dropped are ignored, so the model takes raw rows as `load` wrote them.
     """
     from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    transformers = []
+    estimator = family.build(spec.task, hyperparams, seed)
+    native = family.name == "hist_gradient_boosting"
+    transformers = encoders(spec, seed, native_categories=native)
+    if native:  # the ordinal-encoded columns come first in the output: HistGradientBoosting's own categories
+        n_native = len(spec.columns_encoded(ONE_HOT))
+        estimator.set_params(categorical_features=list(range(n_native)) if n_native else None)
+    preprocess = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0 if native else 0.3)
+    return Pipeline([("preprocess", preprocess), ("model", estimator)])
+
+
+def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tuple[str, Any, list[str]]]:
+    """The ColumnTransformer's parts, each bounded in width whatever the number of rows and levels."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
+
+    from steps.lib.transforms import DateParts
+
+    bounded = {"min_frequency": RARE_LEVEL_ROWS, "max_categories": ONE_HOT_MAX_CATEGORIES}
+    parts: list[tuple[str, Any, list[str]]] = []
+    if one_hot := spec.columns_encoded(ONE_HOT):
+        if native_categories:
+            encoder: Any = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, **bounded)
+        else:
+            encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", sparse_output=True, **bounded)
+        parts.append(("categorical", encoder, one_hot))
     if spec.numeric:
         numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-        transformers.append(("numeric", numeric, list(spec.numeric)))
-    if spec.categorical:
-        categorical = Pipeline(
+        parts.append(("numeric", numeric, list(spec.numeric)))
+    if many_levels := spec.columns_encoded(TARGET_ENCODING):
+        folds = StratifiedKFold if spec.task == CLASSIFICATION else KFold
+        target = TargetEncoder(target_type="auto", cv=folds(n_splits=5, shuffle=True, random_state=seed))
+        parts.append(("many_levels", Pipeline([("target", target), ("scale", StandardScaler())]), many_levels))
+    if spec.datetime:
+        dates = Pipeline(
             [
-                ("impute", SimpleImputer(strategy="most_frequent")),
-                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                ("parts", DateParts()),
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("scale", StandardScaler()),
             ]
         )
-        transformers.append(("categorical", categorical, list(spec.categorical)))
-    preprocess = ColumnTransformer(transformers, remainder="drop")
-    return Pipeline([("preprocess", preprocess), ("model", family.build(spec.task, hyperparams, seed))])
+        parts.append(("dates", dates, list(spec.datetime)))
+    return parts
 
 
 def predict_with_proba(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -224,9 +263,31 @@ def model_pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops")]
 
 
-# What our pipelines hold beyond skops' default allow-list; all come from numpy and scikit-learn.
+# The project's modules a logged model may need at prediction time, shipped inside it (MLflow's code_paths).
+SHIPPED_CODE = ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipped_code_paths(spec: FeatureSpec, folder: Path) -> list[str] | None:
+    """The `code_paths` for a model of this spec: a `steps` tree holding only SHIPPED_CODE, byte for byte.
+
+    None when the model needs none of the project's code (no date/time columns).
+    """
+    if not spec.datetime:
+        return None
+    for relative in SHIPPED_CODE:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_ROOT / relative, folder / relative)
+    return [str(folder / "steps")]
+
+
+# What our pipelines hold beyond skops' default allow-list: numpy and scikit-learn types, and our DateParts
+# (its module ships with the model, see SHIPPED_CODE).
 SKOPS_TRUSTED_TYPES = (
     "numpy.dtype",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.model_selection._split.KFold",  # the target encoder's cross-fitting folds
+    "sklearn.model_selection._split.StratifiedKFold",
+    "steps.lib.transforms.DateParts",
 )

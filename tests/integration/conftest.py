@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +86,49 @@ def children(client: MlflowClient, parent: Run) -> list[Run]:
         order_by=["attributes.start_time ASC"],
         max_results=1000,
     )
+
+
+@contextmanager
+def model_server(model_uri: str, tracking_uri: str, cwd: Path) -> Iterator[str]:
+    """`mlflow models serve` of a model on 127.0.0.1, started in `cwd`, answering /ping; yields its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    server = subprocess.Popen(
+        [*command, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=cwd,
+        env=mlflow_env(tracking_uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                assert time.monotonic() < deadline, "the server did not answer /ping within 120 s"
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    """A JSON POST; (status, JSON answer), also for an HTTP error."""
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -20,7 +17,7 @@ import pytest
 from steps.lib.names import PIPELINE_STEPS
 from steps.lib.tables import load_bundled_frame
 from tests.conftest import PROJECT_DIR
-from tests.integration.conftest import children, free_port, mlflow_env, mlflow_run, runs_by_step
+from tests.integration.conftest import children, mlflow_env, mlflow_run, model_server, post, runs_by_step
 
 STEPS = list(PIPELINE_STEPS)
 NAME = "pipeline-model"
@@ -293,27 +290,8 @@ def test_a_failing_gate_leaves_the_champion_where_it_was(registry):
     assert client.get_model_version(NAME, version).aliases == ["challenger"]
 
 
-def test_serving_answers_over_http_as_the_pyfunc_does(registry):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", *serve_args(port)],
-        env=mlflow_env(registry["store"]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as answer:
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-3000:]
-                assert time.monotonic() < deadline, "the server did not answer /ping within 120 s"
-                time.sleep(0.5)
+def test_serving_answers_over_http_as_the_pyfunc_does(registry, tmp_path):
+    with model_server(f"models:/{NAME}@champion", registry["store"], tmp_path) as base:
         rows = registry["held_out"][FEATURES]
         expected = list(mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(rows))
         split = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
@@ -325,21 +303,3 @@ def test_serving_answers_over_http_as_the_pyfunc_does(registry):
         assert status == 400 and "missing inputs" in body["message"]
         status, body = post(f"{base}/invocations", {"rows": [[1, 2, 3, 4]]})
         assert 400 <= status < 500 and "dataframe_split" in body["message"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def serve_args(port: int) -> list[str]:
-    return ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-
-
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())

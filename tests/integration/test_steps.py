@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import children, mlflow_run, runs_by_step
+from tests.integration.conftest import children, mlflow_run, model_server, post, runs_by_step
 
 
 def churn_csv(path) -> pd.DataFrame:
@@ -138,16 +138,22 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
 
 
 def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process):
-    """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, and a feature called `prediction`: every step
-    takes them, metric keys are cleaned, the real names stay in the artifacts, no output overwrites an input."""
+    """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, a feature called `prediction`, a text ID, a
+    city of many levels, a sign-up time as ISO text: every step takes them, metric keys are cleaned, the real
+    names stay in the artifacts, no output overwrites an input, and the model served from another folder takes
+    the raw rows (the date transformer ships inside it)."""
     rng = np.random.default_rng(3)
-    n = 200
+    n = 400
     income = rng.normal(50, 15, n).round(1)
+    signed_up = pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 3 * 365 * 24, n), unit="h")
     frame = pd.DataFrame(
         {
+            "customer id": [f"K-{i:06d}" for i in rng.permutation(n)],
             "Income ($)": income,
             "seniority (years)": rng.integers(0, 40, n),
             "plan type": rng.choice(["basic", "pro"], n),
+            "city": rng.choice([f"town {i}" for i in range(120)], n),
+            "signed up": signed_up.strftime("%Y-%m-%dT%H:%M:%S"),
             "prediction": rng.normal(size=n),  # a column of the user's, as it happens, named like predict's output
             "income class": np.where(income > 50, ">50K", "<=50K"),
         }
@@ -157,6 +163,14 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     in_process("load", "--data-uri", str(tmp_path / "people.csv"), "--target", "income class")
     in_process("featurize", "--raw-data-uri", f"runs:/{newest(client, 'load').info.run_id}/data")
     splits_uri = f"runs:/{newest(client, 'featurize').info.run_id}/splits"
+    spec = json.loads(mlflow.artifacts.load_text(f"{splits_uri}/feature_spec.json"))
+    assert spec["dropped"] == {"customer id": "ID-like (text unique per row)"}
+    assert [spec["encodings"][c]["encoding"] for c in ("plan type", "city", "signed up")] == [
+        "one-hot",
+        "target",
+        "date parts",
+    ]
+    assert spec["datetime"] == ["signed up"] and spec["encodings"]["city"]["levels"] == frame["city"].nunique()
     in_process("train", "--splits-uri", splits_uri)
     model_uri = newest(client, "train").data.tags["model_uri"]
     in_process("evaluate", "--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "people")
@@ -177,4 +191,17 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     keys = {"drift.Income ___.psi", "drift.seniority _years_.psi", "drift.prediction.psi", "drift.prediction_2.psi"}
     assert keys <= set(monitor.data.metrics)
     drift = pd.read_csv(mlflow.artifacts.download_artifacts(f"{monitor.info.artifact_uri}/drift/drift_table.csv"))
-    assert {"Income ($)", "seniority (years)", "plan type", "prediction", "prediction_2"} == set(drift["column"])
+    features = {"Income ($)", "seniority (years)", "plan type", "city"}
+    assert features | {"prediction", "prediction_2"} == set(drift["column"])
+
+    elsewhere = tmp_path / "elsewhere"  # no steps package here: the model's own copy of the transformer serves
+    elsewhere.mkdir()
+    rows = batch.head(5).copy()
+    rows.loc[rows.index[0], "city"] = "a town never seen"
+    rows.loc[rows.index[1], "signed up"] = None
+    expected = table["prediction_2"].head(5).tolist()
+    with model_server("models:/people@champion", store, elsewhere) as base:
+        status, body = post(f"{base}/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split"))})
+    assert status == 200, body
+    assert [p in {"<=50K", ">50K"} for p in body["predictions"]] == [True] * 5
+    assert body["predictions"][2:] == expected[2:]

@@ -15,16 +15,16 @@ def test_choose_columns_drops_constant_empty_and_id_like(mixed_frame):
     frame = mixed_frame.assign(
         order_no=np.random.default_rng(1).permutation(60) + 1, token=[f"t{i}" for i in range(60)]
     )
-    numeric, categorical, dropped = choose_columns(frame, "label")
-    assert numeric == ["x1", "x2"]
-    assert categorical == ["colour"]
-    assert set(dropped) == {"customer_id", "constant", "empty", "order_no", "token"}
-    assert dropped["constant"] == "constant" and dropped["empty"] == "all values missing"
+    choice = choose_columns(frame, "label")
+    assert choice.numeric == ["x1", "x2"]
+    assert choice.categorical == ["colour"] and choice.datetime == []
+    assert set(choice.dropped) == {"customer_id", "constant", "empty", "order_no", "token"}
+    assert choice.dropped["constant"] == "constant" and choice.dropped["empty"] == "all values missing"
 
 
 def test_unique_floats_are_features_not_ids():
     frame = pd.DataFrame({"measurement": np.linspace(0, 1, 30), "y": [0, 1, 2] * 10})
-    assert choose_columns(frame, "y")[0] == ["measurement"]
+    assert choose_columns(frame, "y").numeric == ["measurement"]
 
 
 def test_feature_spec_detects_task_and_classes(mixed_frame):

@@ -1,0 +1,164 @@
+"""Bounded encoding: the choice per column, widths that do not grow with levels or rows, date parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse
+
+from steps.lib.features import (
+    DATE_PARTS,
+    ONE_HOT,
+    ONE_HOT_MAX_CATEGORIES,
+    ONE_HOT_MAX_LEVELS,
+    TARGET_ENCODING,
+    build_feature_spec,
+    choose_columns,
+    looks_like_times,
+)
+from steps.lib.models import MODEL_FAMILIES, SHIPPED_CODE, build_model, shipped_code_paths
+from steps.lib.transforms import DateParts, parse_times
+from tests.conftest import PROJECT_DIR
+
+
+def levels_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    """A label, a numeric, a colour of 4 levels + a rare one, a shop of 65 levels, a city of 5,000, times as text."""
+    rng = np.random.default_rng(seed)
+    colour = rng.choice(["red", "green", "blue", None], n).astype(object)
+    colour[:3] = "mauve"  # 3 rows: under the rare-level threshold
+    hours = rng.integers(0, 2 * 365 * 24, n)
+    return pd.DataFrame(
+        {
+            "Income ($)": rng.normal(50, 10, n),
+            "colour": colour,
+            "shop": [f"shop {i % 65}" for i in range(n)],
+            "city": [f"city {i}" for i in rng.integers(0, 5000, n)],
+            "seen at": (pd.Timestamp("2022-01-01") + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%d %H:%M"),
+            "label": rng.choice(["<=50K", ">50K"], n),
+        }
+    )
+
+
+def test_each_categorical_gets_a_bounded_encoding_recorded_with_its_reason_and_level_count():
+    frame = levels_frame(20_000)
+    frame["shop 64"] = [f"s{i % 64}" for i in range(len(frame))]  # exactly at the one-hot limit
+    spec = build_feature_spec(frame, "label")
+    assert spec.numeric == ["Income ($)"] and spec.datetime == ["seen at"]
+    assert {c: spec.encoding(c) for c in spec.categorical} == {
+        "colour": ONE_HOT,
+        "shop": TARGET_ENCODING,
+        "city": TARGET_ENCODING,
+        "shop 64": ONE_HOT,
+    }
+    shop, city, colour = (spec.encodings[c] for c in ("shop", "city", "colour"))
+    assert shop["levels"] == ONE_HOT_MAX_LEVELS + 1 and "target encoding, cross-fitted" in shop["reason"]
+    assert city["levels"] == frame["city"].nunique() and colour["levels"] == 4 and "one-hot" in colour["reason"]
+    assert spec.encodings["seen at"]["encoding"] == DATE_PARTS
+    roundtrip = type(spec).from_dict(spec.to_dict())
+    assert roundtrip.encodings == spec.encodings
+    old = type(spec).from_dict({k: v for k, v in spec.to_dict().items() if k not in ("encodings", "datetime")})
+    assert old.encoding("city") == ONE_HOT  # a spec written before encodings were recorded
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "random_forest", "hist_gradient_boosting"])
+def test_the_encoded_width_does_not_grow_with_levels_or_rows(family):
+    """Whatever the rows and levels: numeric + one-hot columns (at most the cap) + one per target-encoded
+    column + the varying date parts; unseen and rare levels take the infrequent column, not a new one."""
+    widths = []
+    for n in (2_000, 40_000):
+        frame = levels_frame(n, seed=n)
+        spec = build_feature_spec(frame, "label")
+        chosen = MODEL_FAMILIES[family]
+        params = chosen.resolve({"n_estimators": 5} if family == "random_forest" else {})
+        model = build_model(spec, chosen, params, seed=0).fit(frame[spec.input_columns], frame["label"])
+        unseen = frame.head(50).assign(colour="violet", city="nowhere", shop="new shop")
+        encoded = model[:-1].transform(unseen[spec.input_columns])
+        assert encoded.shape[1] <= 1 + ONE_HOT_MAX_CATEGORIES + 2 + 8
+        assert len(model.predict(unseen[spec.input_columns])) == 50
+        widths.append(encoded.shape[1])
+        if family == "logistic_regression":
+            categories = model[0].named_transformers_["categorical"]
+            assert [list(levels) for levels in categories.infrequent_categories_] == [["mauve"]]
+    assert widths[0] == widths[1]
+
+
+def test_hist_gradient_boosting_takes_the_few_level_columns_as_its_own_categories():
+    frame = levels_frame(3_000)
+    spec = build_feature_spec(frame, "label")
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    model = build_model(spec, family, family.resolve({}), seed=0).fit(frame[spec.input_columns], frame["label"])
+    assert list(model[-1].categorical_features) == [0]  # colour, ordinal-encoded first
+    assert not scipy.sparse.issparse(model[:-1].transform(frame[spec.input_columns]))
+    rng = np.random.default_rng(0)  # mostly one-hot columns: sparse for the estimators that take it
+    wide = pd.DataFrame({f"c{i}": rng.choice([f"v{j}" for j in range(30)], 3_000) for i in range(6)})
+    wide["label"] = frame["label"]
+    spec = build_feature_spec(wide, "label")
+    for name, sparse in (("logistic_regression", True), ("hist_gradient_boosting", False)):
+        family = MODEL_FAMILIES[name]
+        model = build_model(spec, family, family.resolve({}), seed=0).fit(wide[spec.input_columns], wide["label"])
+        assert scipy.sparse.issparse(model[:-1].transform(wide[spec.input_columns])) is sparse
+
+
+def test_target_encoding_is_cross_fitted_on_the_training_rows():
+    """A level seen once predicts its own label perfectly when encoded in-sample; cross-fitted it cannot."""
+    rng = np.random.default_rng(1)
+    n = 2_000
+    frame = pd.DataFrame({"x": rng.normal(size=n), "code": [f"c{i}" for i in range(n // 2)] * 2})
+    frame["label"] = rng.choice(["yes", "no"], n)
+    spec = build_feature_spec(frame, "label")
+    assert spec.encoding("code") == TARGET_ENCODING
+    family = MODEL_FAMILIES["logistic_regression"]
+    model = build_model(spec, family, family.resolve({}), seed=0).fit(frame[spec.input_columns], frame["label"])
+    assert model.score(frame[spec.input_columns], frame["label"]) < 0.65  # pure noise stays noise
+
+
+def test_text_is_a_time_only_when_nearly_all_of_it_is_iso_8601():
+    iso = pd.Series(["2024-05-01", "2024-05-02T13:45:00Z", "2024-05-03 08:00", "2024-05-04T08:00:00+02:00"] * 30)
+    assert looks_like_times(iso)
+    assert not looks_like_times(pd.Series(["05/01/2024", "05/02/2024"] * 30))
+    assert not looks_like_times(pd.Series(["20240501", "20240502"] * 30))
+    assert not looks_like_times(pd.Series(["2024-05-01"] * 90 + ["soon"] * 10))
+    assert not looks_like_times(pd.Series([1.5, 2.5] * 30))
+
+
+def test_date_parts_keep_what_varies_and_leave_missing_times_missing():
+    times = pd.Series(["2024-05-01T13:45:00Z", "2024-12-24T13:45:00+01:00", None, "not a time", "2025-02-03T13:45:00Z"])
+    parts = DateParts().fit(pd.DataFrame({"at": times}))
+    assert parts.parts_ == {"at": ["year", "month", "day", "day_of_week", "hour", "days"]}  # minute, second: constant
+    out = parts.transform(pd.DataFrame({"at": times}))
+    assert out.shape == (5, 6)
+    assert list(out[0]) == [2024, 5, 1, 2, 13, pytest.approx(19844 + 13.75 / 24)]
+    assert out[1][4] == 12  # 13:45 at +01:00 is 12:45 UTC
+    assert np.isnan(out[2]).all() and np.isnan(out[3]).all()
+    assert list(parts.get_feature_names_out()) == [f"at.{p}" for p in parts.parts_["at"]]
+    native = pd.DataFrame({"at": pd.to_datetime(times.iloc[[0, 4]], utc=True)})
+    assert parse_times(native["at"]).equals(parse_times(times.iloc[[0, 4]]))
+
+
+def test_a_datetime_column_is_featurized_and_the_model_takes_the_raw_column():
+    n = 500
+    rng = np.random.default_rng(2)
+    when = pd.Series(pd.date_range("2023-01-01", periods=n, freq="D"))
+    frame = pd.DataFrame({"when": when, "x": rng.normal(size=n), "y": np.where(when.dt.month > 6, "late", "early")})
+    spec = build_feature_spec(frame, "y")
+    assert choose_columns(frame, "y").datetime == ["when"] and spec.datetime == ["when"]
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    model = build_model(spec, family, family.resolve({}), seed=0).fit(frame[spec.input_columns], frame["y"])
+    assert model.score(frame[spec.input_columns], frame["y"]) > 0.95
+    as_text = frame[spec.input_columns].assign(when=when.dt.strftime("%Y-%m-%d"))
+    assert (model.predict(as_text) == model.predict(frame[spec.input_columns])).all()
+
+
+def test_the_date_transformer_ships_with_the_model_byte_for_byte(tmp_path):
+    with_dates = build_feature_spec(levels_frame(300), "label")
+    [folder] = shipped_code_paths(with_dates, tmp_path)
+    shipped = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.py"))
+    assert shipped == sorted(SHIPPED_CODE)
+    for relative in SHIPPED_CODE:
+        assert (tmp_path / relative).read_bytes() == (PROJECT_DIR / relative).read_bytes()
+    assert folder == str(tmp_path / "steps")
+    source = (PROJECT_DIR / "steps/lib/transforms.py").read_text()
+    assert "from steps" not in source and "import steps" not in source  # self-contained, as shipped
+    without = build_feature_spec(levels_frame(300).drop(columns="seen at"), "label")
+    assert shipped_code_paths(without, tmp_path / "none") is None
