@@ -18,7 +18,7 @@ from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.sources import dataset_source, log_dataset
-from steps.lib.splits import SPLIT_NAMES, Splits, split_frame
+from steps.lib.splits import SPLIT_NAMES, SplitOptions, Splits, check_shares, split_frame, split_options
 
 logger = logging.getLogger("steps.featurize")
 SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset contexts for the three splits
@@ -64,13 +64,40 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out))
 
 
+def describe_split(split: dict[str, Any]) -> str:
+    """The split in words, for the run's tag and the model card."""
+    kind, column, dropped = split["kind"], split.get("column"), split.get("rows_without_value", 0)
+    words = {
+        "random": "random" + (" (stratified by the label)" if column is None else ""),
+        "time": f"by time on '{column}': oldest rows train, newest test",
+        "group": f"by group on '{column}': no group in two splits",
+    }[kind]
+    what = "time" if kind == "time" else "group"
+    return words + (f"; {dropped:,} rows without a {what} dropped" if dropped else "")
+
+
 def run_featurize(
-    raw_data_uri: str, task: str | None = None, seed: int = 42, validation_size: float = 0.2, test_size: float = 0.2
+    raw_data_uri: str,
+    task: str | None = None,
+    seed: int = 42,
+    validation_size: float = 0.2,
+    test_size: float = 0.2,
+    split: str = "random",
+    time_column: str | None = None,
+    group_column: str | None = None,
 ) -> FeatureSpec:
-    """The whole step inside the active run; returns the feature spec. `task` None: detected from the label."""
+    """The whole step inside the active run; returns the feature spec. `task` None: detected from the label.
+
+    `split`: random (stratified for classification), time (on `time_column`) or group (on `group_column`).
+    """
+    options = SplitOptions(split, time_column, group_column).check()
+    check_shares(validation_size, test_size)
     frame, meta = read_raw_data(raw_data_uri)
     spec = build_feature_spec(frame, meta["target"], task)
-    splits = split_frame(frame, spec, seed=seed, validation_size=validation_size, test_size=test_size)
+    splits = split_frame(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
+    mlflow.set_tag("split", describe_split(spec.split))
+    if spec.split["rows_without_value"]:
+        logger.warning("split: %s", describe_split(spec.split))
     log_splits(splits, spec, meta)
     logger.info(
         "%s task; %d numeric, %d categorical, %d date/time features; dropped %s; %d/%d/%d rows",
@@ -94,9 +121,19 @@ def run_featurize(
 @click.option("--seed", default=42, type=INT)
 @click.option("--validation-size", default=0.2, type=float)
 @click.option("--test-size", default=0.2, type=float)
-def main(raw_data_uri: str, task: str | None, seed: int, validation_size: float, test_size: float) -> None:
+@split_options
+def main(
+    raw_data_uri: str,
+    task: str | None,
+    seed: int,
+    validation_size: float,
+    test_size: float,
+    split: str,
+    time_column: str | None,
+    group_column: str | None,
+) -> None:
     with step_run("featurize"):
-        run_featurize(raw_data_uri, task=task, seed=seed, validation_size=validation_size, test_size=test_size)
+        run_featurize(raw_data_uri, task, seed, validation_size, test_size, split, time_column, group_column)
 
 
 if __name__ == "__main__":

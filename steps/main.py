@@ -39,6 +39,7 @@ from steps.lib.reaper import reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME
 from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
+from steps.lib.splits import SplitOptions, split_options
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.uris import artifact_uri, check_uri_credentials, redact_uri
 
@@ -226,12 +227,14 @@ def run_steps(
     seed: int,
     tune: TuneOptions,
     gates: GateOptions,
+    split: SplitOptions,
 ) -> Run:
     """load -> featurize -> tune -> train -> evaluate, each fed the artifact URIs of the one before; evaluate's run."""
     load = pipeline.step("load", {"data_uri": data_uri, "target": as_param(target)}, {"data": data_digest(data_uri)})
     featurize = pipeline.step(
         "featurize",
-        {"raw_data_uri": artifact_uri(load.info.run_id, DATA_DIR), "task": as_param(task), "seed": seed},
+        {"raw_data_uri": artifact_uri(load.info.run_id, DATA_DIR), "task": as_param(task), "seed": seed}
+        | split.as_params(),
         {"raw_data": output_digest(load)},
     )
     splits_uri = artifact_uri(featurize.info.run_id, SPLITS_DIR)
@@ -288,16 +291,18 @@ def run_main(
     use_cache: bool = True,
     tune: TuneOptions | None = None,
     gates: GateOptions | None = None,
+    split: SplitOptions | None = None,
 ) -> list[StepResult]:
     """Chain the steps through `mlflow.projects.run`, passing artifact URIs from one to the next.
 
     A step whose cache key matches a FINISHED run with its outputs intact is not run again: that
     run is reused, so a re-run after a failure resumes at the failed step. `tune` goes to tune as
-    its params (algo, models, parallelism, ...), `gates` to evaluate.
+    its params (algo, models, parallelism, ...), `gates` to evaluate, `split` to featurize.
     """
     pipeline = Pipeline.start(use_cache)
     tune, gates = tune or TuneOptions(), gates or GateOptions()
-    evaluate = run_steps(pipeline, data_uri, target, task, registered_model_name, seed, tune, gates)
+    split = (split or SplitOptions()).check()
+    evaluate = run_steps(pipeline, data_uri, target, task, registered_model_name, seed, tune, gates, split)
     registered = record_outcome(pipeline, evaluate)
     print_summary(pipeline, registered, evaluate.data.tags.get("champion.decision", ""))
     return pipeline.results
@@ -312,6 +317,7 @@ def run_main(
 @click.option("--use-cache", default="true", help="false: run every step again.")
 @tune_options
 @gate_options
+@split_options
 def main(
     data_uri: str,
     target: str | None,
@@ -319,6 +325,9 @@ def main(
     registered_model_name: str,
     seed: int,
     use_cache: str,
+    split: str,
+    time_column: str | None,
+    group_column: str | None,
     **options: Any,
 ) -> None:
     with step_run("main"):
@@ -326,6 +335,7 @@ def main(
         gates = GateOptions.from_cli(options)
         cache = parse_bool("use_cache", use_cache)
         tune = TuneOptions.from_cli(options)
+        split_by = SplitOptions(split, time_column, group_column).check()
         run_main(
             data_uri,
             target=target,
@@ -335,6 +345,7 @@ def main(
             use_cache=cache,
             tune=tune,
             gates=gates,
+            split=split_by,
         )
 
 

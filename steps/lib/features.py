@@ -50,6 +50,8 @@ class FeatureSpec:
     datetime: list[str] = field(default_factory=list)
     # column -> {"encoding": one-hot | target | date parts, "levels": distinct values, "reason": why}
     encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # how featurize split the rows: {"kind": random | time | group, "column": ..., "rows_without_value": n}
+    split: dict[str, Any] = field(default_factory=dict)
 
     def encoding(self, column: str) -> str:
         """How a categorical column is encoded (a spec written before encodings were recorded: one-hot)."""

@@ -53,6 +53,7 @@ def gather_data_facts(client: MlflowClient, splits_uri: str, test_dataset: Any) 
         "rows (train / validation / test)": " / ".join(
             str(int(featurize.data.metrics.get(f"n_{split}", 0))) for split in ("train", "validation", "test")
         ),
+        "split": featurize.data.tags.get("split", ""),
     }
     load_id = run_of_uri(featurize.data.params.get("raw_data_uri", ""))
     if load_id is not None:

@@ -20,25 +20,22 @@ from hyperopt.base import Domain
 from hyperopt.early_stop import no_progress_loss
 
 from steps.lib.errors import PipelineError, one_line
-from steps.lib.features import CLASSIFICATION, FeatureSpec
+from steps.lib.features import FeatureSpec
 from steps.lib.metrics import metric_loss
 from steps.lib.models import MODEL_FAMILIES, ModelFamily, fit_model, hyperparam_params, score_model
 from steps.lib.search_options import SearchConfig
 from steps.lib.search_space import search_setup
-from steps.lib.splits import Splits
+from steps.lib.splits import Splits, cv_folds_of
 from steps.lib.trial_logger import TrialLogger
 
 
 def cross_validated_scores(
     splits: Splits, spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int, folds: int
 ) -> dict[str, float]:
-    """Mean of each metric over `folds` folds of the training split (stratified for classification)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    splitter = (StratifiedKFold if spec.task == CLASSIFICATION else KFold)(folds, shuffle=True, random_state=seed)
+    """Mean of each metric over `folds` folds of the training split, made as the split was (see cv_folds_of)."""
     train = splits.train
     per_fold = []
-    for fit_rows, score_rows in splitter.split(train, train[spec.target]):
+    for fit_rows, score_rows in cv_folds_of(train, spec, folds, seed):
         fold = Splits(train.iloc[fit_rows], train.iloc[score_rows], splits.test)
         per_fold.append(score_model(fit_model(fold, spec, family, hyperparams, seed), fold.validation, spec))
     common = set.intersection(*(set(scores) for scores in per_fold))

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
+from typing import Any
 
+import click
+import numpy as np
 import pandas as pd
 
 from steps.lib.artifacts import download_dir
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.names import FEATURE_SPEC
+from steps.lib.runner import as_param, unset_is_none
+from steps.lib.transforms import parse_times
 
 SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_KINDS = ("random", "time", "group")
 
 
 @dataclass
@@ -44,16 +51,96 @@ def features_and_target(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.Data
     return frame[spec.input_columns], frame[spec.target]
 
 
-def split_frame(frame: pd.DataFrame, spec: FeatureSpec, seed: int, validation_size: float, test_size: float) -> Splits:
-    """Train/validation/test split of the labelled rows, stratified for classification."""
-    from sklearn.model_selection import train_test_split
+@dataclass(frozen=True)
+class SplitOptions:
+    """How featurize splits the rows (main passes it on): random, time on a column, or group on a column."""
 
+    kind: str = "random"
+    time_column: str | None = None
+    group_column: str | None = None
+
+    def check(self) -> SplitOptions:
+        check_split_options(self.kind, self.time_column, self.group_column)
+        return self
+
+    @property
+    def column(self) -> str | None:
+        return {"time": self.time_column, "group": self.group_column}.get(self.kind)
+
+    def as_params(self) -> dict[str, str]:
+        return {
+            "split": self.kind,
+            "time_column": as_param(self.time_column, "none"),
+            "group_column": as_param(self.group_column, "none"),
+        }
+
+
+def split_options(command: Any) -> Any:
+    """featurize's and main's --split, --time-column and --group-column (`none`: not given)."""
+    for option in reversed(
+        (
+            click.option("--split", default="random", type=click.Choice(SPLIT_KINDS), help="random, time or group."),
+            click.option("--time-column", default="none", callback=unset_is_none, help="split=time: the time."),
+            click.option("--group-column", default="none", callback=unset_is_none, help="split=group: the group."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def check_split_options(split: str, time_column: str | None, group_column: str | None) -> None:
+    """The split kind and its column, checked before any data is read."""
+    if split not in SPLIT_KINDS:
+        raise PipelineError(f"unknown split '{split}'; use one of {', '.join(SPLIT_KINDS)}")
+    if split == "time" and time_column is None:
+        raise PipelineError("split=time needs the column that orders the rows; pass -P time_column=<column>")
+    if split == "group" and group_column is None:
+        raise PipelineError("split=group needs the column that names each row's group; pass -P group_column=<column>")
+    if split == "random" and (time_column is not None or group_column is not None):
+        raise PipelineError(
+            "time_column and group_column apply to split=time and split=group; pass -P split=time|group"
+        )
+
+
+def check_shares(validation_size: float, test_size: float) -> None:
     for name, share in (("validation_size", validation_size), ("test_size", test_size)):
         if not 0 < share < 1:
             raise PipelineError(f"{name} must lie strictly between 0 and 1; got {share}")
     if validation_size + test_size >= 0.9:
         raise PipelineError("validation_size + test_size must leave at least 10% of rows for training")
+
+
+def split_frame(
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    seed: int,
+    validation_size: float,
+    test_size: float,
+    split: str = "random",
+    column: str | None = None,
+) -> Splits:
+    """Train/validation/test split of the labelled rows: random (stratified for classification), by time
+    (oldest rows train, newest test; equal times never in two splits) or by group (no group in two splits).
+
+    Records what it did in `spec.split` (kind, column, rows dropped for a missing time or group).
+    """
+    check_shares(validation_size, test_size)
     labelled = frame[frame[spec.target].notna()].reset_index(drop=True)
+    spec.split = {"kind": split, "column": column, "rows_without_value": 0}
+    if split == "time":
+        parts = split_by_time(labelled, spec, column, validation_size, test_size)
+    elif split == "group":
+        parts = split_by_group(labelled, spec, column, seed, validation_size, test_size)
+    else:
+        parts = split_at_random(labelled, spec, seed, validation_size, test_size)
+    return Splits(*(part.reset_index(drop=True) for part in parts))
+
+
+def split_at_random(
+    labelled: pd.DataFrame, spec: FeatureSpec, seed: int, validation_size: float, test_size: float
+) -> tuple[pd.DataFrame, ...]:
+    from sklearn.model_selection import train_test_split
+
     stratify = labelled[spec.target] if spec.task == CLASSIFICATION else None
     try:
         rest, test = train_test_split(labelled, test_size=test_size, random_state=seed, stratify=stratify)
@@ -65,4 +152,106 @@ def split_frame(frame: pd.DataFrame, spec: FeatureSpec, seed: int, validation_si
         raise PipelineError(
             f"cannot split {len(labelled)} rows: {error}; use more data or smaller split sizes"
         ) from None
-    return Splits(*(part.reset_index(drop=True) for part in (train, validation, test)))
+    return train, validation, test
+
+
+def column_of(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+    if column not in frame.columns:
+        shown = ", ".join(map(str, frame.columns[:20]))
+        raise PipelineError(f"{what} '{column}' is not in the data (columns: {shown}); pass an existing column")
+    return frame[column]
+
+
+def time_order(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The column as a sort key (NaN where missing): numbers as they are, dates and ISO 8601 text as
+    microseconds since 1970 (UTC); refused when its values do not parse as times."""
+    values = column_of(frame, column, "time_column")
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(float)
+    present = values.notna()
+    times = parse_times(values)
+    times.index = values.index
+    unparsed = int((present & times.isna()).sum())
+    if present.sum() == 0 or unparsed > 0.05 * present.sum():
+        example = values[present & times.isna()].head(1).tolist() or values.head(1).tolist()
+        raise PipelineError(
+            f"time_column '{column}' does not parse as dates/times ({unparsed:,} of {int(present.sum()):,} values, "
+            f"e.g. {example[0]!r}); use a date/time column, numbers, or ISO 8601 text such as 2024-05-01T13:45:00"
+        )
+    microseconds = times.dt.tz_convert(None).to_numpy().astype("datetime64[us]").astype("int64")
+    return pd.Series(np.where(times.isna(), np.nan, microseconds.astype(float)), index=values.index)
+
+
+def cut_by_order(keys: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray]:
+    """Row positions of consecutive blocks of sorted `keys`, of about the given shares of rows each.
+
+    A block boundary never falls between rows with the same key: each key's rows go to one block.
+    """
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    n = len(ranked)
+    bounds = [0]
+    for share in np.cumsum(shares)[:-1]:
+        cut = round(share * n)
+        cut = int(np.searchsorted(ranked, ranked[min(cut, n - 1)], side="left")) if cut < n else n
+        bounds.append(max(cut, bounds[-1]))
+    bounds.append(n)
+    return [order[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+
+def split_by_time(
+    labelled: pd.DataFrame, spec: FeatureSpec, column: str, validation_size: float, test_size: float
+) -> tuple[pd.DataFrame, ...]:
+    times = time_order(labelled, column)
+    timed = labelled[times.notna()].reset_index(drop=True)
+    spec.split["rows_without_value"] = int(times.isna().sum())
+    shares = (1 - validation_size - test_size, validation_size, test_size)
+    blocks = cut_by_order(times[times.notna()].to_numpy(), shares)
+    parts = tuple(timed.iloc[np.sort(rows)] for rows in blocks)
+    if any(part.empty for part in parts):
+        raise PipelineError(
+            f"time_column '{column}' has too few distinct times ({times.nunique():,}) for a train/validation/test "
+            "split in time order; use split=random or more data"
+        )
+    return parts
+
+
+def split_by_group(
+    labelled: pd.DataFrame, spec: FeatureSpec, column: str, seed: int, validation_size: float, test_size: float
+) -> tuple[pd.DataFrame, ...]:
+    groups = column_of(labelled, column, "group_column")
+    grouped = labelled[groups.notna()].reset_index(drop=True)
+    spec.split["rows_without_value"] = int(groups.isna().sum())
+    keys = grouped[column].astype(str)
+    n_groups = keys.nunique()
+    if n_groups < 3:
+        raise PipelineError(
+            f"group_column '{column}' has {n_groups} group(s); a train/validation/test split by group needs at "
+            "least 3 (it should name e.g. the customer or patient of each row)"
+        )
+    rng = np.random.default_rng(seed)  # groups in a seeded random order, then cut by rows: no group in two splits
+    rank = pd.Series(rng.permutation(n_groups), index=pd.unique(keys))
+    blocks = cut_by_order(keys.map(rank).to_numpy(), (1 - validation_size - test_size, validation_size, test_size))
+    parts = tuple(grouped.iloc[np.sort(rows)] for rows in blocks)
+    if any(part.empty for part in parts):
+        raise PipelineError(
+            f"group_column '{column}': one group holds most rows, so a split by group leaves a split empty; "
+            "use split=random or a finer group"
+        )
+    return parts
+
+
+def cv_folds_of(train: pd.DataFrame, spec: FeatureSpec, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, score rows) of each cross-validation fold of the training split, matching its split kind:
+    random: k-fold (stratified for classification); time: each fold scores the next block of time on the
+    blocks before it; group: k-fold by group."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+    split = spec.split or {}
+    if split.get("kind") == "time":
+        blocks = cut_by_order(time_order(train, split["column"]).to_numpy(), (1 / (folds + 1),) * (folds + 1))
+        return [(np.concatenate(blocks[:k]), blocks[k]) for k in range(1, folds + 1) if len(blocks[k])]
+    if split.get("kind") == "group":
+        return list(GroupKFold(n_splits=folds).split(train, groups=train[split["column"]].astype(str)))
+    splitter = (StratifiedKFold if spec.task == CLASSIFICATION else KFold)(folds, shuffle=True, random_state=seed)
+    return list(splitter.split(train, train[spec.target]))

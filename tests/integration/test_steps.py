@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -205,3 +206,55 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert status == 200, body
     assert [p in {"<=50K", ">50K"} for p in body["predictions"]] == [True] * 5
     assert body["predictions"][2:] == expected[2:]
+
+
+def test_main_splits_by_time_and_featurize_by_group(store, tmp_path, in_process):
+    """split=time through main: the newest rows test (equal times in one split, rows without a time dropped and
+    counted), cross-validation in time order, the card says so; then split=group by featurize on the same load
+    and tune's folds by group: no customer in two splits or in two sides of a fold."""
+    rng = np.random.default_rng(8)
+    n = 360
+    hours = np.sort(rng.integers(0, 200, n))
+    frame = pd.DataFrame(
+        {
+            "ordered at": (pd.Timestamp("2024-03-01") + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%d %H:%M"),
+            "customer": [f"C{i % 45:03d}" for i in rng.permutation(n)],
+            "basket ($)": rng.gamma(2, 20, n).round(2),
+        }
+    )
+    frame["returned"] = np.where(frame["basket ($)"] + rng.normal(0, 10, n) > 45, "yes", "no")
+    frame.loc[[3, 50, 200], "ordered at"] = None
+    frame.to_csv(tmp_path / "orders.csv", index=False)
+    client = MlflowClient(store)
+    in_process(
+        "main",
+        *("--data-uri", str(tmp_path / "orders.csv"), "--target", "returned", "--registered-model-name", "orders"),
+        *("--max-evals", "2", "--models", "logistic_regression", "--cv-folds", "2"),
+        *("--split", "time", "--time-column", "ordered at"),
+    )
+    featurize = newest(client, "featurize")
+    told = "by time on 'ordered at': oldest rows train, newest test; 3 rows without a time dropped"
+    assert featurize.data.tags["split"] == told
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
+    parts = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("train", "validation", "test")}
+    when = {name: pd.to_datetime(part["ordered at"]) for name, part in parts.items()}
+    assert when["train"].max() < when["validation"].min() and when["validation"].max() < when["test"].min()
+    assert sum(len(part) for part in parts.values()) == n - 3
+    spec = json.loads((folder / "feature_spec.json").read_text())
+    assert spec["split"] == {"kind": "time", "column": "ordered at", "rows_without_value": 3}
+    assert newest(client, "tune").data.params["cv_folds"] == "2"
+    card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
+    assert "- split: `by time on 'ordered at'" in card
+
+    raw = f"runs:/{newest(client, 'load').info.run_id}/data"
+    in_process("featurize", "--raw-data-uri", raw, "--split", "group", "--group-column", "customer")
+    featurize = newest(client, "featurize")
+    assert featurize.data.tags["split"] == "by group on 'customer': no group in two splits"
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
+    customers = [
+        set(pd.read_parquet(folder / f"{part}.parquet")["customer"]) for part in ("train", "validation", "test")
+    ]
+    assert not (customers[0] & customers[1] or customers[0] & customers[2] or customers[1] & customers[2])
+    splits_uri = f"runs:/{featurize.info.run_id}/splits"
+    in_process("tune", "--splits-uri", splits_uri, "--max-evals", "2", "--models", "random_forest", "--cv-folds", "3")
+    assert newest(client, "tune").data.metrics["best_val_f1_macro"] > 0.5

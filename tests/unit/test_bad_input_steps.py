@@ -106,6 +106,8 @@ def test_tune_refuses_an_unknown_backend(tracking_uri, capsys):
         (["--min-delta", "-1"], "min_delta must be 0 or more"),
         (["--min-r2", "high"], "min_r2 must be a number or none; got 'high'"),
         (["--use-cache", "sometimes"], "use_cache must be true or false, got 'sometimes'"),
+        (["--split", "time"], "split=time needs the column that orders the rows; pass -P time_column=<column>"),
+        (["--split", "group"], "split=group needs the column that names each row's group"),
         (["--data-uri", "https://alice:hunter2@127.0.0.1:9/data.csv"], "data_uri holds a password in clear text"),
     ],
 )
@@ -115,3 +117,20 @@ def test_main_refuses_bad_options_before_any_step(tracking_uri, capsys, args, me
         MlflowClient().search_runs([main.info.experiment_id], f"tags.`mlflow.parentRunId` = '{main.info.run_id}'") == []
     )
     assert newest_run("load") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "time"], "split=time needs the column that orders the rows"),
+        (["--split", "time", "--time-column", "city"], "time_column 'city' does not parse as dates/times"),
+        (["--split", "time", "--time-column", "when"], "time_column 'when' is not in the data"),
+        (["--split", "group", "--group-column", "shop"], "group_column 'shop' is not in the data"),
+    ],
+)
+def test_featurize_refuses_a_split_it_cannot_make(tracking_uri, capsys, csv, args, message):
+    frame = pd.DataFrame({"city": ["Oslo", "Lima", "Pune"] * 10, "x": range(30), "y": ["a", "b"] * 15})
+    code, stderr = run_step_cli(capsys, "load", "--data-uri", csv(frame), "--target", "y")
+    assert code == 0, stderr
+    raw = f"runs:/{newest_run('load').info.run_id}/data"
+    assert_failed_cleanly(capsys, "featurize", ["--raw-data-uri", raw, *args], message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,3 +71,95 @@ def test_split_sizes_are_checked(mixed_frame, validation_size, test_size):
     spec = build_feature_spec(mixed_frame, "label")
     with pytest.raises(PipelineError):
         split_frame(mixed_frame, spec, 0, validation_size, test_size)
+
+
+# --------------------------------------------------------------------------- splits by time and by group
+
+
+def timed_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Rows at hourly times (as ISO text, a few missing, many shared by two rows), customers of 3-9 rows each."""
+    rng = np.random.default_rng(seed)
+    hours = np.sort(rng.integers(0, n // 2, n))
+    times = (pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%dT%H:%M:%S")
+    frame = pd.DataFrame(
+        {
+            "at": pd.Series(times, dtype=object),
+            "customer": [f"cust {i}" for i in np.repeat(np.arange(n), rng.integers(3, 10, n))[:n]],
+            "x": rng.normal(size=n),
+            "label": rng.choice(["yes", "no"], n),
+        }
+    ).sample(frac=1, random_state=seed)
+    frame.loc[frame.index[:7], "at"] = None
+    return frame.reset_index(drop=True)
+
+
+def test_a_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest_equal_times_never_straddle():
+    frame = timed_frame()
+    spec = build_feature_spec(frame, "label")
+    splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="time", column="at")
+    times = {name: pd.to_datetime(splits[name]["at"]) for name in ("train", "validation", "test")}
+    assert times["train"].max() < times["validation"].min() and times["validation"].max() < times["test"].min()
+    assert sum(len(splits[name]) for name in times) == len(frame) - 7
+    assert spec.split == {"kind": "time", "column": "at", "rows_without_value": 7}
+    assert abs(len(splits.test) / (len(frame) - 7) - 0.2) < 0.02
+
+
+def test_a_group_split_puts_each_group_in_one_split_only():
+    frame = timed_frame()
+    spec = build_feature_spec(frame, "label")
+    splits = split_frame(frame, spec, seed=1, validation_size=0.2, test_size=0.2, split="group", column="customer")
+    groups = [set(splits[name]["customer"]) for name in ("train", "validation", "test")]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(len(g) for g in groups) == frame["customer"].nunique()
+    assert 0.1 < len(splits.test) / len(frame) < 0.3
+    again = split_frame(frame, spec, seed=1, validation_size=0.2, test_size=0.2, split="group", column="customer")
+    assert again.test.equals(splits.test)  # seeded
+
+
+def test_cross_validation_folds_follow_the_split():
+    from steps.lib.splits import cv_folds_of
+
+    frame = timed_frame()
+    spec = build_feature_spec(frame, "label")
+    splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="time", column="at")
+    train_times = pd.to_datetime(splits.train["at"]).to_numpy()
+    folds = cv_folds_of(splits.train, spec, 3, seed=0)
+    assert len(folds) == 3
+    for fit_rows, score_rows in folds:  # each fold scores later times than it fits on
+        assert train_times[fit_rows].max() < train_times[score_rows].min()
+    splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="group", column="customer")
+    for fit_rows, score_rows in cv_folds_of(splits.train, spec, 3, seed=0):
+        customers = splits.train["customer"].to_numpy()
+        assert not set(customers[fit_rows]) & set(customers[score_rows])
+
+
+@pytest.mark.parametrize(
+    ("split", "column", "change", "message"),
+    [
+        ("time", None, None, "split=time needs the column that orders the rows; pass -P time_column=<column>"),
+        ("group", None, None, "split=group needs the column that names each row's group"),
+        ("time", "when", None, "time_column 'when' is not in the data"),
+        (
+            "time",
+            "customer",
+            None,
+            "time_column 'customer' does not parse as dates/times (600 of 600 values, e.g. 'cust",
+        ),
+        ("time", "at", {"at": "yesterday"}, "time_column 'at' does not parse as dates/times (593 of 593 values"),
+        ("group", "customer", {"customer": "everyone"}, "group_column 'customer' has 1 group(s)"),
+        ("sideways", None, None, "unknown split 'sideways'; use one of random, time, group"),
+        ("random", "at", None, "time_column and group_column apply to split=time and split=group"),
+    ],
+)
+def test_a_split_that_cannot_be_made_is_refused_in_one_line(split, column, change, message):
+    from steps.lib.splits import SplitOptions
+
+    frame = timed_frame()
+    if change:
+        frame = frame.assign(**{k: frame[k].where(frame[k].isna(), v) for k, v in change.items()})
+    spec = build_feature_spec(frame, "label")
+    with pytest.raises(PipelineError, match="^" + re.escape(message)) as raised:
+        options = SplitOptions(split, column if split != "group" else None, column if split == "group" else None)
+        options.check()
+        split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split=split, column=column)
+    assert "\n" not in str(raised.value)
