@@ -122,7 +122,7 @@ EXPECTED_USERS = {
     "splits": {"featurize", "tune", "train", "evaluate"},
     "tables": {"load", "featurize", "tune", "evaluate"},
     "trial_logger": {"tune"},
-    "transforms": {"tune", "train", "evaluate"},  # and shipped inside the models that use it
+    "transforms": {"featurize", "tune", "train", "evaluate"},  # and shipped inside the models that use it
     "uris": set(CACHED_STEPS),
 }
 

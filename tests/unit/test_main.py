@@ -15,6 +15,7 @@ from steps.lib.cache import cache_key, data_digest, normalise_params
 from steps.lib.gates import GateOptions
 from steps.lib.names import CACHE_KEY_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, PIPELINE_STEPS
 from steps.lib.search_options import TuneOptions
+from steps.lib.splits import SplitOptions
 from steps.main import StepResult, format_summary, run_steps, ui_hint
 from tests.conftest import PROJECT_DIR
 
@@ -97,7 +98,7 @@ def recorded_step_runs(data_uri: str) -> dict[str, tuple[dict, dict]]:
 
     gates = GateOptions(min_delta=0.01, bounds={"min_accuracy": 0.9})
     tune = TuneOptions(max_evals=5, models=("ridge",))
-    run_steps(Recorder(), data_uri, None, "regression", "name", 7, tune, gates)
+    run_steps(Recorder(), data_uri, None, "regression", "name", 7, tune, gates, SplitOptions("time", "at"))
     return calls
 
 
@@ -116,7 +117,14 @@ def test_main_keys_load_by_the_data_and_each_later_step_by_what_came_before(tmp_
     assert recorded_step_runs(str(path))["load"][1] != inputs["load"]
     params = {step: given for step, (given, _) in calls.items()}
     assert params["load"] == {"data_uri": str(path), "target": "auto"}
-    assert params["featurize"] == {"raw_data_uri": "runs:/load-run/data", "task": "regression", "seed": 7}
+    assert params["featurize"] == {
+        "raw_data_uri": "runs:/load-run/data",
+        "task": "regression",
+        "seed": 7,
+        "split": "time",
+        "time_column": "at",
+        "group_column": "none",
+    }
     assert params["tune"]["models"] == "ridge" and params["tune"]["max_evals"] == "5"
     assert params["train"]["params_uri"] == "runs:/tune-run/best_params.json"
     assert params["evaluate"]["model_uri"] == "models:/m-1" and params["evaluate"]["min_accuracy"] == "0.9"
