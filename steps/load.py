@@ -104,9 +104,12 @@ def plot_histograms(frame: pd.DataFrame, target: str, path: Path) -> None:
     plt.close(fig)
 
 
-def run_load(data_uri: str, target: str | None = None) -> dict[str, Any]:
-    """The whole step inside the active run; returns the data set's metadata."""
-    frame = read_data(data_uri)
+def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = None) -> dict[str, Any]:
+    """The whole step inside the active run; returns the data set's metadata.
+
+    `data_copy`: main's download of a remote `data_uri`, read instead of downloading it again.
+    """
+    frame = read_data(data_uri, data_copy)
     target = resolve_target(data_uri, target)
     validate_target(frame, target)
     frame.columns = [str(c) for c in frame.columns]
@@ -158,9 +161,10 @@ def run_load(data_uri: str, target: str | None = None) -> dict[str, Any]:
 @click.option(
     "--target", default="auto", callback=unset_is_none, help="Label column; auto: a bundled data set's own label."
 )
-def main(data_uri: str, target: str | None) -> None:
+@click.option("--data-copy", default="none", callback=unset_is_none, help="main's download of data_uri, to read.")
+def main(data_uri: str, target: str | None, data_copy: str | None) -> None:
     with step_run("load"):
-        run_load(data_uri, target=target)
+        run_load(data_uri, target=target, data_copy=Path(data_copy) if data_copy else None)
 
 
 if __name__ == "__main__":

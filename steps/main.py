@@ -18,7 +18,7 @@ from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
-from steps.lib.cache import cache_key, data_digest, reusable_run
+from steps.lib.cache import cache_key, data_digest, fetched_once, reusable_run
 from steps.lib.errors import PipelineError
 from steps.lib.gates import GateOptions, gate_options
 from steps.lib.names import (
@@ -228,9 +228,11 @@ def run_steps(
     tune: TuneOptions,
     gates: GateOptions,
     split: SplitOptions,
+    data_copy: Path | None = None,
 ) -> Run:
     """load -> featurize -> tune -> train -> evaluate, each fed the artifact URIs of the one before; evaluate's run."""
-    load = pipeline.step("load", {"data_uri": data_uri, "target": as_param(target)}, {"data": data_digest(data_uri)})
+    load_params = {"data_uri": data_uri, "target": as_param(target), "data_copy": as_param(data_copy, "none")}
+    load = pipeline.step("load", load_params, {"data": data_digest(data_uri, data_copy)})
     featurize = pipeline.step(
         "featurize",
         {"raw_data_uri": artifact_uri(load.info.run_id, DATA_DIR), "task": as_param(task), "seed": seed}
@@ -302,7 +304,8 @@ def run_main(
     pipeline = Pipeline.start(use_cache)
     tune, gates = tune or TuneOptions(), gates or GateOptions()
     split = (split or SplitOptions()).check()
-    evaluate = run_steps(pipeline, data_uri, target, task, registered_model_name, seed, tune, gates, split)
+    with fetched_once(data_uri) as copy:  # a URL is downloaded once: for load's cache key and for load to read
+        evaluate = run_steps(pipeline, data_uri, target, task, registered_model_name, seed, tune, gates, split, copy)
     registered = record_outcome(pipeline, evaluate)
     print_summary(pipeline, registered, evaluate.data.tags.get("champion.decision", ""))
     return pipeline.results

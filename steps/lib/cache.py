@@ -9,6 +9,10 @@ change to a lib module re-runs exactly the steps that import it.
 from __future__ import annotations
 
 import ast
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +32,12 @@ from steps.lib.names import (
     OUTPUT_DIGEST_TAG,
     SPLITS_DIR,
 )
-from steps.lib.tables import fetch_local
+from steps.lib.tables import fetch_local, is_remote, local_copy
 from steps.lib.uris import redact_uri
 
 # Params that point at an earlier step's run: the key uses what that run produced instead.
-URI_PARAMS = frozenset({"raw_data_uri", "splits_uri", "params_uri", "model_uri"})
+# data_copy: main's own fetch of a remote data_uri, whose digest is the key's data input.
+URI_PARAMS = frozenset({"raw_data_uri", "splits_uri", "params_uri", "model_uri", "data_copy"})
 ENV_FILES = ("python_env.yaml", "conda.yaml", "requirements.txt", "requirements.lock")
 PACKAGE_FILES = ("steps/__init__.py", "steps/lib/__init__.py")
 LIB_PREFIX = "steps.lib."
@@ -115,16 +120,42 @@ def env_digest(project: Path) -> str:
     return digest_json({f: digest_path(project / f) for f in ENV_FILES if (project / f).exists()})
 
 
-def data_digest(data_uri: str) -> str:
-    """The content of the data load will read (a bundled set: its name and scikit-learn's version)."""
+def data_digest(data_uri: str, copy: Path | None = None) -> str:
+    """The content of the data load will read (a bundled set: its name and scikit-learn's version).
+
+    `copy`: the bytes already fetched from a remote `data_uri`, which load is handed to read.
+    """
     if data_uri.startswith("sklearn:"):
         import sklearn
 
         return f"{data_uri}@scikit-learn=={sklearn.__version__}"
+    if copy is not None:
+        return digest_path(copy)
     try:
-        return digest_path(fetch_local(data_uri))
+        with local_copy(data_uri) as local:
+            return digest_path(local)
     except PipelineError:  # load itself reports the problem
         return f"unavailable:{redact_uri(data_uri)}"
+
+
+@contextmanager
+def fetched_once(data_uri: str) -> Iterator[Path | None]:
+    """For main: a remote `data_uri` fetched once, for the cache digest and for load to read; removed after.
+
+    None for local data, or when the fetch fails (load then reports the problem in its own run).
+    """
+    if not is_remote(data_uri):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-data-"))
+    try:
+        try:
+            copy: Path | None = fetch_local(data_uri, folder)
+        except PipelineError:
+            copy = None
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cache_key(

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shutil
+import stat
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -27,6 +33,11 @@ BUNDLED_DATASETS: dict[str, tuple[str, str, bool]] = {
     "digits": ("load_digits", "digit", False),
     "diabetes": ("load_diabetes", "progression", False),
 }
+# Downloads: at most this many bytes (default 2 GiB) and this many seconds in all (default 900), read in chunks.
+MAX_DOWNLOAD_BYTES = "PIPELINE_MAX_DOWNLOAD_BYTES"
+DOWNLOAD_SECONDS = "PIPELINE_DOWNLOAD_SECONDS"
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
+DOWNLOAD_CHUNK = 1 << 20
 DATA_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -65,47 +76,127 @@ def dataset_name(data_uri: str) -> str:
     return snake_case(stem) or "data"
 
 
-def read_data(data_uri: str) -> pd.DataFrame:
-    """Read a table from sklearn:<name>, a local path, file://, http(s):// or an MLflow artifact URI."""
+def read_data(data_uri: str, copy: Path | None = None) -> pd.DataFrame:
+    """Read a table from sklearn:<name>, a local path, file://, http(s):// or an MLflow artifact URI.
+
+    `copy`: what main already fetched from `data_uri` (so a URL is downloaded once, and the cache digest is of
+    the bytes read here); used when it is still there.
+    """
     if not data_uri.strip():
         raise PipelineError("data_uri is empty; pass -P data_uri=<path, URL or sklearn:iris>")
     if data_uri.startswith("sklearn:"):
         return load_bundled_frame(data_uri.split(":", 1)[1])[0]
-    local = fetch_local(data_uri)
-    return read_table_file(find_data_file(local, data_uri), data_uri)
+    if copy is not None and copy.exists():
+        return read_table_file(find_data_file(copy, data_uri), data_uri)
+    with local_copy(data_uri) as local:
+        return read_table_file(find_data_file(local, data_uri), data_uri)
 
 
-def fetch_local(uri: str) -> Path:
-    """A local path holding what `uri` names: downloads http(s) and MLflow artifact URIs."""
+def is_remote(uri: str) -> bool:
+    """Whether reading `uri` means fetching it (http(s), an MLflow artifact URI), not opening a local path."""
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    return not (uri.startswith("sklearn:") or scheme in {"", "file"} or (len(scheme) == 1 and sys.platform == "win32"))
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path holding what `uri` names; a fetched copy is removed afterwards, on success or failure."""
+    if not is_remote(uri):
+        yield fetch_local(uri)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-data-"))
+    try:
+        yield fetch_local(uri, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fetch_local(uri: str, folder: Path | None = None) -> Path:
+    """A local path holding what `uri` names: fetches http(s) and MLflow artifact URIs into `folder` (None: a
+    new temporary folder the caller owns; see local_copy for one removed after use)."""
     shown = redact_uri(uri)
     check_uri_credentials("data_uri", uri)
     uri = expand_placeholders(uri)
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
-    if scheme in {"", "file"} or (len(scheme) == 1 and sys.platform == "win32"):
+    if not is_remote(uri):
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path)) if scheme else Path(uri)
         path = path.expanduser()
         if not path.exists():
             raise PipelineError(f"data not found at '{shown}'; check the path or data_uri")
+        refuse_special_file(path, shown)
         return path
-    target_dir = Path(tempfile.mkdtemp(prefix="pipeline-data-"))
+    target_dir = folder or Path(tempfile.mkdtemp(prefix="pipeline-data-"))
     if scheme in {"http", "https"}:
-        name = Path(urllib.parse.urlsplit(uri).path).name or "data.csv"
-        target = target_dir / name
-        bare, credentials = split_credentials(uri)
-        request = urllib.request.Request(bare)
-        if credentials is not None:  # basic auth from the user-info, which urllib does not do by itself
-            token = base64.b64encode(":".join(credentials).encode()).decode()
-            request.add_unredirected_header("Authorization", f"Basic {token}")  # not sent on to a redirect
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response, target.open("wb") as out:
-                out.write(response.read())
-        except OSError as error:
-            raise PipelineError(f"cannot download '{shown}': {error}") from None
-        return target
+        return download(uri, target_dir / (Path(urllib.parse.urlsplit(uri).path).name or "data.csv"))
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target_dir)))
     except Exception as error:  # MLflow raises several types for a missing artifact
         raise PipelineError(f"cannot fetch '{shown}': {one_line(str(error), 200)}") from None
+
+
+def download_limits() -> tuple[int, float]:
+    """(most bytes, seconds in all) a download may take: PIPELINE_MAX_DOWNLOAD_BYTES, PIPELINE_DOWNLOAD_SECONDS."""
+    limits = []
+    for name, default, kind in (
+        (MAX_DOWNLOAD_BYTES, DEFAULT_MAX_DOWNLOAD_BYTES, int),
+        (DOWNLOAD_SECONDS, 900.0, float),
+    ):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = kind(raw) if raw else default
+            assert value > 0
+        except (ValueError, AssertionError):
+            raise PipelineError(f"{name} must be a positive {kind.__name__}; got {raw!r}") from None
+        limits.append(value)
+    return int(limits[0]), float(limits[1])
+
+
+def download(uri: str, target: Path) -> Path:
+    """Stream an http(s) URL to `target` in chunks, under the size cap and the overall deadline."""
+    shown = redact_uri(uri)
+    cap, seconds = download_limits()
+    bare, credentials = split_credentials(uri)
+    request = urllib.request.Request(bare)
+    if credentials is not None:  # basic auth from the user-info, which urllib does not do by itself
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        request.add_unredirected_header("Authorization", f"Basic {token}")  # not sent on to a redirect
+    deadline = time.monotonic() + seconds
+    too_big = (
+        f"the download of '{shown}' is larger than the cap of {cap:,} bytes; raise {MAX_DOWNLOAD_BYTES} "
+        "if the table is meant to be this big"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=min(60.0, seconds)) as response, target.open("wb") as out:
+            if int(response.headers.get("Content-Length") or 0) > cap:
+                raise PipelineError(too_big)
+            written = 0
+            while chunk := response.read1(DOWNLOAD_CHUNK):  # what has arrived: the deadline is checked often
+                written += len(chunk)
+                if written > cap:
+                    raise PipelineError(too_big)
+                if time.monotonic() > deadline:
+                    raise PipelineError(
+                        f"the download of '{shown}' took over {seconds:g} s ({written:,} bytes so far); raise "
+                        f"{DOWNLOAD_SECONDS} or copy the file nearer"
+                    )
+                out.write(chunk)
+    except PipelineError:
+        target.unlink(missing_ok=True)
+        raise
+    except OSError as error:
+        target.unlink(missing_ok=True)
+        raise PipelineError(f"cannot download '{shown}': {one_line(str(error), 200)}") from None
+    return target
+
+
+def refuse_special_file(path: Path, shown: str) -> None:
+    """Only regular files (and folders of them) are read: a FIFO or a device would block or never end."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special"
+        )
+        raise PipelineError(f"'{shown}' is {kind}, not a regular file; point data_uri at a CSV or Parquet file")
 
 
 def find_data_file(path: Path, shown_uri: str) -> Path:
@@ -133,6 +224,7 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
     """Read one CSV or Parquet file, turning parser failures into a one-line error."""
     kind = table_format(path)
     shown = redact_uri(shown_uri)
+    refuse_special_file(path, shown)
     if kind is None:
         raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
     try:
@@ -152,8 +244,14 @@ def header_names(path: Path, kind: str) -> list[str]:
         first_row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
         return [str(name) for name in first_row]
     import pyarrow.parquet
+    import pyarrow.types
 
-    return list(pyarrow.parquet.read_schema(path).names)
+    schema = pyarrow.parquet.read_schema(path)
+    nested = [(field.name, str(field.type)) for field in schema if pyarrow.types.is_nested(field.type)]
+    if nested:
+        listed = ", ".join(f"'{name}' ({kind})" for name, kind in nested)
+        raise PipelineError(f"nested Parquet column(s) {listed}: a model takes flat columns; flatten or drop them")
+    return list(schema.names)
 
 
 def refuse_duplicate_headers(names: list[str], shown: str) -> None:

@@ -116,7 +116,7 @@ def test_main_keys_load_by_the_data_and_each_later_step_by_what_came_before(tmp_
     path.write_text("x,y\n1,3\n")  # other bytes: another key for load, and so for every step after it
     assert recorded_step_runs(str(path))["load"][1] != inputs["load"]
     params = {step: given for step, (given, _) in calls.items()}
-    assert params["load"] == {"data_uri": str(path), "target": "auto"}
+    assert params["load"] == {"data_uri": str(path), "target": "auto", "data_copy": "none"}
     assert params["featurize"] == {
         "raw_data_uri": "runs:/load-run/data",
         "task": "regression",

@@ -1,0 +1,145 @@
+"""Data in, bounded: downloads streamed under a size cap and a deadline, fetched copies removed, one download
+for main and load, only regular files, no nested Parquet columns."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from steps.lib.cache import data_digest, fetched_once
+from steps.lib.errors import PipelineError
+from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data
+from tests.conftest import run_step_cli
+from tests.unit.test_bad_input_steps import assert_failed_cleanly
+
+CSV = b"x,y\n" + b"".join(f"{i},{'ab'[i % 2]}\n".encode() for i in range(2000))
+
+
+@contextmanager
+def serving(body: bytes, length: bool = True, pause: float = 0.0) -> Iterator[dict]:
+    """`body` at http://127.0.0.1:<port>/data.csv, with or without a Content-Length, in 4 KiB pieces `pause`
+    seconds apart; yields {"url", "gets"} (gets: how many downloads were asked for)."""
+    state = {"gets": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            state["gets"] += 1
+            self.send_response(200)
+            if length:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for start in range(0, len(body), 4096):
+                    self.wfile.write(body[start : start + 4096])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield state | {"url": f"http://127.0.0.1:{server.server_address[1]}/data.csv", "state": state}
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def own_tmp(tmp_path, monkeypatch) -> Path:
+    """A temp folder of this test's own, to see what a download leaves behind."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_a_download_is_streamed_to_disk_and_removed_after_use(own_tmp):
+    with serving(CSV) as served:
+        with local_copy(served["url"]) as path:
+            assert path.read_bytes() == CSV and path.is_relative_to(own_tmp)
+        assert list(own_tmp.iterdir()) == []
+        assert len(read_data(served["url"])) == 2000
+        assert list(own_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["announced", "chunked"])
+def test_a_download_past_the_cap_is_refused_in_one_line_and_leaves_nothing(own_tmp, monkeypatch, length):
+    monkeypatch.setenv(MAX_DOWNLOAD_BYTES, "10000")
+    with serving(CSV, length=length) as served, pytest.raises(PipelineError) as raised:
+        read_data(served["url"])
+    message = str(raised.value)
+    assert "larger than the cap of 10,000 bytes; raise PIPELINE_MAX_DOWNLOAD_BYTES" in message and "\n" not in message
+    assert list(own_tmp.iterdir()) == []
+
+
+def test_a_download_past_the_deadline_is_refused_in_one_line(own_tmp, monkeypatch):
+    monkeypatch.setenv("PIPELINE_DOWNLOAD_SECONDS", "0.5")
+    started = time.monotonic()
+    with serving(CSV * 4, pause=0.1) as served, pytest.raises(PipelineError, match=r"took over 0\.5 s") as raised:
+        read_data(served["url"])
+    assert time.monotonic() - started < 5 and "raise PIPELINE_DOWNLOAD_SECONDS" in str(raised.value)
+    assert list(own_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "0"])
+def test_a_bad_limit_is_named(monkeypatch, value):
+    monkeypatch.setenv(MAX_DOWNLOAD_BYTES, value)
+    with serving(CSV) as served, pytest.raises(PipelineError, match="PIPELINE_MAX_DOWNLOAD_BYTES must be a positive"):
+        read_data(served["url"])
+
+
+def test_main_and_load_read_one_download(own_tmp, tracking_uri, capsys):
+    """main fetches once for the cache digest and hands load that copy: the server sees one GET."""
+    with serving(CSV) as served:
+        with fetched_once(served["url"]) as copy:
+            digest = data_digest(served["url"], copy)
+            code, stderr = run_step_cli(
+                capsys, "load", "--data-uri", served["url"], "--target", "y", "--data-copy", str(copy)
+            )
+            assert code == 0, stderr
+        assert served["state"]["gets"] == 1
+        assert list(own_tmp.iterdir()) == []
+        assert data_digest(served["url"]) == digest  # the same bytes, fetched again
+        assert served["state"]["gets"] == 2 and list(own_tmp.iterdir()) == []
+    assert fetched_once("sklearn:iris").__enter__() is None
+
+
+def test_only_regular_files_are_read(tracking_uri, capsys, tmp_path):
+    fifo = tmp_path / "stream.csv"
+    os.mkfifo(fifo)
+    assert_failed_cleanly(capsys, "load", ["--data-uri", str(fifo), "--target", "y"], "is a FIFO, not a regular file")
+    assert_failed_cleanly(
+        capsys, "load", ["--data-uri", "/dev/zero", "--target", "y"], "is a device, not a regular file"
+    )
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.mkfifo(folder / "inside.csv")
+    with pytest.raises(PipelineError, match="is a FIFO"):
+        read_data(str(folder))
+    assert data_digest(str(fifo)).startswith("unavailable:")  # main's digest does not hang on it either
+
+
+def test_nested_parquet_columns_are_refused_naming_them(tracking_uri, capsys, tmp_path):
+    table = pa.table({"x": [1, 2, 3], "tags": [[1], [2, 3], []], "where": [{"a": 1}] * 3, "y": ["a", "b", "a"]})
+    pq.write_table(table, tmp_path / "nested.parquet")
+    message = "nested Parquet column(s) 'tags' (list<element: int64>), 'where' (struct<a: int64>)"
+    assert_failed_cleanly(capsys, "load", ["--data-uri", str(tmp_path / "nested.parquet"), "--target", "y"], message)
+    pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}).to_parquet(tmp_path / "flat.parquet")
+    assert len(read_data(str(tmp_path / "flat.parquet"))) == 2
