@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from steps.lib.search import SearchOutcome, best_result, run_search
 from steps.lib.search_options import SearchConfig, TuneOptions, tune_options
 from steps.lib.search_results import leaderboard, load_previous_search, plot_search, trials_to_records
 from steps.lib.search_space import grid_points, task_families
-from steps.lib.splits import Splits, read_splits
+from steps.lib.splits import Splits, read_splits, sample_rows
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.trial_logger import TrialLogProcess, nested_trial_logger
 from steps.lib.uris import artifact_uri
@@ -218,6 +218,16 @@ def log_search(
     return payload
 
 
+def sample_for_trials(inputs: TuneInputs, most: int, seed: int) -> TuneInputs:
+    """Trials fit on at most `most` training rows (a seeded, stratified sample); train refits on all of them."""
+    rows = len(inputs.splits.train)
+    sampled = sample_rows(inputs.splits.train, inputs.spec, most, seed)
+    mlflow.log_metrics({"n_train_rows": rows, "n_tune_rows": len(sampled)})
+    if len(sampled) < rows:
+        logger.info("trials fit on a sample of %d of the %d training rows (max_tune_rows)", len(sampled), rows)
+    return replace(inputs, splits=Splits(sampled, inputs.splits.validation, inputs.splits.test))
+
+
 def run_tune(
     splits_uri: str | None = None,
     options: TuneOptions | None = None,
@@ -233,6 +243,7 @@ def run_tune(
     options = options or TuneOptions()
     options.check()
     inputs = read_inputs(splits_uri, options.metric, seed, resume_from)
+    inputs = sample_for_trials(inputs, options.max_tune_rows, seed)
     families = tuple(task_families(inputs.spec.task, options.models))
     config = SearchConfig(metric=inputs.metric, seed=seed, families=families, options=options)
     if options.algo == "grid":

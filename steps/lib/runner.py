@@ -55,6 +55,8 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
         )
         try:
             yield run
+            if not nested:
+                log_peak_memory()
         except PipelineError as error:
             exit_if_unreachable(step, error)  # a TrackingUnreachableError: nothing can be recorded
             message = one_line(str(error))
@@ -75,6 +77,17 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             exit_if_unreachable(step, error)
             mlflow.set_tag(ERROR_TAG, one_line(f"unexpected {type(error).__name__}: {error}"))
             raise
+
+
+def log_peak_memory() -> None:
+    """The step process's peak resident memory (and its largest finished child's, e.g. a trial worker), in MB."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    mlflow.log_metrics(
+        {"peak_rss_mb": round(own, 1)} | ({"peak_rss_children_mb": round(children, 1)} if children else {})
+    )
 
 
 def exit_if_unreachable(step: str, error: BaseException) -> None:

@@ -35,6 +35,7 @@ class TuneOptions:
     timeout: float | None = None  # seconds; None: no limit
     cv_folds: int = 0
     backend: str = "local"
+    max_tune_rows: int = 100_000  # trials fit on a seeded, stratified sample of at most this many training rows
 
     @classmethod
     def from_cli(cls, given: Mapping[str, Any]) -> TuneOptions:
@@ -64,6 +65,8 @@ class TuneOptions:
             raise PipelineError(f"parallelism must be at least 1; got {self.parallelism}")
         if self.early_stop_rounds < 0:
             raise PipelineError(f"early_stop_rounds must be 0 (off) or more; got {self.early_stop_rounds}")
+        if self.max_tune_rows < 0:
+            raise PipelineError(f"max_tune_rows must be 0 (all rows) or more; got {self.max_tune_rows}")
         if self.cv_folds < 0 or self.cv_folds == 1:
             raise PipelineError(f"cv_folds must be 0 (score on validation) or at least 2; got {self.cv_folds}")
 
@@ -125,6 +128,12 @@ _OPTIONS: tuple[Callable[[Any], Any], ...] = (
     click.option("--timeout", default="none", callback=unset_is_none, help="Stop starting trials after this many s."),
     click.option("--cv-folds", default=_DEFAULTS.cv_folds, type=INT, help="k-fold CV on the training split; 0: off."),
     click.option("--backend", default=_DEFAULTS.backend, help="local: worker processes here; spark: SparkTrials."),
+    click.option(
+        "--max-tune-rows",
+        default=_DEFAULTS.max_tune_rows,
+        type=INT,
+        help="Trials fit on a sample of at most this many training rows; 0: all.",
+    ),
 )
 
 

@@ -255,3 +255,15 @@ def cv_folds_of(train: pd.DataFrame, spec: FeatureSpec, folds: int, seed: int) -
         return list(GroupKFold(n_splits=folds).split(train, groups=train[split["column"]].astype(str)))
     splitter = (StratifiedKFold if spec.task == CLASSIFICATION else KFold)(folds, shuffle=True, random_state=seed)
     return list(splitter.split(train, train[spec.target]))
+
+
+def sample_rows(frame: pd.DataFrame, spec: FeatureSpec, most: int, seed: int) -> pd.DataFrame:
+    """At most `most` rows (0: all), seeded, stratified by the label for classification, in their first order."""
+    if most == 0 or len(frame) <= most:
+        return frame
+    from sklearn.model_selection import train_test_split
+
+    labels = frame[spec.target]
+    stratify = labels if spec.task == CLASSIFICATION and labels.value_counts().min() >= 2 else None
+    kept, _ = train_test_split(np.arange(len(frame)), train_size=most, random_state=seed, stratify=stratify)
+    return frame.iloc[np.sort(kept)].reset_index(drop=True)

@@ -163,3 +163,17 @@ def test_a_split_that_cannot_be_made_is_refused_in_one_line(split, column, chang
         options.check()
         split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split=split, column=column)
     assert "\n" not in str(raised.value)
+
+
+def test_trials_fit_on_a_seeded_stratified_sample_of_at_most_max_tune_rows():
+    from steps.lib.splits import sample_rows
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"x": rng.normal(size=5000), "label": np.where(rng.random(5000) < 0.1, "rare", "common")})
+    spec = build_feature_spec(frame, "label")
+    sample = sample_rows(frame, spec, 1000, seed=3)
+    assert len(sample) == 1000 and sample.equals(sample_rows(frame, spec, 1000, seed=3))
+    share = (frame["label"] == "rare").mean()
+    assert abs((sample["label"] == "rare").mean() - share) < 0.002  # stratified: the class shares kept
+    assert sample_rows(frame, spec, 0, seed=3) is frame and sample_rows(frame, spec, 9000, seed=3) is frame
+    assert not sample.equals(sample_rows(frame, spec, 1000, seed=4))

@@ -1,0 +1,213 @@
+"""Time to a champion on a big generated table, with per-step seconds and peak memory, beside the floors.
+
+Generates a seeded table of --rows rows and ~30 columns as users' tables look: numerics with missing
+values, low-cardinality categoricals, text columns of ~5,000 and ~50,000 levels, an ISO timestamp as
+text, a text ID, odd column names, a binary `<=50K`/`>50K` label with some missing. Then, on a fresh store:
+
+  main     `mlflow run . -e main -P max_evals=N` (env manager local), and per step: seconds (the step's
+           run, start to end) and peak RSS of the step process and of its largest child (the metrics
+           peak_rss_mb / peak_rss_children_mb every step logs);
+  floors   pyarrow's read of the same CSV + a Parquet write of it; a no-op step launched through
+           `mlflow.projects.run` as main launches a step (bench/noop/MLproject);
+  predict  (--predict-rows M) `predict` of the champion on M rows, its seconds and peak RSS, beside the bare
+           pipeline's `predict` on the same rows in memory (its rows per second).
+
+    python bench/scale.py                          # 1,000,000 rows, max_evals 8
+    python bench/scale.py --rows 300000 --plain    # the plain 300,000-row table of issue 12's item 9
+    python bench/scale.py --rows 200000 --predict-rows 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_DIR))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+STEPS = ("load", "featurize", "tune", "train", "evaluate")
+
+
+def users_table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """~30 columns as users' tables look (see the module docstring); the label depends on a few of them."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({f"x{i} (units)": rng.normal(size=rows).astype("float32") for i in range(18)})
+    for column in ("x0 (units)", "x5 (units)", "x9 (units)"):
+        frame.loc[rng.random(rows) < 0.05, column] = np.nan
+    frame["Income ($)"] = rng.gamma(2.0, 20_000, rows).round(0)
+    frame["seniority (years)"] = rng.integers(0, 40, rows)
+    for i, levels in enumerate((3, 5, 8, 12)):
+        frame[f"segment {i}"] = pd.Series(rng.integers(0, levels, rows)).map(lambda v: f"level-{v}")
+    frame["city"] = pd.Series(rng.zipf(1.3, rows) % 5000).map(lambda v: f"city {v}")
+    frame["product"] = pd.Series(rng.integers(0, 50_000, rows)).map(lambda v: f"P{v:05d}")
+    hours = rng.integers(0, 3 * 365 * 24, rows)
+    frame["signed up"] = (pd.Timestamp("2021-01-01") + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%dT%H:%M:%S")
+    frame["customer id"] = [f"K{i:09d}" for i in rng.permutation(rows)]
+    signal = frame["x1 (units)"].to_numpy() + 0.5 * (frame["segment 1"] == "level-2") + frame["Income ($)"] / 80_000
+    label = np.where(signal + rng.normal(0, 1, rows) > 1.0, ">50K", "<=50K").astype(object)
+    label[rng.random(rows) < 0.01] = None
+    frame["income class"] = label
+    return frame
+
+
+def plain_table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """20 numeric columns, 2 categoricals of 3-4 levels, a binary label: issue 12's time-to-champion table."""
+    from sklearn.datasets import make_classification
+
+    features, labels = make_classification(rows, 20, n_informative=8, random_state=seed)
+    frame = pd.DataFrame(features.astype("float32"), columns=[f"x{i}" for i in range(20)])
+    rng = np.random.default_rng(seed)
+    frame["colour"] = rng.choice(["red", "green", "blue"], rows)
+    frame["size"] = rng.choice(["S", "M", "L", "XL"], rows)
+    frame["label"] = labels
+    return frame
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def floors(csv: Path, store: str, work: Path) -> dict[str, float]:
+    """pyarrow read + Parquet write of the CSV (the data floor); a no-op step through mlflow.projects.run."""
+    import mlflow
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    started = time.perf_counter()
+    table = pyarrow.csv.read_csv(csv)
+    pyarrow.parquet.write_table(table, work / "floor.parquet")
+    arrow = time.perf_counter() - started
+    del table
+    mlflow.set_tracking_uri(store)
+    started = time.perf_counter()
+    mlflow.projects.run(str(PROJECT_DIR / "bench" / "noop"), env_manager="local", synchronous=True)
+    return {"arrow_read_write": arrow, "noop_step": time.perf_counter() - started}
+
+
+def step_figures(store: str) -> dict[str, dict[str, float]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    figures = {}
+    for run in runs:
+        step = run.data.tags.get("pipeline.step")
+        if step in (*STEPS, "main", "predict") and step not in figures:
+            metrics = run.data.metrics
+            figures[step] = {
+                "seconds": (run.info.end_time - run.info.start_time) / 1000,
+                "rss_mb": metrics.get("peak_rss_mb", float("nan")),
+                "child_rss_mb": metrics.get("peak_rss_children_mb", float("nan")),
+                "status": run.info.status,
+            }
+    return figures
+
+
+def bare_predict_rate(store: str, rows: pd.DataFrame) -> float:
+    """Rows per second of the champion's own scikit-learn pipeline on rows already in memory."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    model = mlflow.sklearn.load_model("models:/pipeline-model@champion")
+    started = time.perf_counter()
+    model.predict(rows)
+    return len(rows) / (time.perf_counter() - started)
+
+
+def report(seconds: float, figures: dict[str, dict[str, float]], floor: dict[str, float], label: str) -> None:
+    nan = float("nan")
+    print(f"\nmain: {seconds:.1f} s to a champion ({label})")
+    print(f"{'step':<10} {'seconds':>8} {'peak RSS MB':>12} {'largest child MB':>17}")
+    for step in (*STEPS, "main"):
+        f = figures.get(step, {})
+        own, child = f.get("rss_mb", nan), f.get("child_rss_mb", nan)
+        print(f"{step:<10} {f.get('seconds', nan):8.1f} {own:12.0f} {child:17.0f}")
+    data_steps = figures["load"]["seconds"] + figures["featurize"]["seconds"] - 2 * floor["noop_step"]
+    arrow = floor["arrow_read_write"]
+    print(f"\nfloors: pyarrow read + Parquet write {arrow:.1f} s; no-op step {floor['noop_step']:.1f} s")
+    print(
+        f"(load + featurize - two no-op steps) / (pyarrow read + write) = {data_steps:.1f} / {arrow:.1f} = "
+        f"{data_steps / arrow:.2f} (target <= 2)"
+    )
+    worst = max(np.nanmax([f["rss_mb"], f["child_rss_mb"]]) for f in figures.values())
+    print(f"largest peak RSS of any step process: {worst:,.0f} MB (target <= 2048)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--max-evals", type=int, default=8)
+    parser.add_argument("--plain", action="store_true", help="the plain table (item 9), target `label`")
+    parser.add_argument("--predict-rows", type=int, default=0, help="also score this many rows with predict")
+    parser.add_argument("--param", action="append", default=[], help="more -P for main, e.g. max_tune_rows=50000")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        project = work / "project"
+        ignore = shutil.ignore_patterns("mlruns", "mlflow.db", ".venv", "__pycache__")
+        shutil.copytree(PROJECT_DIR, project, ignore=ignore)
+        frame = plain_table(args.rows) if args.plain else users_table(args.rows)
+        target = "label" if args.plain else "income class"
+        csv = work / "table.csv"
+        frame.to_csv(csv, index=False)
+        print(f"table: {len(frame):,} rows x {len(frame.columns)} columns, {csv.stat().st_size / 1e6:,.0f} MB CSV")
+        del frame
+        store = f"sqlite:///{work / 'mlflow.db'}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_TRACKING_URI": store}
+        floor = floors(csv, store, work)
+        params = [f"data_uri={csv}", f"target={target}", f"max_evals={args.max_evals}", *args.param]
+        command = ["mlflow", "run", ".", "-e", "main", "--env-manager", "local"]
+        seconds = timed([*command, *[x for p in params for x in ("-P", p)]], project, env)
+        label = f"max_evals={args.max_evals}" + "".join(f", {p}" for p in args.param)
+        report(seconds, step_figures(store), floor, label)
+        if args.predict_rows:
+            score(args.predict_rows, args.plain, work, project, env, store)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def score(rows: int, plain: bool, work: Path, project: Path, env: dict[str, str], store: str) -> None:
+    """predict on `rows` rows (a Parquet file written in pieces), beside the bare pipeline in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = work / "batch.parquet"
+    writer = None
+    piece = 500_000
+    for start in range(0, rows, piece):
+        part = (plain_table if plain else users_table)(min(piece, rows - start), seed=start + 1)
+        part = part.drop(columns="label" if plain else "income class")
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    writer.close()
+    seconds = timed(
+        ["mlflow", "run", ".", "-e", "predict", "--env-manager", "local", "-P", f"data_uri={path}"], project, env
+    )
+    figures = step_figures(store)["predict"]
+    sample = pq.read_table(path).slice(0, min(rows, 1_000_000)).to_pandas()
+    bare = bare_predict_rate(store, sample)
+    rate = rows / figures["seconds"]
+    print(f"\npredict: {rows:,} rows in {figures['seconds']:.1f} s (mlflow run {seconds:.1f} s)")
+    print(f"peak RSS {figures['rss_mb']:,.0f} MB (target <= 2048)")
+    print(
+        f"scoring rate {rate:,.0f} rows/s; bare pipeline in memory {bare:,.0f} rows/s: {rate / bare:.2f} (target 0.5)"
+    )
+
+
+if __name__ == "__main__":
+    main()
