@@ -106,6 +106,68 @@ def grid_suggest(new_ids: list[int], domain: Domain, trials: Trials, seed: int) 
     return docs
 
 
+# A family default of None that the space spells as a number (max_features None: every feature).
+NONE_IN_SPACE = {"random_forest.max_features": 1.0}
+
+
+def default_vals(family: str, index: int, domain: Domain) -> dict[str, list[Any]]:
+    """hyperopt's `vals` for a family's default configuration, clipped into the search space.
+
+    `index`: the family's place in the `model` choice. Each search tries these first (as hyperopt's
+    points_to_evaluate would), so a tuned model never loses to an untuned one the search did not try.
+    """
+    vals: dict[str, list[Any]] = {label: [] for label in domain.params}
+    vals["model"] = [index]
+    for hyperparam in MODEL_FAMILIES[family].hyperparams:
+        label = f"{family}.{hyperparam.name}"
+        if label not in domain.params:
+            continue
+        node = domain.params[label]
+        if node.name == "randint":  # a choice of [None, a bounded number] (max_depth)
+            if hyperparam.default is None:
+                vals[label] = [0]
+                continue
+            vals[label], label = [1], f"{label}_limit"
+            node = domain.params[label]
+        value = NONE_IN_SPACE.get(label) if hyperparam.default is None else hyperparam.default
+        vals[label] = [clip_into(node, float(value))]
+    return vals
+
+
+def clip_into(node: Any, value: float) -> float:
+    """`value` clipped into a hyperopt distribution's range (and onto its grid, for a quantised one)."""
+    low, high, *step = (arg.obj for arg in node.pos_args)
+    if node.name == "loguniform":
+        low, high = math.exp(low), math.exp(high)
+    value = min(max(value, low), high)
+    if step:
+        value = float(min(max(round(value / step[0]) * step[0], low), high))
+    return value
+
+
+def default_trial(new_id: int, families: list[str], domain: Domain, trials: Trials) -> dict[str, Any] | None:
+    """The trial document of the `new_id`-th family default (None past the last family)."""
+    if new_id >= len(families):
+        return None
+    vals = default_vals(families[new_id], new_id, domain)
+    idxs = {label: [new_id] if value else [] for label, value in vals.items()}
+    misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "idxs": idxs, "vals": vals}
+    [doc] = trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
+    return doc
+
+
+def defaults_first(suggest: Callable[..., Any], families: list[str]) -> Callable[..., Any]:
+    """A hyperopt algorithm whose first trials are each family's defaults, then `suggest`'s own (which sees
+    their losses, as with fmin's points_to_evaluate); a resumed search goes on where it stopped."""
+
+    def suggest_with_defaults(new_ids: list[int], domain: Domain, trials: Trials, seed: int) -> list[dict[str, Any]]:
+        docs = [default_trial(new_id, families, domain, trials) for new_id in new_ids]
+        rest = [new_id for new_id, doc in zip(new_ids, docs, strict=True) if doc is None]
+        return [doc for doc in docs if doc is not None] + (suggest(rest, domain, trials, seed) if rest else [])
+
+    return suggest_with_defaults
+
+
 @dataclass(frozen=True)
 class SearchSetup:
     """What both backends derive from the config: the space, the algorithm and how many trials in all."""
@@ -130,4 +192,5 @@ def search_setup(spec: FeatureSpec, config: SearchConfig, previous: Trials | Non
         return SearchSetup(hp.choice("grid_point", points), grid_suggest, target, done_before, ends_by)
     suggest = {"tpe": tpe.suggest, "random": rand.suggest, "anneal": anneal.suggest}[config.options.algo]
     space = build_search_space(spec.task, list(config.families))
-    return SearchSetup(space, suggest, done_before + max_evals, done_before, "max_evals")
+    seeded = defaults_first(suggest, list(config.families))
+    return SearchSetup(space, seeded, done_before + max_evals, done_before, "max_evals")

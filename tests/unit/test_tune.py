@@ -121,15 +121,45 @@ def test_cross_validation_scores_on_the_training_split(iris):
 
 @pytest.mark.parametrize(("algo", "families"), [("tpe", None), ("grid", ("logistic_regression", "random_forest"))])
 def test_a_search_recorded_before_the_layout_change_resumes(iris, algo, families):
-    """trials.json files written by the code before steps/lib (hyperopt labels unchanged) continue as before."""
+    """trials.json files written by the code before steps/lib (hyperopt labels unchanged) continue: their trials
+    stay as recorded, new ones follow. A grid search is still the same walk; a tpe search now starts from the
+    family defaults (issue 12), so there a search of the current code resumed from its own records is compared."""
     records = json.loads((PROJECT_DIR / "tests" / "data" / f"trials-{algo}-before-layout.json").read_text())
     done = len(records)  # tpe: 21, past its 20 random start-up trials
-    whole = run_search(*iris, config(families, algo=algo, max_evals=done + 3)).trials
-    assert [t["misc"]["vals"] for t in whole.trials[:done]] == [record["vals"] for record in records]
     resumed = run_search(*iris, config(families, algo=algo, max_evals=3), previous=trials_from_records(records))
     assert resumed.new_trials == 3 and len(resumed.trials.trials) == done + 3
-    assert [t["misc"]["vals"] for t in resumed.trials.trials] == [t["misc"]["vals"] for t in whole.trials]
     assert json.loads(json.dumps(trials_to_records(resumed.trials)))[:done] == records
+    whole = run_search(*iris, config(families, algo=algo, max_evals=done + 3)).trials
+    if algo == "grid":
+        assert [t["misc"]["vals"] for t in whole.trials] == [t["misc"]["vals"] for t in resumed.trials.trials]
+        return
+    own = json.loads(json.dumps(trials_to_records(whole)))[:done]
+    again = run_search(*iris, config(families, algo=algo, max_evals=3), previous=trials_from_records(own))
+    assert [t["misc"]["vals"] for t in again.trials.trials] == [t["misc"]["vals"] for t in whole.trials]
+
+
+def test_every_search_starts_from_each_familys_defaults_clipped_into_the_space(iris):
+    outcome = run_search(*iris, config(algo="tpe", max_evals=5))
+    first = [(r["model"], r["params"]) for r in outcome.trials.results[:3]]
+    assert first[0] == ("logistic_regression", {"C": 1.0, "max_iter": 1000, "class_weight": None})
+    assert first[1] == (
+        "random_forest",
+        {"n_estimators": 200, "max_depth": None, "min_samples_leaf": 1, "max_features": 1.0},
+    )
+    hgb = first[2][1]
+    assert first[2][0] == "hist_gradient_boosting" and hgb["l2_regularization"] == pytest.approx(1e-6)  # 0, clipped
+    assert {k: hgb[k] for k in ("learning_rate", "max_iter", "max_leaf_nodes", "min_samples_leaf")} == {
+        "learning_rate": pytest.approx(0.1),
+        "max_iter": 100,
+        "max_leaf_nodes": 31,
+        "min_samples_leaf": 20,
+    }
+    resumed = run_search(
+        *iris,
+        config(algo="tpe", max_evals=4),
+        previous=trials_from_records(json.loads(json.dumps(trials_to_records(outcome.trials)))[:1]),
+    )
+    assert [r["model"] for r in resumed.trials.results[:3]] == [m for m, _ in first]  # the defaults go on
 
 
 @pytest.fixture
