@@ -103,7 +103,8 @@ def subprocess_per_trial(splits_uri: str, spec: FeatureSpec, families: list[str]
         submitted = mlflow.projects.run(
             str(PROJECT_DIR),
             "train",
-            parameters={"splits_uri": splits_uri, "model": family, "seed": seed, **params},
+            parameters={"splits_uri": splits_uri, "model": family, "seed": seed, "refit": "train", "threads": 1}
+            | params,
             env_manager="local",
             synchronous=True,
         )

@@ -22,10 +22,10 @@ from steps.lib.gates import ChampionDecision, GateOptions, decide_champion, gate
 from steps.lib.keys import unused_name
 from steps.lib.metrics import is_better, resolve_metric
 from steps.lib.model_card import build_card, card_summary, log_card
-from steps.lib.models import score_model
+from steps.lib.models import MODEL_FAMILIES, REFITS, fit_model, resolve_threads, score_model
 from steps.lib.names import CARD_DIR, EVALUATE_RUN_TAG, EVALUATION_DIR, GATES_PASSED_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, LOCK_SUFFIX, champion_lock
-from steps.lib.runner import run_cli, step_run, tracking_unreachable, unset_is_none
+from steps.lib.runner import INT, run_cli, step_run, tracking_unreachable, unset_is_none
 from steps.lib.sources import dataset_source, once_more_on_a_clash
 from steps.lib.splits import Splits, features_and_target, read_splits
 from steps.lib.uris import artifact_uri
@@ -42,8 +42,28 @@ def fit_baseline(splits: Splits, spec: FeatureSpec) -> Any:
     return dummy.fit(features, labels)
 
 
-def compare_with_baseline(model_scores: dict[str, float], baseline_scores: dict[str, float]) -> pd.DataFrame:
-    """One row per metric: model, baseline, and whether the model beats it."""
+def fit_strong_baseline(splits: Splits, spec: FeatureSpec, seed: int, threads: int, refit: str) -> Any:
+    """A default HistGradientBoosting with the pipeline's own bounded encoding (its native categories), fitted
+    on the rows the model was fitted on: what a tuned model should beat."""
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    return fit_model(splits, spec, family, family.resolve({}), seed, threads=threads, refit=refit)
+
+
+def model_refit(model_uri: str) -> str:
+    """The rows train fitted the model on (its run's `refit` param; a run from before it: train only)."""
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        refit = MlflowClient().get_run(run_id).data.params.get("refit", "train") if run_id else "train"
+    except Exception:  # a model logged outside train: compare on the training rows
+        return "train"
+    return refit if refit in REFITS else "train"  # a param is anyone's to write: only a known value is used
+
+
+def compare_with_baseline(
+    model_scores: dict[str, float], baseline_scores: dict[str, float], strong_scores: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """One row per metric: model, the baseline (and the strong one), and whether the model beats each."""
+    strong = strong_scores or {}
     return pd.DataFrame(
         [
             {
@@ -51,6 +71,8 @@ def compare_with_baseline(model_scores: dict[str, float], baseline_scores: dict[
                 "model": value,
                 "baseline": baseline_scores.get(name),
                 "model_beats_baseline": name in baseline_scores and is_better(value, baseline_scores[name], name),
+                "strong_baseline": strong.get(name),
+                "model_beats_strong_baseline": name in strong and is_better(value, strong[name], name),
             }
             for name, value in model_scores.items()
         ]
@@ -103,6 +125,7 @@ class Scored:
     thresholds: dict[str, float]
     test_scores: dict[str, float]
     baseline_scores: dict[str, float]
+    strong_scores: dict[str, float]
     comparison: pd.DataFrame
     test_dataset: Any
     evaluation: Any  # mlflow.models.evaluate's result
@@ -118,14 +141,20 @@ def check_model_name(registered_model_name: str) -> None:
         raise PipelineError(f"registered_model_name may not end in '{LOCK_SUFFIX}' (the champion lock); pick another")
 
 
-def score(model_uri: str, splits_uri: str, metric: str | None, gates: GateOptions) -> Scored:
-    """Read the splits and the model; score it and the baseline on the test rows; MLflow's own evaluation."""
+def score(
+    model_uri: str, splits_uri: str, metric: str | None, gates: GateOptions, seed: int = 42, threads: int = 0
+) -> Scored:
+    """Read the splits and the model; score it and the baselines on the test rows; MLflow's own evaluation."""
+    threads = resolve_threads(threads)
     splits, spec = read_splits(splits_uri)
     metric = resolve_metric(metric, spec.task)
     thresholds = gates.thresholds(spec.task)
     model = load_sklearn_model(model_uri)
     test_scores = score_model(model, splits.test, spec)
     baseline_scores = score_model(fit_baseline(splits, spec), splits.test, spec)
+    refit = model_refit(model_uri)
+    strong_scores = score_model(fit_strong_baseline(splits, spec, seed, threads, refit), splits.test, spec)
+    mlflow.log_params({"threads": str(threads), "strong_baseline.refit": refit})
     test_dataset = mlflow.data.from_pandas(
         splits.test[[*spec.input_columns, spec.target]],
         source=dataset_source(f"{splits_uri.rstrip('/')}/test.parquet"),
@@ -145,9 +174,19 @@ def score(model_uri: str, splits_uri: str, metric: str | None, gates: GateOption
             evaluator_config=evaluator_config,
         )
     )
-    comparison = compare_with_baseline(test_scores, baseline_scores)
+    comparison = compare_with_baseline(test_scores, baseline_scores, strong_scores)
     return Scored(
-        model, splits, spec, metric, thresholds, test_scores, baseline_scores, comparison, test_dataset, evaluation
+        model,
+        splits,
+        spec,
+        metric,
+        thresholds,
+        test_scores,
+        baseline_scores,
+        strong_scores,
+        comparison,
+        test_dataset,
+        evaluation,
     )
 
 
@@ -155,6 +194,7 @@ def log_scores(scored: Scored) -> None:
     """Test metrics beside the baseline's, the per-row predictions, and the comparison table."""
     mlflow.log_metrics({f"test_{k}": v for k, v in scored.test_scores.items()})
     mlflow.log_metrics({f"baseline_test_{k}": v for k, v in scored.baseline_scores.items()})
+    mlflow.log_metrics({f"strong_baseline_test_{k}": v for k, v in scored.strong_scores.items()})
     table = predictions_table(scored.model, scored.splits.test, scored.spec)
     mlflow.log_table(table, artifact_file=f"{EVALUATION_DIR}/test_predictions.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +204,7 @@ def log_scores(scored: Scored) -> None:
 
 
 def register_and_decide(
-    client: MlflowClient, model_uri: str, name: str, scored: Scored, min_delta: float
+    client: MlflowClient, model_uri: str, name: str, scored: Scored, min_delta: float, beat_strong: bool = False
 ) -> tuple[ModelVersion, ChampionDecision, dict[str, str]]:
     """Register the model, pass it through the gates, move the alias; nothing half-registered on failure."""
     run_id = mlflow.active_run().info.run_id
@@ -182,6 +222,7 @@ def register_and_decide(
                 metric=scored.metric,
                 scores=scored.test_scores,
                 baseline_scores=scored.baseline_scores,
+                strong_scores=scored.strong_scores if beat_strong else None,
                 thresholds=scored.thresholds,
                 min_delta=min_delta,
                 test=scored.splits.test,
@@ -239,18 +280,23 @@ def run_evaluate(
     registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME,
     metric: str | None = None,
     gates: GateOptions | None = None,
+    seed: int = 42,
+    threads: int = 0,
 ) -> dict[str, Any]:
-    """The whole step inside the active run; returns the registration outcome. `metric` None: the task's default."""
+    """The whole step inside the active run; returns the registration outcome. `metric` None: the task's default.
+
+    `threads` (0: this machine's cores) and `seed`: the strong baseline's fit.
+    """
     check_model_name(registered_model_name)
     gates = gates or GateOptions()
-    scored = score(model_uri, splits_uri, metric, gates)
+    scored = score(model_uri, splits_uri, metric, gates, seed, threads)
     log_scores(scored)
     beats_baseline = bool(
         scored.comparison.loc[scored.comparison.metric == scored.metric, "model_beats_baseline"].all()
     )
     client = MlflowClient()
     version, decision, gate_tags = register_and_decide(
-        client, model_uri, registered_model_name, scored, gates.min_delta
+        client, model_uri, registered_model_name, scored, gates.min_delta, gates.beat_strong_baseline
     )
     outcome = {
         "registered_model.name": registered_model_name,
@@ -261,16 +307,20 @@ def run_evaluate(
         "champion.previous_version": decision.previous_version or "",
         "metric": scored.metric,
         "beats_baseline": str(beats_baseline).lower(),
+        "beats_strong_baseline": str(
+            is_better(scored.test_scores[scored.metric], scored.strong_scores[scored.metric], scored.metric)
+        ).lower(),
     } | gate_tags
     mlflow.set_tags(outcome | {OUTPUT_DIGEST_TAG: digest_json(outcome)})
     log_outcome(client, model_uri, splits_uri, scored, version, decision)
     if not beats_baseline:
         logger.warning("the model does not beat the dummy baseline on test %s", scored.metric)
     logger.info(
-        "test %s = %.4f (baseline %.4f); registered %s v%s as @%s; %s",
+        "test %s = %.4f (baseline %.4f, default HistGradientBoosting %.4f); registered %s v%s as @%s; %s",
         scored.metric,
         scored.test_scores[scored.metric],
         scored.baseline_scores.get(scored.metric, float("nan")),
+        scored.strong_scores.get(scored.metric, float("nan")),
         registered_model_name,
         version.version,
         outcome["registered_model.alias"],
@@ -290,7 +340,17 @@ def run_evaluate(
     help="The metric that decides the champion; auto: f1_macro or rmse.",
 )
 @gate_options
-def main(model_uri: str, splits_uri: str, registered_model_name: str, metric: str | None, **gates: Any) -> None:
+@click.option("--seed", default=42, type=INT)
+@click.option("--threads", default=0, type=INT, help="Threads of the baselines' fits; 0: this machine's cores.")
+def main(
+    model_uri: str,
+    splits_uri: str,
+    registered_model_name: str,
+    metric: str | None,
+    seed: int,
+    threads: int,
+    **gates: Any,
+) -> None:
     with step_run("evaluate"):
         run_evaluate(
             model_uri,
@@ -298,6 +358,8 @@ def main(model_uri: str, splits_uri: str, registered_model_name: str, metric: st
             registered_model_name=registered_model_name,
             metric=metric,
             gates=GateOptions.from_cli(gates),
+            seed=seed,
+            threads=threads,
         )
 
 

@@ -21,6 +21,7 @@ from steps.lib.artifacts import write_json
 from steps.lib.cache import cache_key, data_digest, fetched_once, reusable_run
 from steps.lib.errors import PipelineError
 from steps.lib.gates import GateOptions, gate_options
+from steps.lib.models import DEFAULT_REFIT, FitOptions
 from steps.lib.names import (
     BEST_PARAMS,
     CACHE_KEY_TAG,
@@ -67,7 +68,7 @@ def key_metric(step: str, run: Any, metric_hint: str) -> str:
         "load": "n_rows",
         "featurize": "n_train",
         "tune": f"best_val_{metric}",
-        "train": f"val_{metric}",
+        "train": f"val_{metric}" if f"val_{metric}" in metrics else f"val_in_sample_{metric}",
         "evaluate": f"test_{metric}",
     }[step]
     if name not in metrics:
@@ -228,6 +229,7 @@ def run_steps(
     tune: TuneOptions,
     gates: GateOptions,
     split: SplitOptions,
+    fit: FitOptions,
     data_copy: Path | None = None,
 ) -> Run:
     """load -> featurize -> tune -> train -> evaluate, each fed the artifact URIs of the one before; evaluate's run."""
@@ -244,7 +246,8 @@ def run_steps(
     tuned = pipeline.step("tune", {"splits_uri": splits_uri, "seed": seed, **tune.as_params()}, splits)
     train = pipeline.step(
         "train",
-        {"splits_uri": splits_uri, "params_uri": artifact_uri(tuned.info.run_id, BEST_PARAMS), "seed": seed},
+        {"splits_uri": splits_uri, "params_uri": artifact_uri(tuned.info.run_id, BEST_PARAMS), "seed": seed}
+        | {"refit": fit.refit, "threads": fit.threads},
         splits | {"best_params": output_digest(tuned)},
     )
     # MLflow 3 stores a logged model under its own id: pass the URI train recorded, models:/<model id>.
@@ -253,6 +256,8 @@ def run_steps(
         "splits_uri": splits_uri,
         "registered_model_name": registered_model_name,
         "metric": as_param(tune.metric),
+        "seed": seed,
+        "threads": fit.threads,
         **gates.as_params(),
     }
     return pipeline.step("evaluate", evaluate_params, {"model": output_digest(train)} | splits)
@@ -294,18 +299,24 @@ def run_main(
     tune: TuneOptions | None = None,
     gates: GateOptions | None = None,
     split: SplitOptions | None = None,
+    fit: FitOptions | None = None,
 ) -> list[StepResult]:
     """Chain the steps through `mlflow.projects.run`, passing artifact URIs from one to the next.
 
     A step whose cache key matches a FINISHED run with its outputs intact is not run again: that
     run is reused, so a re-run after a failure resumes at the failed step. `tune` goes to tune as
-    its params (algo, models, parallelism, ...), `gates` to evaluate, `split` to featurize.
+    its params (algo, models, parallelism, ...), `gates` to evaluate, `split` to featurize, `fit` to train
+    and evaluate (threads resolved here: the number is recorded, as reproduce replays it).
     """
     pipeline = Pipeline.start(use_cache)
     tune, gates = tune or TuneOptions(), gates or GateOptions()
     split = (split or SplitOptions()).check()
+    fit = (fit or FitOptions()).check()
+    mlflow.set_tag("threads", str(fit.threads))
     with fetched_once(data_uri) as copy:  # a URL is downloaded once: for load's cache key and for load to read
-        evaluate = run_steps(pipeline, data_uri, target, task, registered_model_name, seed, tune, gates, split, copy)
+        evaluate = run_steps(
+            pipeline, data_uri, target, task, registered_model_name, seed, tune, gates, split, fit, copy
+        )
     registered = record_outcome(pipeline, evaluate)
     print_summary(pipeline, registered, evaluate.data.tags.get("champion.decision", ""))
     return pipeline.results
@@ -321,6 +332,8 @@ def run_main(
 @tune_options
 @gate_options
 @split_options
+@click.option("--refit", default=DEFAULT_REFIT, help="train fits on: train, or train+validation.")
+@click.option("--threads", default=0, type=INT, help="Threads of train's fit and evaluate's; 0: this machine's cores.")
 def main(
     data_uri: str,
     target: str | None,
@@ -331,6 +344,8 @@ def main(
     split: str,
     time_column: str | None,
     group_column: str | None,
+    refit: str,
+    threads: int,
     **options: Any,
 ) -> None:
     with step_run("main"):
@@ -339,6 +354,7 @@ def main(
         cache = parse_bool("use_cache", use_cache)
         tune = TuneOptions.from_cli(options)
         split_by = SplitOptions(split, time_column, group_column).check()
+        fit = FitOptions(refit, threads).check()
         run_main(
             data_uri,
             target=target,
@@ -349,6 +365,7 @@ def main(
             tune=tune,
             gates=gates,
             split=split_by,
+            fit=fit,
         )
 
 

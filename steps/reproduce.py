@@ -41,6 +41,15 @@ class Original:
     dirty: bool
 
 
+def replay_threads(params: dict[str, str], resolved: str) -> None:
+    """threads=0 meant that machine's cores: replay the number it resolved to, so the fits come out the same.
+
+    The tag is anyone's to write: only a whole number from 1 to 1024 is used.
+    """
+    if params.get("threads") in ("0", "0.0") and resolved.isdigit() and 1 <= int(resolved) <= 1024:
+        params["threads"] = resolved
+
+
 def read_original(client: MlflowClient, run_id: str, source: str | None) -> Original:
     """The main run to reproduce: its commit, where its code came from, and its params."""
     try:
@@ -61,6 +70,7 @@ def read_original(client: MlflowClient, run_id: str, source: str | None) -> Orig
     if not uri:
         raise PipelineError(f"main run '{run_id}' records no source; pass -P source=<git URL>")
     params = {k: v for k, v in run.data.params.items() if k != "use_cache"}
+    replay_threads(params, run.data.tags.get("threads", ""))
     return Original(run, commit, uri, subdirectory, params, run.data.tags.get(DIRTY_TAG) == "true")
 
 

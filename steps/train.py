@@ -18,13 +18,17 @@ from steps.lib.artifacts import download_dir
 from steps.lib.errors import PipelineError
 from steps.lib.models import (
     DEFAULT_FAMILY,
+    DEFAULT_REFIT,
     MODEL_FAMILIES,
+    REFITS,
     SKOPS_TRUSTED_TYPES,
     ModelFamily,
     fit_model,
+    fit_rows,
     get_family,
     hyperparam_params,
     model_pip_requirements,
+    resolve_threads,
     score_model,
     shipped_code_paths,
 )
@@ -86,29 +90,39 @@ def run_train(
     params_uri: str | None = None,
     seed: int = 42,
     given: dict[str, Any] | None = None,
+    refit: str = DEFAULT_REFIT,
+    threads: int = 0,
 ) -> dict[str, float]:
     """The whole step inside the active run; returns the validation metrics.
 
-    `model` None: the params file's family, else the task's default; `given`: hyperparameters set one by one.
+    `model` None: the params file's family, else the task's default; `given`: hyperparameters set one by one;
+    `refit`: fit on the training rows, or on training + validation rows (then the validation metrics are
+    in-sample: logged as `val_in_sample_<metric>`); `threads` 0: this machine's cores (the count is logged).
     """
     if model is not None and model not in MODEL_FAMILIES:  # fail before any download
         raise PipelineError(f"unknown model '{model}'; use one of {', '.join(MODEL_FAMILIES)}")
+    if refit not in REFITS:
+        raise PipelineError(f"unknown refit '{refit}'; use one of {', '.join(REFITS)}")
+    threads = resolve_threads(threads)
     splits, spec = read_splits(splits_uri)
     mlflow.set_tag("splits_uri", splits_uri)  # what monitor compares a batch with (also when not run by `mlflow run`)
     params_file = read_params_file(params_uri) if params_uri is not None else None
     family, hyperparams = choose_model(spec.task, model, params_file, given or {})
     started = time.perf_counter()
-    fitted = fit_model(splits, spec, family, hyperparams, seed)
+    fitted = fit_model(splits, spec, family, hyperparams, seed, threads=threads, refit=refit)
     fit_seconds = time.perf_counter() - started
     validation = score_model(fitted, splits.validation, spec)
     features, _ = features_and_target(splits.train, spec)
     signature = mlflow.models.infer_signature(features, fitted.predict(features))
-    mlflow.log_params(hyperparam_params(family, hyperparams))
-    mlflow.log_metrics({f"val_{k}": v for k, v in validation.items()} | {"fit_seconds": fit_seconds})
+    mlflow.log_params(hyperparam_params(family, hyperparams) | {"threads": str(threads), "refit": refit})
+    prefix = "val_" if refit == "train" else "val_in_sample_"
+    mlflow.log_metrics({f"{prefix}{k}": v for k, v in validation.items()} | {"fit_seconds": fit_seconds})
+    n_rows = len(fit_rows(splits, refit))
     mlflow.set_tags(
         {
+            "refit": refit,
             "Training Info": (
-                f"{family.name} ({spec.task}) on {len(splits.train)} training rows, "
+                f"{family.name} ({spec.task}) on {n_rows} rows ({refit}), "
                 f"{len(spec.numeric)} numeric + {len(spec.categorical)} categorical + "
                 f"{len(spec.datetime)} date/time features"
             ),
@@ -150,12 +164,22 @@ def run_train(
     help="tune's best-params file, e.g. runs:/<tune run>/best_params.json.",
 )
 @click.option("--seed", default=42, type=INT)
+@click.option("--refit", default=DEFAULT_REFIT, help="Fit on: train, or train+validation.")
+@click.option("--threads", default=0, type=INT, help="Threads of the fit; 0: this machine's cores.")
 @click.pass_context
-def main(ctx: click.Context, splits_uri: str, model: str | None, params_uri: str | None, seed: int) -> None:
+def main(
+    ctx: click.Context,
+    splits_uri: str,
+    model: str | None,
+    params_uri: str | None,
+    seed: int,
+    refit: str,
+    threads: int,
+) -> None:
     """Extra `-P <hyperparameter>=<value>` params set the family's hyperparameters one by one."""
     with step_run("train"):
         given = parse_extra_params(ctx.args)
-        run_train(splits_uri, model=model, params_uri=params_uri, seed=seed, given=given)
+        run_train(splits_uri, model, params_uri, seed, given, refit=refit, threads=threads)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from steps.lib.features import FeatureSpec
 from steps.lib.metrics import METRICS, greater_is_better
 from steps.lib.models import score_model
 from steps.lib.registry import CHAMPION
-from steps.lib.runner import as_param, unset_is_none
+from steps.lib.runner import as_param, parse_bool, unset_is_none
 
 # Threshold params: metric -> the param that bounds it. Each is checked only when given.
 THRESHOLD_PARAMS = {
@@ -40,6 +40,7 @@ class GateOptions:
 
     min_delta: float = 0.0
     bounds: dict[str, float] = field(default_factory=dict)  # threshold param -> bound, for those given
+    beat_strong_baseline: bool = False  # a gate only if asked: beat a default HistGradientBoosting on test
 
     @classmethod
     def from_cli(cls, given: dict[str, Any]) -> GateOptions:
@@ -47,7 +48,8 @@ class GateOptions:
         bounds = {
             param: parse_bound(param, given[param]) for param in THRESHOLD_PARAMS.values() if given[param] is not None
         }
-        return cls(parse_min_delta(given["min_delta"]), bounds)
+        strong = parse_bool("beat_strong_baseline", given["beat_strong_baseline"])
+        return cls(parse_min_delta(given["min_delta"]), bounds, strong)
 
     def thresholds(self, task: str) -> dict[str, float]:
         """The bounds as metric -> bound; each must fit the task."""
@@ -64,10 +66,11 @@ class GateOptions:
     def as_params(self) -> dict[str, str]:
         """The options as evaluate's MLflow params (what main passes on)."""
         bounds = {param: as_param(self.bounds.get(param), unset="none") for param in THRESHOLD_PARAMS.values()}
-        return {"min_delta": as_param(self.min_delta)} | bounds
+        strong = {"beat_strong_baseline": str(self.beat_strong_baseline).lower()}
+        return {"min_delta": as_param(self.min_delta)} | bounds | strong
 
 
-GATE_OPTION_NAMES = ("min_delta", *THRESHOLD_PARAMS.values())
+GATE_OPTION_NAMES = ("min_delta", *THRESHOLD_PARAMS.values(), "beat_strong_baseline")
 
 
 def parse_bound(param: str, raw: Any) -> float:
@@ -97,6 +100,11 @@ def gate_options(command: Any) -> Any:
             callback=unset_is_none,
             help=f"Gate: test {metric} must be {bound} this.",
         )(command)
+    command = click.option(
+        "--beat-strong-baseline",
+        default="false",
+        help="Gate: beat a default HistGradientBoosting fitted on the same rows (true/false).",
+    )(command)
     return click.option(
         "--min-delta", default="0", help="Gate: beat the champion's metric by at least this; 0: at all."
     )(command)
@@ -175,12 +183,17 @@ def decide_champion(
     min_delta: float,
     test: pd.DataFrame,
     spec: FeatureSpec,
+    strong_scores: dict[str, float] | None = None,
 ) -> ChampionDecision:
-    """The gates: thresholds, the dummy baseline, then the current champion (if any). All must pass."""
+    """The gates: thresholds, the dummy baseline, the strong baseline (only if `strong_scores` are given),
+    then the current champion (if any). All must pass."""
     gates = [
         threshold_gate(scores, thresholds),
         better_than_gate("baseline", metric, scores, baseline_scores, 0.0, "the dummy baseline"),
     ]
+    if strong_scores is not None:
+        what = "a default HistGradientBoosting"
+        gates.append(better_than_gate("strong_baseline", metric, scores, strong_scores, 0.0, what))
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:

@@ -34,7 +34,7 @@ class CardFacts:
     features: list[str]
     data: dict[str, str]  # data set name, digests, rows
     params: dict[str, str]
-    comparison: pd.DataFrame  # metric, model, baseline, model_beats_baseline
+    comparison: pd.DataFrame  # metric, model, baseline, model_beats_baseline, strong_baseline, model_beats_strong_…
     gates: list[tuple[str, bool, str]]  # name, passed, reason
     decision: str
     plots: list[str] = field(default_factory=list)  # file names beside the card
@@ -101,12 +101,15 @@ def render_card(facts: CardFacts) -> str:
         "",
         "## Test metrics against the baseline",
         "",
-        "The baseline is the null model: the class prior (classification) or the training mean (regression).",
+        "The baseline is the null model: the class prior (classification) or the training mean (regression). "
+        "The strong baseline is a default HistGradientBoosting with the same encoding, fitted on the same rows.",
         "",
-        "| metric | model | baseline | model beats baseline |",
-        "|---|---|---|---|",
+        "| metric | model | baseline | model beats baseline | strong baseline | model beats strong baseline |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {row.metric} | {row.model:.4f} | {_number(row.baseline)} | {_yes(row.model_beats_baseline)} |"
+            f"| {row.metric} | {row.model:.4f} | {_number(row.baseline)} | {_yes(row.model_beats_baseline)} "
+            f"| {_number(getattr(row, 'strong_baseline', None))} "
+            f"| {_yes(getattr(row, 'model_beats_strong_baseline', None))} |"
             for row in facts.comparison.itertuples()
         ],
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -101,11 +102,18 @@ def _build_ridge(task: str, params: dict[str, Any], seed: int) -> Any:
     return Ridge(**params)
 
 
+# Ceilings, so that no single fit runs away on a big table: a tree's depth (max_depth None: at most this),
+# and the bootstrap rows each tree of a forest is grown on.
+MAX_TREE_DEPTH = 32
+MAX_ROWS_PER_TREE = 50_000
+
+
 def _build_random_forest(task: str, params: dict[str, Any], seed: int) -> Any:
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
     estimator = RandomForestClassifier if task == CLASSIFICATION else RandomForestRegressor
     kwargs = {k: v for k, v in params.items() if not (k == "max_features" and v is None)}
+    kwargs["max_depth"] = kwargs.get("max_depth") or MAX_TREE_DEPTH
     return estimator(random_state=seed, n_jobs=1, **kwargs)
 
 
@@ -124,7 +132,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             (CLASSIFICATION,),
             (
                 HyperParam("C", float, 1.0, low=1e-12),
-                HyperParam("max_iter", int, 1000, low=1),
+                HyperParam("max_iter", int, 1000, low=1, high=10_000),
                 HyperParam("class_weight", str, None, allow_none=True, choices=("balanced",)),
             ),
             _build_logistic_regression,
@@ -134,8 +142,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             "random_forest",
             TASKS,
             (
-                HyperParam("n_estimators", int, 200, low=1),
-                HyperParam("max_depth", int, None, low=1, allow_none=True),
+                HyperParam("n_estimators", int, 200, low=1, high=1000),
+                HyperParam("max_depth", int, None, low=1, high=MAX_TREE_DEPTH, allow_none=True),
                 HyperParam("min_samples_leaf", int, 1, low=1),
                 HyperParam("max_features", float, None, low=1e-6, high=1.0, allow_none=True),
             ),
@@ -146,8 +154,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             TASKS,
             (
                 HyperParam("learning_rate", float, 0.1, low=1e-6),
-                HyperParam("max_iter", int, 100, low=1),
-                HyperParam("max_leaf_nodes", int, 31, low=2),
+                HyperParam("max_iter", int, 100, low=1, high=1000),
+                HyperParam("max_leaf_nodes", int, 31, low=2, high=1024),
                 HyperParam("min_samples_leaf", int, 20, low=1),
                 HyperParam("l2_regularization", float, 0.0, low=0.0),
             ),
@@ -231,13 +239,65 @@ def predict_with_proba(model: Any, frame: pd.DataFrame, task: str) -> tuple[np.n
     return predictions, proba
 
 
-def fit_model(splits: Splits, spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int) -> Any:
-    """Fit the preprocessing + estimator pipeline on the training rows."""
-    features, labels = features_and_target(splits.train, spec)
+# Which rows train fits the chosen configuration on: the training split, or training + validation.
+REFITS = ("train", "train+validation")
+DEFAULT_REFIT = "train+validation"
+
+
+def fit_rows(splits: Splits, refit: str) -> pd.DataFrame:
+    if refit not in REFITS:
+        raise PipelineError(f"unknown refit '{refit}'; use one of {', '.join(REFITS)}")
+    if refit == "train":
+        return splits.train
+    return pd.concat([splits.train, splits.validation], ignore_index=True)
+
+
+def resolve_threads(threads: int) -> int:
+    """The thread count of a single fit: as given, or (0) this machine's cores (those this process may use)."""
+    if threads < 0:
+        raise PipelineError(f"threads must be 0 (this machine's cores) or more; got {threads}")
+    if threads:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How the chosen configuration is fitted once (train, and evaluate's baselines): on which rows, how many
+    threads (0: this machine's cores, resolved before it is passed on, so the number is recorded)."""
+
+    refit: str = DEFAULT_REFIT
+    threads: int = 0
+
+    def check(self) -> FitOptions:
+        if self.refit not in REFITS:
+            raise PipelineError(f"unknown refit '{self.refit}'; use one of {', '.join(REFITS)}")
+        return FitOptions(self.refit, resolve_threads(self.threads))
+
+
+def fit_model(
+    splits: Splits,
+    spec: FeatureSpec,
+    family: ModelFamily,
+    hyperparams: dict[str, Any],
+    seed: int,
+    threads: int = 1,
+    refit: str = "train",
+) -> Any:
+    """Fit the preprocessing + estimator pipeline on the training rows (`refit`: and the validation rows).
+
+    `threads`: BLAS/OpenMP threads and the forest's jobs. Trials use one each (side by side, the same result
+    every run); a single fit (train, evaluate's baselines) records the count it used, as reproduce replays it.
+    """
+    features, labels = features_and_target(fit_rows(splits, refit), spec)
     # Built first: threadpoolctl limits only the BLAS/OpenMP libraries already loaded, and building imports them.
     model = build_model(spec, family, hyperparams, seed)
-    # One BLAS/OpenMP thread: faster for small fits on shared cores, and the same result every run.
-    with threadpool_limits(limits=1):
+    estimator = model[-1]
+    if "n_jobs" in estimator.get_params():
+        estimator.set_params(n_jobs=threads)
+    if "max_samples" in estimator.get_params() and len(features) > MAX_ROWS_PER_TREE:
+        estimator.set_params(max_samples=MAX_ROWS_PER_TREE)
+    with threadpool_limits(limits=threads):
         return model.fit(features, labels)
 
 

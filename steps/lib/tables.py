@@ -127,7 +127,7 @@ def fetch_local(uri: str, folder: Path | None = None) -> Path:
         return path
     target_dir = folder or Path(tempfile.mkdtemp(prefix="pipeline-data-"))
     if scheme in {"http", "https"}:
-        return download(uri, target_dir / (Path(urllib.parse.urlsplit(uri).path).name or "data.csv"))
+        return download(uri, target_dir / (Path(urllib.parse.urlsplit(uri).path).name or "data.csv"), shown)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target_dir)))
     except Exception as error:  # MLflow raises several types for a missing artifact
@@ -151,9 +151,11 @@ def download_limits() -> tuple[int, float]:
     return int(limits[0]), float(limits[1])
 
 
-def download(uri: str, target: Path) -> Path:
-    """Stream an http(s) URL to `target` in chunks, under the size cap and the overall deadline."""
-    shown = redact_uri(uri)
+def download(uri: str, target: Path, shown: str) -> Path:
+    """Stream an http(s) URL to `target` in chunks, under the size cap and the overall deadline.
+
+    `shown`: the URL as errors may show it (placeholders unexpanded, no password).
+    """
     cap, seconds = download_limits()
     bare, credentials = split_credentials(uri)
     request = urllib.request.Request(bare)

@@ -69,13 +69,14 @@ def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path, in_proc
     assert spec["categorical"] == ["plan"] and spec["numeric"] == ["tenure", "monthly_charges"]
     splits_uri = f"runs:/{featurize.info.run_id}/splits"
     params = {"splits_uri": splits_uri, "model": "random_forest", "n_estimators": "40", "max_depth": "6"}
+    params |= {"refit": "train", "threads": "1"}
     args = ["-e", "train", *[item for name, value in params.items() for item in ("-P", f"{name}={value}")]]
     result = mlflow_run(project, args, store)
     assert result.returncode == 0, result.stderr[-3000:]
     train = newest(client, "train")
     assert train.data.params["random_forest.n_estimators"] == "40"
     assert train.data.params["random_forest.max_depth"] == "6"
-    assert train.data.metrics["val_accuracy"] > 0.8
+    assert train.data.metrics["val_accuracy"] > 0.8 and train.data.params["threads"] == "1"
     model_uri = train.data.tags["model_uri"]
     flags = ["--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "churn"]
     in_process("evaluate", *flags, "--metric", "accuracy")
@@ -98,7 +99,10 @@ def test_regression_data_set_trains_its_regression_families(store, in_process):
     train = newest(client, "train")
     assert train.data.params["model_family"] == "hist_gradient_boosting"
     assert train.data.params["hist_gradient_boosting.learning_rate"] == "0.05"
-    assert {"val_rmse", "val_mae", "val_r2"} <= set(train.data.metrics)
+    # refit on train + validation (the default): its validation metrics are in-sample, and named so
+    assert {"val_in_sample_rmse", "val_in_sample_mae", "val_in_sample_r2"} <= set(train.data.metrics)
+    assert train.data.params["refit"] == "train+validation" and int(train.data.params["threads"]) >= 1
+    assert "val_rmse" not in train.data.metrics
 
 
 def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):

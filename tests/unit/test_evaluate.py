@@ -111,15 +111,19 @@ def test_thresholds_and_min_delta_are_gates(tracking_uri, iris):
 
 def gate_values(**given: str) -> dict[str, str | None]:
     """What a command line hands GateOptions: every bound (None where not set) and min_delta."""
-    return dict.fromkeys(GATE_OPTION_NAMES) | {"min_delta": "0"} | given
+    return dict.fromkeys(GATE_OPTION_NAMES) | {"min_delta": "0", "beat_strong_baseline": "false"} | given
 
 
 def test_threshold_params_are_parsed_and_must_fit_the_task():
     options = GateOptions.from_cli(gate_values(min_accuracy="0.9"))
     assert options.thresholds("classification") == {"accuracy": 0.9}
     assert options.as_params() == {"min_delta": "0", **dict.fromkeys(GATE_OPTION_NAMES[1:], "none")} | {
-        "min_accuracy": "0.9"
+        "min_accuracy": "0.9",
+        "beat_strong_baseline": "false",
     }
+    assert GateOptions.from_cli(gate_values(beat_strong_baseline="true")).beat_strong_baseline is True
+    with pytest.raises(PipelineError, match="beat_strong_baseline must be true or false"):
+        GateOptions.from_cli(gate_values(beat_strong_baseline="maybe"))
     with pytest.raises(PipelineError, match="max_rmse does not fit a classification task; use min_accuracy"):
         GateOptions.from_cli(gate_values(max_rmse="3")).thresholds("classification")
     with pytest.raises(PipelineError, match="min_r2 must be a number or none; got 'high'"):

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 import steps.main as main_module
 from steps.lib.cache import cache_key, data_digest, normalise_params
 from steps.lib.gates import GateOptions
+from steps.lib.models import FitOptions
 from steps.lib.names import CACHE_KEY_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, PIPELINE_STEPS
 from steps.lib.search_options import TuneOptions
 from steps.lib.splits import SplitOptions
@@ -98,7 +99,8 @@ def recorded_step_runs(data_uri: str) -> dict[str, tuple[dict, dict]]:
 
     gates = GateOptions(min_delta=0.01, bounds={"min_accuracy": 0.9})
     tune = TuneOptions(max_evals=5, models=("ridge",))
-    run_steps(Recorder(), data_uri, None, "regression", "name", 7, tune, gates, SplitOptions("time", "at"))
+    split, fit = SplitOptions("time", "at"), FitOptions("train", 3)
+    run_steps(Recorder(), data_uri, None, "regression", "name", 7, tune, gates, split, fit)
     return calls
 
 
@@ -127,6 +129,7 @@ def test_main_keys_load_by_the_data_and_each_later_step_by_what_came_before(tmp_
     }
     assert params["tune"]["models"] == "ridge" and params["tune"]["max_evals"] == "5"
     assert params["train"]["params_uri"] == "runs:/tune-run/best_params.json"
+    assert params["train"]["refit"] == "train" and params["train"]["threads"] == params["evaluate"]["threads"] == 3
     assert params["evaluate"]["model_uri"] == "models:/m-1" and params["evaluate"]["min_accuracy"] == "0.9"
 
 
