@@ -17,11 +17,12 @@ from steps.lib.errors import PipelineError, one_line
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
-from steps.lib.runner import run_cli, step_run, unset_is_none
-from steps.lib.tables import DEFAULT_DATA_URI, read_data
+from steps.lib.runner import INT, run_cli, step_run, unset_is_none
+from steps.lib.tables import DEFAULT_DATA_URI, read_batches
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.predict")
+DEFAULT_BATCH_ROWS = 100_000
 
 
 def load_models(model_uri: str) -> tuple[Any, Any]:
@@ -50,8 +51,11 @@ def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:
     return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in schema.inputs]
 
 
-def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> None:
-    """Every signature column present, and of a type the model can take; a clear error naming the column."""
+def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: int = 0) -> None:
+    """Every signature column present, and of a type the model can take; a clear error naming the column.
+
+    `first_row`: the batch's first row in the whole table, to name the row of a bad value.
+    """
     if frame.empty:
         raise PipelineError("the batch has no rows; pass a table with at least one row")
     missing = [name for name, _ in columns if name not in frame.columns]
@@ -67,7 +71,7 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]]) -> None:
             if len(bad):
                 raise PipelineError(
                     f"column '{name}' must be numeric ({kind}) as in the model's signature; "
-                    f"found {bad.iloc[0]!r} in row {bad.index[0]}"
+                    f"found {bad.iloc[0]!r} in row {first_row + bad.index[0]}"
                 )
 
 
@@ -95,45 +99,111 @@ def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: l
     return table, prediction
 
 
+class PredictionTally:
+    """What the metrics say about the predictions, gathered batch by batch: class counts, or the values."""
+
+    def __init__(self, classifier: bool) -> None:
+        self.classifier = classifier
+        self.counts: pd.Series = pd.Series(dtype="int64")
+        self.values: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, predictions: pd.Series) -> None:
+        self.rows += len(predictions)
+        if self.classifier:
+            self.counts = self.counts.add(predictions.astype(str).value_counts(), fill_value=0)
+        else:
+            self.values.append(predictions.to_numpy(dtype=float))
+
+    def metrics(self) -> dict[str, float]:
+        """Class shares, or mean, spread and quantiles (over every row: 8 bytes a row, not the table)."""
+        if self.classifier:
+            shares = (self.counts / self.counts.sum()).sort_index()
+            keys = key_parts(shares.index)  # a label such as `<=50K` is no metric key as it is
+            return {f"pred_share_{keys[label]}": float(share) for label, share in shares.items()}
+        values = pd.Series(np.concatenate(self.values) if self.values else np.array([], dtype=float))
+        summary = {"pred_mean": float(values.mean()), "pred_std": float(values.std(ddof=0))}
+        summary |= {f"pred_p{q:02d}": float(values.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
+        return summary
+
+
 def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, float]:
     """Metrics of the prediction distribution: class shares, or mean, spread and quantiles."""
-    if classifier:
-        shares = predictions.astype(str).value_counts(normalize=True).sort_index()
-        keys = key_parts(shares.index)  # a label such as `<=50K` is no metric key as it is
-        return {f"pred_share_{keys[label]}": float(share) for label, share in shares.items()}
-    values = predictions.astype(float)
-    summary = {"pred_mean": float(values.mean()), "pred_std": float(values.std(ddof=0))}
-    summary |= {f"pred_p{q:02d}": float(values.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
-    return summary
+    tally = PredictionTally(classifier)
+    tally.add(predictions)
+    return tally.metrics()
+
+
+class ScoredWriter:
+    """predictions.parquet and predictions.csv written a batch at a time, one schema throughout."""
+
+    def __init__(self, folder: Path) -> None:
+        self.parquet, self.csv = folder / "predictions.parquet", folder / "predictions.csv"
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def write(self, table: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            arrow = pa.Table.from_pandas(table, preserve_index=False)
+            self.schema = arrow.schema
+            self.writer = pq.ParquetWriter(self.parquet, self.schema)
+        else:
+            arrow = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
+        self.writer.write_table(arrow)
+        table.to_csv(self.csv, index=False, mode="a", header=not self.csv.exists())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def run_predict(
-    data_uri: str, registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME, model_uri: str | None = None
-) -> pd.DataFrame:
-    """The whole step inside the active run; returns the scored table. `model_uri` None: the champion."""
+    data_uri: str,
+    registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME,
+    model_uri: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> dict[str, float]:
+    """The whole step inside the active run; returns its metrics. `model_uri` None: the champion.
+
+    The table is read and scored `batch_rows` rows at a time (pyarrow, with the signature's column types),
+    so memory follows the batch, not the file.
+    """
+    if batch_rows < 1:
+        raise PipelineError(f"batch_rows must be at least 1; got {batch_rows}")
     uri = resolve_model_uri(model_uri, registered_model_name)
     mlflow.set_tags({"model_uri": uri, "data_uri": redact_uri(data_uri)})
     pyfunc, sklearn_model = load_models(uri)
     columns = signature_columns(pyfunc)
-    frame = read_data(data_uri)
-    check_batch(frame, columns)
-    table, prediction = score_batch(frame, pyfunc, sklearn_model, [name for name, _ in columns])
-    classifier = sklearn_model is not None and hasattr(sklearn_model, "classes_")
-    mlflow.set_tag("prediction_column", prediction)
-    mlflow.log_metrics(
-        {"n_rows": len(table), "n_input_columns": len(frame.columns)}
-        | prediction_summary(table[prediction], classifier)
-    )
+    tally = PredictionTally(sklearn_model is not None and hasattr(sklearn_model, "classes_"))
+    n_columns, prediction = 0, "prediction"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, PREDICTIONS_DIR)
         out.mkdir()
-        table.to_parquet(out / "predictions.parquet", index=False)
-        table.to_csv(out / "predictions.csv", index=False)
+        writer = ScoredWriter(out)
+        try:
+            for frame in read_batches(data_uri, dict(columns), batch_rows):
+                if frame.empty and tally.rows:
+                    continue
+                check_batch(frame, columns, first_row=tally.rows)
+                table, prediction = score_batch(frame, pyfunc, sklearn_model, [name for name, _ in columns])
+                tally.add(table[prediction])
+                writer.write(table)
+                n_columns = len(frame.columns)
+        finally:
+            writer.close()
+        if tally.rows == 0:
+            raise PipelineError("the batch has no rows; pass a table with at least one row")
+        metrics = {"n_rows": tally.rows, "n_input_columns": n_columns} | tally.metrics()
+        mlflow.set_tag("prediction_column", prediction)
+        mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), PREDICTIONS_DIR)
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
     model_version = getattr(pyfunc.metadata, "model_id", None) or ""
-    logger.info("scored %d rows with %s %s", len(table), uri, model_version)
-    return table
+    logger.info("scored %d rows with %s %s", tally.rows, uri, model_version)
+    return metrics
 
 
 @click.command()
@@ -145,9 +215,10 @@ def run_predict(
     callback=unset_is_none,
     help="A model URI; auto: models:/<registered_model_name>@champion.",
 )
-def main(data_uri: str, registered_model_name: str, model_uri: str | None) -> None:
+@click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, type=INT, help="Rows read and scored at a time.")
+def main(data_uri: str, registered_model_name: str, model_uri: str | None, batch_rows: int) -> None:
     with step_run("predict"):
-        run_predict(data_uri, registered_model_name=registered_model_name, model_uri=model_uri)
+        run_predict(data_uri, registered_model_name=registered_model_name, model_uri=model_uri, batch_rows=batch_rows)
 
 
 if __name__ == "__main__":

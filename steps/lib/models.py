@@ -347,6 +347,10 @@ SKOPS_TRUSTED_TYPES = (
     "numpy.dtype",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # HistGradientBoosting with native categories checks its numeric columns through partial(check_array, ...):
+    # skops audits what a partial wraps on its own, so only this function can be wrapped.
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
     "sklearn.model_selection._split.KFold",  # the target encoder's cross-fitting folds
     "sklearn.model_selection._split.StratifiedKFold",
     "steps.lib.transforms.DateParts",

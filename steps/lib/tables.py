@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -90,6 +91,76 @@ def read_data(data_uri: str, copy: Path | None = None) -> pd.DataFrame:
         return read_table_file(find_data_file(copy, data_uri), data_uri)
     with local_copy(data_uri) as local:
         return read_table_file(find_data_file(local, data_uri), data_uri)
+
+
+# Signature types (MLflow's names) -> the Arrow type a CSV column is read as, the same in every block.
+ARROW_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "string": "string"}
+
+
+def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The table in frames of at most `batch_rows` rows, memory bounded by the batch, not the file.
+
+    `types`: column -> MLflow signature type; a CSV reads those columns as that type in every block (a
+    value that does not convert is an error naming the column), the others as the first block has them.
+    A bundled set is small: one frame.
+    """
+    if data_uri.startswith("sklearn:"):
+        yield read_data(data_uri)
+        return
+    with local_copy(data_uri) as local:
+        path = find_data_file(local, data_uri)
+        shown = redact_uri(data_uri)
+        kind = table_format(path)
+        refuse_special_file(path, shown)
+        if kind is None:
+            raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
+        refuse_duplicate_headers(header_names(path, kind), shown)
+        try:
+            if kind == "parquet":
+                import pyarrow.parquet
+
+                for batch in pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                    yield batch.to_pandas()
+            else:
+                yield from csv_batches(path, types, batch_rows)
+        except PipelineError:
+            raise
+        except Exception as error:  # pyarrow's conversion and parse errors: the column by its name
+            text = str(error)
+            numbered = re.search(r"CSV column #(\d+)", text)
+            if numbered and int(numbered.group(1)) < len(names := header_names(path, kind)):
+                text = text.replace(numbered.group(0), f"column '{names[int(numbered.group(1))]}'")
+            raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(text, 240)}") from None
+
+
+def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV file in frames of `batch_rows` rows, every column of one Arrow type throughout the file."""
+    import pyarrow as pa
+    import pyarrow.csv
+
+    def reader(column_types: dict[str, Any]) -> Any:
+        convert = pyarrow.csv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
+        return pyarrow.csv.open_csv(
+            path, read_options=pyarrow.csv.ReadOptions(block_size=1 << 22), convert_options=convert
+        )
+
+    declared = {name: pa.type_for_alias(ARROW_TYPES[kind]) for name, kind in types.items() if kind in ARROW_TYPES}
+    first = reader(declared)
+    fixed = dict(declared)
+    for field in first.schema:  # what is not declared: as the first block has it, ints as floats (room for gaps)
+        if field.name not in fixed:
+            fixed[field.name] = pa.float64() if pa.types.is_integer(field.type) else field.type
+    pending: list[pd.DataFrame] = []
+    rows = 0
+    for batch in reader(fixed):
+        pending.append(batch.to_pandas())
+        rows += batch.num_rows
+        while rows >= batch_rows:
+            whole = pd.concat(pending, ignore_index=True)
+            yield whole.iloc[:batch_rows]
+            pending, rows = [whole.iloc[batch_rows:]], len(whole) - batch_rows
+    if rows:
+        yield pd.concat(pending, ignore_index=True)
 
 
 def is_remote(uri: str) -> bool:

@@ -88,3 +88,89 @@ def test_predict_checks_the_batch_against_the_signature():
     assert shares == {"pred_share_x": 0.25, "pred_share_y": 0.75}
     spread = prediction_summary(pd.Series([1.0, 2.0, 3.0]), classifier=False)
     assert spread["pred_mean"] == 2.0 and spread["pred_p50"] == 2.0
+
+
+def logged_model_of(frame: pd.DataFrame, target: str, family: str = "hist_gradient_boosting") -> str:
+    """A model of the pipeline's own kind on `frame`, logged with its signature as train logs it; its URI."""
+    import mlflow
+
+    from steps.lib.features import build_feature_spec
+    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
+    from steps.lib.splits import Splits
+
+    spec = build_feature_spec(frame, target)
+    labelled = frame[frame[target].notna()]
+    splits = Splits(labelled, labelled.head(50), labelled.head(50))
+    model = fit_model(splits, spec, MODEL_FAMILIES[family], MODEL_FAMILIES[family].resolve({}), 0)
+    features = labelled[spec.input_columns]
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=mlflow.models.infer_signature(features, model.predict(features)),
+            pip_requirements=model_pip_requirements(),
+            serialization_format="skops",
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+        )
+    return info.model_uri
+
+
+def users_rows(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    income = rng.gamma(2, 20_000, n).round(0)
+    frame = pd.DataFrame(
+        {
+            "Income ($)": income,
+            "seniority (years)": rng.integers(0, 40, n),
+            "plan": rng.choice(["basic", "plus", "pro", None], n),
+            "city": [f"city {i}" for i in rng.integers(0, 300, n)],
+            "note": rng.choice(["a", "b"], n),
+        }
+    )
+    frame.loc[rng.random(n) < 0.05, "Income ($)"] = np.nan
+    frame["income class"] = np.where(income > 40_000, ">50K", "<=50K")
+    return frame
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_scoring_in_batches_equals_scoring_the_whole_table(tracking_uri, tmp_path, kind):
+    """Batches of 700 rows (pyarrow, the signature's types in every block) give the very rows, predictions,
+    probabilities and metrics that one batch of the whole table gives."""
+    import mlflow
+
+    from steps.predict import run_predict
+
+    model_uri = logged_model_of(users_rows(3000, 1), "income class")
+    batch = users_rows(2500, 2).drop(columns="income class")
+    path = tmp_path / f"batch.{kind}"
+    batch.to_csv(path, index=False) if kind == "csv" else batch.to_parquet(path, index=False)
+    outputs = []
+    for rows in (700, 100_000):
+        with mlflow.start_run() as run:
+            metrics = run_predict(str(path), model_uri=model_uri, batch_rows=rows)
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions")
+        outputs.append(
+            (metrics, pd.read_parquet(f"{folder}/predictions.parquet"), pd.read_csv(f"{folder}/predictions.csv"))
+        )
+    (small, small_table, small_csv), (whole, whole_table, whole_csv) = outputs
+    assert small == whole and small["n_rows"] == 2500
+    pd.testing.assert_frame_equal(small_table, whole_table)
+    pd.testing.assert_frame_equal(small_csv, whole_csv)
+    assert list(whole_table.columns[:5]) == list(batch.columns) and "proba_<=50K" in whole_table.columns
+    expected = mlflow.pyfunc.load_model(model_uri).predict(batch)
+    assert (whole_table["prediction"].to_numpy() == np.asarray(expected)).all()
+
+
+def test_a_bad_value_in_a_late_batch_is_named_in_one_line(tracking_uri, tmp_path):
+    import mlflow
+
+    from steps.predict import run_predict
+
+    model_uri = logged_model_of(users_rows(1000, 1), "income class")
+    batch = users_rows(2000, 3).drop(columns="income class").astype({"seniority (years)": object})
+    batch.loc[1500, "seniority (years)"] = "ten"
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    with mlflow.start_run(), pytest.raises(PipelineError) as raised:
+        run_predict(str(tmp_path / "batch.csv"), model_uri=model_uri, batch_rows=500)
+    message = str(raised.value)
+    assert "seniority (years)" in message and "ten" in message and "\n" not in message
