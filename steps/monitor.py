@@ -4,8 +4,8 @@ Per feature: numeric columns by the two-sample Kolmogorov-Smirnov test and the p
 index (PSI), categorical columns by a chi-square test of the category counts and PSI; changes in the
 share of missing values and in the schema (type changes, unseen categories); the same tests on the
 model's predictions; and, when the batch has labels, the live metric against the evaluated one.
-The tests are scipy's (`scipy.stats.ks_2samp`, `scipy.stats.chi2_contingency`), PSI is the textbook
-formula over the reference's deciles.
+The batch is read in pieces: counts, missing shares, categories and PSI cover every row, the KS test,
+the figures and the live metric a seeded sample of at most `sample_rows` rows (steps/lib/drift.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
+from steps.lib.drift import MISSING_CHANGE, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
 from steps.lib.keys import key_parts, unused_name
@@ -31,131 +32,15 @@ from steps.lib.metrics import greater_is_better
 from steps.lib.models import score_model
 from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
-from steps.lib.runner import parse_bool, run_cli, step_run, unset_is_none
+from steps.lib.runner import INT, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.splits import read_splits
-from steps.lib.tables import read_data
+from steps.lib.tables import read_batches
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.monitor")
-PSI_BINS = 10
-PSI_FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite
-MISSING_CHANGE = 0.1  # a change of 10 points in a column's share of missing values is drift
 PREDICTION = "prediction"
-
-
-# --------------------------------------------------------------------------- the statistics
-
-
-def psi(reference: np.ndarray, current: np.ndarray) -> float:
-    """Population stability index of two share vectors over the same bins."""
-    ref = np.clip(reference, PSI_FLOOR, None)
-    cur = np.clip(current, PSI_FLOOR, None)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
-
-
-def numeric_drift(reference: pd.Series, current: pd.Series) -> dict[str, float]:
-    """KS statistic and p-value, and PSI over the reference's deciles (missing values left out)."""
-    from scipy.stats import ks_2samp
-
-    ref, cur = reference.dropna().astype(float).to_numpy(), current.dropna().astype(float).to_numpy()
-    if len(ref) == 0 or len(cur) == 0:
-        return {"statistic": math.nan, "p_value": math.nan, "psi": math.nan}
-    test = ks_2samp(ref, cur)
-    edges = np.unique(np.quantile(ref, np.linspace(0, 1, PSI_BINS + 1)))
-    edges[0], edges[-1] = -np.inf, np.inf
-    ref_share = np.histogram(ref, edges)[0] / len(ref)
-    cur_share = np.histogram(cur, edges)[0] / len(cur)
-    return {"statistic": float(test.statistic), "p_value": float(test.pvalue), "psi": psi(ref_share, cur_share)}
-
-
-def categorical_drift(reference: pd.Series, current: pd.Series) -> dict[str, Any]:
-    """Chi-square test of the category counts (reference vs batch), PSI, and categories never seen in training."""
-    from scipy.stats import chi2_contingency
-
-    ref, cur = reference.dropna().astype(str), current.dropna().astype(str)
-    categories = sorted(set(ref) | set(cur))
-    ref_counts = ref.value_counts().reindex(categories, fill_value=0).to_numpy()
-    cur_counts = cur.value_counts().reindex(categories, fill_value=0).to_numpy()
-    unseen = sorted(set(cur) - set(ref))
-    if len(ref) == 0 or len(cur) == 0:
-        return {"statistic": math.nan, "p_value": math.nan, "psi": math.nan, "unseen": unseen}
-    if len(categories) < 2:
-        statistic, p_value = 0.0, 1.0
-    else:
-        test = chi2_contingency(np.vstack([ref_counts, cur_counts]))
-        statistic, p_value = float(test.statistic), float(test.pvalue)
-    share = psi(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum())
-    return {"statistic": statistic, "p_value": p_value, "psi": share, "unseen": unseen}
-
-
-@dataclass(frozen=True)
-class DriftRule:
-    """A column drifts when its test is significant (Bonferroni over the columns) and its PSI is large enough.
-
-    Both, because each alone misleads: on a large batch a trivial shift is significant, and on a small
-    one PSI is noisy (its expected value under no drift grows like bins/rows).
-    """
-
-    p_value: float = 0.01
-    min_psi: float = 0.1
-
-    def drifts(self, result: dict[str, Any], n_tests: int) -> bool:
-        p, share = result.get("p_value"), result.get("psi")
-        if p is None or share is None or math.isnan(p) or math.isnan(share):
-            return False
-        return p < self.p_value / max(n_tests, 1) and share >= self.min_psi
-
-
-def is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-
-
-def as_numbers(series: pd.Series) -> pd.Series | None:
-    """The column as numbers, if every present value is one (a CSV column read as text); else None."""
-    numbers = pd.to_numeric(series, errors="coerce")
-    return None if (numbers.isna() & series.notna()).any() else numbers
-
-
-def drift_table(
-    reference: pd.DataFrame, current: pd.DataFrame, spec: FeatureSpec, rule: DriftRule, prediction: str | None = None
-) -> pd.DataFrame:
-    """One row per feature, and one for the predictions when both frames hold them in column `prediction`."""
-    columns = [*spec.numeric, *spec.categorical] + ([prediction] if prediction is not None else [])
-    rows = []
-    for name in columns:
-        ref, cur = reference[name], current[name]
-        kind = "numeric" if name in spec.numeric or (name == prediction and is_numeric(ref)) else "categorical"
-        row: dict[str, Any] = {"column": name, "kind": kind}
-        schema_change = ""
-        if kind == "numeric" and not is_numeric(cur):
-            numbers = as_numbers(cur)
-            if numbers is None:
-                schema_change = f"type changed: numeric in training, {cur.dtype} here"
-            else:
-                cur = numbers
-        if kind == "numeric" and not schema_change:
-            row |= {"test": "ks"} | numeric_drift(ref, cur)
-        elif kind == "categorical":
-            result = categorical_drift(ref, cur)
-            unseen = result.pop("unseen")
-            row |= {"test": "chi2"} | result
-            if unseen:
-                schema_change = f"unseen categories: {', '.join(map(str, unseen[:5]))}"
-        ref_missing, cur_missing = float(ref.isna().mean()), float(current[name].isna().mean())
-        row |= {
-            "missing_reference": ref_missing,
-            "missing_batch": cur_missing,
-            "missing_change": cur_missing - ref_missing,
-            "schema_change": schema_change,
-        }
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    n_tests = len(table)
-    table["drifted"] = [
-        rule.drifts(row, n_tests) or abs(row["missing_change"]) >= MISSING_CHANGE or bool(row["schema_change"])
-        for row in table.to_dict("records")
-    ]
-    return table
+DEFAULT_SAMPLE_ROWS = 100_000
+DEFAULT_BATCH_ROWS = 100_000
 
 
 # --------------------------------------------------------------------------- the reference
@@ -169,6 +54,7 @@ class Reference:
     spec: FeatureSpec
     metric: str | None
     evaluated: float | None
+    train_with_predictions: pd.DataFrame | None = None
 
 
 def find_reference(client: MlflowClient, uri: str) -> Reference:
@@ -268,27 +154,57 @@ def check_rule(p_value: float, min_psi: float) -> DriftRule:
     return DriftRule(p_value, min_psi)
 
 
-def with_predictions(
-    model: Any, reference: Reference, batch: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """Both frames with the model's predictions, when the batch's numeric columns hold numbers, and the column
-    that holds them (`prediction`, or `prediction_2`, ... beside a data column of that name); None if not."""
+def reference_predictions(model: Any, reference: Reference) -> tuple[pd.DataFrame, str]:
+    """The training rows with the model's predictions, and the column that holds them (`prediction`, or
+    `prediction_2`, ... beside a data column of that name)."""
     spec = reference.spec
-    ref_frame, batch_frame = reference.train.copy(), batch.copy()
-    if not all(is_numeric(batch[c]) or as_numbers(batch[c]) is not None for c in spec.numeric):
-        return ref_frame, batch_frame, None  # predictions need the numbers as numbers
+    frame = reference.train.copy()
+    prediction = unused_name(PREDICTION, [*frame.columns, *spec.input_columns, spec.target])
+    frame[prediction] = model.predict(reference.train[spec.input_columns])
+    return frame, prediction
+
+
+def with_predictions(model: Any, spec: FeatureSpec, batch: pd.DataFrame, prediction: str) -> pd.DataFrame:
+    """The batch with the model's predictions; missing when its numeric columns do not hold numbers."""
+    batch = batch.copy()
     features = batch[spec.input_columns].copy()
     for column in spec.numeric:
-        features[column] = as_numbers(features[column])
-    prediction = unused_name(PREDICTION, [*ref_frame.columns, *batch_frame.columns])
-    ref_frame[prediction] = model.predict(reference.train[spec.input_columns])
-    batch_frame[prediction] = model.predict(features)
-    return ref_frame, batch_frame, prediction
+        numbers = features[column] if is_numeric(features[column]) else as_numbers(features[column])
+        if numbers is None:  # a schema change, reported by the drift table
+            batch[prediction] = None
+            return batch
+        features[column] = numbers
+    batch[prediction] = model.predict(features)
+    return batch
+
+
+def profile_batch(
+    data_uri: str, model: Any, reference: Reference, columns: tuple[list[str], list[str], str], sizes: tuple[int, int]
+) -> tuple[BatchProfile, bool]:
+    """The batch read `batch_rows` rows at a time, each piece predicted and tallied; whether it has labels.
+
+    `columns`: the numeric and the categorical columns to tally, and the one that holds the predictions.
+    """
+    spec, (numeric, categorical, prediction), (batch_rows, sample_rows) = reference.spec, columns, sizes
+    profile = BatchProfile(reference.train_with_predictions, numeric, categorical, sample_rows, seed=0)
+    labelled = False
+    # Numeric columns read as text in every CSV block: text in one is a reported schema change, not a failure.
+    for piece in read_batches(data_uri, dict.fromkeys(spec.numeric, "string"), batch_rows):
+        if piece.empty and profile.rows:
+            continue
+        labelled = check_columns(piece, spec) or labelled
+        profile.add(with_predictions(model, spec, piece, prediction))
+    return profile, labelled
 
 
 def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> dict[str, Any]:
-    """The metric on the batch's labelled rows beside the evaluated one; empty if it cannot be computed."""
+    """The metric on the batch's labelled rows (of the sample) beside the evaluated one; empty if it cannot be
+    computed."""
+    if reference.spec.target not in batch.columns:
+        return {}
     rows = batch[batch[reference.spec.target].notna()]
+    if rows.empty:
+        return {}
     live = score_model(model, rows, reference.spec).get(reference.metric) if reference.metric else None
     if live is None:
         return {}
@@ -305,7 +221,11 @@ def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> d
 
 def drift_metrics(table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, float]:
     """Per column its statistics, and the live performance figures."""
-    metrics = {"n_rows": summary["n_rows"], "n_drifted_columns": len(summary["drifted_columns"])}
+    metrics = {
+        "n_rows": summary["n_rows"],
+        "n_sampled_rows": summary["n_sampled_rows"],
+        "n_drifted_columns": len(summary["drifted_columns"]),
+    }
     keys = key_parts(table["column"])  # a column such as `Income ($)` is no metric key as it is
     for row in table.to_dict("records"):
         for key in ("psi", "p_value", "statistic", "missing_change"):
@@ -348,45 +268,57 @@ def run_monitor(
     fail_on_drift: str | bool = False,
     p_value: float = 0.01,
     min_psi: float = 0.1,
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> dict[str, Any]:
     """The whole step inside the active run; returns the summary. Raises after logging if asked to fail on drift.
 
-    `model_uri` None: the registered model's champion.
+    `model_uri` None: the registered model's champion; the batch is read `batch_rows` rows at a time, and the
+    KS tests, figures and live metric use a seeded sample of at most `sample_rows` of its rows.
     """
     fail = parse_bool("fail_on_drift", fail_on_drift)
     rule = check_rule(p_value, min_psi)
+    for name, value in (("sample_rows", sample_rows), ("batch_rows", batch_rows)):
+        if value < 1:
+            raise PipelineError(f"{name} must be at least 1; got {value}")
     uri = resolve_model_uri(model_uri, registered_model_name)
     reference = find_reference(MlflowClient(), uri)
     mlflow.set_tags({"model_uri": uri, "model_version": reference.version, "data_uri": redact_uri(data_uri)})
-    batch = read_data(data_uri)
-    labelled = check_columns(batch, reference.spec)
     model = mlflow.sklearn.load_model(uri)
-    ref_frame, batch_frame, prediction = with_predictions(model, reference, batch)
-    table = drift_table(ref_frame, batch_frame, reference.spec, rule, prediction)
+    spec = reference.spec
+    reference.train_with_predictions, prediction = reference_predictions(model, reference)
+    numeric_prediction = is_numeric(reference.train_with_predictions[prediction])
+    numeric = [*spec.numeric, *([prediction] if numeric_prediction else [])]
+    categorical = [*spec.categorical, *([] if numeric_prediction else [prediction])]
+    columns = (numeric, categorical, prediction)
+    profile, labelled = profile_batch(data_uri, model, reference, columns, (batch_rows, sample_rows))
+    table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule)
     drifted = table.loc[table["drifted"], "column"].tolist()
+    sample = profile.sampled()
     summary: dict[str, Any] = {
         "model_uri": uri,
         "model_version": reference.version,
-        "n_rows": len(batch),
+        "n_rows": profile.rows,
+        "n_sampled_rows": len(sample),
         "n_reference_rows": len(reference.train),
         "drift_detected": bool(drifted),
         "drifted_columns": drifted,
         "rule": f"p < {p_value} / {len(table)} columns (Bonferroni) and PSI >= {min_psi}; "
         f"or missing share changed by >= {MISSING_CHANGE}; or a schema change",
     }
-    if labelled and prediction is not None:
-        summary |= live_performance(model, reference, batch)
-    log_drift(table, summary, labelled, (ref_frame, batch_frame))
+    if labelled and sample[prediction].notna().all():
+        summary |= live_performance(model, reference, sample)
+    log_drift(table, summary, labelled, (reference.train_with_predictions, sample))
     verdict = f"drift in {', '.join(drifted)}" if drifted else "no drift"
     logger.info(
         "%s: %d rows against %d training rows of %s v%s",
         verdict,
-        len(batch),
+        profile.rows,
         len(reference.train),
         uri,
         reference.version,
     )
-    print(f"monitor: {verdict} ({len(batch)} rows vs {reference.model_uri} v{reference.version})", flush=True)
+    print(f"monitor: {verdict} ({profile.rows} rows vs {reference.model_uri} v{reference.version})", flush=True)
     if drifted and fail:
         raise PipelineError(
             f"drift detected in {', '.join(drifted)}; see the run's drift/drift_table.csv (fail_on_drift=true)"
@@ -406,17 +338,21 @@ def run_monitor(
 @click.option("--fail-on-drift", default="false", help="true: exit non-zero when drift is found.")
 @click.option("--p-value", default=0.01, type=float, help="Significance level, split over the columns.")
 @click.option("--min-psi", default=0.1, type=float, help="Smallest PSI that counts as drift.")
+@click.option("--sample-rows", default=DEFAULT_SAMPLE_ROWS, type=INT, help="Rows of the KS tests' seeded sample.")
+@click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, type=INT, help="Rows read at a time.")
 def main(
-    data_uri: str, registered_model_name: str, model_uri: str | None, fail_on_drift: str, p_value: float, min_psi: float
+    data_uri: str,
+    registered_model_name: str,
+    model_uri: str | None,
+    fail_on_drift: str,
+    p_value: float,
+    min_psi: float,
+    sample_rows: int,
+    batch_rows: int,
 ) -> None:
     with step_run("monitor"):
         run_monitor(
-            data_uri,
-            registered_model_name=registered_model_name,
-            model_uri=model_uri,
-            fail_on_drift=fail_on_drift,
-            p_value=p_value,
-            min_psi=min_psi,
+            data_uri, registered_model_name, model_uri, fail_on_drift, p_value, min_psi, sample_rows, batch_rows
         )
 
 

@@ -101,6 +101,7 @@ def test_no_import_cycles():
 EXPECTED_USERS = {
     "artifacts": {"load", "featurize", "tune", "train", "evaluate"},
     "cache": set(),
+    "drift": set(),  # monitor's
     "errors": set(CACHED_STEPS),
     "features": {"load", "featurize", "tune", "train", "evaluate"},
     "gates": {"evaluate"},

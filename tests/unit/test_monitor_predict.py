@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steps.lib.drift import DriftRule, as_numbers, categorical_drift, drift_table, numeric_drift, psi
 from steps.lib.errors import PipelineError
 from steps.lib.features import build_feature_spec
 from steps.lib.tables import load_bundled_frame
-from steps.monitor import DriftRule, as_numbers, categorical_drift, check_columns, drift_table, numeric_drift, psi
+from steps.monitor import check_columns
 from steps.predict import check_batch, prediction_summary
 
 
@@ -46,13 +47,13 @@ def test_drift_table_flags_the_shifted_columns_missing_values_and_type_changes()
     frame, target = load_bundled_frame("iris")
     spec = build_feature_spec(frame, target)
     reference, batch = frame.iloc[::2], frame.iloc[1::2].copy()
-    table = drift_table(reference, batch, spec, DriftRule())
+    table = drift_table(reference, batch, spec.numeric, spec.categorical, DriftRule())
     assert not table["drifted"].any()
     batch["petal_length_cm"] += 3
     batch.loc[batch.index[:30], "sepal_width_cm"] = np.nan  # 40 % missing now
     batch["sepal_length_cm"] = batch["sepal_length_cm"].astype(object)
     batch.loc[batch.index[0], "sepal_length_cm"] = "n.a."
-    table = drift_table(reference, batch, spec, DriftRule()).set_index("column")
+    table = drift_table(reference, batch, spec.numeric, spec.categorical, DriftRule()).set_index("column")
     assert table.loc["petal_length_cm", "drifted"] and table.loc["petal_length_cm", "psi"] > 1
     assert table.loc["sepal_width_cm", "drifted"]
     assert table.loc["sepal_width_cm", "missing_change"] == pytest.approx(0.4)
@@ -174,3 +175,35 @@ def test_a_bad_value_in_a_late_batch_is_named_in_one_line(tracking_uri, tmp_path
         run_predict(str(tmp_path / "batch.csv"), model_uri=model_uri, batch_rows=500)
     message = str(raised.value)
     assert "seniority (years)" in message and "ten" in message and "\n" not in message
+
+
+def test_monitor_tallies_every_row_in_pieces_and_tests_a_seeded_sample():
+    """Pieces of 300 rows give the very PSI, chi-square, missing shares and schema changes of one piece; the KS
+    sample is the same whatever the piece size; at most sample_rows rows, in the batch's order."""
+    from steps.lib.drift import BatchProfile
+
+    reference = users_rows(3000, 1)
+    batch = users_rows(2000, 5)
+    batch["Income ($)"] = batch["Income ($)"] * 1.5
+    batch = batch.astype({"seniority (years)": object})
+    batch.loc[1700, "seniority (years)"] = "ten"
+    numeric, categorical = ["Income ($)", "seniority (years)"], ["plan", "city"]
+
+    def profile(piece_rows: int, sample_rows: int) -> BatchProfile:
+        tallied = BatchProfile(reference, numeric, categorical, sample_rows, seed=0)
+        for start in range(0, len(batch), piece_rows):
+            tallied.add(batch.iloc[start : start + piece_rows])
+        return tallied
+
+    whole = drift_table(reference, batch, numeric, categorical, DriftRule()).set_index("column")
+    pieces = drift_table(reference, profile(300, 5000), numeric, categorical, DriftRule()).set_index("column")
+    pd.testing.assert_frame_equal(whole, pieces)
+    assert whole.loc["Income ($)", "drifted"] and whole.loc["seniority (years)", "schema_change"].startswith(
+        "type changed: numeric in training, text here ('ten')"
+    )
+    small, other = profile(300, 500), profile(1000, 500)
+    assert len(small.sampled()) == 500 and small.sampled().equals(other.sampled())
+    assert small.sampled().index.is_monotonic_increasing and small.rows == 2000
+    sampled = drift_table(reference, small, numeric, categorical, DriftRule()).set_index("column")
+    assert sampled.loc["Income ($)", "psi"] == whole.loc["Income ($)", "psi"]  # PSI over every row, still
+    assert sampled.loc["city", "p_value"] == whole.loc["city", "p_value"]
