@@ -13,90 +13,18 @@ import numpy as np
 import pandas as pd
 
 from steps.lib.artifacts import digest_path
-from steps.lib.errors import PipelineError, one_line
-from steps.lib.keys import key_parts, unused_name
+from steps.lib.errors import PipelineError
+from steps.lib.keys import key_parts
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
+from steps.lib.scoring import check_batch, load_models, score_batch, signature_columns
 from steps.lib.tables import DEFAULT_DATA_URI, read_batches
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.predict")
 DEFAULT_BATCH_ROWS = 100_000
-
-
-def load_models(model_uri: str) -> tuple[Any, Any]:
-    """The pyfunc (it carries the signature) and the scikit-learn model (for class probabilities)."""
-    try:
-        pyfunc = mlflow.pyfunc.load_model(model_uri)
-    except Exception as error:
-        raise PipelineError(
-            f"model '{model_uri}' cannot be loaded ({one_line(str(error), 160)}); "
-            "check the name, version or alias, e.g. run `mlflow run . -e main` first to register a champion"
-        ) from None
-    # The estimator inside the pyfunc, not a second download and load of the same model.
-    try:
-        raw = pyfunc.get_raw_model()
-    except Exception:  # a pyfunc without an underlying model object: predictions without probabilities
-        raw = None
-    sklearn_model = raw if hasattr(raw, "predict_proba") and hasattr(raw, "classes_") else None
-    return pyfunc, sklearn_model
-
-
-def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:
-    """The model's input columns and their types, from its signature."""
-    schema = pyfunc.metadata.get_input_schema()
-    if schema is None:
-        raise PipelineError("the model has no input signature; log it with a signature to score batches")
-    return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in schema.inputs]
-
-
-def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: int = 0) -> None:
-    """Every signature column present, and of a type the model can take; a clear error naming the column.
-
-    `first_row`: the batch's first row in the whole table, to name the row of a bad value.
-    """
-    if frame.empty:
-        raise PipelineError("the batch has no rows; pass a table with at least one row")
-    missing = [name for name, _ in columns if name not in frame.columns]
-    if missing:
-        raise PipelineError(
-            f"the batch lacks column '{missing[0]}' that the model's signature needs"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + f"; expected columns: {', '.join(name for name, _ in columns)}"
-        )
-    for name, kind in columns:
-        if kind in ("double", "float", "long", "integer") and not pd.api.types.is_numeric_dtype(frame[name]):
-            bad = frame[name][pd.to_numeric(frame[name], errors="coerce").isna() & frame[name].notna()]
-            if len(bad):
-                raise PipelineError(
-                    f"column '{name}' must be numeric ({kind}) as in the model's signature; "
-                    f"found {bad.iloc[0]!r} in row {first_row + bad.index[0]}"
-                )
-
-
-def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[str]) -> tuple[pd.DataFrame, str]:
-    """The input columns, then `prediction`, then `proba_<class>` for a classifier; and the prediction's column.
-
-    An input column of the same name is never overwritten: the output is called `prediction_2` (...) instead.
-    """
-    inputs = frame[columns].copy()
-    for name in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked above
-        numbers = pd.to_numeric(inputs[name], errors="coerce")
-        if not pd.api.types.is_numeric_dtype(inputs[name]) and not (numbers.isna() & inputs[name].notna()).any():
-            inputs[name] = numbers
-    try:
-        predictions = np.asarray(pyfunc.predict(inputs))
-    except Exception as error:
-        raise PipelineError(f"the batch does not match the model's signature: {one_line(str(error), 300)}") from None
-    table = frame.copy()
-    prediction = unused_name("prediction", table.columns)
-    table[prediction] = predictions
-    if sklearn_model is not None and hasattr(sklearn_model, "predict_proba"):
-        proba = sklearn_model.predict_proba(inputs)
-        for index, label in enumerate(sklearn_model.classes_):
-            table[unused_name(f"proba_{label}", table.columns)] = proba[:, index]
-    return table, prediction
+BACKENDS = ("local", "spark")
 
 
 class PredictionTally:
@@ -165,16 +93,23 @@ def run_predict(
     registered_model_name: str = DEFAULT_REGISTERED_MODEL_NAME,
     model_uri: str | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    backend: str = "local",
+    spark_master: str | None = None,
 ) -> dict[str, float]:
     """The whole step inside the active run; returns its metrics. `model_uri` None: the champion.
 
-    The table is read and scored `batch_rows` rows at a time (pyarrow, with the signature's column types),
-    so memory follows the batch, not the file.
+    local: the table is read and scored `batch_rows` rows at a time (pyarrow, with the signature's column
+    types), so memory follows the batch, not the file. spark: scored on Spark (`spark_master`, None: Spark's
+    own choice) into a Parquet dataset with the same columns.
     """
     if batch_rows < 1:
         raise PipelineError(f"batch_rows must be at least 1; got {batch_rows}")
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     uri = resolve_model_uri(model_uri, registered_model_name)
-    mlflow.set_tags({"model_uri": uri, "data_uri": redact_uri(data_uri)})
+    mlflow.set_tags({"model_uri": uri, "data_uri": redact_uri(data_uri), "backend": backend})
+    if backend == "spark":
+        return predict_on_spark(data_uri, uri, spark_master)
     pyfunc, sklearn_model = load_models(uri)
     columns = signature_columns(pyfunc)
     tally = PredictionTally(sklearn_model is not None and hasattr(sklearn_model, "classes_"))
@@ -206,6 +141,23 @@ def run_predict(
     return metrics
 
 
+def predict_on_spark(data_uri: str, uri: str, spark_master: str | None) -> dict[str, float]:
+    from steps.lib.spark_scoring import score_on_spark
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, PREDICTIONS_DIR)
+        out.mkdir()
+        prediction, metrics = score_on_spark(data_uri, uri, out / "predictions.parquet", spark_master)
+        for crc in out.rglob(".*.crc"):  # Hadoop's checksum files: not part of the output
+            crc.unlink()
+        mlflow.set_tag("prediction_column", prediction)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out), PREDICTIONS_DIR)
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
+    logger.info("scored %d rows with %s on Spark", metrics["n_rows"], uri)
+    return metrics
+
+
 @click.command()
 @click.option("--data-uri", default=DEFAULT_DATA_URI, show_default=True, help="As load: sklearn:<name>, path, URL.")
 @click.option("--registered-model-name", default=DEFAULT_REGISTERED_MODEL_NAME, show_default=True)
@@ -216,9 +168,18 @@ def run_predict(
     help="A model URI; auto: models:/<registered_model_name>@champion.",
 )
 @click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, type=INT, help="Rows read and scored at a time.")
-def main(data_uri: str, registered_model_name: str, model_uri: str | None, batch_rows: int) -> None:
+@click.option("--backend", default="local", help="local: this process, in batches; spark: on Spark.")
+@click.option("--spark-master", default="auto", callback=unset_is_none, help="backend=spark: a master URL.")
+def main(
+    data_uri: str,
+    registered_model_name: str,
+    model_uri: str | None,
+    batch_rows: int,
+    backend: str,
+    spark_master: str | None,
+) -> None:
     with step_run("predict"):
-        run_predict(data_uri, registered_model_name=registered_model_name, model_uri=model_uri, batch_rows=batch_rows)
+        run_predict(data_uri, registered_model_name, model_uri, batch_rows, backend, spark_master)
 
 
 if __name__ == "__main__":

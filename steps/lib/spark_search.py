@@ -8,14 +8,8 @@ pyspark is an optional extra: `pip install -r requirements-spark.txt`.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -24,74 +18,18 @@ from hyperopt.early_stop import no_progress_loss
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from steps.lib.errors import PipelineError, one_line
+from steps.lib.errors import one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.names import RUN_NAME_TAG, TRIAL_TAG
 from steps.lib.search import SearchOutcome, check_some_trial_succeeded, evaluate_sample, log_result, seed_sequence
 from steps.lib.search_options import SearchConfig
 from steps.lib.search_results import trials_from_records
 from steps.lib.search_space import search_setup
+from steps.lib.spark import absolute_tracking_uri, ship_steps_package, spark_session
 from steps.lib.splits import Splits
 from steps.lib.trial_logger import nested_trial_logger
 
 logger = logging.getLogger("steps.tune")
-STEPS_DIR = Path(__file__).resolve().parents[1]  # the steps package, shipped to the executors
-INSTALL_HINT = "pip install -r requirements-spark.txt (pyspark 4.3.0) into the environment tune runs in"
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """The tracking URI as executors must see it: a relative SQLite or file path made absolute."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    if "://" not in uri:
-        return str(Path(uri).resolve())
-    return uri
-
-
-def is_local_master(master: str | None) -> bool:
-    return master is None or master.startswith("local")
-
-
-def spark_session(master: str | None) -> Any:
-    """The active Spark session, or a new one.
-
-    master None leaves the choice to Spark: `spark-submit --master`, `PYSPARK_SUBMIT_ARGS` or
-    spark-defaults.conf, else local[*]. A local Spark listens on 127.0.0.1 only and has no web UI.
-    """
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise PipelineError(f"backend=spark needs pyspark, which is not installed; {INSTALL_HINT}") from None
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    # Executors run this same interpreter unless the user chose another one.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName("tune").config("spark.executorEnv.OMP_NUM_THREADS", "1")
-    builder = builder.config("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
-    if master is not None:
-        builder = builder.master(master)
-    if is_local_master(master):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = builder.config("spark.ui.enabled", "false").config("spark.driver.bindAddress", "127.0.0.1")
-    try:
-        session = builder.getOrCreate()
-    except Exception as error:
-        raise PipelineError(
-            f"could not start Spark (master {master or 'auto'}): {one_line(str(error), 160)}; "
-            "Spark 4 needs Java 17 or newer on PATH or in JAVA_HOME"
-        ) from None
-    session.sparkContext.setLogLevel("WARN")
-    return session
-
-
-def ship_steps_package(session: Any) -> None:
-    """Executors unpickle the objective and the splits, which live in this package: send it to them."""
-    # Spark fetches the file when a task first needs it: it must outlive this call, so it goes when we exit.
-    folder = tempfile.mkdtemp(prefix="tune-spark-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    archive = shutil.make_archive(f"{folder}/steps", "zip", root_dir=STEPS_DIR.parent, base_dir=STEPS_DIR.name)
-    session.sparkContext.addPyFile(archive)
 
 
 def make_objective(data: Any, tracking_uri: str | None, experiment_id: str, parent_run_id: str) -> Any:

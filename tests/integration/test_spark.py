@@ -6,6 +6,7 @@ import csv
 import io
 import shutil
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -72,3 +73,56 @@ def test_spark_backend_nests_trials_under_the_tune_run_and_resumes(store, tune_h
 
 def _text(client: MlflowClient, run_id: str, path: str) -> str:
     return mlflow.artifacts.load_text(f"{client.get_run(run_id).info.artifact_uri}/{path}")
+
+
+def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tmp_path, cli_on, monkeypatch):
+    """`predict -P backend=spark` in local[2]: a Parquet dataset with the inputs, `prediction` and `proba_<class>`,
+    the same values as the local backend on the same rows; a bad value fails in one line."""
+    pytest.importorskip("pyspark")
+    import pandas as pd
+
+    from tests.conftest import logged_model_of, users_rows
+
+    for name, value in SPARK_ENV.items():
+        monkeypatch.setenv(name, value)
+    mlflow.set_tracking_uri(store)
+    model_uri = logged_model_of(users_rows(2000, 1), "income class")
+    batch = users_rows(1500, 4).drop(columns="income class")
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    outputs = {}
+    for backend in ("local", "spark"):
+        flags = ["--data-uri", str(tmp_path / "batch.csv"), "--model-uri", model_uri, "--backend", backend]
+        code, stderr = cli_on(store, "predict", *flags, "--spark-master", "local[2]")
+        assert code == 0, stderr[-4000:]
+        [run] = runs_by_step(MlflowClient(store), "predict")[:1]
+        folder = mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/predictions/predictions.parquet")
+        outputs[backend] = (run, pd.read_parquet(folder))
+    (local_run, local), (spark_run, spark) = outputs["local"], outputs["spark"]
+    assert spark_run.data.tags["backend"] == "spark" and len(list(Path(folder).glob("part-*.parquet"))) >= 1
+    assert list(spark.columns) == list(local.columns)
+    merged = local.merge(spark, on=list(batch.columns), suffixes=("", "_spark"))
+    assert len(spark) == len(local) == 1500
+    assert (merged["prediction"] == merged["prediction_spark"]).mean() > 0.99  # rows may repeat: merge pairs them
+    for label in ("<=50K", ">50K"):
+        assert abs(spark[f"proba_{label}"].sum() - local[f"proba_{label}"].sum()) < 1e-6
+    shares = {k: v for k, v in spark_run.data.metrics.items() if k.startswith("pred_share_")}
+    assert shares == {k: v for k, v in local_run.data.metrics.items() if k.startswith("pred_share_")}
+    assert spark_run.data.metrics["n_rows"] == 1500
+
+    bad = batch.astype({"Income ($)": object})
+    bad.loc[700, "Income ($)"] = "lots"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    code, stderr = cli_on(
+        store,
+        "predict",
+        "--data-uri",
+        str(tmp_path / "bad.csv"),
+        "--model-uri",
+        model_uri,
+        "--backend",
+        "spark",
+        "--spark-master",
+        "local[2]",
+    )
+    errors = [line for line in stderr.splitlines() if line.startswith("error: predict: ")]
+    assert code == 1 and len(errors) == 1 and "lots" in errors[0], stderr[-3000:]

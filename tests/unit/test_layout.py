@@ -114,11 +114,14 @@ EXPECTED_USERS = {
     "reaper": set(),
     "registry": {"evaluate"},
     "runner": set(CACHED_STEPS),
+    "scoring": set(),  # predict's, both backends
     "search": {"tune"},
     "search_options": {"tune"},
     "search_results": {"tune"},
     "search_space": {"tune"},
     "sources": {"load", "featurize", "evaluate"},
+    "spark": {"tune"},  # and predict
+    "spark_scoring": set(),  # predict's
     "spark_search": {"tune"},
     "splits": {"featurize", "tune", "train", "evaluate"},
     "tables": {"load", "featurize", "tune", "evaluate"},

@@ -9,9 +9,11 @@ import pytest
 from steps.lib.drift import DriftRule, as_numbers, categorical_drift, drift_table, numeric_drift, psi
 from steps.lib.errors import PipelineError
 from steps.lib.features import build_feature_spec
+from steps.lib.scoring import check_batch
 from steps.lib.tables import load_bundled_frame
 from steps.monitor import check_columns
-from steps.predict import check_batch, prediction_summary
+from steps.predict import prediction_summary
+from tests.conftest import logged_model_of, users_rows
 
 
 def test_psi_is_zero_for_the_same_shares_and_grows_with_the_shift():
@@ -89,48 +91,6 @@ def test_predict_checks_the_batch_against_the_signature():
     assert shares == {"pred_share_x": 0.25, "pred_share_y": 0.75}
     spread = prediction_summary(pd.Series([1.0, 2.0, 3.0]), classifier=False)
     assert spread["pred_mean"] == 2.0 and spread["pred_p50"] == 2.0
-
-
-def logged_model_of(frame: pd.DataFrame, target: str, family: str = "hist_gradient_boosting") -> str:
-    """A model of the pipeline's own kind on `frame`, logged with its signature as train logs it; its URI."""
-    import mlflow
-
-    from steps.lib.features import build_feature_spec
-    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
-    from steps.lib.splits import Splits
-
-    spec = build_feature_spec(frame, target)
-    labelled = frame[frame[target].notna()]
-    splits = Splits(labelled, labelled.head(50), labelled.head(50))
-    model = fit_model(splits, spec, MODEL_FAMILIES[family], MODEL_FAMILIES[family].resolve({}), 0)
-    features = labelled[spec.input_columns]
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=mlflow.models.infer_signature(features, model.predict(features)),
-            pip_requirements=model_pip_requirements(),
-            serialization_format="skops",
-            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-        )
-    return info.model_uri
-
-
-def users_rows(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    income = rng.gamma(2, 20_000, n).round(0)
-    frame = pd.DataFrame(
-        {
-            "Income ($)": income,
-            "seniority (years)": rng.integers(0, 40, n),
-            "plan": rng.choice(["basic", "plus", "pro", None], n),
-            "city": [f"city {i}" for i in rng.integers(0, 300, n)],
-            "note": rng.choice(["a", "b"], n),
-        }
-    )
-    frame.loc[rng.random(n) < 0.05, "Income ($)"] = np.nan
-    frame["income class"] = np.where(income > 40_000, ">50K", "<=50K")
-    return frame
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])

@@ -1,0 +1,86 @@
+"""Scoring a table with a logged model, as predict does it on either backend: the checks and the columns added."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.keys import unused_name
+
+
+def load_models(model_uri: str) -> tuple[Any, Any]:
+    """The pyfunc (it carries the signature) and the scikit-learn model (for class probabilities)."""
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    except Exception as error:
+        raise PipelineError(
+            f"model '{model_uri}' cannot be loaded ({one_line(str(error), 160)}); "
+            "check the name, version or alias, e.g. run `mlflow run . -e main` first to register a champion"
+        ) from None
+    # The estimator inside the pyfunc, not a second download and load of the same model.
+    try:
+        raw = pyfunc.get_raw_model()
+    except Exception:  # a pyfunc without an underlying model object: predictions without probabilities
+        raw = None
+    sklearn_model = raw if hasattr(raw, "predict_proba") and hasattr(raw, "classes_") else None
+    return pyfunc, sklearn_model
+
+
+def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:
+    """The model's input columns and their types, from its signature."""
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None:
+        raise PipelineError("the model has no input signature; log it with a signature to score batches")
+    return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in schema.inputs]
+
+
+def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: int = 0) -> None:
+    """Every signature column present, and of a type the model can take; a clear error naming the column.
+
+    `first_row`: the batch's first row in the whole table, to name the row of a bad value.
+    """
+    if frame.empty:
+        raise PipelineError("the batch has no rows; pass a table with at least one row")
+    missing = [name for name, _ in columns if name not in frame.columns]
+    if missing:
+        raise PipelineError(
+            f"the batch lacks column '{missing[0]}' that the model's signature needs"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; expected columns: {', '.join(name for name, _ in columns)}"
+        )
+    for name, kind in columns:
+        if kind in ("double", "float", "long", "integer") and not pd.api.types.is_numeric_dtype(frame[name]):
+            bad = frame[name][pd.to_numeric(frame[name], errors="coerce").isna() & frame[name].notna()]
+            if len(bad):
+                raise PipelineError(
+                    f"column '{name}' must be numeric ({kind}) as in the model's signature; "
+                    f"found {bad.iloc[0]!r} in row {first_row + bad.index[0]}"
+                )
+
+
+def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[str]) -> tuple[pd.DataFrame, str]:
+    """The input columns, then `prediction`, then `proba_<class>` for a classifier; and the prediction's column.
+
+    An input column of the same name is never overwritten: the output is called `prediction_2` (...) instead.
+    """
+    inputs = frame[columns].copy()
+    for name in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked above
+        numbers = pd.to_numeric(inputs[name], errors="coerce")
+        if not pd.api.types.is_numeric_dtype(inputs[name]) and not (numbers.isna() & inputs[name].notna()).any():
+            inputs[name] = numbers
+    try:
+        predictions = np.asarray(pyfunc.predict(inputs))
+    except Exception as error:
+        raise PipelineError(f"the batch does not match the model's signature: {one_line(str(error), 300)}") from None
+    table = frame.copy()
+    prediction = unused_name("prediction", table.columns)
+    table[prediction] = predictions
+    if sklearn_model is not None and hasattr(sklearn_model, "predict_proba"):
+        proba = sklearn_model.predict_proba(inputs)
+        for index, label in enumerate(sklearn_model.classes_):
+            table[unused_name(f"proba_{label}", table.columns)] = proba[:, index]
+    return table, prediction

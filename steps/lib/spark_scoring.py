@@ -1,0 +1,118 @@
+"""predict's `backend=spark`: the model scores a table on Spark into a Parquet dataset.
+
+The driver loads the model the way the local backend does and scores the first rows itself, which
+checks the model and the table and gives the output's columns and types. Each executor then loads the
+model once (shipped with `addFile`) and scores its partitions with `mapInPandas`: the same function
+as the local backend (`steps.lib.scoring.score_batch`), so the columns are the same: the inputs,
+`prediction` and `proba_<class>` per class (`mlflow.pyfunc.spark_udf` returns one column only).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.scoring import check_batch, load_models, score_batch, signature_columns
+from steps.lib.spark import ship_steps_package, spark_session
+from steps.lib.tables import find_data_file, local_copy, table_format
+
+# Storage a Spark cluster reads itself: these URIs go to Spark as they are, not through a local copy.
+SPARK_SCHEMES = ("s3a", "hdfs", "abfss", "gs", "dbfs", "wasbs")
+SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "integer": "int", "boolean": "boolean"}
+CHECK_ROWS = 100
+
+
+def read_table(session: Any, data_uri: str, path: str, columns: list[tuple[str, str]]) -> Any:
+    """The table as a Spark DataFrame: Parquet as typed; CSV as text, the signature's columns cast to its types."""
+    kind = table_format(Path(urllib.parse.urlsplit(path).path))
+    if kind == "parquet":
+        return session.read.parquet(path)
+    if kind != "csv":
+        raise PipelineError(f"'{data_uri}' is neither .csv nor .parquet; convert it or rename it")
+    frame = session.read.csv(path, header=True, inferSchema=False, enforceSchema=False)
+    from pyspark.sql import functions as F  # noqa: N812 (Spark's own spelling)
+
+    for name, kind in columns:
+        if name in frame.columns and kind in SPARK_TYPES:
+            frame = frame.withColumn(name, F.col(f"`{name}`").cast(SPARK_TYPES[kind]))
+    return frame
+
+
+def scorer(model_file: str, names: list[str], schema: Any) -> Any:
+    """What each Spark task runs on its partition's pieces: load the model once, score each piece."""
+
+    def score_pieces(pieces: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import SparkFiles
+
+        pyfunc, sklearn_model = load_models(SparkFiles.get(model_file))
+        dtypes = {field.name: field.dataType.simpleString() for field in schema.fields}
+        for piece in pieces:
+            table, _ = score_batch(piece, pyfunc, sklearn_model, names)
+            for name in table.columns:  # a piece of all-missing values must still fit the declared type
+                if dtypes.get(name) in ("double", "float") and not pd.api.types.is_float_dtype(table[name]):
+                    table[name] = pd.to_numeric(table[name], errors="coerce")
+            yield table
+
+    return score_pieces
+
+
+def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None) -> tuple[str, dict[str, float]]:
+    """Score `data_uri` on Spark into the Parquet dataset `out`; the prediction column and the metrics."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    pyfunc, sklearn_model = load_models(model_uri)  # checked on the driver first, as the local backend does
+    columns = signature_columns(pyfunc)
+    names = [name for name, _ in columns]
+    session = spark_session(master)
+    ship_steps_package(session)
+    local_model = mlflow.artifacts.download_artifacts(model_uri)
+    session.sparkContext.addFile(local_model, recursive=True)
+    scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
+    with local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located:
+        path = str(find_data_file(located, data_uri)) if isinstance(located, Path) else located
+        frame = read_table(session, data_uri, path, columns)
+        head = frame.limit(CHECK_ROWS).toPandas()
+        check_batch(head, columns)
+        table, prediction = score_batch(head, pyfunc, sklearn_model, names)
+        schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
+        scored = frame.mapInPandas(scorer(Path(local_model).name, names, schema), schema=schema)
+        try:
+            scored.write.mode("overwrite").parquet(str(out))
+        except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own
+            message = str(error)
+            cause = message.split("PipelineError: ")[-1] if "PipelineError: " in message else message
+            raise PipelineError(f"scoring on Spark failed: {one_line(cause, 300)}") from None
+    written = session.read.parquet(str(out))
+    return prediction, spark_metrics(written, prediction, sklearn_model is not None) | {
+        "n_input_columns": len(frame.columns)
+    }
+
+
+def spark_metrics(scored: Any, prediction: str, classifier: bool) -> dict[str, float]:
+    """The local backend's metrics, computed by Spark over the written predictions."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    from steps.lib.keys import key_parts
+
+    rows = scored.count()
+    metrics: dict[str, float] = {"n_rows": rows}
+    if classifier:
+        counts = {str(row[0]): row[1] for row in scored.groupBy(prediction).count().collect()}
+        keys = key_parts(sorted(counts))
+        return metrics | {f"pred_share_{keys[label]}": counts[label] / rows for label in sorted(counts)}
+    column = F.col(f"`{prediction}`")
+    mean, std = scored.agg(F.mean(column), F.stddev_pop(column)).first()
+    quantiles = scored.approxQuantile(prediction, [q / 100 for q in (5, 25, 50, 75, 95)], 0.001)
+    return (
+        metrics
+        | {"pred_mean": mean, "pred_std": std}
+        | {f"pred_p{q:02d}": value for q, value in zip((5, 25, 50, 75, 95), quantiles, strict=True)}
+    )
