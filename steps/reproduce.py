@@ -26,8 +26,8 @@ from steps.lib.uris import redact_uri
 logger = logging.getLogger("steps.reproduce")
 COMMIT_TAG = "mlflow.source.git.commit"
 SOURCE_TAG = "mlflow.source.name"
-# Wall-clock figures differ from run to run by nature; everything else must match exactly.
-VOLATILE_SUFFIXES = ("_seconds",)
+# Wall-clock and memory figures differ from run to run by nature; everything else must match exactly.
+VOLATILE_SUFFIXES = ("_seconds", "peak_rss_mb", "peak_rss_children_mb")
 GIT_TIMEOUT = 120
 
 

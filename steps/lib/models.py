@@ -293,7 +293,7 @@ def fit_model(
     # Built first: threadpoolctl limits only the BLAS/OpenMP libraries already loaded, and building imports them.
     model = build_model(spec, family, hyperparams, seed)
     estimator = model[-1]
-    if "n_jobs" in estimator.get_params():
+    if family.name == "random_forest":  # the forest's trees in parallel (logistic regression's n_jobs is deprecated)
         estimator.set_params(n_jobs=threads)
     if "max_samples" in estimator.get_params() and len(features) > MAX_ROWS_PER_TREE:
         estimator.set_params(max_samples=MAX_ROWS_PER_TREE)
