@@ -223,7 +223,7 @@ def drift_metrics(table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, flo
     """Per column its statistics, and the live performance figures."""
     metrics = {
         "n_rows": summary["n_rows"],
-        "n_sampled_rows": summary["n_sampled_rows"],
+        "n_sampled_rows": summary.get("n_sampled_rows", summary["n_rows"]),
         "n_drifted_columns": len(summary["drifted_columns"]),
     }
     keys = key_parts(table["column"])  # a column such as `Income ($)` is no metric key as it is

@@ -126,11 +126,22 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
         except PipelineError:
             raise
         except Exception as error:  # pyarrow's conversion and parse errors: the column by its name
-            text = str(error)
-            numbered = re.search(r"CSV column #(\d+)", text)
-            if numbered and int(numbered.group(1)) < len(names := header_names(path, kind)):
-                text = text.replace(numbered.group(0), f"column '{names[int(numbered.group(1))]}'")
-            raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(text, 240)}") from None
+            context = f"cannot read '{shown}' as {kind}"
+            raise PipelineError(csv_error(str(error), header_names(path, kind), types, context)) from None
+
+
+def csv_error(text: str, names: list[str], types: dict[str, str], context: str) -> str:
+    """pyarrow's error in one line, the column by its name; a value that does not convert, as the signature says."""
+    numbered = re.search(r"CSV column #(\d+)", text)
+    if not numbered or int(numbered.group(1)) >= len(names):
+        return f"{context}: {one_line(text, 240)}"
+    name = names[int(numbered.group(1))]
+    invalid = re.search(r"conversion error to \w+: invalid value '(.*?)'", text)
+    if invalid and types.get(name) in ("double", "float", "long", "integer"):
+        return (
+            f"column '{name}' must be numeric ({types[name]}) as in the model's signature; found {invalid.group(1)!r}"
+        )
+    return f"{context}: {one_line(text.replace(numbered.group(0), f'column {name!r}'), 240)}"
 
 
 def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[pd.DataFrame]:
@@ -161,6 +172,8 @@ def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[
             pending, rows = [whole.iloc[batch_rows:]], len(whole) - batch_rows
     if rows:
         yield pd.concat(pending, ignore_index=True)
+    elif not any(len(frame) for frame in pending):  # a header and no rows: an empty frame, the checks say so
+        yield first.schema.empty_table().to_pandas()
 
 
 def is_remote(uri: str) -> bool:
