@@ -26,7 +26,7 @@ from steps.lib.artifacts import digest_json, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import resolve_metric
-from steps.lib.models import MODEL_FAMILIES, hyperparam_params
+from steps.lib.models import MODEL_FAMILIES, hyperparam_params, resolve_threads
 from steps.lib.names import (
     BEST_PARAMS,
     DATA_DIR,
@@ -39,7 +39,7 @@ from steps.lib.names import (
 )
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.search import SearchOutcome, best_result, run_search
-from steps.lib.search_options import SearchConfig, TuneOptions, tune_options
+from steps.lib.search_options import SearchConfig, TuneOptions, effective_parallelism, tune_options
 from steps.lib.search_results import leaderboard, load_previous_search, plot_search, trials_to_records
 from steps.lib.search_space import grid_points, task_families
 from steps.lib.splits import Splits, read_splits, sample_rows
@@ -244,6 +244,11 @@ def run_tune(
     options.check()
     inputs = read_inputs(splits_uri, options.metric, seed, resume_from)
     inputs = sample_for_trials(inputs, options.max_tune_rows, seed)
+    if options.backend == "local":  # run_search resolves it the same way
+        workers = effective_parallelism(options.parallelism, len(inputs.splits.train), resolve_threads(0))
+        if options.parallelism and workers < options.parallelism:
+            logger.warning("parallelism %d capped at %d: one trial per core", options.parallelism, workers)
+        mlflow.set_tag("parallelism.effective", str(workers))
     families = tuple(task_families(inputs.spec.task, options.models))
     config = SearchConfig(metric=inputs.metric, seed=seed, families=families, options=options)
     if options.algo == "grid":

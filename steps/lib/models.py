@@ -105,7 +105,7 @@ def _build_ridge(task: str, params: dict[str, Any], seed: int) -> Any:
 # Ceilings, so that no single fit runs away on a big table: a tree's depth (max_depth None: at most this),
 # and the bootstrap rows each tree of a forest is grown on.
 MAX_TREE_DEPTH = 32
-MAX_ROWS_PER_TREE = 50_000
+MAX_ROWS_PER_TREE = 10_000
 
 
 def _build_random_forest(task: str, params: dict[str, Any], seed: int) -> Any:

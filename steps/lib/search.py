@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,8 @@ from hyperopt.early_stop import no_progress_loss
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import metric_loss
-from steps.lib.models import MODEL_FAMILIES, ModelFamily, fit_model, hyperparam_params, score_model
-from steps.lib.search_options import SearchConfig
+from steps.lib.models import MODEL_FAMILIES, ModelFamily, fit_model, hyperparam_params, resolve_threads, score_model
+from steps.lib.search_options import SearchConfig, effective_parallelism
 from steps.lib.search_space import search_setup
 from steps.lib.splits import Splits, cv_folds_of
 from steps.lib.trial_logger import TrialLogger
@@ -163,6 +163,8 @@ def run_search(
     With more, a new configuration is asked for while others are still running, so TPE has not seen
     their losses yet: it adapts less per trial (see the measured trade-off in the README).
     """
+    workers = effective_parallelism(config.options.parallelism, len(splits.train), resolve_threads(0))
+    config = replace(config, options=replace(config.options, parallelism=workers))
     setup = search_setup(spec, config, previous)
     trials = previous if previous is not None else Trials()
     space, suggest, target, done_before = setup.space, setup.suggest, setup.target, setup.done_before

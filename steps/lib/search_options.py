@@ -30,12 +30,12 @@ class TuneOptions:
     metric: str | None = None  # None: the task's default, f1_macro or rmse
     algo: str = "tpe"
     models: tuple[str, ...] | None = None  # None: every family that fits the task
-    parallelism: int = 1
+    parallelism: int = 0  # trials at once, one thread each; 0: auto (see effective_parallelism)
     early_stop_rounds: int = 0
     timeout: float | None = None  # seconds; None: no limit
     cv_folds: int = 0
     backend: str = "local"
-    max_tune_rows: int = 100_000  # trials fit on a seeded, stratified sample of at most this many training rows
+    max_tune_rows: int = 50_000  # trials fit on a seeded, stratified sample of at most this many training rows
 
     @classmethod
     def from_cli(cls, given: Mapping[str, Any]) -> TuneOptions:
@@ -61,8 +61,8 @@ class TuneOptions:
             raise PipelineError(f"unknown backend '{self.backend}'; use one of {', '.join(BACKENDS)}")
         if self.max_evals < 1:
             raise PipelineError(f"max_evals must be at least 1; got {self.max_evals}")
-        if self.parallelism < 1:
-            raise PipelineError(f"parallelism must be at least 1; got {self.parallelism}")
+        if self.parallelism < 0:
+            raise PipelineError(f"parallelism must be 0 (auto) or more; got {self.parallelism}")
         if self.early_stop_rounds < 0:
             raise PipelineError(f"early_stop_rounds must be 0 (off) or more; got {self.early_stop_rounds}")
         if self.max_tune_rows < 0:
@@ -79,6 +79,18 @@ class TuneOptions:
 
 
 TUNE_OPTION_NAMES = tuple(field.name for field in fields(TuneOptions))
+
+
+# From this many (sampled) training rows on, trials take long enough that worker processes (~3 s to start)
+# pay for themselves: parallelism auto then runs one trial per core.
+PARALLEL_FROM_ROWS = 10_000
+
+
+def effective_parallelism(asked: int, training_rows: int, cores: int) -> int:
+    """Trials at once: as asked (0: one per core from PARALLEL_FROM_ROWS rows on, else 1), never more than the
+    cores (each trial has one thread: never more threads in all than cores)."""
+    wanted = asked or (cores if training_rows >= PARALLEL_FROM_ROWS else 1)
+    return max(1, min(wanted, cores))
 
 
 def parse_models(models: str | None) -> tuple[str, ...] | None:
@@ -118,7 +130,7 @@ _OPTIONS: tuple[Callable[[Any], Any], ...] = (
     ),
     click.option("--algo", default=_DEFAULTS.algo, help="tpe, random, anneal or grid."),
     click.option("--models", default="all", callback=all_is_none, help="Comma-separated model families; all."),
-    click.option("--parallelism", default=_DEFAULTS.parallelism, type=INT, help="Trials evaluated at once."),
+    click.option("--parallelism", default=_DEFAULTS.parallelism, type=INT, help="Trials evaluated at once; 0: auto."),
     click.option(
         "--early-stop-rounds",
         default=_DEFAULTS.early_stop_rounds,

@@ -106,11 +106,17 @@ def grid_suggest(new_ids: list[int], domain: Domain, trials: Trials, seed: int) 
     return docs
 
 
-# A family default of None that the space spells as a number (max_features None: every feature).
-NONE_IN_SPACE = {"random_forest.max_features": 1.0}
+def none_in_space(label: str, task: str, n_features: int) -> float | None:
+    """A family default of None as the space spells it: the forest's max_features None is scikit-learn's own
+    default, sqrt(n) of n features for a classifier (all for a regressor), as a share."""
+    if label == "random_forest.max_features":
+        return 1.0 if task != "classification" else math.sqrt(max(n_features, 1)) / max(n_features, 1)
+    return None
 
 
-def default_vals(family: str, index: int, domain: Domain) -> dict[str, list[Any]]:
+def default_vals(
+    family: str, index: int, domain: Domain, task: str = "classification", n_features: int = 1
+) -> dict[str, list[Any]]:
     """hyperopt's `vals` for a family's default configuration, clipped into the search space.
 
     `index`: the family's place in the `model` choice. Each search tries these first (as hyperopt's
@@ -129,7 +135,7 @@ def default_vals(family: str, index: int, domain: Domain) -> dict[str, list[Any]
                 continue
             vals[label], label = [1], f"{label}_limit"
             node = domain.params[label]
-        value = NONE_IN_SPACE.get(label) if hyperparam.default is None else hyperparam.default
+        value = none_in_space(label, task, n_features) if hyperparam.default is None else hyperparam.default
         vals[label] = [clip_into(node, float(value))]
     return vals
 
@@ -145,23 +151,28 @@ def clip_into(node: Any, value: float) -> float:
     return value
 
 
-def default_trial(new_id: int, families: list[str], domain: Domain, trials: Trials) -> dict[str, Any] | None:
+def default_trial(
+    new_id: int, families: list[str], domain: Domain, trials: Trials, spec: FeatureSpec | None = None
+) -> dict[str, Any] | None:
     """The trial document of the `new_id`-th family default (None past the last family)."""
     if new_id >= len(families):
         return None
-    vals = default_vals(families[new_id], new_id, domain)
+    task, n_features = (spec.task, len(spec.input_columns) - len(spec.dropped)) if spec else ("classification", 1)
+    vals = default_vals(families[new_id], new_id, domain, task, n_features)
     idxs = {label: [new_id] if value else [] for label, value in vals.items()}
     misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "idxs": idxs, "vals": vals}
     [doc] = trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
     return doc
 
 
-def defaults_first(suggest: Callable[..., Any], families: list[str]) -> Callable[..., Any]:
+def defaults_first(
+    suggest: Callable[..., Any], families: list[str], spec: FeatureSpec | None = None
+) -> Callable[..., Any]:
     """A hyperopt algorithm whose first trials are each family's defaults, then `suggest`'s own (which sees
     their losses, as with fmin's points_to_evaluate); a resumed search goes on where it stopped."""
 
     def suggest_with_defaults(new_ids: list[int], domain: Domain, trials: Trials, seed: int) -> list[dict[str, Any]]:
-        docs = [default_trial(new_id, families, domain, trials) for new_id in new_ids]
+        docs = [default_trial(new_id, families, domain, trials, spec) for new_id in new_ids]
         rest = [new_id for new_id, doc in zip(new_ids, docs, strict=True) if doc is None]
         return [doc for doc in docs if doc is not None] + (suggest(rest, domain, trials, seed) if rest else [])
 
@@ -192,5 +203,5 @@ def search_setup(spec: FeatureSpec, config: SearchConfig, previous: Trials | Non
         return SearchSetup(hp.choice("grid_point", points), grid_suggest, target, done_before, ends_by)
     suggest = {"tpe": tpe.suggest, "random": rand.suggest, "anneal": anneal.suggest}[config.options.algo]
     space = build_search_space(spec.task, list(config.families))
-    seeded = defaults_first(suggest, list(config.families))
+    seeded = defaults_first(suggest, list(config.families), spec)
     return SearchSetup(space, seeded, done_before + max_evals, done_before, "max_evals")

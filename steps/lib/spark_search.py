@@ -68,7 +68,8 @@ def run_spark_search(
         tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
         experiment_id, parent_run_id = active.info.experiment_id, active.info.run_id
     options = config.options
-    trials = SparkTrials(parallelism=options.parallelism, timeout=options.timeout, spark_session=session)
+    parallel = options.parallelism or None  # 0: SparkTrials' own choice (the cluster's cores)
+    trials = SparkTrials(parallelism=parallel, timeout=options.timeout, spark_session=session)
     if previous is not None:
         trials.insert_trial_docs(previous.trials)
         trials.refresh()
@@ -81,7 +82,7 @@ def run_spark_search(
         setup.target,
         trials=trials,
         rstate=rng,
-        max_queue_len=options.parallelism,
+        max_queue_len=trials.parallelism,
         early_stop_fn=no_progress_loss(options.early_stop_rounds) if options.early_stop_rounds else None,
         show_progressbar=show_progress,
         return_argmin=False,  # all trials may have failed: reported below, in one line

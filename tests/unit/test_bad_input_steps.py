@@ -70,7 +70,7 @@ def test_load_refuses_a_password_in_clear_text(tracking_uri, capsys):
         (["--max-evals", "0"], "max_evals must be at least 1"),
         (["--metric", "auc"], "unknown metric 'auc'"),
         (["--algo", "bayes"], "unknown algo 'bayes'"),
-        (["--parallelism", "0"], "parallelism must be at least 1"),
+        (["--parallelism", "-1"], "parallelism must be 0 (auto) or more"),
         (["--models", "random_forest,svm"], "unknown model family 'svm'"),
         (["--timeout", "0"], "timeout must be more than 0 seconds"),
         (["--resume-from", "0123456789abcdef0123456789abcdef"], "does not exist"),

@@ -144,7 +144,7 @@ def test_every_search_starts_from_each_familys_defaults_clipped_into_the_space(i
     assert first[0] == ("logistic_regression", {"C": 1.0, "max_iter": 1000, "class_weight": None})
     assert first[1] == (
         "random_forest",
-        {"n_estimators": 200, "max_depth": None, "min_samples_leaf": 1, "max_features": 1.0},
+        {"n_estimators": 200, "max_depth": None, "min_samples_leaf": 1, "max_features": 0.5},  # sqrt(4) of 4
     )
     hgb = first[2][1]
     assert first[2][0] == "hist_gradient_boosting" and hgb["l2_regularization"] == pytest.approx(1e-6)  # 0, clipped
@@ -230,7 +230,7 @@ def test_figures_are_drawn(iris, tmp_path):
     [
         ({"algo": "bayes"}, "unknown algo 'bayes'"),
         ({"max_evals": 0}, "max_evals must be at least 1"),
-        ({"parallelism": 0}, "parallelism must be at least 1"),
+        ({"parallelism": -1}, r"parallelism must be 0 \(auto\) or more"),
         ({"early_stop_rounds": -1}, "early_stop_rounds"),
         ({"cv_folds": 1}, "cv_folds"),
         ({"backend": "ray"}, "unknown backend 'ray'; use one of local, spark"),
