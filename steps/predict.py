@@ -68,24 +68,28 @@ class ScoredWriter:
     def __init__(self, folder: Path) -> None:
         self.parquet, self.csv = folder / "predictions.parquet", folder / "predictions.csv"
         self.writer: Any = None
+        self.csv_writer: Any = None
         self.schema: Any = None
 
     def write(self, table: pd.DataFrame) -> None:
         import pyarrow as pa
+        import pyarrow.csv
         import pyarrow.parquet as pq
 
         if self.writer is None:
             arrow = pa.Table.from_pandas(table, preserve_index=False)
             self.schema = arrow.schema
             self.writer = pq.ParquetWriter(self.parquet, self.schema)
+            self.csv_writer = pyarrow.csv.CSVWriter(self.csv, self.schema)
         else:
             arrow = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
         self.writer.write_table(arrow)
-        table.to_csv(self.csv, index=False, mode="a", header=not self.csv.exists())
+        self.csv_writer.write_table(arrow)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.csv_writer.close()
 
 
 def run_predict(

@@ -69,18 +69,25 @@ def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: l
     """
     inputs = frame[columns].copy()
     for name in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked above
+        if pd.api.types.is_numeric_dtype(inputs[name]) or pd.api.types.is_bool_dtype(inputs[name]):
+            continue
         numbers = pd.to_numeric(inputs[name], errors="coerce")
-        if not pd.api.types.is_numeric_dtype(inputs[name]) and not (numbers.isna() & inputs[name].notna()).any():
+        if numbers.notna().any() and not (numbers.isna() & inputs[name].notna()).any():
             inputs[name] = numbers
+    proba = None
     try:
-        predictions = np.asarray(pyfunc.predict(inputs))
+        if sklearn_model is not None and hasattr(sklearn_model, "predict_proba"):
+            # One pass through the pipeline: a scikit-learn classifier predicts the class of highest probability.
+            proba = sklearn_model.predict_proba(inputs)
+            predictions = np.asarray(sklearn_model.classes_)[np.argmax(proba, axis=1)]
+        else:
+            predictions = np.asarray(pyfunc.predict(inputs))
     except Exception as error:
         raise PipelineError(f"the batch does not match the model's signature: {one_line(str(error), 300)}") from None
     table = frame.copy()
     prediction = unused_name("prediction", table.columns)
     table[prediction] = predictions
-    if sklearn_model is not None and hasattr(sklearn_model, "predict_proba"):
-        proba = sklearn_model.predict_proba(inputs)
+    if proba is not None:
         for index, label in enumerate(sklearn_model.classes_):
             table[unused_name(f"proba_{label}", table.columns)] = proba[:, index]
     return table, prediction
