@@ -18,7 +18,8 @@ from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.sources import dataset_source, log_dataset
-from steps.lib.splits import SPLIT_NAMES, SplitOptions, Splits, check_shares, split_frame, split_options
+from steps.lib.split_options import SplitOptions, split_options
+from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
 
 logger = logging.getLogger("steps.featurize")
 SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset contexts for the three splits

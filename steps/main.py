@@ -40,7 +40,7 @@ from steps.lib.reaper import reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME
 from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
-from steps.lib.splits import SplitOptions, split_options
+from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.uris import artifact_uri, check_uri_credentials, redact_uri
 

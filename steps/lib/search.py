@@ -6,7 +6,6 @@ import concurrent.futures
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -15,77 +14,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials, space_eval
+from hyperopt import JOB_STATE_DONE, STATUS_OK, Trials, space_eval
 from hyperopt.base import Domain
 from hyperopt.early_stop import no_progress_loss
 
-from steps.lib.errors import PipelineError, one_line
+from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
-from steps.lib.metrics import metric_loss
-from steps.lib.models import MODEL_FAMILIES, ModelFamily, fit_model, hyperparam_params, resolve_threads, score_model
+from steps.lib.models import MODEL_FAMILIES, hyperparam_params, resolve_threads
 from steps.lib.search_options import SearchConfig, effective_parallelism
 from steps.lib.search_space import search_setup
-from steps.lib.splits import Splits, cv_folds_of
+from steps.lib.splits import Splits
 from steps.lib.trial_logger import TrialLogger
-
-
-def cross_validated_scores(
-    splits: Splits, spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int, folds: int
-) -> dict[str, float]:
-    """Mean of each metric over `folds` folds of the training split, made as the split was (see cv_folds_of)."""
-    train = splits.train
-    per_fold = []
-    for fit_rows, score_rows in cv_folds_of(train, spec, folds, seed):
-        fold = Splits(train.iloc[fit_rows], train.iloc[score_rows], splits.test)
-        per_fold.append(score_model(fit_model(fold, spec, family, hyperparams, seed), fold.validation, spec))
-    common = set.intersection(*(set(scores) for scores in per_fold))
-    return {name: float(np.mean([scores[name] for scores in per_fold])) for name in sorted(common)}
-
-
-def evaluate_sample(splits: Splits, spec: FeatureSpec, sample: dict[str, Any], config: SearchConfig) -> dict[str, Any]:
-    """Fit and score one configuration; a failure is a failed trial, not a failed search."""
-    family = MODEL_FAMILIES[sample["model"]]
-    hyperparams = family.resolve({k: v for k, v in sample.items() if k != "model"})
-    started = time.perf_counter()
-    outcome: dict[str, Any] = {"model": family.name, "params": hyperparams}
-    try:
-        if config.options.cv_folds >= 2:
-            scores = cross_validated_scores(splits, spec, family, hyperparams, config.seed, config.options.cv_folds)
-        else:
-            scores = score_model(fit_model(splits, spec, family, hyperparams, config.seed), splits.validation, spec)
-    except Exception as error:
-        return outcome | {
-            "status": STATUS_FAIL,
-            "error": one_line(str(error), 200),
-            "scores": {},
-            "seconds": time.perf_counter() - started,
-        }
-    outcome |= {"scores": scores, "seconds": time.perf_counter() - started}
-    if config.metric not in scores:
-        return outcome | {"status": STATUS_FAIL, "error": f"{config.metric} undefined on the scoring rows"}
-    value = scores[config.metric]
-    return outcome | {"status": STATUS_OK, "value": value, "loss": metric_loss(config.metric, value)}
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _start_worker(splits: Splits, spec: FeatureSpec, config: SearchConfig, parent: int) -> None:
-    """Each worker process receives the data once, not once per trial; it ends when tune does, even by kill -9."""
-    _WORKER.update(splits=splits, spec=spec, config=config)
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="watch-parent", daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A pool worker waits for work forever: when its tune process is gone, end it (no orphans)."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def _evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
-    return evaluate_sample(_WORKER["splits"], _WORKER["spec"], sample, _WORKER["config"])
-
+from steps.lib.trials import TrialSettings, evaluate_in_worker, evaluate_sample, start_worker
 
 # --------------------------------------------------------------------------- the search loop
 
@@ -109,10 +49,10 @@ class _Done(concurrent.futures.Future):
 def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Callable[[Any], Any]]:
     """Submit one sample for evaluation: in this process, or to one of `parallelism` worker processes."""
     if config.options.parallelism == 1:
-        yield lambda sample: _Done(evaluate_sample(splits, spec, sample, config))
+        yield lambda sample: _Done(evaluate_sample(splits, spec, sample, trial_settings(config)))
         return
     with worker_pool(splits, spec, config) as pool:
-        yield lambda sample: pool.submit(_evaluate_in_worker, sample)
+        yield lambda sample: pool.submit(evaluate_in_worker, sample)
 
 
 @contextmanager
@@ -123,12 +63,28 @@ def worker_pool(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iter
     # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
     context = multiprocessing.get_context("spawn")
     workers = config.options.parallelism
-    initargs = (splits, spec, config, os.getpid())
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs) as pool:
-        with one_thread_per_library_in_children():
+    # Only what trials use: the (sampled) training rows and the validation rows, not the test rows.
+    data = Splits(splits.train, splits.validation, splits.test.iloc[:0])
+    initargs = (data, spec, trial_settings(config), os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=initargs) as pool:
+        with one_thread_per_library_in_children(), main_module_unseen_by_children():
             # Start every worker now, while the environment says one thread each (BLAS and OpenMP read it at load).
             concurrent.futures.wait([pool.submit(int) for _ in range(workers)])
         yield pool
+
+
+@contextmanager
+def main_module_unseen_by_children() -> Iterator[None]:
+    """Spawned children import the parent's main module (`python -m steps.tune`: MLflow, hyperopt, click, ~2.5 s
+    of CPU each) unless it has no spec and no file; the workers need only steps.lib.trials, by name."""
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
@@ -147,6 +103,10 @@ def one_thread_per_library_in_children() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def trial_settings(config: SearchConfig) -> TrialSettings:
+    return TrialSettings(config.metric, config.seed, config.options.cv_folds)
 
 
 def run_search(

@@ -1,21 +1,20 @@
-"""The train/validation/test splits: made by featurize, read back by every step after it."""
+"""The train/validation/test splits: made by featurize, read back by every step after it.
+
+Trial workers import this module: it imports no MLflow and no click (see steps/lib/split_options.py).
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
 
-import click
 import numpy as np
 import pandas as pd
 
-from steps.lib.artifacts import download_dir
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.names import FEATURE_SPEC
-from steps.lib.runner import as_param, unset_is_none
 from steps.lib.transforms import parse_times
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -34,6 +33,8 @@ class Splits:
 
 def read_splits(splits_uri: str) -> tuple[Splits, FeatureSpec]:
     """Read featurize's output: the three splits and the feature spec."""
+    from steps.lib.artifacts import download_dir  # here: trial workers import this module without MLflow
+
     root = download_dir(splits_uri, "the splits")
     missing = [name for name in (*[f"{s}.parquet" for s in SPLIT_NAMES], FEATURE_SPEC) if not (root / name).exists()]
     if missing:
@@ -49,43 +50,6 @@ def read_splits(splits_uri: str) -> tuple[Splits, FeatureSpec]:
 def features_and_target(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.Series]:
     """The model's input (all raw columns but the target) and the target."""
     return frame[spec.input_columns], frame[spec.target]
-
-
-@dataclass(frozen=True)
-class SplitOptions:
-    """How featurize splits the rows (main passes it on): random, time on a column, or group on a column."""
-
-    kind: str = "random"
-    time_column: str | None = None
-    group_column: str | None = None
-
-    def check(self) -> SplitOptions:
-        check_split_options(self.kind, self.time_column, self.group_column)
-        return self
-
-    @property
-    def column(self) -> str | None:
-        return {"time": self.time_column, "group": self.group_column}.get(self.kind)
-
-    def as_params(self) -> dict[str, str]:
-        return {
-            "split": self.kind,
-            "time_column": as_param(self.time_column, "none"),
-            "group_column": as_param(self.group_column, "none"),
-        }
-
-
-def split_options(command: Any) -> Any:
-    """featurize's and main's --split, --time-column and --group-column (`none`: not given)."""
-    for option in reversed(
-        (
-            click.option("--split", default="random", type=click.Choice(SPLIT_KINDS), help="random, time or group."),
-            click.option("--time-column", default="none", callback=unset_is_none, help="split=time: the time."),
-            click.option("--group-column", default="none", callback=unset_is_none, help="split=group: the group."),
-        )
-    ):
-        command = option(command)
-    return command
 
 
 def check_split_options(split: str, time_column: str | None, group_column: str | None) -> None:

@@ -152,7 +152,7 @@ def test_cross_validation_folds_follow_the_split():
     ],
 )
 def test_a_split_that_cannot_be_made_is_refused_in_one_line(split, column, change, message):
-    from steps.lib.splits import SplitOptions
+    from steps.lib.split_options import SplitOptions
 
     frame = timed_frame()
     if change:

@@ -123,9 +123,11 @@ EXPECTED_USERS = {
     "spark": {"tune"},  # and predict
     "spark_scoring": set(),  # predict's
     "spark_search": {"tune"},
+    "split_options": {"featurize"},  # and main
     "splits": {"featurize", "tune", "train", "evaluate"},
     "tables": {"load", "featurize", "tune", "evaluate"},
     "trial_logger": {"tune"},
+    "trials": {"tune"},
     "transforms": {"featurize", "tune", "train", "evaluate"},  # and shipped inside the models that use it
     "uris": set(CACHED_STEPS),
 }

@@ -16,7 +16,7 @@ from steps.lib.gates import GateOptions
 from steps.lib.models import FitOptions
 from steps.lib.names import CACHE_KEY_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, PIPELINE_STEPS
 from steps.lib.search_options import TuneOptions
-from steps.lib.splits import SplitOptions
+from steps.lib.split_options import SplitOptions
 from steps.main import StepResult, format_summary, run_steps, ui_hint
 from tests.conftest import PROJECT_DIR
 

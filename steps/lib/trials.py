@@ -1,0 +1,91 @@
+"""One trial: fit and score a configuration, in the tune process or in a worker process.
+
+A worker process imports this module and what a fit needs (numpy, pandas, scikit-learn), not MLflow,
+hyperopt or click: each of its ~2.5 s of imports would have been paid per worker, on the cores the
+trials need. hyperopt's status strings are spelled here for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from steps.lib.errors import one_line
+from steps.lib.features import FeatureSpec
+from steps.lib.metrics import metric_loss
+from steps.lib.models import MODEL_FAMILIES, ModelFamily, fit_model, score_model
+from steps.lib.splits import Splits, cv_folds_of
+
+STATUS_OK, STATUS_FAIL = "ok", "fail"  # hyperopt's STATUS_OK and STATUS_FAIL
+
+
+def cross_validated_scores(
+    splits: Splits, spec: FeatureSpec, family: ModelFamily, hyperparams: dict[str, Any], seed: int, folds: int
+) -> dict[str, float]:
+    """Mean of each metric over `folds` folds of the training split, made as the split was (see cv_folds_of)."""
+    train = splits.train
+    per_fold = []
+    for fit_rows, score_rows in cv_folds_of(train, spec, folds, seed):
+        fold = Splits(train.iloc[fit_rows], train.iloc[score_rows], splits.test)
+        per_fold.append(score_model(fit_model(fold, spec, family, hyperparams, seed), fold.validation, spec))
+    common = set.intersection(*(set(scores) for scores in per_fold))
+    return {name: float(np.mean([scores[name] for scores in per_fold])) for name in sorted(common)}
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What a trial needs of the search's configuration (plain values: a worker imports no more than a fit)."""
+
+    metric: str
+    seed: int
+    cv_folds: int = 0
+
+
+def evaluate_sample(splits: Splits, spec: FeatureSpec, sample: dict[str, Any], config: TrialSettings) -> dict[str, Any]:
+    """Fit and score one configuration; a failure is a failed trial, not a failed search."""
+    family = MODEL_FAMILIES[sample["model"]]
+    hyperparams = family.resolve({k: v for k, v in sample.items() if k != "model"})
+    started = time.perf_counter()
+    outcome: dict[str, Any] = {"model": family.name, "params": hyperparams}
+    try:
+        if config.cv_folds >= 2:
+            scores = cross_validated_scores(splits, spec, family, hyperparams, config.seed, config.cv_folds)
+        else:
+            scores = score_model(fit_model(splits, spec, family, hyperparams, config.seed), splits.validation, spec)
+    except Exception as error:
+        return outcome | {
+            "status": STATUS_FAIL,
+            "error": one_line(str(error), 200),
+            "scores": {},
+            "seconds": time.perf_counter() - started,
+        }
+    outcome |= {"scores": scores, "seconds": time.perf_counter() - started}
+    if config.metric not in scores:
+        return outcome | {"status": STATUS_FAIL, "error": f"{config.metric} undefined on the scoring rows"}
+    value = scores[config.metric]
+    return outcome | {"status": STATUS_OK, "value": value, "loss": metric_loss(config.metric, value)}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def start_worker(splits: Splits, spec: FeatureSpec, settings: TrialSettings, parent: int) -> None:
+    """Each worker process receives the data once, not once per trial; it ends when tune does, even by kill -9."""
+    _WORKER.update(splits=splits, spec=spec, settings=settings)
+    threading.Thread(target=exit_with_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def exit_with_parent(parent: int) -> None:
+    """A pool worker waits for work forever: when its tune process is gone, end it (no orphans)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
+    return evaluate_sample(_WORKER["splits"], _WORKER["spec"], sample, _WORKER["settings"])
