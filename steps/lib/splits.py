@@ -167,16 +167,24 @@ def split_by_time(
     labelled: pd.DataFrame, spec: FeatureSpec, column: str, validation_size: float, test_size: float
 ) -> tuple[pd.DataFrame, ...]:
     times = time_order(labelled, column)
-    timed = labelled[times.notna()].reset_index(drop=True)
     spec.split["rows_without_value"] = int(times.isna().sum())
-    shares = (1 - validation_size - test_size, validation_size, test_size)
-    blocks = cut_by_order(times[times.notna()].to_numpy(), shares)
-    parts = tuple(timed.iloc[np.sort(rows)] for rows in blocks)
+    empty = (
+        f"time_column '{column}' has too few distinct times ({times.nunique():,}) for a train/validation/test "
+        "split in time order; use split=random or more data"
+    )
+    timed = labelled[times.notna()].reset_index(drop=True)
+    return split_in_order(timed, times[times.notna()].to_numpy(), validation_size, test_size, empty)
+
+
+def split_in_order(
+    frame: pd.DataFrame, keys: np.ndarray, validation_size: float, test_size: float, empty: str
+) -> tuple[pd.DataFrame, ...]:
+    """Train, validation and test: consecutive blocks of the rows sorted by `keys` (one key's rows in one
+    block), in the frame's own row order within each; `empty` is the error if one of them has no rows."""
+    blocks = cut_by_order(keys, (1 - validation_size - test_size, validation_size, test_size))
+    parts = tuple(frame.iloc[np.sort(rows)] for rows in blocks)
     if any(part.empty for part in parts):
-        raise PipelineError(
-            f"time_column '{column}' has too few distinct times ({times.nunique():,}) for a train/validation/test "
-            "split in time order; use split=random or more data"
-        )
+        raise PipelineError(empty)
     return parts
 
 
@@ -195,14 +203,11 @@ def split_by_group(
         )
     rng = np.random.default_rng(seed)  # groups in a seeded random order, then cut by rows: no group in two splits
     rank = pd.Series(rng.permutation(n_groups), index=pd.unique(keys))
-    blocks = cut_by_order(keys.map(rank).to_numpy(), (1 - validation_size - test_size, validation_size, test_size))
-    parts = tuple(grouped.iloc[np.sort(rows)] for rows in blocks)
-    if any(part.empty for part in parts):
-        raise PipelineError(
-            f"group_column '{column}': one group holds most rows, so a split by group leaves a split empty; "
-            "use split=random or a finer group"
-        )
-    return parts
+    empty = (
+        f"group_column '{column}': one group holds most rows, so a split by group leaves a split empty; "
+        "use split=random or a finer group"
+    )
+    return split_in_order(grouped, keys.map(rank).to_numpy(), validation_size, test_size, empty)
 
 
 def cv_folds_of(train: pd.DataFrame, spec: FeatureSpec, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
