@@ -119,7 +119,10 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
             if kind == "parquet":
                 import pyarrow.parquet
 
-                for batch in pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                # pre_buffer (the default) keeps every column chunk read so far: memory grew with the file
+                # (3,000,000 rows: 144 -> 397 MB of Arrow memory over 30 batches; without it, flat at 105 MB).
+                parquet = pyarrow.parquet.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+                for batch in parquet.iter_batches(batch_size=batch_rows):
                     yield batch.to_pandas()
             else:
                 yield from csv_batches(path, types, batch_rows)
