@@ -21,13 +21,14 @@ from mlflow.tracking import MlflowClient
 from steps.lib.errors import one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.names import RUN_NAME_TAG, TRIAL_TAG
-from steps.lib.search import SearchOutcome, check_some_trial_succeeded, evaluate_sample, log_result, seed_sequence
+from steps.lib.search import SearchOutcome, check_some_trial_succeeded, log_result, seed_sequence, trial_settings
 from steps.lib.search_options import SearchConfig
 from steps.lib.search_results import trials_from_records
 from steps.lib.search_space import search_setup
 from steps.lib.spark import absolute_tracking_uri, ship_steps_package, spark_session
 from steps.lib.splits import Splits
 from steps.lib.trial_logger import nested_trial_logger
+from steps.lib.trials import evaluate_sample
 
 logger = logging.getLogger("steps.tune")
 
@@ -37,7 +38,7 @@ def make_objective(data: Any, tracking_uri: str | None, experiment_id: str, pare
 
     def objective(sample: dict[str, Any]) -> dict[str, Any]:
         splits, spec, config = data.value
-        result = evaluate_sample(splits, spec, sample, config)
+        result = evaluate_sample(splits, spec, sample, trial_settings(config))
         if tracking_uri is not None:
             log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
             result["run_id"] = log_result(log_trial, None, result, config.metric)
