@@ -24,7 +24,6 @@ from steps.lib.models import (
     SKOPS_TRUSTED_TYPES,
     ModelFamily,
     fit_model,
-    fit_rows,
     get_family,
     hyperparam_params,
     model_pip_requirements,
@@ -117,7 +116,7 @@ def run_train(
     mlflow.log_params(hyperparam_params(family, hyperparams) | {"threads": str(threads), "refit": refit})
     prefix = "val_" if refit == "train" else "val_in_sample_"
     mlflow.log_metrics({f"{prefix}{k}": v for k, v in validation.items()} | {"fit_seconds": fit_seconds})
-    n_rows = len(fit_rows(splits, refit))
+    n_rows = len(splits.train) + (len(splits.validation) if refit == "train+validation" else 0)
     mlflow.set_tags(
         {
             "refit": refit,
