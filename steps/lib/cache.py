@@ -9,10 +9,8 @@ change to a lib module re-runs exactly the steps that import it.
 from __future__ import annotations
 
 import ast
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from steps.lib.names import (
     OUTPUT_DIGEST_TAG,
     SPLITS_DIR,
 )
-from steps.lib.tables import fetch_local, is_remote, local_copy
+from steps.lib.tables import is_remote, local_copy
 from steps.lib.uris import redact_uri
 
 # Params that point at an earlier step's run: the key uses what that run produced instead.
@@ -147,15 +145,12 @@ def fetched_once(data_uri: str) -> Iterator[Path | None]:
     if not is_remote(data_uri):
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix="pipeline-data-"))
-    try:
+    with ExitStack() as fetched:
         try:
-            copy: Path | None = fetch_local(data_uri, folder)
+            copy: Path | None = fetched.enter_context(local_copy(data_uri))
         except PipelineError:
             copy = None
         yield copy
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cache_key(

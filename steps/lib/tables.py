@@ -110,11 +110,7 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
     with local_copy(data_uri) as local:
         path = find_data_file(local, data_uri)
         shown = redact_uri(data_uri)
-        kind = table_format(path)
-        refuse_special_file(path, shown)
-        if kind is None:
-            raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
-        refuse_duplicate_headers(header_names(path, kind), shown)
+        kind, names = checked_table_file(path, shown)
         try:
             if kind == "parquet":
                 import pyarrow.parquet
@@ -130,7 +126,7 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
             raise
         except Exception as error:  # pyarrow's conversion and parse errors: the column by its name
             context = f"cannot read '{shown}' as {kind}"
-            raise PipelineError(csv_error(str(error), header_names(path, kind), types, context)) from None
+            raise PipelineError(csv_error(str(error), names, types, context)) from None
 
 
 def csv_error(text: str, names: list[str], types: dict[str, str], context: str) -> str:
@@ -309,20 +305,33 @@ def table_format(path: Path) -> str | None:
     return DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
-def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
-    """Read one CSV or Parquet file, turning parser failures into a one-line error."""
+def checked_table_file(path: Path, shown: str) -> tuple[str, list[str]]:
+    """A file's kind (csv or parquet) and column names, after the checks every reader makes: a regular file,
+    a known format, a header (and no nested Parquet column), no repeated column name."""
     kind = table_format(path)
-    shown = redact_uri(shown_uri)
     refuse_special_file(path, shown)
     if kind is None:
         raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
     try:
-        refuse_duplicate_headers(header_names(path, kind), shown)
-        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+        names = header_names(path, kind)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
     except PipelineError:
         raise
+    except Exception as error:
+        raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
+    refuse_duplicate_headers(names, shown)
+    return kind, names
+
+
+def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
+    """Read one CSV or Parquet file, turning parser failures into a one-line error."""
+    shown = redact_uri(shown_uri)
+    kind, _ = checked_table_file(path, shown)
+    try:
+        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import tempfile
 import threading
 import time
@@ -164,3 +165,21 @@ def test_reading_in_batches_holds_a_batch_not_the_file(tmp_path):
     writer.close()
     held = [pa.total_allocated_bytes() for frame in read_batches(str(tmp_path / "big.parquet"), {}, 20_000)]
     assert len(held) == 20 and max(held) <= 1.05 * held[0]
+
+
+def test_reading_in_batches_makes_the_checks_reading_whole_makes(tmp_path):
+    """An empty file, repeated headers and nested columns: the same one-line errors batch by batch."""
+    from steps.lib.tables import read_batches
+
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "twice.csv").write_text("a,b,a\n1,2,3\n")
+    pq.write_table(pa.table({"tags": [[1], [2]]}), tmp_path / "nested.parquet")
+    for name, message in (
+        ("empty.csv", "is empty: it has no header and no rows"),
+        ("twice.csv", "has duplicate column names: 'a' (2 times)"),
+        ("nested.parquet", "nested Parquet column(s) 'tags'"),
+    ):
+        with pytest.raises(PipelineError, match=re.escape(message)):
+            list(read_batches(str(tmp_path / name), {}, 10))
+        with pytest.raises(PipelineError, match=re.escape(message)):
+            read_data(str(tmp_path / name))
