@@ -291,9 +291,8 @@ def run_evaluate(
     gates = gates or GateOptions()
     scored = score(model_uri, splits_uri, metric, gates, seed, threads)
     log_scores(scored)
-    beats_baseline = bool(
-        scored.comparison.loc[scored.comparison.metric == scored.metric, "model_beats_baseline"].all()
-    )
+    decisive = scored.comparison[scored.comparison.metric == scored.metric]  # the decision metric's row
+    beats_baseline = bool(decisive["model_beats_baseline"].all())
     client = MlflowClient()
     version, decision, gate_tags = register_and_decide(
         client, model_uri, registered_model_name, scored, gates.min_delta, gates.beat_strong_baseline
@@ -307,9 +306,7 @@ def run_evaluate(
         "champion.previous_version": decision.previous_version or "",
         "metric": scored.metric,
         "beats_baseline": str(beats_baseline).lower(),
-        "beats_strong_baseline": str(
-            is_better(scored.test_scores[scored.metric], scored.strong_scores[scored.metric], scored.metric)
-        ).lower(),
+        "beats_strong_baseline": str(bool(decisive["model_beats_strong_baseline"].all())).lower(),
     } | gate_tags
     mlflow.set_tags(outcome | {OUTPUT_DIGEST_TAG: digest_json(outcome)})
     log_outcome(client, model_uri, splits_uri, scored, version, decision)

@@ -179,6 +179,9 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     in_process("train", "--splits-uri", splits_uri)
     model_uri = newest(client, "train").data.tags["model_uri"]
     in_process("evaluate", "--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "people")
+    evaluate = newest(client, "evaluate")
+    strong, tuned = evaluate.data.metrics["strong_baseline_test_f1_macro"], evaluate.data.metrics["test_f1_macro"]
+    assert evaluate.data.tags["beats_strong_baseline"] == str(tuned > strong).lower()
 
     in_process("predict", "--data-uri", str(tmp_path / "people.csv"), "--registered-model-name", "people")
     predict = newest(client, "predict")
