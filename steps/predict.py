@@ -9,57 +9,20 @@ from typing import Any
 
 import click
 import mlflow
-import numpy as np
 import pandas as pd
 
 from steps.lib.artifacts import digest_path
 from steps.lib.errors import PipelineError
-from steps.lib.keys import key_parts
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
-from steps.lib.scoring import check_batch, load_models, score_batch, signature_columns
+from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.tables import DEFAULT_DATA_URI, read_batches
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.predict")
 DEFAULT_BATCH_ROWS = 100_000
 BACKENDS = ("local", "spark")
-
-
-class PredictionTally:
-    """What the metrics say about the predictions, gathered batch by batch: class counts, or the values."""
-
-    def __init__(self, classifier: bool) -> None:
-        self.classifier = classifier
-        self.counts: pd.Series = pd.Series(dtype="int64")
-        self.values: list[np.ndarray] = []
-        self.rows = 0
-
-    def add(self, predictions: pd.Series) -> None:
-        self.rows += len(predictions)
-        if self.classifier:
-            self.counts = self.counts.add(predictions.astype(str).value_counts(), fill_value=0)
-        else:
-            self.values.append(predictions.to_numpy(dtype=float))
-
-    def metrics(self) -> dict[str, float]:
-        """Class shares, or mean, spread and quantiles (over every row: 8 bytes a row, not the table)."""
-        if self.classifier:
-            shares = (self.counts / self.counts.sum()).sort_index()
-            keys = key_parts(shares.index)  # a label such as `<=50K` is no metric key as it is
-            return {f"pred_share_{keys[label]}": float(share) for label, share in shares.items()}
-        values = pd.Series(np.concatenate(self.values) if self.values else np.array([], dtype=float))
-        summary = {"pred_mean": float(values.mean()), "pred_std": float(values.std(ddof=0))}
-        summary |= {f"pred_p{q:02d}": float(values.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
-        return summary
-
-
-def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, float]:
-    """Metrics of the prediction distribution: class shares, or mean, spread and quantiles."""
-    tally = PredictionTally(classifier)
-    tally.add(predictions)
-    return tally.metrics()
 
 
 class ScoredWriter:

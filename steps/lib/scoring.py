@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from steps.lib.errors import PipelineError, one_line
-from steps.lib.keys import unused_name
+from steps.lib.keys import key_parts, unused_name
 
 
 def load_models(model_uri: str) -> tuple[Any, Any]:
@@ -91,3 +91,38 @@ def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: l
         for index, label in enumerate(sklearn_model.classes_):
             table[unused_name(f"proba_{label}", table.columns)] = proba[:, index]
     return table, prediction
+
+
+class PredictionTally:
+    """What the metrics say about the predictions, gathered batch by batch: class counts, or the values."""
+
+    def __init__(self, classifier: bool) -> None:
+        self.classifier = classifier
+        self.counts: pd.Series = pd.Series(dtype="int64")
+        self.values: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, predictions: pd.Series) -> None:
+        self.rows += len(predictions)
+        if self.classifier:
+            self.counts = self.counts.add(predictions.astype(str).value_counts(), fill_value=0)
+        else:
+            self.values.append(predictions.to_numpy(dtype=float))
+
+    def metrics(self) -> dict[str, float]:
+        """Class shares, or mean, spread and quantiles (over every row: 8 bytes a row, not the table)."""
+        if self.classifier:
+            shares = (self.counts / self.counts.sum()).sort_index()
+            keys = key_parts(shares.index)  # a label such as `<=50K` is no metric key as it is
+            return {f"pred_share_{keys[label]}": float(share) for label, share in shares.items()}
+        values = pd.Series(np.concatenate(self.values) if self.values else np.array([], dtype=float))
+        summary = {"pred_mean": float(values.mean()), "pred_std": float(values.std(ddof=0))}
+        summary |= {f"pred_p{q:02d}": float(values.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
+        return summary
+
+
+def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, float]:
+    """Metrics of the prediction distribution: class shares, or mean, spread and quantiles."""
+    tally = PredictionTally(classifier)
+    tally.add(predictions)
+    return tally.metrics()

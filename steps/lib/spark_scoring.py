@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 
 from steps.lib.errors import PipelineError, one_line
-from steps.lib.scoring import check_batch, load_models, score_batch, signature_columns
+from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.spark import ship_steps_package, spark_session
 from steps.lib.tables import find_data_file, local_copy, table_format
 
@@ -100,14 +100,12 @@ def spark_metrics(scored: Any, prediction: str, classifier: bool) -> dict[str, f
     """The local backend's metrics, computed by Spark over the written predictions."""
     from pyspark.sql import functions as F  # noqa: N812
 
-    from steps.lib.keys import key_parts
-
     rows = scored.count()
     metrics: dict[str, float] = {"n_rows": rows}
-    if classifier:
-        counts = {str(row[0]): row[1] for row in scored.groupBy(prediction).count().collect()}
-        keys = key_parts(sorted(counts))
-        return metrics | {f"pred_share_{keys[label]}": counts[label] / rows for label in sorted(counts)}
+    if classifier:  # the class counts, told to the local backend's tally: the same keys and shares
+        tally = PredictionTally(classifier=True)
+        tally.counts = pd.Series({str(row[0]): row[1] for row in scored.groupBy(prediction).count().collect()})
+        return metrics | tally.metrics()
     column = F.col(f"`{prediction}`")
     mean, std = scored.agg(F.mean(column), F.stddev_pop(column)).first()
     quantiles = scored.approxQuantile(prediction, [q / 100 for q in (5, 25, 50, 75, 95)], 0.001)

@@ -9,9 +9,9 @@ from mlflow.utils.validation import _validate_metric_name
 
 from steps.lib.errors import PipelineError
 from steps.lib.keys import key_parts, unused_name
+from steps.lib.scoring import prediction_summary
 from steps.lib.tables import read_data
 from steps.monitor import drift_metrics
-from steps.predict import prediction_summary
 
 ODD = ["Income ($)", "seniority (years)", "<=50K", ">50K", "a/b", "a:b", "a_b", "..", "", "é", "x" * 300]
 

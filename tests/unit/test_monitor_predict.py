@@ -9,10 +9,9 @@ import pytest
 from steps.lib.drift import DriftRule, as_numbers, categorical_drift, drift_table, numeric_drift, psi
 from steps.lib.errors import PipelineError
 from steps.lib.features import build_feature_spec
-from steps.lib.scoring import check_batch
+from steps.lib.scoring import check_batch, prediction_summary
 from steps.lib.tables import load_bundled_frame
 from steps.monitor import check_columns
-from steps.predict import prediction_summary
 from tests.conftest import logged_model_of, users_rows
 
 
