@@ -26,7 +26,7 @@ from steps.lib.models import MODEL_FAMILIES, REFITS, fit_model, resolve_threads,
 from steps.lib.names import CARD_DIR, EVALUATE_RUN_TAG, EVALUATION_DIR, GATES_PASSED_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, LOCK_SUFFIX, champion_lock
 from steps.lib.runner import INT, run_cli, step_run, tracking_unreachable, unset_is_none
-from steps.lib.sources import dataset_source, once_more_on_a_clash
+from steps.lib.sources import dataset_source, once_more_on_a_clash, table_dataset
 from steps.lib.splits import Splits, features_and_target, read_splits
 from steps.lib.uris import artifact_uri
 
@@ -155,7 +155,7 @@ def score(
     refit = model_refit(model_uri)
     strong_scores = score_model(fit_strong_baseline(splits, spec, seed, threads, refit), splits.test, spec)
     mlflow.log_params({"threads": str(threads), "strong_baseline.refit": refit})
-    test_dataset = mlflow.data.from_pandas(
+    test_dataset = table_dataset(
         splits.test[[*spec.input_columns, spec.target]],
         source=dataset_source(f"{splits_uri.rstrip('/')}/test.parquet"),
         name="test",

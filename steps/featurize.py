@@ -17,7 +17,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
-from steps.lib.sources import dataset_source, log_dataset
+from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
 
@@ -42,7 +42,7 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
             splits[name].to_parquet(out / f"{name}.parquet", index=False)
         write_json(out / FEATURE_SPEC, spec.to_dict())
         for name, context in zip(SPLIT_NAMES, SPLIT_CONTEXTS, strict=True):
-            dataset = mlflow.data.from_pandas(
+            dataset = table_dataset(
                 splits[name],
                 source=dataset_source(mlflow.get_artifact_uri(f"{SPLITS_DIR}/{name}.parquet")),
                 name=f"{meta['name']}-{name}",

@@ -17,7 +17,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, detect_task, validate_target
 from steps.lib.names import DATA_DIR, DATA_META, OUTPUT_DIGEST_TAG, PROFILE_DIR, RAW_TABLE
 from steps.lib.runner import run_cli, step_run, unset_is_none
-from steps.lib.sources import dataset_source, log_dataset
+from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data
 from steps.lib.uris import redact_uri
 
@@ -115,7 +115,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
     frame.columns = [str(c) for c in frame.columns]
     profile = profile_frame(frame, target)
     name = dataset_name(data_uri)
-    dataset = mlflow.data.from_pandas(frame, source=dataset_source(data_uri), name=name, targets=target)
+    dataset = table_dataset(frame, source=dataset_source(data_uri), name=name, targets=target)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, profile_dir = Path(tmp, DATA_DIR), Path(tmp, PROFILE_DIR)
         data_dir.mkdir()
