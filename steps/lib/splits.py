@@ -89,7 +89,8 @@ def split_frame(
     Records what it did in `spec.split` (kind, column, rows dropped for a missing time or group).
     """
     check_shares(validation_size, test_size)
-    labelled = frame[frame[spec.target].notna()].reset_index(drop=True)
+    has_label = frame[spec.target].notna()
+    labelled = frame if has_label.all() else frame[has_label].reset_index(drop=True)
     spec.split = {"kind": split, "column": column, "rows_without_value": 0}
     if split == "time":
         parts = split_by_time(labelled, spec, column, validation_size, test_size)
@@ -105,18 +106,24 @@ def split_at_random(
 ) -> tuple[pd.DataFrame, ...]:
     from sklearn.model_selection import train_test_split
 
-    stratify = labelled[spec.target] if spec.task == CLASSIFICATION else None
+    # Split row numbers, then take each split once: the same rows in the same order as splitting the frame,
+    # without copying a million rows twice over.
+    # Sorted integer codes stratify exactly as the labels do (same classes, same order), without
+    # scikit-learn sorting a million label strings twice (~2 s).
+    labels = pd.factorize(labelled[spec.target], sort=True)[0] if spec.task == CLASSIFICATION else None
     try:
-        rest, test = train_test_split(labelled, test_size=test_size, random_state=seed, stratify=stratify)
-        stratify_rest = rest[spec.target] if spec.task == CLASSIFICATION else None
+        rest, test = train_test_split(np.arange(len(labelled)), test_size=test_size, random_state=seed, stratify=labels)
         train, validation = train_test_split(
-            rest, test_size=validation_size / (1 - test_size), random_state=seed, stratify=stratify_rest
+            rest,
+            test_size=validation_size / (1 - test_size),
+            random_state=seed,
+            stratify=None if labels is None else labels[rest],
         )
     except ValueError as error:
         raise PipelineError(
             f"cannot split {len(labelled)} rows: {error}; use more data or smaller split sizes"
         ) from None
-    return train, validation, test
+    return tuple(labelled.take(rows) for rows in (train, validation, test))
 
 
 def column_of(frame: pd.DataFrame, column: str, what: str) -> pd.Series:

@@ -66,6 +66,25 @@ def test_split_is_stratified_deterministic_and_drops_unlabelled_rows(mixed_frame
     assert not split_frame(frame, spec, seed=4, validation_size=0.2, test_size=0.2).test.equals(splits.test)
 
 
+def test_the_random_split_takes_the_rows_scikit_learn_would_take_from_the_frame():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=500), "label": rng.choice(["<=50K", ">50K", "b"], 500)})
+    spec = build_feature_spec(frame, "label")
+    splits = split_frame(frame, spec, seed=7, validation_size=0.25, test_size=0.2)
+    from sklearn.model_selection import train_test_split
+
+    rest, test = train_test_split(frame, test_size=0.2, random_state=7, stratify=frame["label"])
+    train, validation = train_test_split(rest, test_size=0.25 / 0.8, random_state=7, stratify=rest["label"])
+    for ours, theirs in ((splits.train, train), (splits.validation, validation), (splits.test, test)):
+        pd.testing.assert_frame_equal(ours, theirs.reset_index(drop=True))
+
+
+def test_a_float_column_is_checked_for_being_constant_without_counting_its_values():
+    frame = pd.DataFrame({"flat": [2.5] * 30, "wavy": np.linspace(0, 1, 30), "y": [0, 1, 2] * 10})
+    choice = choose_columns(frame, "y")
+    assert choice.dropped == {"flat": "constant"} and choice.numeric == ["wavy"]
+
+
 @pytest.mark.parametrize(("validation_size", "test_size"), [(0, 0.2), (0.2, 1.0), (0.5, 0.45)])
 def test_split_sizes_are_checked(mixed_frame, validation_size, test_size):
     spec = build_feature_spec(mixed_frame, "label")
