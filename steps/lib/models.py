@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from steps.lib.features import (
     FeatureSpec,
 )
 from steps.lib.metrics import compute_metrics
+from steps.lib.process import usable_cores
 from steps.lib.splits import Splits, features_and_target
 
 
@@ -258,7 +258,7 @@ def resolve_threads(threads: int) -> int:
         raise PipelineError(f"threads must be 0 (this machine's cores) or more; got {threads}")
     if threads:
         return threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Which process runs a step: an identity that survives pid reuse, and whether that process still lives."""
+"""Which process runs a step: an identity that survives pid reuse, whether that process still lives, its cores."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import functools
 import os
 import socket
 from pathlib import Path
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def process_identity(pid: int | None = None) -> str:
