@@ -139,7 +139,10 @@ def search(
 ) -> tuple[SearchOutcome, TrialLogProcess | None]:
     """The search on the chosen backend, its trials logged as child runs of the active run.
 
-    From LOG_PROCESS_MIN_EVALS trials on, a logger process logs them; it lives until `cleanup` ends.
+    Trials fitted here: from LOG_PROCESS_MIN_EVALS trials on, a logger process logs them on the other core
+    (it lives until `cleanup` ends). Trials fitted in worker processes: this process has nothing else to do
+    while they run, so it logs them itself; a logger process would take a core's worth of start-up
+    (MLflow, matplotlib) from the workers.
     """
     if config.options.backend == "spark":
         from steps.lib.spark_search import run_spark_search
@@ -151,7 +154,7 @@ def search(
     active = mlflow.active_run()
     ids = (active.info.experiment_id, active.info.run_id)
     log_process = None
-    if config.options.max_evals >= LOG_PROCESS_MIN_EVALS:
+    if config.options.max_evals >= LOG_PROCESS_MIN_EVALS and config.options.parallelism == 1:
         log_process = cleanup.enter_context(closing(TrialLogProcess(mlflow.get_tracking_uri(), *ids)))
     log_trial = log_process or nested_trial_logger(MlflowClient(), *ids)
     outcome = run_search(inputs.splits, inputs.spec, config, log_trial, show_progress=True, previous=inputs.previous)
@@ -244,11 +247,12 @@ def run_tune(
     options.check()
     inputs = read_inputs(splits_uri, options.metric, seed, resume_from)
     inputs = sample_for_trials(inputs, options.max_tune_rows, seed)
-    if options.backend == "local":  # run_search resolves it the same way
+    if options.backend == "local":  # resolved once here: run_search and search() see the number of workers
         workers = effective_parallelism(options.parallelism, len(inputs.splits.train), resolve_threads(0))
         if options.parallelism and workers < options.parallelism:
             logger.warning("parallelism %d capped at %d: one trial per core", options.parallelism, workers)
         mlflow.set_tag("parallelism.effective", str(workers))
+        options = replace(options, parallelism=workers)
     families = tuple(task_families(inputs.spec.task, options.models))
     config = SearchConfig(metric=inputs.metric, seed=seed, families=families, options=options)
     if options.algo == "grid":

@@ -8,9 +8,11 @@ trials need. hyperopt's status strings are spelled here for the same reason.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,8 +76,20 @@ def evaluate_sample(splits: Splits, spec: FeatureSpec, sample: dict[str, Any], c
 _WORKER: dict[str, Any] = {}
 
 
-def start_worker(splits: Splits, spec: FeatureSpec, settings: TrialSettings, parent: int) -> None:
-    """Each worker process receives the data once, not once per trial; it ends when tune does, even by kill -9."""
+def write_worker_data(path: Path, splits: Splits, spec: FeatureSpec, settings: TrialSettings) -> None:
+    """What every worker holds, in a file of a private temporary folder that only this tune's workers read.
+
+    pickle, as multiprocessing itself would have sent it: written by the tune process a moment before, never
+    anything read from the tracking store.
+    """
+    with path.open("wb") as file:
+        pickle.dump((splits, spec, settings), file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def start_worker(data_file: str, parent: int) -> None:
+    """Each worker process reads the data once, not once per trial; it ends when tune does, even by kill -9."""
+    with open(data_file, "rb") as file:
+        splits, spec, settings = pickle.load(file)  # written by the parent tune process: see write_worker_data
     _WORKER.update(splits=splits, spec=spec, settings=settings)
     threading.Thread(target=exit_with_parent, args=(parent,), name="watch-parent", daemon=True).start()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -162,34 +163,45 @@ def test_every_search_starts_from_each_familys_defaults_clipped_into_the_space(i
     assert [r["model"] for r in resumed.trials.results[:3]] == [m for m, _ in first]  # the defaults go on
 
 
-@pytest.fixture
-def no_evaluation_here(monkeypatch):
-    """Trials evaluated in this process fail the test: with parallelism, the workers must do them."""
-
-    def evaluated_here(*args, **kwargs):
-        raise AssertionError(f"a trial was evaluated in the test process {os.getpid()}")
-
-    monkeypatch.setattr(search_module, "evaluate_sample", evaluated_here)
-
-
-def test_parallel_workers_give_complete_results(iris, no_evaluation_here):
+def test_parallel_trials_give_complete_results(iris):
     outcome = run_search(*iris, config(max_evals=4, parallelism=2))
     assert len(outcome.trials.trials) == 4
     assert all(r["status"] == "ok" for r in outcome.trials.results)
     assert sorted(r["trial"] for r in outcome.trials.results) == [1, 2, 3, 4]
 
 
-def test_parallel_random_search_tries_the_sequential_configurations(iris, monkeypatch):
+def test_this_process_is_one_slot_and_a_worker_process_the_other(iris, monkeypatch):
+    """parallelism 2: the first trial runs here at once; while it runs, the next goes to the worker process."""
+    released, seen_here = threading.Event(), []
+
+    def evaluated_here(*args):
+        seen_here.append(args[2])
+        assert released.wait(timeout=120), "the worker process never answered"
+        return {"where": "here"}
+
+    monkeypatch.setattr(search_module, "evaluate_sample", evaluated_here)
+    first_sample, second_sample = ({"model": "logistic_regression", "C": c} for c in (1.0, 0.5))
+    with search_module._evaluator(*iris, config(parallelism=2)) as submit:
+        first = submit(first_sample)  # blocked here until the worker process has scored the second
+        second = submit(second_sample)
+        worker_result = second.result(timeout=120)
+        assert not first.done() and worker_result["status"] == "ok" and worker_result["params"]["C"] == 0.5
+        released.set()
+        assert first.result(timeout=60) == {"where": "here"}
+        assert submit(first_sample).result(timeout=60) == {"where": "here"}  # this slot is free again
+    assert seen_here == [first_sample, first_sample]
+
+
+def test_parallel_random_search_tries_the_sequential_configurations(iris):
     """random does not adapt: whatever order the workers finish in, the same configurations are tried."""
     sequential = run_search(*iris, config(algo="random", max_evals=5))
-    monkeypatch.setattr(search_module, "evaluate_sample", None)  # in this process, nothing more is evaluated
     parallel = run_search(*iris, config(algo="random", max_evals=5, parallelism=2))
     by_trial = [sorted(o.trials.results, key=lambda r: r["trial"]) for o in (sequential, parallel)]
     assert [r["params"] for r in by_trial[0]] == [r["params"] for r in by_trial[1]]
     assert all(r["status"] == "ok" for r in by_trial[1])
 
 
-def test_parallel_grid_walks_each_point_once(iris, no_evaluation_here):
+def test_parallel_grid_walks_each_point_once(iris):
     """Points are given by trial id: running trials, not yet in the history, do not shift the grid."""
     outcome = run_search(*iris, config(("logistic_regression",), algo="grid", max_evals=50, parallelism=2))
     assert sorted(r["params"]["C"] for r in outcome.trials.results) == [0.01, 0.1, 1.0, 10.0, 100.0]
