@@ -25,14 +25,28 @@ DEFAULT_BATCH_ROWS = 100_000
 BACKENDS = ("local", "spark")
 
 
-class ScoredWriter:
-    """predictions.parquet and predictions.csv written a batch at a time, one schema throughout."""
+SPREADSHEET_ROWS = 1_048_575  # a spreadsheet opens 1,048,576 rows, the header included
+CSV_CHOICES = ("auto", "true", "false")
 
-    def __init__(self, folder: Path) -> None:
+
+class ScoredWriter:
+    """predictions.parquet, and predictions.csv up to `csv_rows` rows (None: any number), a batch at a time.
+
+    Past `csv_rows` the CSV is removed and no more is written: writing CSV is most of predict's own cost
+    per row (~2 s a million rows here), and a file that no spreadsheet opens is no use beside the Parquet.
+    """
+
+    def __init__(self, folder: Path, csv_rows: int | None) -> None:
         self.parquet, self.csv = folder / "predictions.parquet", folder / "predictions.csv"
+        self.csv_rows = csv_rows
+        self.rows = 0
         self.writer: Any = None
         self.csv_writer: Any = None
         self.schema: Any = None
+
+    @property
+    def wrote_csv(self) -> bool:
+        return self.csv_rows is None or 0 < self.rows <= self.csv_rows
 
     def write(self, table: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -43,16 +57,31 @@ class ScoredWriter:
             arrow = pa.Table.from_pandas(table, preserve_index=False)
             self.schema = arrow.schema
             self.writer = pq.ParquetWriter(self.parquet, self.schema)
-            self.csv_writer = pyarrow.csv.CSVWriter(self.csv, self.schema)
+            if self.csv_rows != 0:
+                self.csv_writer = pyarrow.csv.CSVWriter(self.csv, self.schema)
         else:
             arrow = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
+        self.rows += len(table)
         self.writer.write_table(arrow)
-        self.csv_writer.write_table(arrow)
+        if self.csv_writer is not None and not self.wrote_csv:  # past the limit: no CSV at all
+            self.csv_writer.close()
+            self.csv_writer = None
+            self.csv.unlink()
+        if self.csv_writer is not None:
+            self.csv_writer.write_table(arrow)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.csv_writer is not None:
             self.csv_writer.close()
+
+
+def csv_row_limit(csv: str) -> int | None:
+    """predict's `csv` param: auto (a CSV while the output fits a spreadsheet), true (always), false (never)."""
+    if csv not in CSV_CHOICES:
+        raise PipelineError(f"csv must be one of {', '.join(CSV_CHOICES)}; got '{csv}'")
+    return {"auto": SPREADSHEET_ROWS, "true": None, "false": 0}[csv]
 
 
 def run_predict(
@@ -62,13 +91,16 @@ def run_predict(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     backend: str = "local",
     spark_master: str | None = None,
+    csv: str = "auto",
 ) -> dict[str, float]:
     """The whole step inside the active run; returns its metrics. `model_uri` None: the champion.
 
     local: the table is read and scored `batch_rows` rows at a time (pyarrow, with the signature's column
-    types), so memory follows the batch, not the file. spark: scored on Spark (`spark_master`, None: Spark's
-    own choice) into a Parquet dataset with the same columns.
+    types), so memory follows the batch, not the file; `csv` says when predictions.csv is written beside
+    predictions.parquet (see csv_row_limit). spark: scored on Spark (`spark_master`, None: Spark's own
+    choice) into a Parquet dataset with the same columns.
     """
+    csv_rows = csv_row_limit(csv)
     if batch_rows < 1:
         raise PipelineError(f"batch_rows must be at least 1; got {batch_rows}")
     if backend not in BACKENDS:
@@ -84,13 +116,13 @@ def run_predict(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, PREDICTIONS_DIR)
         out.mkdir()
-        writer = ScoredWriter(out)
+        writer = ScoredWriter(out, csv_rows)
         try:
             for frame in read_batches(data_uri, dict(columns), batch_rows):
                 if frame.empty and tally.rows:
                     continue
                 check_batch(frame, columns, first_row=tally.rows)
-                table, prediction = score_batch(frame, pyfunc, sklearn_model, [name for name, _ in columns])
+                table, prediction = score_batch(frame, pyfunc, sklearn_model, columns)
                 tally.add(table[prediction])
                 writer.write(table)
                 n_columns = len(frame.columns)
@@ -99,7 +131,9 @@ def run_predict(
         if tally.rows == 0:
             raise PipelineError("the batch has no rows; pass a table with at least one row")
         metrics = {"n_rows": tally.rows, "n_input_columns": n_columns} | tally.metrics()
-        mlflow.set_tag("prediction_column", prediction)
+        if not writer.wrote_csv and csv_rows:
+            logger.info("no predictions.csv: %d rows, more than a spreadsheet opens (csv=true writes it)", tally.rows)
+        mlflow.set_tags({"prediction_column": prediction, "predictions.csv": str(writer.wrote_csv).lower()})
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), PREDICTIONS_DIR)
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
@@ -137,6 +171,9 @@ def predict_on_spark(data_uri: str, uri: str, spark_master: str | None) -> dict[
 @click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, type=INT, help="Rows read and scored at a time.")
 @click.option("--backend", default="local", help="local: this process, in batches; spark: on Spark.")
 @click.option("--spark-master", default="auto", callback=unset_is_none, help="backend=spark: a master URL.")
+@click.option(
+    "--csv", default="auto", help="predictions.csv beside the Parquet: auto (up to 1,048,575 rows), true, false."
+)
 def main(
     data_uri: str,
     registered_model_name: str,
@@ -144,9 +181,10 @@ def main(
     batch_rows: int,
     backend: str,
     spark_master: str | None,
+    csv: str,
 ) -> None:
     with step_run("predict"):
-        run_predict(data_uri, registered_model_name, model_uri, batch_rows, backend, spark_master)
+        run_predict(data_uri, registered_model_name, model_uri, batch_rows, backend, spark_master, csv)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
             + f"; expected columns: {', '.join(name for name, _ in columns)}"
         )
     for name, kind in columns:
-        if kind in ("double", "float", "long", "integer") and not pd.api.types.is_numeric_dtype(frame[name]):
+        if kind in NUMERIC_TYPES and not pd.api.types.is_numeric_dtype(frame[name]):
             bad = frame[name][pd.to_numeric(frame[name], errors="coerce").isna() & frame[name].notna()]
             if len(bad):
                 raise PipelineError(
@@ -62,14 +62,20 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
                 )
 
 
-def score_batch(frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[str]) -> tuple[pd.DataFrame, str]:
+NUMERIC_TYPES = ("double", "float", "long", "integer")
+
+
+def score_batch(
+    frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[tuple[str, str]]
+) -> tuple[pd.DataFrame, str]:
     """The input columns, then `prediction`, then `proba_<class>` for a classifier; and the prediction's column.
 
-    An input column of the same name is never overwritten: the output is called `prediction_2` (...) instead.
+    `columns`: the signature's (name, type). An input column of the same name is never overwritten: the output
+    is called `prediction_2` (...) instead.
     """
-    inputs = frame[columns].copy()
-    for name in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked above
-        if pd.api.types.is_numeric_dtype(inputs[name]) or pd.api.types.is_bool_dtype(inputs[name]):
+    inputs = frame[[name for name, _ in columns]].copy()
+    for name, kind in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked
+        if kind not in NUMERIC_TYPES or pd.api.types.is_numeric_dtype(inputs[name]):
             continue
         numbers = pd.to_numeric(inputs[name], errors="coerce")
         if numbers.notna().any() and not (numbers.isna() & inputs[name].notna()).any():

@@ -45,7 +45,7 @@ def read_table(session: Any, data_uri: str, path: str, columns: list[tuple[str, 
     return frame
 
 
-def scorer(model_file: str, names: list[str], schema: Any) -> Any:
+def scorer(model_file: str, columns: list[tuple[str, str]], schema: Any) -> Any:
     """What each Spark task runs on its partition's pieces: load the model once, score each piece."""
 
     def score_pieces(pieces: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -54,7 +54,7 @@ def scorer(model_file: str, names: list[str], schema: Any) -> Any:
         pyfunc, sklearn_model = load_models(SparkFiles.get(model_file))
         dtypes = {field.name: field.dataType.simpleString() for field in schema.fields}
         for piece in pieces:
-            table, _ = score_batch(piece, pyfunc, sklearn_model, names)
+            table, _ = score_batch(piece, pyfunc, sklearn_model, columns)
             for name in table.columns:  # a piece of all-missing values must still fit the declared type
                 if dtypes.get(name) in ("double", "float") and not pd.api.types.is_float_dtype(table[name]):
                     table[name] = pd.to_numeric(table[name], errors="coerce")
@@ -70,7 +70,6 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
 
     pyfunc, sklearn_model = load_models(model_uri)  # checked on the driver first, as the local backend does
     columns = signature_columns(pyfunc)
-    names = [name for name, _ in columns]
     session = spark_session(master)
     ship_steps_package(session)
     local_model = mlflow.artifacts.download_artifacts(model_uri)
@@ -81,9 +80,9 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
         frame = read_table(session, data_uri, path, columns)
         head = frame.limit(CHECK_ROWS).toPandas()
         check_batch(head, columns)
-        table, prediction = score_batch(head, pyfunc, sklearn_model, names)
+        table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
         schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
-        scored = frame.mapInPandas(scorer(Path(local_model).name, names, schema), schema=schema)
+        scored = frame.mapInPandas(scorer(Path(local_model).name, columns, schema), schema=schema)
         try:
             scored.write.mode("overwrite").parquet(str(out))
         except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own

@@ -121,6 +121,31 @@ def test_scoring_in_batches_equals_scoring_the_whole_table(tracking_uri, tmp_pat
     assert (whole_table["prediction"].to_numpy() == np.asarray(expected)).all()
 
 
+@pytest.mark.parametrize(("csv_rows", "batches", "written"), [(1000, 1, 700), (1000, 2, None), (None, 3, 2100)])
+def test_the_csv_is_written_up_to_its_row_limit_and_not_at_all_past_it(tmp_path, csv_rows, batches, written):
+    from steps.predict import ScoredWriter
+
+    writer = ScoredWriter(tmp_path, csv_rows)
+    piece = pd.DataFrame({"Income ($)": np.arange(700.0), "prediction": ["<=50K"] * 700})
+    for _ in range(batches):
+        writer.write(piece)
+    writer.close()
+    assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == 700 * batches
+    assert writer.wrote_csv == (written is not None)
+    if written is None:
+        assert not (tmp_path / "predictions.csv").exists()
+    else:
+        assert len(pd.read_csv(tmp_path / "predictions.csv")) == written
+
+
+def test_the_csv_choice_is_checked():
+    from steps.predict import SPREADSHEET_ROWS, csv_row_limit
+
+    assert (csv_row_limit("auto"), csv_row_limit("true"), csv_row_limit("false")) == (SPREADSHEET_ROWS, None, 0)
+    with pytest.raises(PipelineError, match="csv must be one of auto, true, false; got 'yes'"):
+        csv_row_limit("yes")
+
+
 def test_a_bad_value_in_a_late_batch_is_named_in_one_line(tracking_uri, tmp_path):
     import mlflow
 
