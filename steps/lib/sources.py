@@ -75,8 +75,10 @@ def frame_schema(frame: pd.DataFrame) -> Schema | None:
     try:
         for column in frame.columns:
             values = frame[column]
-            present = values.dropna()
-            sample = (present if len(present) else values).head(SCHEMA_SAMPLE_ROWS)
+            sample = values.head(10 * SCHEMA_SAMPLE_ROWS).dropna().head(SCHEMA_SAMPLE_ROWS)
+            if sample.empty:  # missing in every early row: look further (not copying a million rows otherwise)
+                present = values.dropna()
+                sample = (present if len(present) else values).head(SCHEMA_SAMPLE_ROWS)
             inferred = _infer_schema(pd.DataFrame({column: sample}, copy=False)).inputs[0]
             specs.append(ColSpec(inferred.type, inferred.name, required=not bool(values.isna().any())))
     except Exception:
