@@ -50,6 +50,17 @@ def replay_threads(params: dict[str, str], resolved: str) -> None:
         params["threads"] = resolved
 
 
+def machine_dependence(params: dict[str, str]) -> str | None:
+    """Why the re-run may differ on another machine however faithful it is, or None."""
+    limit = params.get("trial_timeout", "none")
+    if limit in ("", "none"):
+        return None
+    return (
+        f"the run tuned with trial_timeout={limit} s: which trials finished depended on that machine's speed, "
+        "so tune's trials (and the model chosen) may differ here"
+    )
+
+
 def read_original(client: MlflowClient, run_id: str, source: str | None) -> Original:
     """The main run to reproduce: its commit, where its code came from, and its params."""
     try:
@@ -165,8 +176,13 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
         )
         logger.warning(message)
         print(f"warning: reproduce: {message}", file=sys.stderr, flush=True)
+    dependence = machine_dependence(original.params)
+    if dependence:
+        logger.warning(dependence)
+        print(f"warning: reproduce: {dependence}", file=sys.stderr, flush=True)
     mlflow.set_tags(
         {
+            "reproduce.machine_dependent": str(dependence is not None).lower(),
             "reproduce.of_run": run_id,
             "reproduce.commit": original.commit,
             "reproduce.source": redact_uri(original.source),

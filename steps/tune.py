@@ -140,7 +140,8 @@ def search(
     """The search on the chosen backend, its trials logged as child runs of the active run.
 
     Trials fitted here: from LOG_PROCESS_MIN_EVALS trials on, a logger process logs them on the other core
-    (it lives until `cleanup` ends). Trials fitted in worker processes: this process has nothing else to do
+    (it lives until `cleanup` ends). Trials fitted in worker processes (parallelism > 1, or trial_timeout
+    at any parallelism): this process has nothing else to do
     while they run, so it logs them itself; a logger process would take a core's worth of start-up
     (MLflow, matplotlib) from the workers.
     """
@@ -154,7 +155,8 @@ def search(
     active = mlflow.active_run()
     ids = (active.info.experiment_id, active.info.run_id)
     log_process = None
-    if config.options.max_evals >= LOG_PROCESS_MIN_EVALS and config.options.parallelism == 1:
+    fitted_here = config.options.parallelism == 1 and config.options.trial_timeout is None
+    if config.options.max_evals >= LOG_PROCESS_MIN_EVALS and fitted_here:
         log_process = cleanup.enter_context(closing(TrialLogProcess(mlflow.get_tracking_uri(), *ids)))
     log_trial = log_process or nested_trial_logger(MlflowClient(), *ids)
     outcome = run_search(inputs.splits, inputs.spec, config, log_trial, show_progress=True, previous=inputs.previous)

@@ -26,8 +26,16 @@ from steps.lib.models import MODEL_FAMILIES, hyperparam_params, resolve_threads
 from steps.lib.search_options import SearchConfig, effective_parallelism
 from steps.lib.search_space import search_setup
 from steps.lib.splits import Splits
+from steps.lib.timed_trials import TimedSlots, TimedWorker
 from steps.lib.trial_logger import TrialLogger
-from steps.lib.trials import TrialSettings, evaluate_in_worker, evaluate_sample, start_worker, write_worker_data
+from steps.lib.trials import (
+    TrialSettings,
+    evaluate_in_worker,
+    evaluate_sample,
+    serve_trials,
+    start_worker,
+    write_worker_data,
+)
 
 # --------------------------------------------------------------------------- the search loop
 
@@ -56,6 +64,16 @@ def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Itera
     workers import scikit-learn (~1.7 s each), and there is one start-up fewer to pay on the same cores.
     """
     settings = trial_settings(config)
+    if config.options.trial_timeout is not None:
+        with worker_data_file(splits, spec, config) as data_file:
+            slots = TimedSlots(
+                lambda: start_timed_worker(data_file), config.options.parallelism, config.options.trial_timeout
+            )
+            try:
+                yield slots.submit
+            finally:
+                slots.close()
+        return
     if config.options.parallelism == 1:
         yield lambda sample: _Done(evaluate_sample(splits, spec, sample, settings))
         return
@@ -85,13 +103,7 @@ def worker_pool(
     # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
     context = multiprocessing.get_context("spawn")
     workers = workers or config.options.parallelism
-    # Only what trials use: the (sampled) training rows and the validation rows, not the test rows. Handed over
-    # in a file: as start-up arguments they go down a pipe that each child reads only as it imports what
-    # unpickling them needs, so this process would wait ~1 s per worker instead of starting its own trial.
-    data = Splits(splits.train, splits.validation, splits.test.iloc[:0])
-    with tempfile.TemporaryDirectory(prefix="tune-workers-") as folder:
-        data_file = Path(folder, "trial-data.pickle")
-        write_worker_data(data_file, data, spec, trial_settings(config))
+    with worker_data_file(splits, spec, config) as data_file:
         initargs = (str(data_file), os.getpid())
         with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=initargs) as pool:
             with one_thread_per_library_in_children(), main_module_unseen_by_children():
@@ -100,6 +112,36 @@ def worker_pool(
                 for _ in range(workers):
                     pool.submit(int)
             yield pool
+
+
+@contextmanager
+def worker_data_file(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Path]:
+    """What the worker processes hold, in a file of a private temporary folder, removed when the search ends.
+
+    Only what trials use: the (sampled) training rows and the validation rows, not the test rows. Handed over
+    in a file: as start-up arguments they go down a pipe that each child reads only as it imports what
+    unpickling them needs, so this process would wait ~1 s per worker instead of starting its own trial.
+    """
+    data = Splits(splits.train, splits.validation, splits.test.iloc[:0])
+    with tempfile.TemporaryDirectory(prefix="tune-workers-") as folder:
+        data_file = Path(folder, "trial-data.pickle")
+        write_worker_data(data_file, data, spec, trial_settings(config))
+        yield data_file
+
+
+def start_timed_worker(data_file: Path) -> TimedWorker:
+    """One worker process for trial_timeout's slots, started as the pool's workers are (spawn, one thread)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(
+        target=serve_trials, args=(str(data_file), os.getpid(), theirs), name="trial-worker", daemon=True
+    )
+    with one_thread_per_library_in_children(), main_module_unseen_by_children():
+        process.start()
+    theirs.close()
+    return TimedWorker(process, ours)
 
 
 @contextmanager

@@ -36,13 +36,19 @@ class TuneOptions:
     cv_folds: int = 0
     backend: str = "local"
     max_tune_rows: int = 50_000  # trials fit on a seeded, stratified sample of at most this many training rows
+    trial_timeout: float | None = None  # seconds a trial may run (then it is stopped and fails); None: no limit
 
     @classmethod
     def from_cli(cls, given: Mapping[str, Any]) -> TuneOptions:
         """The options from a command line's values (sentinels already None), checked."""
         values = {name: given[name] for name in TUNE_OPTION_NAMES}
         options = cls(
-            **values | {"models": parse_models(values["models"]), "timeout": parse_timeout(values["timeout"])}
+            **values
+            | {
+                "models": parse_models(values["models"]),
+                "timeout": parse_timeout(values["timeout"]),
+                "trial_timeout": parse_timeout(values["trial_timeout"], "trial_timeout"),
+            }
         )
         options.check()
         return options
@@ -67,6 +73,10 @@ class TuneOptions:
             raise PipelineError(f"early_stop_rounds must be 0 (off) or more; got {self.early_stop_rounds}")
         if self.max_tune_rows < 0:
             raise PipelineError(f"max_tune_rows must be 0 (all rows) or more; got {self.max_tune_rows}")
+        if self.trial_timeout is not None and self.backend != "local":
+            raise PipelineError(
+                "trial_timeout works with backend=local; on Spark use timeout (SparkTrials stops the search)"
+            )
         if self.cv_folds < 0 or self.cv_folds == 1:
             raise PipelineError(f"cv_folds must be 0 (score on validation) or at least 2; got {self.cv_folds}")
 
@@ -75,6 +85,7 @@ class TuneOptions:
         params = {name: as_param(getattr(self, name)) for name in TUNE_OPTION_NAMES}
         params["models"] = ",".join(self.models) if self.models else "all"
         params["timeout"] = as_param(self.timeout, unset="none")
+        params["trial_timeout"] = as_param(self.trial_timeout, unset="none")
         return params
 
 
@@ -101,16 +112,16 @@ def parse_models(models: str | None) -> tuple[str, ...] | None:
     return chosen or None
 
 
-def parse_timeout(timeout: str | float | None) -> float | None:
-    """Seconds, or None for no limit; a limit must be positive."""
+def parse_timeout(timeout: str | float | None, name: str = "timeout") -> float | None:
+    """Seconds, or None for no limit; a limit must be positive. `name`: the param, for the error."""
     if timeout is None:
         return None
     try:
         seconds = float(timeout)
     except ValueError:
-        raise PipelineError(f"timeout must be a number of seconds or none; got {timeout!r}") from None
+        raise PipelineError(f"{name} must be a number of seconds or none; got {timeout!r}") from None
     if not seconds > 0:
-        raise PipelineError(f"timeout must be more than 0 seconds; got {timeout}")
+        raise PipelineError(f"{name} must be more than 0 seconds; got {timeout}")
     return seconds
 
 
@@ -145,6 +156,9 @@ _OPTIONS: tuple[Callable[[Any], Any], ...] = (
         default=_DEFAULTS.max_tune_rows,
         type=INT,
         help="Trials fit on a sample of at most this many training rows; 0: all.",
+    ),
+    click.option(
+        "--trial-timeout", default="none", callback=unset_is_none, help="Stop (and fail) a trial after this many s."
     ),
 )
 

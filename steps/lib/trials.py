@@ -103,3 +103,26 @@ def exit_with_parent(parent: int) -> None:
 
 def evaluate_in_worker(sample: dict[str, Any]) -> dict[str, Any]:
     return evaluate_sample(_WORKER["splits"], _WORKER["spec"], sample, _WORKER["settings"])
+
+
+def serve_trials(data_file: str, parent: int, connection: Any) -> None:
+    """A worker process of a search with trial_timeout: one trial at a time from `connection`, until it closes.
+
+    The tune process kills it when a trial runs past the limit (a fit cannot be interrupted from inside).
+    """
+    start_worker(data_file, parent)
+    connection.send("ready")
+    while True:
+        try:
+            sample = connection.recv()
+        except EOFError:  # the tune process closed its end: the search is over
+            return
+        connection.send(evaluate_in_worker(sample))
+
+
+def stopped_trial(sample: dict[str, Any], seconds: float, why: str) -> dict[str, Any]:
+    """The failed trial of a configuration that was stopped (trial_timeout) or whose worker died."""
+    family = MODEL_FAMILIES[sample["model"]]
+    hyperparams = family.resolve({k: v for k, v in sample.items() if k != "model"})
+    outcome = {"model": family.name, "params": hyperparams, "scores": {}, "seconds": seconds}
+    return outcome | {"status": STATUS_FAIL, "error": why}

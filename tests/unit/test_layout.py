@@ -127,6 +127,7 @@ EXPECTED_USERS = {
     "splits": {"featurize", "tune", "train", "evaluate"},
     "tables": {"load", "featurize", "tune", "evaluate"},
     "trial_logger": {"tune"},
+    "timed_trials": {"tune"},
     "trials": {"tune"},
     "transforms": {"featurize", "tune", "train", "evaluate"},  # and shipped inside the models that use it
     "uris": set(CACHED_STEPS),

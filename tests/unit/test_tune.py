@@ -7,6 +7,7 @@ import os
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 from hyperopt.pyll.stochastic import sample
 
@@ -206,6 +207,41 @@ def test_parallel_grid_walks_each_point_once(iris):
     outcome = run_search(*iris, config(("logistic_regression",), algo="grid", max_evals=50, parallelism=2))
     assert sorted(r["params"]["C"] for r in outcome.trials.results) == [0.01, 0.1, 1.0, 10.0, 100.0]
     assert all(r["status"] == "ok" for r in outcome.trials.results)
+
+
+def test_a_trial_past_trial_timeout_is_stopped_fails_and_the_next_trial_runs_in_a_new_worker():
+    from sklearn.datasets import make_classification
+
+    features, labels = make_classification(20_000, 20, random_state=0)
+    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(20)]).assign(y=labels)
+    spec = build_feature_spec(frame, "y")
+    splits = split_frame(frame, spec, 42, 0.2, 0.2)
+    slow = {"model": "hist_gradient_boosting", "max_iter": 1000, "learning_rate": 0.01, "min_samples_leaf": 1}
+    options = {"trial_timeout": 2.0, "parallelism": 1}
+    with search_module._evaluator(splits, spec, config(("hist_gradient_boosting",), **options)) as submit:
+        stopped = submit(slow).result(timeout=120)
+        fast = submit({"model": "hist_gradient_boosting", "max_iter": 5}).result(timeout=120)
+    assert stopped["status"] == "fail" and stopped["error"] == "stopped by trial_timeout after 2 s"
+    assert 2.0 <= stopped["seconds"] < 10 and stopped["params"]["max_iter"] == 1000
+    assert fast["status"] == "ok" and fast["params"]["max_iter"] == 5
+
+
+def test_trial_timeout_is_checked():
+    with pytest.raises(PipelineError, match="trial_timeout must be more than 0 seconds; got -1"):
+        parse_timeout("-1", "trial_timeout")
+    with pytest.raises(PipelineError, match="trial_timeout works with backend=local"):
+        TuneOptions(trial_timeout=60.0, backend="spark").check()
+    params = TuneOptions(trial_timeout=90.0).as_params()
+    assert params["trial_timeout"] == "90" and TuneOptions().as_params()["trial_timeout"] == "none"
+
+
+def test_reproduce_says_a_run_with_trial_timeout_depends_on_the_machine():
+    from steps.reproduce import machine_dependence
+
+    assert machine_dependence({"trial_timeout": "none"}) is None and machine_dependence({}) is None
+    assert "trial_timeout=90 s: which trials finished depended on that machine" in machine_dependence(
+        {"trial_timeout": "90"}
+    )
 
 
 def threads_in_this_process() -> tuple[int, dict[str, str | None], list[dict]]:
