@@ -40,13 +40,14 @@ class ScoredWriter:
         self.parquet, self.csv = folder / "predictions.parquet", folder / "predictions.csv"
         self.csv_rows = csv_rows
         self.rows = 0
+        self.csv_dropped = False
         self.writer: Any = None
         self.csv_writer: Any = None
         self.schema: Any = None
 
     @property
     def wrote_csv(self) -> bool:
-        return self.csv_rows is None or 0 < self.rows <= self.csv_rows
+        return self.csv_rows != 0 and not self.csv_dropped
 
     def write(self, table: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -63,10 +64,11 @@ class ScoredWriter:
             arrow = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
         self.rows += len(table)
         self.writer.write_table(arrow)
-        if self.csv_writer is not None and not self.wrote_csv:  # past the limit: no CSV at all
-            self.csv_writer.close()
+        if self.csv_writer is not None and self.csv_rows is not None and self.rows > self.csv_rows:
+            self.csv_writer.close()  # past the limit: no CSV at all
             self.csv_writer = None
             self.csv.unlink()
+            self.csv_dropped = True
         if self.csv_writer is not None:
             self.csv_writer.write_table(arrow)
 

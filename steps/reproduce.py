@@ -52,8 +52,8 @@ def replay_threads(params: dict[str, str], resolved: str) -> None:
 
 def machine_dependence(params: dict[str, str]) -> str | None:
     """Why the re-run may differ on another machine however faithful it is, or None."""
-    limit = params.get("trial_timeout", "none")
-    if limit in ("", "none"):
+    limit = unset_is_none(None, None, params.get("trial_timeout", "none"))
+    if limit in (None, ""):
         return None
     return (
         f"the run tuned with trial_timeout={limit} s: which trials finished depended on that machine's speed, "

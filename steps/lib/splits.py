@@ -113,7 +113,7 @@ def split_at_random(
 
     # Sorted integer codes stratify exactly as the labels do (same classes, same order), without
     # scikit-learn sorting a million label strings twice (~2 s).
-    strata = pd.factorize(labels, sort=True)[0] if spec.task == CLASSIFICATION else None
+    strata = pd.factorize(labels.to_numpy(), sort=True)[0] if spec.task == CLASSIFICATION else None
     try:
         rest, test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=strata)
         train, validation = train_test_split(

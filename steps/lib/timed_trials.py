@@ -8,6 +8,7 @@ depends on the machine's speed.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -51,8 +52,12 @@ class TimedSlots:
         self._workers: list[TimedWorker] = []
         self._idle: queue.Queue[TimedWorker] = queue.Queue()
         self._runner = ThreadPoolExecutor(slots, thread_name_prefix="timed-trial")
-        for _ in range(slots):
-            self._idle.put(self._new_worker())
+        try:
+            for _ in range(slots):
+                self._idle.put(self._new_worker())
+        except BaseException:
+            self.close()
+            raise
 
     def _new_worker(self) -> TimedWorker:
         with self._lock:  # starting a worker changes this process's environment for a moment
@@ -79,7 +84,9 @@ class TimedSlots:
         finally:
             if not healthy:  # stopped or dead: a new worker takes its place
                 worker.stop()
-                worker = self._new_worker()
+                # If no new worker starts, the stopped one goes back: the next trial fails on it and tries again.
+                with contextlib.suppress(Exception):
+                    worker = self._new_worker()
             self._idle.put(worker)
         return result
 

@@ -68,7 +68,8 @@ def test_split_is_stratified_deterministic_and_drops_unlabelled_rows(mixed_frame
 
 def test_the_random_split_takes_the_rows_scikit_learn_would_take_from_the_frame():
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"x": rng.normal(size=500), "label": rng.choice(["<=50K", ">50K", "b"], 500)})
+    labels = pd.Categorical(rng.choice(["<=50K", ">50K", "b"], 500), categories=["b", ">50K", "<=50K"])
+    frame = pd.DataFrame({"x": rng.normal(size=500), "label": labels})  # categories not in sorted order
     spec = build_feature_spec(frame, "label")
     splits = split_frame(frame, spec, seed=7, validation_size=0.25, test_size=0.2)
     from sklearn.model_selection import train_test_split

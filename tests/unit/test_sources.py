@@ -22,6 +22,8 @@ def messy_frame(rows: int = 30_000) -> pd.DataFrame:
             "member": rng.random(rows) < 0.5,
             "signed up": pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 900, rows), unit="D"),
             "late text": [None] * (rows - 100) + ["x"] * 100,  # missing in every row MLflow's digest hashes
+            "late gap": ["y"] * (rows - 100) + [None] * 100,  # text in every row MLflow's digest hashes, not all
+            "objects": pd.Series(["a"] * rows, dtype=object),
             "all missing": np.full(rows, np.nan),
             "score": rng.normal(size=rows).astype("float32"),
         }
