@@ -216,14 +216,15 @@ def test_a_trial_past_trial_timeout_is_stopped_fails_and_the_next_trial_runs_in_
     frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(20)]).assign(y=labels)
     spec = build_feature_spec(frame, "y")
     splits = split_frame(frame, spec, 42, 0.2, 0.2)
-    slow = {"model": "hist_gradient_boosting", "max_iter": 1000, "learning_rate": 0.01, "min_samples_leaf": 1}
+    # 1,000 unbounded trees on one thread: minutes (a boosted model could stop early on its own)
+    slow = {"model": "random_forest", "n_estimators": 1000, "min_samples_leaf": 1}
     options = {"trial_timeout": 2.0, "parallelism": 1}
-    with search_module._evaluator(splits, spec, config(("hist_gradient_boosting",), **options)) as submit:
+    with search_module._evaluator(splits, spec, config(("random_forest",), **options)) as submit:
         stopped = submit(slow).result(timeout=120)
-        fast = submit({"model": "hist_gradient_boosting", "max_iter": 5}).result(timeout=120)
+        fast = submit({"model": "random_forest", "n_estimators": 5, "max_depth": 3}).result(timeout=120)
     assert stopped["status"] == "fail" and stopped["error"] == "stopped by trial_timeout after 2 s"
-    assert 2.0 <= stopped["seconds"] < 10 and stopped["params"]["max_iter"] == 1000
-    assert fast["status"] == "ok" and fast["params"]["max_iter"] == 5
+    assert 2.0 <= stopped["seconds"] < 10 and stopped["params"]["n_estimators"] == 1000
+    assert fast["status"] == "ok" and fast["params"]["n_estimators"] == 5
 
 
 def test_trial_timeout_is_checked():
