@@ -105,15 +105,19 @@ def split_frame(
     return Splits(*(part.reset_index(drop=True) for part in parts))
 
 
+def label_strata(labels: pd.Series) -> np.ndarray:
+    """The labels as sorted integer codes: they stratify exactly as the label values do (scikit-learn's
+    np.unique: same classes, same order), without it sorting a million label strings (~1 s each time)."""
+    return pd.factorize(labels.to_numpy(), sort=True)[0]
+
+
 def split_at_random(
     labels: pd.Series, spec: FeatureSpec, seed: int, validation_size: float, test_size: float
 ) -> tuple[np.ndarray, ...]:
     """Row positions (in `labels`) of train, validation and test: stratified by the label for classification."""
     from sklearn.model_selection import train_test_split
 
-    # Sorted integer codes stratify exactly as the labels do (same classes, same order), without
-    # scikit-learn sorting a million label strings twice (~2 s).
-    strata = pd.factorize(labels.to_numpy(), sort=True)[0] if spec.task == CLASSIFICATION else None
+    strata = label_strata(labels) if spec.task == CLASSIFICATION else None
     try:
         rest, test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=strata)
         train, validation = train_test_split(
@@ -241,6 +245,6 @@ def sample_rows(frame: pd.DataFrame, spec: FeatureSpec, most: int, seed: int) ->
     from sklearn.model_selection import train_test_split
 
     labels = frame[spec.target]
-    stratify = labels if spec.task == CLASSIFICATION and labels.value_counts().min() >= 2 else None
+    stratify = label_strata(labels) if spec.task == CLASSIFICATION and labels.value_counts().min() >= 2 else None
     kept, _ = train_test_split(np.arange(len(frame)), train_size=most, random_state=seed, stratify=stratify)
     return frame.iloc[np.sort(kept)].reset_index(drop=True)
