@@ -50,6 +50,12 @@ def replay_threads(params: dict[str, str], resolved: str) -> None:
         params["threads"] = resolved
 
 
+def warn(message: str) -> None:
+    """A warning in the step's log and, on one line, on stderr where the person who typed the command sees it."""
+    logger.warning(message)
+    print(f"warning: reproduce: {message}", file=sys.stderr, flush=True)
+
+
 def machine_dependence(params: dict[str, str]) -> str | None:
     """Why the re-run may differ on another machine however faithful it is, or None."""
     limit = unset_is_none(None, None, params.get("trial_timeout", "none"))
@@ -174,12 +180,10 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
             f"run {run_id} was made from a working tree with uncommitted changes; "
             f"commit {original.commit[:12]} may not hold the code that produced it"
         )
-        logger.warning(message)
-        print(f"warning: reproduce: {message}", file=sys.stderr, flush=True)
+        warn(message)
     dependence = machine_dependence(original.params)
     if dependence:
-        logger.warning(dependence)
-        print(f"warning: reproduce: {dependence}", file=sys.stderr, flush=True)
+        warn(dependence)
     mlflow.set_tags(
         {
             "reproduce.machine_dependent": str(dependence is not None).lower(),
