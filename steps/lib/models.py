@@ -301,10 +301,12 @@ def fit_model(
         return model.fit(features, labels)
 
 
-def score_model(model: Any, frame: Any, spec: FeatureSpec) -> dict[str, float]:
-    """All task metrics of a fitted model on one split."""
+def score_model(model: Any, frame: Any, spec: FeatureSpec, threads: int | None = None) -> dict[str, float]:
+    """All task metrics of a fitted model on one split. `threads`: BLAS/OpenMP threads of the prediction (None:
+    the libraries' own; a trial passes 1, as its fit used: beside another trial, a second thread oversubscribes)."""
     features, labels = features_and_target(frame, spec)
-    predictions, proba = predict_with_proba(model, features, spec.task)
+    with threadpool_limits(limits=threads):
+        predictions, proba = predict_with_proba(model, features, spec.task)
     classes = list(model.classes_) if proba is not None else None
     return compute_metrics(spec.task, labels, predictions, proba, classes)
 

@@ -208,6 +208,7 @@ def run_search(
     progress = _progress_bar(target - done_before, show_progress)
     issued = done_before
     running: dict[concurrent.futures.Future, dict[str, Any]] = {}
+    told: list[dict[str, Any]] = []  # results hyperopt has, not yet logged
     stopping = False
     with _evaluator(splits, spec, config) as submit:
         while True:
@@ -218,12 +219,17 @@ def run_search(
                 doc, sample = _suggest_next(trials, domain, space, suggest, rng)
                 running[submit(sample)] = doc
                 issued += 1
+            # logged once the free slots have their next trials: a slot does not wait for the tracking store
+            for result in told:
+                result["run_id"] = log_result(log_trial, result["trial"], result, config.metric)
+                progress.update(1)
+            told.clear()
             if not running:
                 break
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in sorted(finished, key=lambda f: running[f]["tid"]):
-                result = _record_trial(trials, running.pop(future), future.result(), log_trial, config.metric)
-                progress.update(1)
+                result = _tell(trials, running.pop(future), future.result())
+                told.append(result)
                 progress.set_postfix_str(f"best loss {_best_loss(trials):.4g}")
                 if stop_fn and result["status"] == STATUS_OK and not stopping:
                     stop, stop_args = stop_fn(trials, *stop_args)
@@ -246,17 +252,13 @@ def _suggest_next(
     return doc, space_eval(space, {k: v[0] for k, v in doc["misc"]["vals"].items() if v})
 
 
-def _record_trial(
-    trials: Trials, doc: dict[str, Any], result: dict[str, Any], log_trial: TrialLogger | None, metric: str
-) -> dict[str, Any]:
-    """Log a finished trial and tell hyperopt its result."""
-    number = doc["tid"] + 1
-    result["run_id"] = log_result(log_trial, number, result, metric)
-    result["trial"] = number
+def _tell(trials: Trials, doc: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Tell hyperopt a finished trial's result; the result as `trials` holds it (its run id is set when logged)."""
+    result["trial"], result["run_id"] = doc["tid"] + 1, ""
     doc["result"], doc["state"] = result, JOB_STATE_DONE
     trials.insert_trial_doc(doc)
     trials.refresh()
-    return result
+    return trials.trials[-1]["result"]
 
 
 def _collect_run_ids(log_trial: TrialLogger | None, trials: Trials, done_before: int) -> None:

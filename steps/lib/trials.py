@@ -34,7 +34,7 @@ def cross_validated_scores(
     per_fold = []
     for fit_rows, score_rows in cv_folds_of(train, spec, folds, seed):
         fold = Splits(train.iloc[fit_rows], train.iloc[score_rows], splits.test)
-        per_fold.append(score_model(fit_model(fold, spec, family, hyperparams, seed), fold.validation, spec))
+        per_fold.append(score_model(fit_model(fold, spec, family, hyperparams, seed), fold.validation, spec, 1))
     common = set.intersection(*(set(scores) for scores in per_fold))
     return {name: float(np.mean([scores[name] for scores in per_fold])) for name in sorted(common)}
 
@@ -58,7 +58,7 @@ def evaluate_sample(splits: Splits, spec: FeatureSpec, sample: dict[str, Any], c
         if config.cv_folds >= 2:
             scores = cross_validated_scores(splits, spec, family, hyperparams, config.seed, config.cv_folds)
         else:
-            scores = score_model(fit_model(splits, spec, family, hyperparams, config.seed), splits.validation, spec)
+            scores = score_model(fit_model(splits, spec, family, hyperparams, config.seed), splits.validation, spec, 1)
     except Exception as error:
         return outcome | {
             "status": STATUS_FAIL,

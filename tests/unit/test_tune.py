@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -191,6 +192,45 @@ def test_this_process_is_one_slot_and_a_worker_process_the_other(iris, monkeypat
         assert first.result(timeout=60) == {"where": "here"}
         assert submit(first_sample).result(timeout=60) == {"where": "here"}  # this slot is free again
     assert seen_here == [first_sample, first_sample]
+
+
+def test_a_free_slot_gets_its_next_trial_before_the_finished_one_is_logged(iris, monkeypatch):
+    events, own_evaluator = [], search_module._evaluator
+
+    @contextlib.contextmanager
+    def recorded(*args):
+        with own_evaluator(*args) as submit:
+            yield lambda sample: events.append("submit") or submit(sample)
+
+    def log_trial(number, params, metrics, status):
+        events.append(f"log {number}")
+        return f"run-{number}"
+
+    monkeypatch.setattr(search_module, "_evaluator", recorded)
+    outcome = run_search(*iris, config(max_evals=3), log_trial=log_trial)
+    assert events == ["submit", "submit", "log 1", "submit", "log 2", "log 3"]
+    assert [result["run_id"] for result in outcome.trials.results] == ["run-1", "run-2", "run-3"]
+
+
+def test_a_trial_scores_on_one_thread_as_it_fits(iris, monkeypatch):
+    """Beside another trial a second OpenMP thread oversubscribes the cores; the fit had one already."""
+    from threadpoolctl import threadpool_info
+
+    import steps.lib.models as models_module
+
+    seen, own_predict = [], models_module.predict_with_proba
+
+    def predict_counting_threads(*args):
+        seen.append({library["user_api"]: library["num_threads"] for library in threadpool_info()})
+        return own_predict(*args)
+
+    monkeypatch.setattr(models_module, "predict_with_proba", predict_counting_threads)
+    settings = search_module.trial_settings(config())
+    sample_config = {"model": "hist_gradient_boosting", "max_iter": 20}
+    assert search_module.evaluate_sample(*iris, sample_config, settings)["status"] == "ok"
+    assert seen and seen[0]["openmp"] == 1
+    outside = {library["user_api"]: library["num_threads"] for library in threadpool_info()}
+    assert os.cpu_count() == 1 or outside["openmp"] > 1  # the limit ended with the trial
 
 
 def test_parallel_random_search_tries_the_sequential_configurations(iris):
