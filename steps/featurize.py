@@ -13,7 +13,7 @@ import click
 import mlflow
 import pandas as pd
 
-from steps.lib.artifacts import digest_path, download_dir, write_json
+from steps.lib.artifacts import digest_path, fetched, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
@@ -28,10 +28,10 @@ SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset conte
 
 def read_raw_data(raw_data_uri: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """load's output: the table and its metadata (name, target, digest)."""
-    root = download_dir(raw_data_uri, "the raw data")
-    if not (root / RAW_TABLE).exists() or not (root / DATA_META).exists():
-        raise PipelineError(f"'{raw_data_uri}' is not a load output; pass runs:/<load run id>/data")
-    return pd.read_parquet(root / RAW_TABLE), json.loads((root / DATA_META).read_text())
+    with fetched(raw_data_uri, "the raw data") as root:
+        if not (root / RAW_TABLE).exists() or not (root / DATA_META).exists():
+            raise PipelineError(f"'{raw_data_uri}' is not a load output; pass runs:/<load run id>/data")
+        return pd.read_parquet(root / RAW_TABLE), json.loads((root / DATA_META).read_text())
 
 
 def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import mlflow
 
-from steps.lib.artifacts import download_dir
+from steps.lib.artifacts import fetched
 from steps.lib.errors import PipelineError
 from steps.lib.models import (
     DEFAULT_FAMILY,
@@ -57,9 +57,9 @@ def parse_extra_params(args: list[str]) -> dict[str, str]:
 
 def read_params_file(params_uri: str) -> dict[str, Any]:
     """tune's best-params file: {"model": family, "params": {...}, ...}."""
-    path = download_dir(params_uri, "the best-params file")
     try:
-        payload = json.loads(path.read_text())
+        with fetched(params_uri, "the best-params file") as path:
+            payload = json.loads(path.read_text())
         assert isinstance(payload["model"], str) and isinstance(payload["params"], dict)
     except (OSError, ValueError, KeyError, AssertionError, TypeError):
         raise PipelineError(

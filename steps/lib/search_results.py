@@ -14,7 +14,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.lib.artifacts import download_dir
+from steps.lib.artifacts import fetched
 from steps.lib.errors import PipelineError
 from steps.lib.metrics import metric_loss
 from steps.lib.names import STEP_TAG, TRIALS_FILE
@@ -85,8 +85,8 @@ def load_previous_search(client: MlflowClient, run_id: str) -> tuple[Run, Trials
         raise PipelineError(f"resume_from '{run_id}' does not exist; pass the run id of a tune run") from None
     if run.data.tags.get(STEP_TAG) != "tune":
         raise PipelineError(f"resume_from '{run_id}' is not a tune run; pass the run id of a tune run")
-    path = download_dir(artifact_uri(run_id, TRIALS_FILE), "the trials to resume")
-    return run, trials_from_records(json.loads(path.read_text()))
+    with fetched(artifact_uri(run_id, TRIALS_FILE), "the trials to resume") as path:
+        return run, trials_from_records(json.loads(path.read_text()))
 
 
 def plot_search(results: list[dict[str, Any]], metric: str, out: Path) -> list[Path]:

@@ -34,17 +34,18 @@ class Splits:
 
 def read_splits(splits_uri: str) -> tuple[Splits, FeatureSpec]:
     """Read featurize's output: the three splits and the feature spec."""
-    from steps.lib.artifacts import download_dir  # here: trial workers import this module without MLflow
+    from steps.lib.artifacts import fetched  # here: trial workers import this module without MLflow
 
-    root = download_dir(splits_uri, "the splits")
-    missing = [name for name in (*[f"{s}.parquet" for s in SPLIT_NAMES], FEATURE_SPEC) if not (root / name).exists()]
-    if missing:
-        raise PipelineError(
-            f"'{splits_uri}' is not a featurize output (missing {', '.join(missing)}); "
-            "pass the splits URI of a finished featurize run"
-        )
-    spec = FeatureSpec.from_dict(json.loads((root / FEATURE_SPEC).read_text()))
-    splits = Splits(*(pd.read_parquet(root / f"{name}.parquet") for name in SPLIT_NAMES))
+    with fetched(splits_uri, "the splits") as root:
+        wanted = (*[f"{s}.parquet" for s in SPLIT_NAMES], FEATURE_SPEC)
+        missing = [name for name in wanted if not (root / name).exists()]
+        if missing:
+            raise PipelineError(
+                f"'{splits_uri}' is not a featurize output (missing {', '.join(missing)}); "
+                "pass the splits URI of a finished featurize run"
+            )
+        spec = FeatureSpec.from_dict(json.loads((root / FEATURE_SPEC).read_text()))
+        splits = Splits(*(pd.read_parquet(root / f"{name}.parquet") for name in SPLIT_NAMES))
     return splits, spec
 
 

@@ -183,3 +183,40 @@ def test_reading_in_batches_makes_the_checks_reading_whole_makes(tmp_path):
             list(read_batches(str(tmp_path / name), {}, 10))
         with pytest.raises(PipelineError, match=re.escape(message)):
             read_data(str(tmp_path / name))
+
+
+def test_a_steps_input_is_read_in_place_from_a_local_store_and_a_download_is_removed(own_tmp, tracking_uri, tmp_path):
+    """MLflow's own download of a runs:/ URI goes to a temporary folder nobody removes: every step left its
+    inputs behind (13 GB of /tmp here). A local store's artifact is read where it is; a download is removed."""
+    import mlflow
+
+    import steps.lib.artifacts as artifacts
+
+    source = tmp_path / "out"
+    source.mkdir()
+    (source / "a.json").write_text('{"x": 1}')
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(source), "data")
+    uri = f"runs:/{run.info.run_id}/data"
+    with artifacts.fetched(uri, "the data") as path:
+        assert (path / "a.json").read_text() == '{"x": 1}'
+        assert path == Path(mlflow.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://")) / "data"
+    with artifacts.fetched(f"{uri}/a.json", "the data") as path:
+        assert path.name == "a.json" and path.is_file()
+    assert list(own_tmp.iterdir()) == []
+    with pytest.raises(PipelineError, match="(?i)cannot fetch the data from .*: no such artifact"):
+        artifacts.fetched(f"{uri}/missing.json", "the data").__enter__()
+
+    downloaded = []
+    with pytest.MonkeyPatch.context() as patch:  # as for a remote store: downloaded, then removed
+        patch.setattr(artifacts, "local_artifact_path", lambda artifact_uri: None)
+        with artifacts.fetched(uri, "the data") as path:
+            downloaded.append(path)
+            assert path.is_relative_to(own_tmp) and (path / "a.json").read_text() == '{"x": 1}'
+        with pytest.raises(ValueError, match="stopped"), artifacts.fetched(uri, "the data") as path:
+            downloaded.append(path)
+            raise ValueError("stopped")
+        with pytest.raises(PipelineError, match="cannot fetch the data from"):
+            artifacts.fetched(f"{uri}/missing.json", "the data").__enter__()
+    assert len(downloaded) == 2 and not any(path.exists() for path in downloaded)
+    assert list(own_tmp.iterdir()) == []
