@@ -13,7 +13,7 @@ import click
 import mlflow
 import pandas as pd
 
-from steps.lib.artifacts import digest_path, fetched, write_json
+from steps.lib.artifacts import digest_path, fetched, publish_artifacts, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
@@ -62,8 +62,9 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         mlflow.set_tags(
             {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
         )
-        mlflow.log_artifacts(str(out), SPLITS_DIR)
-        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out))
+        digest = digest_path(out)
+        publish_artifacts(out, SPLITS_DIR)
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest)
 
 
 def describe_split(split: dict[str, Any]) -> str:

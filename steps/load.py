@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from steps.lib.artifacts import digest_path, write_json
+from steps.lib.artifacts import digest_path, publish_artifacts, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, detect_task, validate_target
 from steps.lib.names import DATA_DIR, DATA_META, OUTPUT_DIGEST_TAG, PROFILE_DIR, RAW_TABLE
@@ -164,7 +164,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
             }
         )
         mlflow.log_artifacts(str(profile_dir), PROFILE_DIR)
-        mlflow.log_artifacts(str(data_dir), DATA_DIR)
+        publish_artifacts(data_dir, DATA_DIR)
     logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)
     return meta
 

@@ -11,7 +11,7 @@ import click
 import mlflow
 import pandas as pd
 
-from steps.lib.artifacts import digest_path
+from steps.lib.artifacts import digest_path, publish_artifacts
 from steps.lib.errors import PipelineError
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
@@ -137,8 +137,9 @@ def run_predict(
             logger.info("no predictions.csv: %d rows, more than a spreadsheet opens (csv=true writes it)", tally.rows)
         mlflow.set_tags({"prediction_column": prediction, "predictions.csv": str(writer.wrote_csv).lower()})
         mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(out), PREDICTIONS_DIR)
-        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
+        digest = digest_path(out / "predictions.parquet")
+        publish_artifacts(out, PREDICTIONS_DIR)
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest)
     model_version = getattr(pyfunc.metadata, "model_id", None) or ""
     logger.info("scored %d rows with %s %s", tally.rows, uri, model_version)
     return metrics
@@ -155,8 +156,9 @@ def predict_on_spark(data_uri: str, uri: str, spark_master: str | None) -> dict[
             crc.unlink()
         mlflow.set_tag("prediction_column", prediction)
         mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(out), PREDICTIONS_DIR)
-        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_path(out / "predictions.parquet"))
+        digest = digest_path(out / "predictions.parquet")
+        publish_artifacts(out, PREDICTIONS_DIR)
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest)
     logger.info("scored %d rows with %s on Spark", metrics["n_rows"], uri)
     return metrics
 

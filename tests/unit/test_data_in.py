@@ -220,3 +220,34 @@ def test_a_steps_input_is_read_in_place_from_a_local_store_and_a_download_is_rem
             artifacts.fetched(f"{uri}/missing.json", "the data").__enter__()
     assert len(downloaded) == 2 and not any(path.exists() for path in downloaded)
     assert list(own_tmp.iterdir()) == []
+
+
+def test_a_steps_output_is_moved_into_a_local_store_and_uploaded_to_another(tracking_uri, tmp_path):
+    import mlflow
+
+    import steps.lib.artifacts as artifacts
+
+    def output(name: str) -> Path:
+        folder = tmp_path / name
+        (folder / "part").mkdir(parents=True)
+        (folder / "a.parquet").write_bytes(b"rows")
+        (folder / "part" / "b.json").write_text("{}")
+        return folder
+
+    with mlflow.start_run() as run:
+        moved = output("moved")
+        artifacts.publish_artifacts(moved, "data")
+        with pytest.MonkeyPatch.context() as patch:  # as for a remote store: logged through MLflow
+            patch.setattr(artifacts, "local_artifact_path", lambda artifact_uri: None)
+            uploaded = output("uploaded")
+            artifacts.publish_artifacts(uploaded, "copy")
+    assert not [p for p in moved.rglob("*") if p.is_file()]  # moved, not copied
+    assert (uploaded / "a.parquet").exists()
+    client = mlflow.MlflowClient()
+    for folder in ("data", "copy"):
+        assert [f.path for f in client.list_artifacts(run.info.run_id, folder)] == [
+            f"{folder}/a.parquet",
+            f"{folder}/part",
+        ]
+        with artifacts.fetched(f"runs:/{run.info.run_id}/{folder}", "the output") as path:
+            assert (path / "a.parquet").read_bytes() == b"rows" and (path / "part" / "b.json").read_text() == "{}"
