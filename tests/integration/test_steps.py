@@ -215,10 +215,10 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert body["predictions"][2:] == expected[2:]
 
 
-def test_main_splits_by_time_and_featurize_by_group(store, tmp_path, in_process):
+def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     """split=time through main: the newest rows test (equal times in one split, rows without a time dropped and
-    counted), cross-validation in time order, the card says so; then split=group by featurize on the same load
-    and tune's folds by group: no customer in two splits or in two sides of a fold."""
+    counted), cross-validation in time order, the card says so; then split=group through main on the same data
+    (load reused from the cache), folds by group: no customer in two splits, the card says so."""
     rng = np.random.default_rng(8)
     n = 360
     hours = np.sort(rng.integers(0, 200, n))
@@ -253,8 +253,13 @@ def test_main_splits_by_time_and_featurize_by_group(store, tmp_path, in_process)
     card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
     assert "- split: `by time on 'ordered at'" in card
 
-    raw = f"runs:/{newest(client, 'load').info.run_id}/data"
-    in_process("featurize", "--raw-data-uri", raw, "--split", "group", "--group-column", "customer")
+    in_process(
+        "main",
+        *("--data-uri", str(tmp_path / "orders.csv"), "--target", "returned", "--registered-model-name", "by-customer"),
+        *("--max-evals", "2", "--models", "random_forest", "--cv-folds", "3"),
+        *("--split", "group", "--group-column", "customer"),
+    )
+    assert len(client.search_runs([featurize.info.experiment_id], "tags.`pipeline.step` = 'load'")) == 1  # reused
     featurize = newest(client, "featurize")
     assert featurize.data.tags["split"] == "by group on 'customer': no group in two splits"
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
@@ -262,6 +267,7 @@ def test_main_splits_by_time_and_featurize_by_group(store, tmp_path, in_process)
         set(pd.read_parquet(folder / f"{part}.parquet")["customer"]) for part in ("train", "validation", "test")
     ]
     assert not (customers[0] & customers[1] or customers[0] & customers[2] or customers[1] & customers[2])
-    splits_uri = f"runs:/{featurize.info.run_id}/splits"
-    in_process("tune", "--splits-uri", splits_uri, "--max-evals", "2", "--models", "random_forest", "--cv-folds", "3")
+    assert newest(client, "tune").data.params["cv_folds"] == "3"
+    card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
+    assert "- split: `by group on 'customer': no group in two splits`" in card
     assert newest(client, "tune").data.metrics["best_val_f1_macro"] > 0.5

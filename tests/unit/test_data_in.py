@@ -204,7 +204,7 @@ def test_a_steps_input_is_read_in_place_from_a_local_store_and_a_download_is_rem
     with artifacts.fetched(f"{uri}/a.json", "the data") as path:
         assert path.name == "a.json" and path.is_file()
     assert list(own_tmp.iterdir()) == []
-    with pytest.raises(PipelineError, match="(?i)cannot fetch the data from .*: no such artifact"):
+    with pytest.raises(PipelineError, match=r"(?i)cannot fetch the data from .*: no such artifact"):
         artifacts.fetched(f"{uri}/missing.json", "the data").__enter__()
 
     downloaded = []
