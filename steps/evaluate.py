@@ -16,12 +16,13 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import digest_json
-from steps.lib.errors import PipelineError, one_line
+from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.gates import ChampionDecision, GateOptions, decide_champion, gate_options
 from steps.lib.keys import unused_name
 from steps.lib.metrics import is_better, resolve_metric
 from steps.lib.model_card import build_card, card_summary, log_card
+from steps.lib.model_loading import load_model
 from steps.lib.models import MODEL_FAMILIES, REFITS, fit_model, resolve_threads, score_model
 from steps.lib.names import CARD_DIR, EVALUATE_RUN_TAG, EVALUATION_DIR, GATES_PASSED_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, LOCK_SUFFIX, champion_lock
@@ -97,17 +98,10 @@ def predictions_table(model: Any, test: pd.DataFrame, spec: FeatureSpec) -> pd.D
     return table
 
 
-def load_sklearn_model(model_uri: str) -> Any:
-    try:
-        return mlflow.sklearn.load_model(model_uri)
-    except Exception as error:
-        raise PipelineError(f"cannot load model '{model_uri}': {one_line(str(error), 200)}") from None
-
-
 def check_registered_model(registered_uri: str, model: Any, test: pd.DataFrame, spec: FeatureSpec) -> None:
     """Load the registered version back as a pyfunc and check it predicts what the model predicts."""
     features, _ = features_and_target(test, spec)
-    served = np.asarray(mlflow.pyfunc.load_model(registered_uri).predict(features))
+    served = np.asarray(load_model(registered_uri).pyfunc.predict(features))
     expected = np.asarray(model.predict(features))
     same = np.array_equal(served, expected) if spec.task == CLASSIFICATION else np.allclose(served, expected)
     if not same:
@@ -149,7 +143,8 @@ def score(
     splits, spec = read_splits(splits_uri)
     metric = resolve_metric(metric, spec.task)
     thresholds = gates.thresholds(spec.task)
-    model = load_sklearn_model(model_uri)
+    loaded = load_model(model_uri)  # checked: only a model this project logs, with no code of its own
+    model = loaded.sklearn
     test_scores = score_model(model, splits.test, spec)
     baseline_scores = score_model(fit_baseline(splits, spec), splits.test, spec)
     refit = model_refit(model_uri)
@@ -168,7 +163,7 @@ def score(
     # same rows at the same moment can make that insert clash.
     evaluation = once_more_on_a_clash(
         lambda: mlflow.models.evaluate(
-            model=model_uri,
+            model=loaded.pyfunc,  # the model loaded above: MLflow's loader would follow the model's own MLmodel
             data=test_dataset,
             model_type="classifier" if spec.task == CLASSIFICATION else "regressor",
             evaluator_config=evaluator_config,

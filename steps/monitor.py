@@ -29,6 +29,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.metrics import greater_is_better
+from steps.lib.model_loading import load_model
 from steps.lib.models import score_model
 from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
@@ -284,7 +285,7 @@ def run_monitor(
     uri = resolve_model_uri(model_uri, registered_model_name)
     reference = find_reference(MlflowClient(), uri)
     mlflow.set_tags({"model_uri": uri, "model_version": reference.version, "data_uri": redact_uri(data_uri)})
-    model = mlflow.sklearn.load_model(uri)
+    model = load_model(uri).sklearn
     spec = reference.spec
     reference.train_with_predictions, prediction = reference_predictions(model, reference)
     numeric_prediction = is_numeric(reference.train_with_predictions[prediction])

@@ -18,6 +18,14 @@ from steps.lib.errors import PipelineError, one_line
 from steps.lib.uris import redact_uri
 
 
+class FetchError(PipelineError):
+    """An artifact that cannot be fetched (`detail`: why, in one line)."""
+
+    def __init__(self, what: str, shown: str, detail: str) -> None:
+        super().__init__(f"cannot fetch {what} from '{shown}': {detail}")
+        self.detail = detail
+
+
 @contextmanager
 def fetched(artifact_uri: str, what: str) -> Iterator[Path]:
     """An earlier step's artifact (file or directory) as a local path, for the block's duration.
@@ -30,17 +38,17 @@ def fetched(artifact_uri: str, what: str) -> Iterator[Path]:
     try:
         local = local_artifact_path(artifact_uri)
     except Exception as error:  # an unknown run, a malformed URI: MLflow raises several types
-        raise PipelineError(f"cannot fetch {what} from '{shown}': {one_line(str(error), 200)}") from None
+        raise FetchError(what, shown, one_line(str(error), 200)) from None
     if local is not None:
         if not local.exists():
-            raise PipelineError(f"cannot fetch {what} from '{shown}': no such artifact")
+            raise FetchError(what, shown, "no such artifact")
         yield local
         return
     with tempfile.TemporaryDirectory(prefix="pipeline-artifacts-") as folder:
         try:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=folder))
         except Exception as error:
-            raise PipelineError(f"cannot fetch {what} from '{shown}': {one_line(str(error), 200)}") from None
+            raise FetchError(what, shown, one_line(str(error), 200)) from None
         yield path
 
 

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import METRICS, greater_is_better
+from steps.lib.model_loading import load_model
 from steps.lib.models import score_model
 from steps.lib.registry import CHAMPION
 from steps.lib.runner import as_param, parse_bool, unset_is_none
@@ -202,7 +203,7 @@ def decide_champion(
         gates.append(Gate("champion", True, "no champion yet"))
     else:
         try:
-            champion_model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+            champion_model = load_model(f"models:/{name}@{CHAMPION}").sklearn
             champion_scores = score_model(champion_model, test, spec)
         except Exception as error:  # e.g. the champion was trained on another data set's columns
             gates.append(

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.keys import key_parts, unused_name
+from steps.lib.model_loading import load_model
 
 
-def load_models(model_uri: str) -> tuple[Any, Any]:
-    """The pyfunc (it carries the signature) and the scikit-learn model (for class probabilities)."""
-    try:
-        pyfunc = mlflow.pyfunc.load_model(model_uri)
-    except Exception as error:
-        raise PipelineError(
-            f"model '{model_uri}' cannot be loaded ({one_line(str(error), 160)}); "
-            "check the name, version or alias, e.g. run `mlflow run . -e main` first to register a champion"
-        ) from None
-    # The estimator inside the pyfunc, not a second download and load of the same model.
-    try:
-        raw = pyfunc.get_raw_model()
-    except Exception:  # a pyfunc without an underlying model object: predictions without probabilities
-        raw = None
+def load_models(model_uri: str, folder: Path | None = None) -> tuple[Any, Any]:
+    """The pyfunc (it carries the signature) and the scikit-learn model (for class probabilities), loaded by
+    the project's safe loader (steps/lib/model_loading.py). `folder`: the model already fetched from the URI."""
+    loaded = load_model(model_uri, folder)
+    raw = loaded.sklearn
     sklearn_model = raw if hasattr(raw, "predict_proba") and hasattr(raw, "classes_") else None
-    return pyfunc, sklearn_model
+    return loaded.pyfunc, sklearn_model
 
 
 def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:

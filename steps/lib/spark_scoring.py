@@ -15,9 +15,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 
+from steps.lib.artifacts import fetched
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.spark import ship_steps_package, spark_session
@@ -68,27 +68,27 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    pyfunc, sklearn_model = load_models(model_uri)  # checked on the driver first, as the local backend does
-    columns = signature_columns(pyfunc)
-    session = spark_session(master)
-    ship_steps_package(session)
-    local_model = mlflow.artifacts.download_artifacts(model_uri)
-    session.sparkContext.addFile(local_model, recursive=True)
-    scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
-    with local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located:
-        path = str(find_data_file(located, data_uri)) if isinstance(located, Path) else located
-        frame = read_table(session, data_uri, path, columns)
-        head = frame.limit(CHECK_ROWS).toPandas()
-        check_batch(head, columns)
-        table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
-        schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
-        scored = frame.mapInPandas(scorer(Path(local_model).name, columns, schema), schema=schema)
-        try:
-            scored.write.mode("overwrite").parquet(str(out))
-        except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own
-            message = str(error)
-            cause = message.split("PipelineError: ")[-1] if "PipelineError: " in message else message
-            raise PipelineError(f"scoring on Spark failed: {one_line(cause, 300)}") from None
+    with fetched(model_uri, "the model") as local_model:  # one download: checked here, shipped to the executors
+        pyfunc, sklearn_model = load_models(model_uri, local_model)  # checked on the driver, as the local backend
+        columns = signature_columns(pyfunc)
+        session = spark_session(master)
+        ship_steps_package(session)
+        session.sparkContext.addFile(str(local_model), recursive=True)
+        scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
+        with local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located:
+            path = str(find_data_file(located, data_uri)) if isinstance(located, Path) else located
+            frame = read_table(session, data_uri, path, columns)
+            head = frame.limit(CHECK_ROWS).toPandas()
+            check_batch(head, columns)
+            table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
+            schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
+            scored = frame.mapInPandas(scorer(local_model.name, columns, schema), schema=schema)
+            try:
+                scored.write.mode("overwrite").parquet(str(out))
+            except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own
+                message = str(error)
+                cause = message.split("PipelineError: ")[-1] if "PipelineError: " in message else message
+                raise PipelineError(f"scoring on Spark failed: {one_line(cause, 300)}") from None
     written = session.read.parquet(str(out))
     return prediction, spark_metrics(written, prediction, sklearn_model is not None) | {
         "n_input_columns": len(frame.columns)

@@ -108,6 +108,7 @@ EXPECTED_USERS = {
     "keys": {"evaluate"},  # and predict, monitor
     "metrics": {"tune", "train", "evaluate"},
     "model_card": {"evaluate"},
+    "model_loading": {"evaluate"},  # and predict, monitor: every model load
     "models": {"tune", "train", "evaluate"},
     "names": set(CACHED_STEPS),
     "process": set(CACHED_STEPS),

@@ -1,0 +1,174 @@
+"""The one way a step loads a model from the tracking store: only models this project logs, no code they carry.
+
+Anything in a shared store may have been written by anyone with access to it. MLflow's own loaders follow
+the model's `MLmodel` file: a `serialization_format: pickle` model is unpickled (a `__reduce__` payload runs),
+and for skops the list of trusted types is read from that same file. This loader accepts only what `train`
+logs (the sklearn flavor in skops format, loaded by `mlflow.sklearn`), loads it with the project's own trusted
+types (`SKOPS_TRUSTED_TYPES`), never the model's, and accepts as code only the project's modules that train
+ships (`SHIPPED_CODE`), byte for byte as in this checkout. The model's code folder is never imported: the
+identical modules of this checkout are. Anything else is refused in one line naming the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steps.lib.artifacts import FetchError, fetched
+from steps.lib.errors import PipelineError, one_line
+from steps.lib.models import PROJECT_ROOT, SHIPPED_CODE, SKOPS_TRUSTED_TYPES
+
+CODE_DIR = "code"  # where MLflow keeps a model's code_paths
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checked model: the fitted scikit-learn pipeline, and the pyfunc around it (signature, checked input)."""
+
+    uri: str
+    sklearn: Any
+    pyfunc: Any
+
+
+class _Predictor:
+    """What mlflow.sklearn's pyfunc wraps around a pipeline: predict (and the raw model for probabilities)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        return self.model.predict(data)
+
+    def get_raw_model(self) -> Any:
+        return self.model
+
+
+def load_model(model_uri: str, folder: Path | None = None) -> LoadedModel:
+    """Fetch, check and load a model this project logged; a one-line PipelineError naming `model_uri` otherwise.
+
+    `folder`: the model already fetched from `model_uri` (checked and loaded from there).
+    """
+    if folder is not None:
+        return load_checked(model_uri, folder)
+    try:
+        with fetched(model_uri, "the model") as fetched_folder:
+            return load_checked(model_uri, fetched_folder)
+    except FetchError as error:
+        raise PipelineError(
+            f"model '{model_uri}' cannot be loaded ({error.detail}); check the name, version or alias, "
+            "e.g. run `mlflow run . -e main` first to register a champion"
+        ) from None
+
+
+def load_checked(model_uri: str, folder: Path) -> LoadedModel:
+    if folder.is_file():  # e.g. runs:/<id>/model/model.skops: the model is its folder, not one file
+        raise PipelineError(f"model '{model_uri}' is a file; pass the model's folder or models:/ URI")
+    meta = read_mlmodel(model_uri, folder)
+    model_file = check_model_folder(model_uri, folder, meta)
+    fitted = load_skops(model_uri, model_file)
+    return LoadedModel(model_uri, fitted, wrap_pyfunc(model_uri, folder, fitted))
+
+
+def refused(model_uri: str, why: str) -> PipelineError:
+    return PipelineError(
+        f"model '{model_uri}' refused: {why}; only models logged by this project's train step are loaded "
+        "(scikit-learn, skops format, no code but the project's own; see docs/security.md)"
+    )
+
+
+def read_mlmodel(model_uri: str, folder: Path) -> dict[str, Any]:
+    path = folder / "MLmodel"
+    if not path.is_file():
+        raise refused(model_uri, "it has no MLmodel file")
+    try:
+        meta = yaml.safe_load(path.read_text())  # plain data only: no YAML tags that build objects
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise refused(model_uri, f"its MLmodel file is not valid YAML ({one_line(str(error), 80)})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("flavors"), dict):
+        raise refused(model_uri, "its MLmodel file has no flavors")
+    return meta
+
+
+def check_model_folder(model_uri: str, folder: Path, meta: dict[str, Any]) -> Path:
+    """The model's skops file, once its flavors and its code are what train logs."""
+    flavors = meta["flavors"]
+    sklearn = flavors.get("sklearn")
+    if not isinstance(sklearn, dict):
+        raise refused(model_uri, f"it is not a scikit-learn model (flavors: {', '.join(map(str, flavors))})")
+    serialization = sklearn.get("serialization_format")
+    if serialization != "skops":
+        raise refused(model_uri, f"its serialization format is {serialization!r}, not skops (pickle runs code)")
+    pyfunc = flavors.get("python_function")
+    if pyfunc is not None and (not isinstance(pyfunc, dict) or pyfunc.get("loader_module") != "mlflow.sklearn"):
+        loader = pyfunc.get("loader_module") if isinstance(pyfunc, dict) else pyfunc
+        raise refused(model_uri, f"its python_function flavor loads through {loader!r}, not mlflow.sklearn")
+    name = sklearn.get("pickled_model")
+    if not isinstance(name, str) or Path(name).name != name or not (folder / name).is_file():
+        raise refused(model_uri, f"its model file {name!r} is not a file in the model's folder")
+    for flavor in (sklearn, pyfunc or {}):
+        if flavor.get("code") not in (None, CODE_DIR):
+            raise refused(model_uri, f"its code folder is {flavor.get('code')!r}")
+    check_shipped_code(model_uri, folder / CODE_DIR)
+    return folder / name
+
+
+def check_shipped_code(model_uri: str, code: Path) -> None:
+    """The model's code folder holds only SHIPPED_CODE, each file byte-identical to this checkout's."""
+    if not code.exists():
+        return
+    allowed = {Path(relative): sha256(PROJECT_ROOT / relative) for relative in SHIPPED_CODE}
+    folders = {parent for relative in allowed for parent in relative.parents if parent != Path(".")}
+    for path in sorted(code.rglob("*")):
+        relative = path.relative_to(code)
+        expected = (relative in folders and path.is_dir()) or (relative in allowed and path.is_file())
+        if path.is_symlink() or not expected:
+            raise refused(model_uri, f"it carries code this project does not ship: {CODE_DIR}/{relative}")
+        if relative in allowed and sha256(path) != allowed[relative]:
+            raise refused(model_uri, f"its copy of {relative} differs from this checkout's")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_skops(model_uri: str, model_file: Path) -> Any:
+    """The pipeline, rebuilt by skops from the project's own list of trusted types (never the model's)."""
+    import skops.io
+
+    try:
+        untrusted = sorted(set(skops.io.get_untrusted_types(file=model_file)) - set(SKOPS_TRUSTED_TYPES))
+    except Exception as error:  # not a skops file at all
+        raise refused(model_uri, f"its model file is not a skops file ({one_line(str(error), 80)})") from None
+    if untrusted:
+        shown = ", ".join(untrusted[:3]) + (f" and {len(untrusted) - 3} more" if len(untrusted) > 3 else "")
+        raise refused(model_uri, f"it holds types this project does not trust: {shown}")
+    try:
+        return skops.io.load(model_file, trusted=list(SKOPS_TRUSTED_TYPES))
+    except Exception as error:
+        raise refused(model_uri, f"skops cannot load it ({one_line(str(error), 120)})") from None
+
+
+def wrap_pyfunc(model_uri: str, folder: Path, fitted: Any) -> Any:
+    """The pyfunc MLflow's loader would have built (signature, input checks), around the pipeline loaded here."""
+    from mlflow.models import Model
+    from mlflow.pyfunc import PyFuncModel
+
+    try:
+        meta = Model.load(str(folder / "MLmodel"))  # MLflow reads it with yaml.safe_load
+    except Exception as error:
+        raise refused(model_uri, f"MLflow cannot read its MLmodel file ({one_line(str(error), 120)})") from None
+    return PyFuncModel(model_meta=meta, model_impl=_Predictor(fitted), model_id=model_id_of(model_uri))
+
+
+def model_id_of(model_uri: str) -> str | None:
+    """The logged model's id behind a models:/ URI, as mlflow.models.evaluate would derive it (None otherwise)."""
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+    try:
+        return _parse_model_id_if_present(model_uri)
+    except Exception:
+        return None

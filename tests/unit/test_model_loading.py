@@ -1,0 +1,133 @@
+"""The one safe model loader: a model planted in a shared store never runs code, in any step that loads one."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from steps.lib.errors import PipelineError
+from steps.lib.model_loading import load_model
+from tests.conftest import logged_model_of, run_step_cli, users_rows
+from tests.unit.test_bad_input_steps import assert_failed_cleanly, newest_run
+
+
+class Planted:
+    """An object whose rebuilding writes a marker file: what an attacker's payload would run instead."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __setstate__(self, state: dict) -> None:  # skops rebuilds an object through its __setstate__
+        Path(state["marker"]).write_text("ran")
+
+    def __reduce__(self):  # pickle rebuilds an object by calling what __reduce__ names
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+def plant(folder: Path, kind: str, marker: Path) -> None:
+    """Tamper with a logged model's folder as someone with write access to the store could."""
+    import skops.io
+
+    meta = yaml.safe_load((folder / "MLmodel").read_text())
+    sklearn, pyfunc = meta["flavors"]["sklearn"], meta["flavors"]["python_function"]
+    if kind == "pickle":
+        (folder / "model.pkl").write_bytes(pickle.dumps(Planted(str(marker))))
+        sklearn.update(serialization_format="pickle", pickled_model="model.pkl")
+        pyfunc["model_path"] = "model.pkl"
+    elif kind == "skops trusting its own types":
+        skops.io.dump(Planted(str(marker)), folder / sklearn["pickled_model"])
+        sklearn["skops_trusted_types"] = [*sklearn.get("skops_trusted_types", []), f"{__name__}.Planted"]
+    elif kind == "extra code":
+        (folder / "code" / "steps" / "lib").mkdir(parents=True, exist_ok=True)
+        (folder / "code" / "steps" / "lib" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+        sklearn["code"] = pyfunc["code"] = "code"
+    elif kind == "changed copy of the project's code":
+        project = Path(__file__).resolve().parents[2]
+        for relative in ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py"):
+            (folder / "code" / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(project / relative, folder / "code" / relative)
+        with (folder / "code" / "steps" / "lib" / "transforms.py").open("a") as file:
+            file.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+        sklearn["code"] = pyfunc["code"] = "code"
+    elif kind == "another loader":
+        pyfunc["loader_module"] = "mlflow.pyfunc.model"
+    (folder / "MLmodel").write_text(yaml.safe_dump(meta))
+
+
+REFUSALS = {
+    "pickle": "its serialization format is 'pickle', not skops",
+    "skops trusting its own types": f"it holds types this project does not trust: {__name__}.Planted",
+    "extra code": "it carries code this project does not ship: code/steps/lib/evil.py",
+    "changed copy of the project's code": "its copy of steps/lib/transforms.py differs from this checkout's",
+    "another loader": "its python_function flavor loads through 'mlflow.pyfunc.model', not mlflow.sklearn",
+}
+
+
+@pytest.fixture
+def genuine(tracking_uri, tmp_path) -> Path:
+    """A model logged as train logs it, copied out of the store into a folder of its own."""
+    uri = logged_model_of(users_rows(300, 1), "income class")
+    folder = tmp_path / "model"
+    shutil.copytree(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "download")), folder)
+    return folder
+
+
+def test_a_model_train_logs_loads_with_its_signature(genuine):
+    loaded = load_model(str(genuine))
+    rows = users_rows(20, 2).drop(columns="income class")
+    assert list(loaded.pyfunc.predict(rows)) == list(loaded.sklearn.predict(rows))
+    assert [c.name for c in loaded.pyfunc.metadata.get_input_schema().inputs] == list(rows.columns)
+
+
+@pytest.mark.parametrize("kind", list(REFUSALS))
+def test_a_planted_model_is_refused_in_one_line_and_runs_nothing(genuine, tmp_path, kind):
+    marker = tmp_path / "payload-ran"
+    plant(genuine, kind, marker)
+    if kind in ("pickle", "skops trusting its own types"):  # the payload is live: MLflow's own loader runs it
+        with pytest.raises(Exception):  # noqa: B017 (the planted object is no model: whatever MLflow raises next)
+            mlflow.sklearn.load_model(str(genuine)).predict(users_rows(2, 2))
+        assert marker.read_text() == "ran"
+        marker.unlink()
+    with pytest.raises(PipelineError) as raised:
+        load_model(str(genuine))
+    message = str(raised.value)
+    assert message.startswith(f"model '{genuine}' refused: {REFUSALS[kind]}") and "\n" not in message
+    assert not marker.exists()
+
+
+def test_a_planted_champion_is_refused_by_predict_monitor_and_evaluate(tracking_uri, tmp_path, capsys):
+    """Each step that loads a model: one line naming it, a FAILED run, no artifacts, the payload never ran."""
+    frame = users_rows(400, 1)
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    assert run_step_cli(capsys, "load", "--data-uri", str(tmp_path / "people.csv"), "--target", "income class")[0] == 0
+    assert run_step_cli(capsys, "featurize", "--raw-data-uri", f"runs:/{newest('load')}/data")[0] == 0
+    splits_uri = f"runs:/{newest('featurize')}/splits"
+    assert run_step_cli(capsys, "train", "--splits-uri", splits_uri)[0] == 0
+    model_uri = mlflow.get_run(newest("train")).data.tags["model_uri"]
+    version = mlflow.register_model(model_uri, "planted")
+    mlflow.MlflowClient().set_registered_model_alias("planted", "champion", version.version)
+    folder = Path(mlflow.get_logged_model(model_uri.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    original = tmp_path / "original"
+    shutil.copytree(folder, original)
+    frame.drop(columns="income class").to_csv(tmp_path / "batch.csv", index=False)
+    for kind in ("pickle", "skops trusting its own types"):
+        marker = tmp_path / f"ran-{kind}"
+        plant(folder, kind, marker)
+        champion = "models:/planted@champion"
+        batch = ("--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "planted")
+        assert_failed_cleanly(capsys, "predict", list(batch), f"model '{champion}' refused: {REFUSALS[kind]}")
+        assert_failed_cleanly(capsys, "monitor", list(batch), f"model '{champion}' refused: {REFUSALS[kind]}")
+        evaluate = ("--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "other")
+        assert_failed_cleanly(capsys, "evaluate", list(evaluate), f"model '{model_uri}' refused: {REFUSALS[kind]}")
+        assert not marker.exists()
+        shutil.rmtree(folder)
+        shutil.copytree(original, folder)
+
+
+def newest(step: str) -> str:
+    return newest_run(step).info.run_id
