@@ -27,6 +27,7 @@ from steps.lib.models import MODEL_FAMILIES, REFITS, fit_model, resolve_threads,
 from steps.lib.names import CARD_DIR, EVALUATE_RUN_TAG, EVALUATION_DIR, GATES_PASSED_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, LOCK_SUFFIX, champion_lock
 from steps.lib.runner import INT, run_cli, step_run, tracking_unreachable, unset_is_none
+from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, once_more_on_a_clash, table_dataset
 from steps.lib.splits import Splits, features_and_target, read_splits
 from steps.lib.uris import artifact_uri
@@ -195,6 +196,7 @@ def log_scores(scored: Scored) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         table.to_csv(Path(tmp, "test_predictions.csv"), index=False)
         scored.comparison.to_csv(Path(tmp, "baseline_comparison.csv"), index=False)
+        record_manifest(run_root(EVALUATION_DIR), file_manifest(Path(tmp)))
         mlflow.log_artifacts(tmp, EVALUATION_DIR)
 
 

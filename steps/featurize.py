@@ -13,11 +13,12 @@ import click
 import mlflow
 import pandas as pd
 
-from steps.lib.artifacts import digest_path, fetched, publish_artifacts, write_json
+from steps.lib.artifacts import digest_json, fetched, publish_artifacts, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
 from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
+from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
@@ -62,9 +63,10 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         mlflow.set_tags(
             {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
         )
-        digest = digest_path(out)
+        files = file_manifest(out)
+        record_manifest(run_root(SPLITS_DIR), files)
         publish_artifacts(out, SPLITS_DIR)
-        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest)
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json(files))
 
 
 def describe_split(split: dict[str, Any]) -> str:

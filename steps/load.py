@@ -13,12 +13,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from steps.lib.artifacts import digest_path, publish_artifacts, write_json
+from steps.lib.artifacts import digest_json, publish_artifacts, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, detect_task, validate_target
 from steps.lib.names import DATA_DIR, DATA_META, OUTPUT_DIGEST_TAG, PROFILE_DIR, RAW_TABLE
 from steps.lib.process import usable_cores
 from steps.lib.runner import run_cli, step_run, unset_is_none
+from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data
 from steps.lib.uris import redact_uri
@@ -155,14 +156,16 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         mlflow.log_metrics(
             {"n_rows": len(frame), "n_columns": len(frame.columns), "n_missing_cells": profile["n_missing_cells"]}
         )
+        files = file_manifest(data_dir)
         mlflow.set_tags(
             {
                 "data.name": name,
                 "data.digest": dataset.digest,
                 "data.target": target,
-                OUTPUT_DIGEST_TAG: digest_path(data_dir),
+                OUTPUT_DIGEST_TAG: digest_json(files),
             }
         )
+        record_manifest(run_root(DATA_DIR), files)
         mlflow.log_artifacts(str(profile_dir), PROFILE_DIR)
         publish_artifacts(data_dir, DATA_DIR)
     logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)

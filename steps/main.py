@@ -18,13 +18,12 @@ from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
-from steps.lib.cache import cache_key, data_digest, fetched_once, reusable_run
+from steps.lib.cache import cache_key, data_digest, fetched_once, reusable_run, sign_step_run
 from steps.lib.errors import PipelineError
 from steps.lib.gates import GateOptions, gate_options
 from steps.lib.models import DEFAULT_REFIT, FitOptions
 from steps.lib.names import (
     BEST_PARAMS,
-    CACHE_KEY_TAG,
     DATA_DIR,
     DIRTY_TAG,
     ENTRY_POINT_TAG,
@@ -58,6 +57,7 @@ class StepResult:
     key_metric: str = ""
     error: str = ""
     cached: bool = False
+    rejected: tuple[str, ...] = ()  # runs with the same cache key that were not reused, and why
 
 
 def key_metric(step: str, run: Any, metric_hint: str) -> str:
@@ -146,6 +146,7 @@ def format_summary(results: list[StepResult]) -> str:
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    lines += [f"{r.step}: {why}" for r in results for why in r.rejected]
     return "\n".join(lines)
 
 
@@ -191,7 +192,11 @@ class Pipeline:
         metric_hint = tuned_metric.partition("=")[0].removeprefix("best_val_")
         started = time.monotonic()
         key = cache_key(PROJECT_DIR, entry_point, parameters, inputs, self.env_manager)
-        cached = reusable_run(self.client, self.experiment_id, entry_point, key) if self.use_cache else None
+        cached, rejected = (None, [])
+        if self.use_cache:
+            cached, rejected = reusable_run(self.client, self.experiment_id, entry_point, key)
+        for why in rejected:
+            logger.warning("step %s: %s", entry_point, why)
         if cached is not None:
             logger.info("step %s: reusing run %s (same cache key)", entry_point, cached.info.run_id)
             seconds = round(time.monotonic() - started, 1)
@@ -204,7 +209,8 @@ class Pipeline:
             for name, value in self.run_tags.items():
                 self.client.set_tag(result.run_id, name, value)
             if result.status == "FINISHED":
-                self.client.set_tag(result.run_id, CACHE_KEY_TAG, key)
+                sign_step_run(self.client, result.run_id, key)
+        result.rejected = tuple(rejected)
         self.results.append(result)
         mlflow.set_tags(
             {f"steps.{entry_point}.run_id": result.run_id, f"steps.{entry_point}.cached": str(result.cached).lower()}

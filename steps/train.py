@@ -33,6 +33,7 @@ from steps.lib.models import (
 )
 from steps.lib.names import MODEL_URI_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
+from steps.lib.signing import file_manifest, record_manifest
 from steps.lib.splits import features_and_target, read_splits
 
 logger = logging.getLogger("steps.train")
@@ -144,6 +145,8 @@ def run_train(
     mlflow.set_tags(
         {MODEL_URI_TAG: info.model_uri, OUTPUT_DIGEST_TAG: hashlib.sha256(pickle.dumps(fitted, 5)).hexdigest()}
     )
+    with fetched(info.model_uri, "the model just logged") as model_folder:  # in place from a local store
+        record_manifest(info.model_uri, file_manifest(model_folder))
     logger.info("trained %s %s: validation %s", family.name, hyperparams, validation)
     return validation
 

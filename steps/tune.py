@@ -42,6 +42,7 @@ from steps.lib.search import SearchOutcome, best_result, run_search
 from steps.lib.search_options import SearchConfig, TuneOptions, effective_parallelism, tune_options
 from steps.lib.search_results import leaderboard, load_previous_search, plot_search, trials_to_records
 from steps.lib.search_space import grid_points, task_families
+from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.splits import Splits, read_splits, sample_rows
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.trial_logger import TrialLogProcess, nested_trial_logger
@@ -218,6 +219,7 @@ def log_search(
         mlflow.log_artifacts(str(out / FIGURES_DIR), FIGURES_DIR)
         for name in (LEADERBOARD, TRIALS_FILE, BEST_PARAMS):
             mlflow.log_artifact(str(out / name))
+        record_manifest(run_root(), file_manifest(out, [TRIALS_FILE, BEST_PARAMS]))  # what train and resume read
     # What train consumes from the file; run ids inside it differ from one run to the next.
     mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
     return payload

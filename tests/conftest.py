@@ -16,6 +16,16 @@ from mlflow.tracking import MlflowClient
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The step cache's signing secret of this test session (steps and `mlflow run` children inherit it),
+    not the user's own in ~/.config."""
+    import os
+    import tempfile
+
+    if "PIPELINE_CACHE_SECRET" not in os.environ:
+        os.environ["PIPELINE_CACHE_SECRET"] = str(Path(tempfile.mkdtemp(prefix="pipeline-tests-")) / "cache-secret")
+
+
 # The longest test files first, so that the two workers end together; the rest (unit tests last) fill the gaps.
 # (xdist's own reordering, by number of tests, is off: see pyproject.toml.)
 # test_cache.py goes on with the store of test_main_pipeline.py's README run (a session fixture): one group.

@@ -15,6 +15,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from steps.lib.errors import PipelineError, one_line
+from steps.lib.signing import MANIFEST_TAG, parse_manifest, sha256_file
 from steps.lib.uris import redact_uri
 
 
@@ -42,6 +43,7 @@ def fetched(artifact_uri: str, what: str) -> Iterator[Path]:
     if local is not None:
         if not local.exists():
             raise FetchError(what, shown, "no such artifact")
+        check_against_manifest(artifact_uri, local, what)
         yield local
         return
     with tempfile.TemporaryDirectory(prefix="pipeline-artifacts-") as folder:
@@ -49,7 +51,35 @@ def fetched(artifact_uri: str, what: str) -> Iterator[Path]:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=folder))
         except Exception as error:
             raise FetchError(what, shown, one_line(str(error), 200)) from None
+        check_against_manifest(artifact_uri, path, what)
         yield path
+
+
+def check_against_manifest(artifact_uri: str, path: Path, what: str) -> None:
+    """The fetched files a step's output manifest lists (tag outputs.manifest) hash as it says: an artifact
+    changed after its run finished is refused. Runs without a manifest (other tools, older runs) pass."""
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    if not RunsArtifactRepository.is_runs_uri(artifact_uri):
+        return
+    run_id, requested = RunsArtifactRepository.parse_runs_uri(artifact_uri)
+    manifest = parse_manifest(MlflowClient().get_run(run_id).data.tags.get(MANIFEST_TAG))
+    if manifest is None or not manifest["root"].startswith(f"runs:/{run_id}"):
+        return
+    root = manifest["root"].removeprefix(f"runs:/{run_id}").strip("/")
+    requested = (requested or "").strip("/")
+    for name, expected in sorted(manifest["files"].items()):
+        full = f"{root}/{name}".strip("/")
+        if requested and full != requested and not full.startswith(requested + "/"):
+            continue
+        file = path / full.removeprefix(requested).strip("/") if full != requested else path
+        if not file.is_file() or sha256_file(file) != expected:
+            error = PipelineError(
+                f"{what} at '{redact_uri(artifact_uri)}' does not match its run's manifest ({full} "
+                "changed after the run finished); re-run the step that made it"
+            )
+            error.changed = name  # type: ignore[attr-defined]  # for rehash_problem
+            raise error
 
 
 def local_artifact_path(artifact_uri: str) -> Path | None:

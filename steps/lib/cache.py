@@ -19,7 +19,7 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps.lib.artifacts import digest_json, digest_path
+from steps.lib.artifacts import digest_json, digest_path, fetched
 from steps.lib.errors import PipelineError
 from steps.lib.names import (
     BEST_PARAMS,
@@ -29,6 +29,15 @@ from steps.lib.names import (
     MODEL_URI_TAG,
     OUTPUT_DIGEST_TAG,
     SPLITS_DIR,
+)
+from steps.lib.signing import (
+    MANIFEST_TAG,
+    SIGNATURE_TAG,
+    parse_manifest,
+    rehash_problem,
+    secret_file,
+    sign,
+    signature_verifies,
 )
 from steps.lib.tables import is_remote, local_copy
 from steps.lib.uris import redact_uri
@@ -153,6 +162,25 @@ def fetched_once(data_uri: str) -> Iterator[Path | None]:
         yield copy
 
 
+def installed_versions(project: Path) -> dict[str, str]:
+    """The installed version of each direct requirement (requirements.txt): under --env-manager local the
+    environment is whatever is installed, not what the requirement files say."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = []
+    for line in (project / "requirements.txt").read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            names.append(requirement.split("==")[0].split(">=")[0].split("[")[0].strip())
+    installed = {}
+    for name in sorted(names):
+        try:
+            installed[name] = version(name)
+        except PackageNotFoundError:
+            installed[name] = "missing"
+    return installed
+
+
 def cache_key(
     project: Path, entry_point: str, parameters: dict[str, Any], inputs: dict[str, str], env_manager: str
 ) -> str:
@@ -164,6 +192,7 @@ def cache_key(
             "code": code_digest(project, entry_point),
             "env": env_digest(project),
             "env_manager": env_manager,
+            "installed": installed_versions(project) if env_manager == "local" else None,
             "inputs": inputs,
         }
     )
@@ -184,14 +213,45 @@ def outputs_exist(client: MlflowClient, entry_point: str, run: Run) -> bool:
         return False
 
 
-def reusable_run(client: MlflowClient, experiment_id: str, entry_point: str, key: str) -> Run | None:
-    """The newest FINISHED run with this cache key whose outputs still exist."""
+def reusable_run(client: MlflowClient, experiment_id: str, entry_point: str, key: str) -> tuple[Run | None, list[str]]:
+    """The newest FINISHED run with this cache key whose outputs still exist, whose cache record is signed with
+    the user's secret and whose output files re-hash to its manifest; and why other runs with the key were not
+    taken (a tag is anyone's to write on a shared store: a key alone proves nothing)."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=10,
     )
-    return next(
-        (run for run in runs if OUTPUT_DIGEST_TAG in run.data.tags and outputs_exist(client, entry_point, run)), None
-    )
+    rejected = []
+    for run in runs:
+        if OUTPUT_DIGEST_TAG not in run.data.tags or not outputs_exist(client, entry_point, run):
+            continue
+        why = untrusted_because(run, key)
+        if why is None:
+            return run, rejected
+        rejected.append(f"run {run.info.run_id} not reused: {why}")
+    return None, rejected
+
+
+def untrusted_because(run: Run, key: str) -> str | None:
+    """Why a run with the key may not be reused (None: it may)."""
+    manifest = parse_manifest(run.data.tags.get(MANIFEST_TAG))
+    if manifest is None:
+        return "it has no output manifest (made before verified reuse, or not by this pipeline)"
+    signature = run.data.tags.get(SIGNATURE_TAG, "")
+    if not signature_verifies(run.info.run_id, key, manifest, signature):
+        return f"its cache record is not signed with your secret ({secret_file()})"
+    problem = rehash_problem(manifest, fetched)
+    if problem is not None:
+        return f"its outputs do not match their manifest ({problem})"
+    return None
+
+
+def sign_step_run(client: MlflowClient, run_id: str, key: str) -> None:
+    """Record a step run main has just seen finish as reusable: its cache key, and the key with its output
+    manifest signed with the user's secret. A run without a manifest gets the key only (never reused)."""
+    manifest = parse_manifest(client.get_run(run_id).data.tags.get(MANIFEST_TAG))
+    if manifest is not None:
+        client.set_tag(run_id, SIGNATURE_TAG, sign(run_id, key, manifest))
+    client.set_tag(run_id, CACHE_KEY_TAG, key)

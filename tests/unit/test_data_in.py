@@ -251,3 +251,33 @@ def test_a_steps_output_is_moved_into_a_local_store_and_uploaded_to_another(trac
         ]
         with artifacts.fetched(f"runs:/{run.info.run_id}/{folder}", "the output") as path:
             assert (path / "a.parquet").read_bytes() == b"rows" and (path / "part" / "b.json").read_text() == "{}"
+
+
+def test_an_output_changed_after_its_run_is_refused_by_the_step_that_reads_it(tracking_uri, tmp_path):
+    import mlflow
+
+    from steps.lib.artifacts import fetched
+    from steps.lib.signing import file_manifest, record_manifest, run_root
+
+    source = tmp_path / "out"
+    source.mkdir()
+    (source / "train.parquet").write_text("rows")
+    (source / "feature_spec.json").write_text("{}")
+    with mlflow.start_run() as run:
+        record_manifest(run_root("splits"), file_manifest(source))
+        mlflow.log_artifacts(str(source), "splits")
+    uri = f"runs:/{run.info.run_id}/splits"
+    for read in (uri, f"{uri}/train.parquet", f"runs:/{run.info.run_id}"):
+        with fetched(read, "the splits"):
+            pass
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "splits" / "train.parquet"
+    stored.write_text("other rows")
+    for read in (uri, f"{uri}/train.parquet"):
+        with pytest.raises(PipelineError) as raised, fetched(read, "the splits"):
+            pass
+        assert str(raised.value) == (
+            f"the splits at '{read}' does not match its run's manifest (splits/train.parquet changed after the run "
+            "finished); re-run the step that made it"
+        )
+    with fetched(f"{uri}/feature_spec.json", "the spec"):  # a file the change did not touch
+        pass

@@ -117,6 +117,7 @@ EXPECTED_USERS = {
     "runner": set(CACHED_STEPS),
     "scoring": set(),  # predict's, both backends
     "search": {"tune"},
+    "signing": {"load", "featurize", "tune", "train", "evaluate"},  # and main
     "search_options": {"tune"},
     "search_results": {"tune"},
     "search_space": {"tune"},

@@ -11,11 +11,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import steps.main as main_module
-from steps.lib.cache import cache_key, data_digest, normalise_params
+from steps.lib.cache import cache_key, data_digest, normalise_params, sign_step_run
+from steps.lib.errors import PipelineError
 from steps.lib.gates import GateOptions
 from steps.lib.models import FitOptions
 from steps.lib.names import CACHE_KEY_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, PIPELINE_STEPS
 from steps.lib.search_options import TuneOptions
+from steps.lib.signing import SECRET_FILE_VARIABLE, file_manifest, record_manifest, run_root
 from steps.lib.split_options import SplitOptions
 from steps.main import StepResult, format_summary, run_steps, ui_hint
 from tests.conftest import PROJECT_DIR
@@ -133,25 +135,51 @@ def test_main_keys_load_by_the_data_and_each_later_step_by_what_came_before(tmp_
     assert params["evaluate"]["model_uri"] == "models:/m-1" and params["evaluate"]["min_accuracy"] == "0.9"
 
 
-@pytest.mark.parametrize("case", ["reused", "use_cache=false", "outputs gone"])
-def test_a_finished_run_with_the_key_and_its_outputs_is_reused_unless_use_cache_is_false(
+REUSE_CASES = {
+    "reused": None,
+    "use_cache=false": None,
+    "outputs gone": None,
+    "planted by another user": "its cache record is not signed with your secret",
+    "key set by hand": "its cache record is not signed with your secret",
+    "output changed after the run": "its outputs do not match their manifest (raw.parquet was changed after the run)",
+    "no manifest": "it has no output manifest",
+}
+
+
+@pytest.mark.parametrize("case", list(REUSE_CASES))
+def test_a_finished_run_is_reused_only_with_its_key_its_signature_and_its_outputs(
     tracking_uri, tmp_path, monkeypatch, case
 ):
+    """A tag is anyone's to write on a shared store: a run is reused only if its cache record is signed with
+    this user's secret and its outputs re-hash to its manifest; the summary says why another was not."""
     client = MlflowClient()
     params, inputs = {"data_uri": "sklearn:iris", "target": "auto"}, {"data": "digest-of-the-data"}
     key = cache_key(main_module.PROJECT_DIR, "load", params, inputs, "local")
+    monkeypatch.setenv(SECRET_FILE_VARIABLE, str(tmp_path / "my-secret"))
     with mlflow.start_run(run_name="load") as earlier:
         (tmp_path / "data").mkdir()
-        (tmp_path / "data" / "raw.parquet").write_text("")
+        (tmp_path / "data" / "raw.parquet").write_text("rows")
+        if case != "no manifest":
+            record_manifest(run_root("data"), file_manifest(tmp_path / "data"))
         mlflow.log_artifacts(str(tmp_path / "data"), "data")
-        mlflow.set_tags({CACHE_KEY_TAG: key, OUTPUT_DIGEST_TAG: "abc"})
+        mlflow.set_tag(OUTPUT_DIGEST_TAG, "abc")
+    if case == "planted by another user":
+        monkeypatch.setenv(SECRET_FILE_VARIABLE, str(tmp_path / "their-secret"))
+    if case == "key set by hand":
+        client.set_tag(earlier.info.run_id, CACHE_KEY_TAG, key)
+    else:
+        sign_step_run(client, earlier.info.run_id, key)  # as main does once the step has finished
+    monkeypatch.setenv(SECRET_FILE_VARIABLE, str(tmp_path / "my-secret"))
+    stored = Path(earlier.info.artifact_uri.removeprefix("file://")) / "data"
     if case == "outputs gone":
-        shutil.rmtree(Path(earlier.info.artifact_uri.removeprefix("file://")) / "data")
+        shutil.rmtree(stored)
+    if case == "output changed after the run":
+        (stored / "raw.parquet").write_text("other rows")
     launched = []
 
     def launch(entry_point: str, *args: object) -> StepResult:
         with mlflow.start_run(run_name=entry_point, nested=True) as run:
-            pass
+            record_manifest(run_root("data"), {"raw.parquet": "0" * 64})
         launched.append(run.info.run_id)
         return StepResult(entry_point, run.info.run_id, "FINISHED", 0.1)
 
@@ -162,6 +190,27 @@ def test_a_finished_run_with_the_key_and_its_outputs_is_reused_unless_use_cache_
         run = pipeline.step("load", params, inputs)
     if case == "reused":
         assert launched == [] and run.info.run_id == earlier.info.run_id and pipeline.results[0].cached
+        return
+    assert launched == [run.info.run_id] and run.info.run_id != earlier.info.run_id
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags[CACHE_KEY_TAG] == key and tags["cache.signature"]  # the next main may reuse it
+    summary = main_module.format_summary(pipeline.results)
+    if REUSE_CASES[case] is not None:
+        assert f"load: run {earlier.info.run_id} not reused: {REUSE_CASES[case]}" in summary
     else:
-        assert launched == [run.info.run_id] and run.info.run_id != earlier.info.run_id
-        assert client.get_run(run.info.run_id).data.tags[CACHE_KEY_TAG] == key  # the next main may reuse it
+        assert "not reused" not in summary
+
+
+def test_the_signing_secret_is_made_once_for_its_user_only_and_refused_when_others_can_read_it(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from steps.lib.signing import user_secret
+
+    monkeypatch.setenv(SECRET_FILE_VARIABLE, str(tmp_path / "config" / "cache-secret"))
+    first = user_secret()
+    path = tmp_path / "config" / "cache-secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == 64 and user_secret() == first
+    os.chmod(path, 0o644)
+    with pytest.raises(PipelineError, match=f"the cache secret {path} is readable by other users; run `chmod 600"):
+        user_secret()
