@@ -31,15 +31,44 @@ def is_placeholder(text: str | None) -> bool:
     return text is not None and PLACEHOLDER.fullmatch(text) is not None
 
 
+# Query parameters that carry a secret: signed-URL signatures and credentials (S3, GCS, Azure SAS), tokens,
+# keys. Matched on the lower-cased name, whole or as a part (x-amz-signature, access_token, api-key).
+SECRET_QUERY_WORDS = ("signature", "token", "secret", "password", "passwd", "credential", "apikey", "api_key")
+SECRET_QUERY_NAMES = frozenset({"sig", "key", "code", "auth", "x-api-key", "api-key"})
+
+
+def secret_query_name(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_QUERY_NAMES or any(word in lowered for word in SECRET_QUERY_WORDS)
+
+
+def redact_query(query: str) -> str:
+    """The query string with the values of secret parameters replaced by *** (placeholders kept)."""
+    if not query:
+        return query
+    pieces = []
+    for piece in query.split("&"):
+        name, has_value, value = piece.partition("=")
+        unquoted = urllib.parse.unquote_plus(value)
+        if has_value and secret_query_name(urllib.parse.unquote_plus(name)) and not is_placeholder(unquoted):
+            value = "***"
+        pieces.append(name + has_value + value)
+    return "&".join(pieces)
+
+
 def redact_uri(uri: str) -> str:
     """The URI with its secrets replaced by ***, so it can be logged (a ${VAR} placeholder is no secret: kept).
 
-    A password goes; so does a user name that stands alone (often a token); a URI whose host part cannot
-    be parsed keeps only its scheme.
+    A password goes; so does a user name that stands alone (often a token), and the value of a query
+    parameter that carries one (X-Amz-Signature, sig, token, ...); a URI whose host part cannot be parsed
+    keeps only its scheme.
     """
     if garbled_user_info(uri):
         return uri.partition("://")[0] + "://***"
     parts = urllib.parse.urlsplit(uri)
+    if parts.query:
+        parts = parts._replace(query=redact_query(parts.query))
+        uri = urllib.parse.urlunsplit(parts)
     if parts.username is None:
         return uri
     user, _, host = parts.netloc.rpartition("@")
@@ -64,6 +93,13 @@ def check_uri_credentials(name: str, uri: str) -> None:
             f"must be percent-encoded, e.g. # as %23); better, {fix}"
         )
     parts = urllib.parse.urlsplit(uri)
+    secret = next((n for n, v in query_pairs(parts.query) if secret_query_name(n) and not is_placeholder(v)), None)
+    if secret is not None:
+        raise PipelineError(
+            f"{name} holds a secret in its query string ({secret}=...), and MLflow records params verbatim; write it "
+            f"as a placeholder, e.g. ?{secret}=${{DATA_SIGNATURE}} with DATA_SIGNATURE exported, and delete this run "
+            "(mlflow runs delete, then mlflow gc)"
+        )
     if parts.username is None:
         return
     if parts.password is not None and not is_placeholder(parts.password):
@@ -83,21 +119,50 @@ def check_uri_credentials(name: str, uri: str) -> None:
         )
 
 
+SECRET_VARIABLES = "PIPELINE_SECRET_VARS"  # the environment variables a ${VAR} placeholder may send
+
+
+def allowed_secret_variables() -> set[str]:
+    """The variable names PIPELINE_SECRET_VARS allows (comma-separated): a URI read from a run (reproduce
+    replays another person's params) may name any variable; only these are ever filled in and sent."""
+    return {name.strip() for name in os.environ.get(SECRET_VARIABLES, "").split(",") if name.strip()}
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """(name, value) of each parameter of a query string, percent-decoded; blank values kept."""
+    return urllib.parse.parse_qsl(query, keep_blank_values=True)
+
+
 def expand_placeholders(uri: str) -> str:
-    """Fill the ${VAR} placeholders of an http(s) URI's user-info from the environment, in memory only."""
+    """Fill the ${VAR} placeholders of an http(s) URI's user-info and of its secret query parameters from the
+    environment, in memory only."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.scheme.lower() not in CREDENTIAL_SCHEMES or "@" not in parts.netloc:
+    if parts.scheme.lower() not in CREDENTIAL_SCHEMES:
         return uri
 
     def value(match: re.Match[str]) -> str:
-        if match.group(1) not in os.environ:
+        name = match.group(1)
+        if name not in allowed_secret_variables():  # a planted ${AWS_SECRET_ACCESS_KEY} must not leave this machine
             raise PipelineError(
-                f"'{redact_uri(uri)}' refers to ${{{match.group(1)}}}, which is not set; export {match.group(1)}=..."
+                f"'{redact_uri(uri)}' refers to ${{{name}}}, which {SECRET_VARIABLES} does not allow to be sent to "
+                f"{parts.hostname}; if you wrote this URI, export {SECRET_VARIABLES}={name}"
             )
-        return urllib.parse.quote(os.environ[match.group(1)], safe="")
+        if name not in os.environ:
+            raise PipelineError(f"'{redact_uri(uri)}' refers to ${{{name}}}, which is not set; export {name}=...")
+        return urllib.parse.quote(os.environ[name], safe="")
 
-    user, _, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{PLACEHOLDER.sub(value, user)}@{host}"))
+    if parts.query and PLACEHOLDER.search(urllib.parse.unquote(parts.query)):
+        pieces = []
+        for piece in parts.query.split("&"):
+            name, has_value, raw = piece.partition("=")
+            if has_value and is_placeholder(urllib.parse.unquote_plus(raw)):
+                raw = PLACEHOLDER.sub(value, urllib.parse.unquote_plus(raw))
+            pieces.append(name + has_value + raw)
+        parts = parts._replace(query="&".join(pieces))
+    if "@" in parts.netloc:
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{PLACEHOLDER.sub(value, user)}@{host}")
+    return urllib.parse.urlunsplit(parts)
 
 
 def split_credentials(uri: str) -> tuple[str, tuple[str, str] | None]:

@@ -52,7 +52,11 @@ def start_mains(project: Path, server, data_uri: str, logs: dict[str, Path]) -> 
         command = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", "main"]
         command += [item for param in params for item in ("-P", param)]
         # MLflow's own CLI prints its tracking URI in "View run" links; README: silence it, or use the variables.
-        quiet = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DATA_PASSWORD": DATA_PASSWORD}
+        quiet = {
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+            "DATA_PASSWORD": DATA_PASSWORD,
+            "PIPELINE_SECRET_VARS": "DATA_PASSWORD",
+        }
         env = mlflow_env(tracking_uri, {"MLFLOW_EXPERIMENT_NAME": "concurrent", **quiet})
         with logs[user].open("w") as log:
             processes[user] = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)

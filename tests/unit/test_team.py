@@ -68,6 +68,7 @@ def test_credentials_urlsplit_would_miss_are_refused_and_hidden(uri, shown, refu
 
 def test_placeholders_are_filled_from_the_environment_and_quoted(monkeypatch):
     monkeypatch.setenv("DATA_PASSWORD", "p@ss/w:rd")
+    monkeypatch.setenv("PIPELINE_SECRET_VARS", "DATA_PASSWORD, SIG")
     filled = expand_placeholders("https://bob:${DATA_PASSWORD}@host/x.csv")
     assert filled == "https://bob:p%40ss%2Fw%3Ard@host/x.csv"
     assert split_credentials(filled) == ("https://host/x.csv", ("bob", "p@ss/w:rd"))
@@ -76,6 +77,38 @@ def test_placeholders_are_filled_from_the_environment_and_quoted(monkeypatch):
     monkeypatch.delenv("DATA_PASSWORD")
     with pytest.raises(PipelineError, match=r"refers to \$\{DATA_PASSWORD\}, which is not set; export DATA_PASSWORD"):
         expand_placeholders("https://bob:${DATA_PASSWORD}@host/x.csv")
+
+
+def test_a_variable_the_user_did_not_allow_is_never_filled_in(monkeypatch):
+    """A data URI replayed from someone else's run may name any variable: only PIPELINE_SECRET_VARS are sent."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("PIPELINE_SECRET_VARS", "DATA_PASSWORD")
+    for uri in (
+        "https://x:${AWS_SECRET_ACCESS_KEY}@evil.example/x.csv",
+        "https://evil.example/x.csv?sig=${AWS_SECRET_ACCESS_KEY}",
+    ):
+        with pytest.raises(PipelineError) as raised:
+            expand_placeholders(uri)
+        assert str(raised.value) == (
+            f"'{uri}' refers to ${{AWS_SECRET_ACCESS_KEY}}, which PIPELINE_SECRET_VARS does not allow to be sent to "
+            "evil.example; if you wrote this URI, export PIPELINE_SECRET_VARS=AWS_SECRET_ACCESS_KEY"
+        )
+
+
+def test_secrets_in_a_query_string_are_hidden_refused_in_clear_and_filled_from_placeholders(monkeypatch):
+    signed = "https://b.s3.amazonaws.com/x.csv?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc123&X-Amz-Expires=60"
+    assert (
+        redact_uri(signed)
+        == "https://b.s3.amazonaws.com/x.csv?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60"
+    )
+    assert redact_uri("https://h/x?token=t0k&sig=s1g&page=2") == "https://h/x?token=***&sig=***&page=2"
+    assert redact_uri("https://h/x?sig=${SIG}") == "https://h/x?sig=${SIG}"  # a placeholder is no secret
+    with pytest.raises(PipelineError, match=r"data_uri holds a secret in its query string \(X-Amz-Credential=...\)"):
+        check_uri_credentials("data_uri", signed)
+    check_uri_credentials("data_uri", "https://h/x.csv?sig=${SIG}&page=2")
+    monkeypatch.setenv("SIG", "a/b+c")
+    monkeypatch.setenv("PIPELINE_SECRET_VARS", "SIG")
+    assert expand_placeholders("https://h/x.csv?sig=${SIG}&page=2") == "https://h/x.csv?sig=a%2Fb%2Bc&page=2"
 
 
 def test_a_tracking_password_moves_into_mlflows_credential_variables(monkeypatch):
@@ -107,6 +140,7 @@ def csv_behind_basic_auth():
 
 def test_read_data_sends_the_placeholder_password_as_basic_auth(csv_behind_basic_auth, monkeypatch):
     monkeypatch.setenv("DATA_PASSWORD", "p@ss word")
+    monkeypatch.setenv("PIPELINE_SECRET_VARS", "DATA_PASSWORD")
     frame = read_data(f"http://bob:${{DATA_PASSWORD}}@{csv_behind_basic_auth}/data.csv")
     assert list(frame.columns) == ["a", "b", "label"] and len(frame) == 2
     monkeypatch.setenv("DATA_PASSWORD", "wrong")
