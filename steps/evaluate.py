@@ -16,7 +16,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import digest_json
-from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.gates import ChampionDecision, GateOptions, decide_champion, gate_options
 from steps.lib.keys import unused_name
@@ -25,7 +24,7 @@ from steps.lib.model_card import build_card, card_summary, log_card
 from steps.lib.model_loading import load_model
 from steps.lib.models import MODEL_FAMILIES, REFITS, fit_model, resolve_threads, score_model
 from steps.lib.names import CARD_DIR, EVALUATE_RUN_TAG, EVALUATION_DIR, GATES_PASSED_TAG, OUTPUT_DIGEST_TAG
-from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, LOCK_SUFFIX, champion_lock
+from steps.lib.registry import CHALLENGER, CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, champion_lock, check_model_name
 from steps.lib.runner import INT, run_cli, step_run, tracking_unreachable, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, once_more_on_a_clash, table_dataset
@@ -127,13 +126,6 @@ class Scored:
 
 
 # --------------------------------------------------------------------------- the phases
-
-
-def check_model_name(registered_model_name: str) -> None:
-    if not registered_model_name.strip():
-        raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
-    if registered_model_name.endswith(LOCK_SUFFIX):
-        raise PipelineError(f"registered_model_name may not end in '{LOCK_SUFFIX}' (the champion lock); pick another")
 
 
 def score(

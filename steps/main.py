@@ -36,7 +36,7 @@ from steps.lib.names import (
     SPLITS_DIR,
 )
 from steps.lib.reaper import reap_dead_runs
-from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME
+from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_model_name
 from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
@@ -356,6 +356,7 @@ def main(
 ) -> None:
     with step_run("main"):
         check_uri_credentials("data_uri", data_uri)  # before any step records it as a param
+        check_model_name(registered_model_name)
         gates = GateOptions.from_cli(options)
         cache = parse_bool("use_cache", use_cache)
         tune = TuneOptions.from_cli(options)

@@ -31,11 +31,29 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+# Characters that change what a models:/<name>@<alias> or models:/<name>/<version> URI means.
+URI_BREAKING = ("@", "/", "?", "#", "%", "\\")
+
+
+def check_model_name(registered_model_name: str) -> None:
+    """A registered model name the pipeline can use in a models:/ URI; checked before any step runs."""
+    if not registered_model_name.strip():
+        raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
+    bad = next((c for c in registered_model_name if c in URI_BREAKING or not c.isprintable()), None)
+    if bad is not None or registered_model_name != registered_model_name.strip():
+        shown = repr(bad) if bad is not None else "a leading or trailing space"
+        raise PipelineError(
+            f"registered_model_name {registered_model_name!r} cannot be used in a models:/ URI (it holds {shown}); "
+            "use letters, digits, spaces inside, '-', '_' or '.'"
+        )
+    if registered_model_name.endswith(LOCK_SUFFIX):
+        raise PipelineError(f"registered_model_name may not end in '{LOCK_SUFFIX}' (the champion lock); pick another")
+
+
 def resolve_model_uri(model_uri: str | None, registered_model_name: str) -> str:
     """The model to use: the given URI, or (None) the registered model's champion."""
     if model_uri is None:
-        if not registered_model_name.strip():
-            raise PipelineError("registered_model_name is empty; pass -P registered_model_name=<name>")
+        check_model_name(registered_model_name)
         return f"models:/{registered_model_name}@{CHAMPION}"
     return model_uri
 

@@ -109,6 +109,13 @@ def test_tune_refuses_an_unknown_backend(tracking_uri, capsys):
         (["--split", "time"], "split=time needs the column that orders the rows; pass -P time_column=<column>"),
         (["--split", "group"], "split=group needs the column that names each row's group"),
         (["--data-uri", "https://alice:hunter2@127.0.0.1:9/data.csv"], "data_uri holds a password in clear text"),
+        (["--data-uri", "https://h.example/x.csv?X-Amz-Signature=abc"], "holds a secret in its query string"),
+        (
+            ["--registered-model-name", "churn@v2"],
+            "registered_model_name 'churn@v2' cannot be used in a models:/ URI (it holds '@')",
+        ),
+        (["--registered-model-name", "a?b"], "registered_model_name 'a?b' cannot be used in a models:/ URI"),
+        (["--registered-model-name", "m.champion-lock"], "may not end in '.champion-lock'"),
     ],
 )
 def test_main_refuses_bad_options_before_any_step(tracking_uri, capsys, args, message):
