@@ -234,6 +234,28 @@ def download_limits() -> tuple[int, float]:
     return int(limits[0]), float(limits[1])
 
 
+class SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to http(s) only, and never from https down to http (urllib also follows ftp, and downgrades)."""
+
+    def __init__(self, shown: str) -> None:
+        super().__init__()
+        self.shown = shown
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        old_scheme = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new_scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        why = None
+        if new_scheme not in ("http", "https"):
+            why = f"to {new_scheme or 'a relative'}: only http(s) is followed"
+        elif old_scheme == "https" and new_scheme == "http":
+            why = "from https down to http: the data would travel unencrypted"
+        if why is not None:
+            raise PipelineError(
+                f"'{self.shown}' redirects to '{redact_uri(newurl)}' ({why}); use the final https URL directly"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def download(uri: str, target: Path, shown: str) -> Path:
     """Stream an http(s) URL to `target` in chunks, under the size cap and the overall deadline.
 
@@ -250,8 +272,9 @@ def download(uri: str, target: Path, shown: str) -> Path:
         f"the download of '{shown}' is larger than the cap of {cap:,} bytes; raise {MAX_DOWNLOAD_BYTES} "
         "if the table is meant to be this big"
     )
+    opener = urllib.request.build_opener(SafeRedirects(shown))
     try:
-        with urllib.request.urlopen(request, timeout=min(60.0, seconds)) as response, target.open("wb") as out:
+        with opener.open(request, timeout=min(60.0, seconds)) as response, target.open("wb") as out:
             if int(response.headers.get("Content-Length") or 0) > cap:
                 raise PipelineError(too_big)
             written = 0

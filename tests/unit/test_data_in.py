@@ -281,3 +281,47 @@ def test_an_output_changed_after_its_run_is_refused_by_the_step_that_reads_it(tr
         )
     with fetched(f"{uri}/feature_spec.json", "the spec"):  # a file the change did not touch
         pass
+
+
+@contextmanager
+def redirecting(location: str) -> Iterator[str]:
+    """http://127.0.0.1:<port>/data.csv answering 302 to `location`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/data.csv"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_is_followed_to_http_s_only_and_never_down_from_https(own_tmp):
+    import urllib.request
+
+    from steps.lib.tables import SafeRedirects
+
+    with serving(CSV) as served, redirecting(served["url"]) as url:  # http to http: followed
+        assert len(read_data(url)) == 2000
+    with redirecting("ftp://127.0.0.1:1/data.csv?token=t0k") as url, pytest.raises(PipelineError) as raised:
+        read_data(url)
+    assert str(raised.value) == (
+        f"'{url}' redirects to 'ftp://127.0.0.1:1/data.csv?token=***' (to ftp: only http(s) is followed); "
+        "use the final https URL directly"
+    )
+    assert list(own_tmp.iterdir()) == []
+    request = urllib.request.Request("https://data.example/x.csv")
+    with pytest.raises(PipelineError, match=r"\(from https down to http: the data would travel unencrypted\)"):
+        SafeRedirects("https://data.example/x.csv").redirect_request(
+            request, None, 302, "Found", {}, "http://data.example/x"
+        )
