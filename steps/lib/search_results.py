@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hyperopt import JOB_STATE_DONE, STATUS_OK, Trials
+from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.artifacts import fetched
 from steps.lib.errors import PipelineError
 from steps.lib.metrics import metric_loss
+from steps.lib.models import MODEL_FAMILIES
 from steps.lib.names import STEP_TAG, TRIALS_FILE
 from steps.lib.uris import artifact_uri
 
@@ -86,7 +87,65 @@ def load_previous_search(client: MlflowClient, run_id: str) -> tuple[Run, Trials
     if run.data.tags.get(STEP_TAG) != "tune":
         raise PipelineError(f"resume_from '{run_id}' is not a tune run; pass the run id of a tune run")
     with fetched(artifact_uri(run_id, TRIALS_FILE), "the trials to resume") as path:
-        return run, trials_from_records(json.loads(path.read_text()))
+        try:
+            records = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise PipelineError(f"resume_from '{run_id}': its {TRIALS_FILE} is not JSON; start a new search") from None
+    check_trial_records(records, f"resume_from '{run_id}'")
+    return run, trials_from_records(records)
+
+
+def check_trial_records(records: Any, shown: str) -> None:
+    """Trial records read from a store are checked as fresh trials are: a known family, hyperparameters within
+    the space's bounds, finite losses, well-formed hyperopt fields (anyone could have written the file)."""
+
+    def bad(number: int, why: str) -> PipelineError:
+        return PipelineError(
+            f"{shown}: trial record {number} is not valid ({why}); resume from a tune run this pipeline logged, "
+            "or start a new search"
+        )
+
+    if not isinstance(records, list) or not records:
+        raise bad(0, "not a list of trials")
+    seen: set[int] = set()
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not isinstance(record.get("result"), dict):
+            raise bad(number, "not a trial")
+        tid = record.get("tid")
+        if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0 or tid in seen:
+            raise bad(number, f"tid {tid!r}")
+        seen.add(tid)
+        for field in ("idxs", "vals"):
+            values = record.get(field)
+            if not isinstance(values, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(plain_value(x) for x in v) for k, v in values.items()
+            ):
+                raise bad(number, f"its {field}")
+        result = record["result"]
+        if result.get("status") not in (STATUS_OK, STATUS_FAIL):
+            raise bad(number, f"status {result.get('status')!r}")
+        family = MODEL_FAMILIES.get(result.get("model"))  # type: ignore[arg-type]
+        if family is None:
+            raise bad(number, f"unknown model {result.get('model')!r}")
+        params = result.get("params", {})
+        try:
+            if not isinstance(params, dict):
+                raise PipelineError("params are not a mapping")
+            family.resolve(params)
+        except PipelineError as error:
+            raise bad(number, str(error)) from None
+        numbers = [result.get("loss"), result.get("value")] if result["status"] == STATUS_OK else []
+        if "seconds" in result:
+            numbers.append(result["seconds"])
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in numbers):
+            raise bad(number, "a loss, value or time that is not a finite number")
+
+
+def plain_value(value: Any) -> bool:
+    """A sampled value as hyperopt records it: a finite number, a string or None."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def plot_search(results: list[dict[str, Any]], metric: str, out: Path) -> list[Path]:

@@ -398,3 +398,39 @@ def test_failed_spark_tasks_become_failed_trials():
     failed = trials.results[1]
     assert failed["status"] == "fail" and failed["model"] == "logistic_regression"
     assert failed["error"] == "ImportError: no module named steps"
+
+
+def planted(change) -> list[dict]:
+    records = json.loads((PROJECT_DIR / "tests" / "data" / "trials-tpe-before-layout.json").read_text())
+    change(records)
+    return records
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda r: r[1]["result"].update(model="os.system"), "unknown model 'os.system'"),
+        (lambda r: r[1]["result"]["params"].update(max_iter=10**9), "hyperparameter 'max_iter'"),
+        (lambda r: r[1]["result"]["params"].update(rm="-rf"), "unknown hyperparameter(s) rm"),
+        (lambda r: r[1]["result"].update(loss=float("nan")), "a loss, value or time that is not a finite number"),
+        (lambda r: r[1].update(tid=r[0]["tid"]), "tid 0"),
+        (lambda r: r[1]["vals"].update(model=[{"__reduce__": "x"}]), "its vals"),
+        (lambda r: r[1]["result"].update(status="RUNNING"), "status 'RUNNING'"),
+    ],
+)
+def test_resumed_trial_records_are_checked_as_fresh_trials_are(tracking_uri, tmp_path, change, why):
+    """A trials.json in a shared store is anyone's to write: resume_from refuses a bad record in one line."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from steps.lib.search_results import load_previous_search
+
+    with mlflow.start_run() as run:
+        mlflow.set_tag("pipeline.step", "tune")
+        (tmp_path / "trials.json").write_text(json.dumps(planted(change)))
+        mlflow.log_artifact(str(tmp_path / "trials.json"))
+    with pytest.raises(PipelineError) as raised:
+        load_previous_search(MlflowClient(), run.info.run_id)
+    message = str(raised.value)
+    assert message.startswith(f"resume_from '{run.info.run_id}': trial record 2 is not valid (") and why in message
+    assert "\n" not in message
