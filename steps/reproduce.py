@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from steps.lib.runner import run_cli, step_run, unset_is_none
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.reproduce")
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 COMMIT_TAG = "mlflow.source.git.commit"
 SOURCE_TAG = "mlflow.source.name"
 # Wall-clock and memory figures differ from run to run by nature; everything else must match exactly.
@@ -82,13 +84,44 @@ def read_original(client: MlflowClient, run_id: str, source: str | None) -> Orig
     commit = run.data.tags.get(COMMIT_TAG)
     if not commit:
         raise PipelineError(f"main run '{run_id}' has no git commit (it was not run from a git checkout)")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):  # a tag is anyone's to write: no options, no ranges
+        raise PipelineError(f"main run '{run_id}' records commit {commit[:60]!r}, which is not a 40-hex git commit")
     recorded = run.data.tags.get(SOURCE_TAG, "")
     uri, _, subdirectory = (source or recorded).partition("#")
     if not uri:
         raise PipelineError(f"main run '{run_id}' records no source; pass -P source=<git URL>")
+    if source is None and not same_source(uri, this_checkout_sources()):
+        raise PipelineError(
+            f"main run '{run_id}' was made from '{redact_uri(recorded)}', not from this checkout; look at that "
+            f"code first, then pass -P source='{redact_uri(recorded)}' to run it"
+        )
+    if Path(subdirectory).is_absolute() or ".." in Path(subdirectory).parts:
+        raise PipelineError(f"the source's subdirectory {subdirectory!r} leaves the repository; pass -P source=")
     params = {k: v for k, v in run.data.params.items() if k != "use_cache"}
     replay_threads(params, run.data.tags.get("threads", ""))
     return Original(run, commit, uri, subdirectory, params, run.data.tags.get(DIRTY_TAG) == "true")
+
+
+def this_checkout_sources() -> list[str]:
+    """Where this project's code comes from: its folder, and its git remote `origin` if it has one."""
+    sources = [str(PROJECT_DIR)]
+    try:
+        origin = subprocess.run(
+            ["git", "remote", "get-url", "origin"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return sources
+    return sources + ([origin.stdout.strip()] if origin.returncode == 0 and origin.stdout.strip() else [])
+
+
+def same_source(uri: str, sources: list[str]) -> bool:
+    """Whether a recorded source names one of `sources` (file:// or not, with or without .git or a slash)."""
+
+    def plain(text: str) -> str:
+        text = text.removeprefix("file://").rstrip("/").removesuffix(".git")
+        return str(Path(text).resolve()) if "://" not in text and not text.startswith("git@") else text
+
+    return plain(uri) in {plain(s) for s in sources}
 
 
 def checkout(source: str, commit: str, destination: Path) -> Path:
@@ -96,7 +129,7 @@ def checkout(source: str, commit: str, destination: Path) -> Path:
     shown = redact_uri(source)
     try:
         clone = subprocess.run(
-            ["git", "clone", "--quiet", "--no-checkout", source, str(destination)],
+            ["git", "clone", "--quiet", "--no-checkout", "--", source, str(destination)],  # a source is no option
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT,
@@ -192,6 +225,8 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
             "reproduce.source": redact_uri(original.source),
         }
     )
+    where = f" (subdirectory {original.subdirectory})" if original.subdirectory else ""
+    print(f"reproduce: running {redact_uri(original.source)} at commit {original.commit}{where}", flush=True)
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         project = checkout(original.source, original.commit, Path(tmp) / "checkout")
         if original.subdirectory:

@@ -58,8 +58,11 @@ def test_reproduce_matches_every_metric(project, from_git):
     client.set_tag(original.info.run_id, "git.dirty", "true")  # as if made from an uncommitted tree
     # The re-run's env manager goes to `mlflow run` as is; building an environment is the fixture's contract.
     args = ["-e", "reproduce", "-P", f"run_id={original.info.run_id}", "-P", "env_manager=local"]
-    result = mlflow_run(project, args, store, timeout=1200)
+    # The run was made from the git URL, not from this checkout: reproduce runs another source only when told.
+    result = mlflow_run(project, [*args, "-P", f"source={from_git['uri']}"], store, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
+    url, _, subdir = from_git["uri"].partition("#")
+    assert f"reproduce: running {url} at commit {from_git['commit']} (subdirectory {subdir})" in result.stdout
     assert "reproduced: all" in result.stdout and "NO" not in result.stdout.split()
     assert "warning: reproduce: run" in result.stderr and "uncommitted changes" in result.stderr
     rows = [line.split() for line in result.stdout.splitlines()]
@@ -80,6 +83,8 @@ def test_reproduce_matches_every_metric(project, from_git):
         ("not main", "is a load run, not a main run"),
         ("missing commit", "does not exist in"),
         ("unreachable", "cannot reach git repository"),
+        ("another source", "was made from 'git://127.0.0.1:"),
+        ("an option as commit", "records commit '--upload-pack=touch /tmp/x', which is not a 40-hex git commit"),
     ],
 )
 def test_reproduce_bad_input(from_git, case, message, cli_on):
@@ -90,12 +95,15 @@ def test_reproduce_bad_input(from_git, case, message, cli_on):
         "missing run": "0123456789abcdef0123456789abcdef",
         "not main": original.data.tags["steps.load.run_id"],
     }.get(case, original.info.run_id)
-    if case == "missing commit":
-        tags = {"pipeline.step": "main", "test.fake": "true", "mlflow.source.git.commit": "f" * 40}
+    if case in ("missing commit", "an option as commit"):
+        commit = "f" * 40 if case == "missing commit" else "--upload-pack=touch /tmp/x"
+        tags = {"pipeline.step": "main", "test.fake": "true", "mlflow.source.git.commit": commit}
         fake = client.create_run(original.info.experiment_id, tags=tags | {"mlflow.source.name": from_git["uri"]})
         client.set_terminated(fake.info.run_id)
         run_id = fake.info.run_id
-    source = ["--source", "git://127.0.0.1:9/nowhere.git"] if case == "unreachable" else []
+    source = {"unreachable": ["--source", "git://127.0.0.1:9/nowhere.git"], "another source": []}.get(
+        case, ["--source", from_git["uri"]]
+    )
     code, stderr = cli_on(store, "reproduce", "--run-id", run_id, "--env-manager", "local", *source)
     errors = [line for line in stderr.splitlines() if line.startswith("error: reproduce:")]
     assert code == 1 and len(errors) == 1 and message in errors[0], stderr[-2000:]

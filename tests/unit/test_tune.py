@@ -434,3 +434,20 @@ def test_resumed_trial_records_are_checked_as_fresh_trials_are(tracking_uri, tmp
     message = str(raised.value)
     assert message.startswith(f"resume_from '{run.info.run_id}': trial record 2 is not valid (") and why in message
     assert "\n" not in message
+
+
+def test_reproduce_knows_this_checkouts_own_source_and_no_other():
+    from steps.reproduce import PROJECT_DIR as CHECKOUT
+    from steps.reproduce import same_source, this_checkout_sources
+
+    sources = [str(CHECKOUT), "https://github.com/team/pipeline.git"]
+    assert str(CHECKOUT) in this_checkout_sources()
+    for same in (
+        f"file://{CHECKOUT}/",
+        str(CHECKOUT),
+        "https://github.com/team/pipeline",
+        "https://github.com/team/pipeline.git",
+    ):
+        assert same_source(same, sources), same
+    for other in ("https://github.com/mallory/pipeline.git", "/tmp/elsewhere", "git://127.0.0.1/team/pipeline.git"):
+        assert not same_source(other, sources), other
