@@ -41,15 +41,26 @@ def process_start_time(pid: int) -> str:
 
 
 def process_alive(identity: str) -> bool | None:
-    """Whether the process a PROCESS_TAG names still runs; None if it ran on another host (unknowable)."""
+    """Whether the process a PROCESS_TAG names still runs: True or False only when sure, else None (unknown).
+
+    Unknown: another machine; not POSIX (on Windows, os.kill(pid, 0) would end the process); no start time
+    recorded (no /proc: a pid may have been reused since a reboot); a start time that cannot be read (/proc
+    mounted hidepid=2, another user's process). Callers leave an unknown process alone.
+    """
     machine, _, rest = identity.partition(":")
     pid_text, _, started = rest.partition(":")
-    if machine != machine_identity() or not pid_text.isdigit():
+    if machine != machine_identity() or not pid_text.isdigit() or os.name != "posix":
         return None
+    pid = int(pid_text)
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: it exists
         pass
-    return not started or process_start_time(int(pid_text)) == started
+    except OSError:
+        return None
+    now = process_start_time(pid) if started else ""
+    if not now:
+        return None
+    return now == started

@@ -18,13 +18,17 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
     """Mark KILLED the RUNNING step runs whose process on this machine is gone (kill -9, a crash, a lost server).
 
     MLflow leaves such runs RUNNING forever; the cache never reuses them (it takes FINISHED runs only).
-    Runs of live processes, and runs from other machines, are left alone. A model version that a dead
+    Runs of live processes, of processes whose state is unknown (another machine, an unreadable start time),
+    and of other users are left alone. A model version that a dead
     evaluate registered but never decided on (no `gates.passed` tag) is deleted: nothing half-registered.
     """
     reaped = []
+    me = current_user()
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
         identity = run.data.tags.get(PROCESS_TAG, "")
         if not identity or run.info.run_id == main_run_id or process_alive(identity) is not False:
+            continue
+        if me is None or run.data.tags.get("mlflow.user", run.info.user_id) != me:  # never another user's runs
             continue
         try:
             if run.data.tags.get(STEP_TAG) == "evaluate":
@@ -42,6 +46,16 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
     if reaped:
         logger.warning("marked %d run(s) of dead processes KILLED: %s", len(reaped), ", ".join(reaped))
     return reaped
+
+
+def current_user() -> str | None:
+    """The user name MLflow records on this user's runs (tag mlflow.user); None if it cannot be told."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment nor the password database
+        return None
 
 
 def delete_undecided_versions(client: MlflowClient, evaluate_run_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import multiprocessing
 import os
 import re
@@ -167,6 +168,9 @@ def test_an_unreachable_server_is_one_line_without_the_password(monkeypatch):
 # --------------------------------------------------------------------------- dead runs
 
 
+MINE = {"mlflow.user": getpass.getuser()}  # as MLflow tags every run it creates for this user
+
+
 def dead_process_identity() -> str:
     """The identity of a process that has come and gone."""
     done = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -183,6 +187,26 @@ def test_process_identity_tells_live_dead_and_foreign_processes_apart():
     assert process_alive(f"another-host:{pid}:{started}") is None
 
 
+def test_liveness_is_unknown_whenever_it_cannot_be_sure(monkeypatch):
+    """Unknown (None) means: leave it alone. Never os.kill on Windows (it ends the process)."""
+    import steps.lib.process as process_module
+
+    mine = process_identity()
+    host, pid, _ = mine.split(":")
+    assert process_alive(f"{host}:{pid}:") is None  # no start time recorded (no /proc): pid reuse undetectable
+    with monkeypatch.context() as patch:  # /proc mounted hidepid=2, or another user's process
+        patch.setattr(process_module, "process_start_time", lambda pid: "")
+        assert process_alive(mine) is None
+    with monkeypatch.context() as patch:
+
+        def ends_the_process(*args):
+            raise AssertionError("os.kill called on Windows")
+
+        patch.setattr(process_module.os, "name", "nt")
+        patch.setattr(process_module.os, "kill", ends_the_process)
+        assert process_alive(mine) is None
+
+
 def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_uri):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("Default").experiment_id
@@ -190,12 +214,20 @@ def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_u
     runs = {}
     owners = [("dead", dead), ("alive", process_identity()), ("foreign", "elsewhere:1:1"), ("untagged", "")]
     for name, identity in owners:
-        tags = {PROCESS_TAG: identity} if identity else {}
+        tags = ({PROCESS_TAG: identity} if identity else {}) | MINE
         runs[name] = client.create_run(experiment, tags=tags, run_name=name).info.run_id
-    main_run = client.create_run(experiment, tags={PROCESS_TAG: dead}).info.run_id  # itself: never reaped
+    tags = {PROCESS_TAG: dead, "mlflow.user": "another-user"}  # a dead process of someone else: theirs to reap
+    runs["another user's"] = client.create_run(experiment, tags=tags).info.run_id
+    main_run = client.create_run(experiment, tags={PROCESS_TAG: dead} | MINE).info.run_id  # itself: never reaped
     assert reap_dead_runs(client, experiment, main_run) == [runs["dead"]]
     statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
-    assert statuses == {"dead": "KILLED", "alive": "RUNNING", "foreign": "RUNNING", "untagged": "RUNNING"}
+    assert statuses == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "foreign": "RUNNING",
+        "untagged": "RUNNING",
+        "another user's": "RUNNING",
+    }
     assert "ended without closing the run" in client.get_run(runs["dead"]).data.tags[ERROR_TAG]
     assert reap_dead_runs(client, experiment, main_run) == []
 
@@ -205,7 +237,7 @@ def test_a_version_a_dead_evaluate_never_decided_on_is_deleted(tracking_uri):
     experiment = client.get_experiment_by_name("Default").experiment_id
     dead = dead_process_identity()
     evaluates = [
-        client.create_run(experiment, tags={PROCESS_TAG: dead, "pipeline.step": "evaluate"}).info.run_id
+        client.create_run(experiment, tags={PROCESS_TAG: dead, "pipeline.step": "evaluate"} | MINE).info.run_id
         for _ in range(2)
     ]
     client.create_registered_model("model")
