@@ -204,7 +204,7 @@ def register_and_decide(
     try:  # nothing half-registered: a version that fails here is deleted again
         check_registered_model(f"models:/{name}/{version.version}", scored.model, scored.splits.test, scored.spec)
         # Read the champion, compare, move the alias: one at a time per model name (concurrent mains).
-        with champion_lock(client, name):
+        with champion_lock(client, name) as lock:
             decision = decide_champion(
                 client,
                 name,
@@ -223,6 +223,7 @@ def register_and_decide(
             for tag, text in gate_tags.items():
                 client.set_model_version_tag(name, version.version, tag, text)
             client.set_model_version_tag(name, version.version, "champion_decision", decision.reason)
+            lock.check()  # the alias moves only while the lock is still this evaluate's
             client.set_registered_model_alias(name, CHAMPION if decision.promote else CHALLENGER, version.version)
     except BaseException as error:
         # Without a server the delete cannot happen either: the next main deletes the version (no gates tag).

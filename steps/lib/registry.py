@@ -1,12 +1,12 @@
 """The model registry: the champion and challenger aliases, model lookups, and the lock on the champion.
 
 MLflow has no compare-and-set for aliases: two evaluate runs that each read the champion, compare
-with it and move the alias can both "win", and the alias ends on whichever wrote last. Creating a
-registered model is atomic (the name is the key, in SQLite, PostgreSQL or behind a server), so the
-lock is a registered model `<name>.champion-lock`, held for the seconds evaluate needs to compare
-with the champion and move the alias, then deleted. A lock whose holder process died (same host) or
-that is older than STALE_AFTER_SECONDS (by the holder's clock: keep hosts in sync) is broken by the
-next evaluate.
+with it and move the alias can both "win", and the alias ends on whichever wrote last. Nor has it
+compare-and-delete, so a lock that is one registered model, deleted by whoever finds it stale, lets two
+waiters that broke it together delete each other's. The lock is a registered model `<name>.champion-lock`
+whose versions are tickets: the store numbers a model's versions in order, and the lowest ticket that
+is not stale holds the lock (see champion_lock). A ticket whose holder process died (same host), that is
+older than STALE_AFTER_SECONDS, or whose time stamp cannot be read or lies in the future is stale.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -83,10 +84,12 @@ HOLDER_TAG = "lock.holder"
 ACQUIRED_TAG = "lock.acquired_at"
 TOKEN_TAG = "lock.token"  # tells two holders in one process apart
 STALE_AFTER_SECONDS = 600.0
+SKEW_SECONDS = 60.0  # a ticket stamped further in the future than this is not believed
+TICKET_SOURCE = "mlflow-artifacts:/pipeline/champion-lock-ticket"  # a ticket is a model version holding no model
 
 
 def lock_name(registered_model_name: str) -> str:
-    """The registered model that serves as the champion lock of `registered_model_name`."""
+    """The registered model whose versions are the tickets of `registered_model_name`'s champion lock."""
     return registered_model_name + LOCK_SUFFIX
 
 
@@ -96,47 +99,66 @@ def error_code(error: MlflowException) -> str:
 
 
 def lost_the_race(error: MlflowException) -> bool:
-    """Whether creating the lock failed because another process holds it (or just released it).
+    """Whether creating a registered model failed because another process created it first.
 
-    The store may report it as RESOURCE_ALREADY_EXISTS, as the database's unique-key error (a clash
-    found at commit), or as RESOURCE_DOES_NOT_EXIST (MLflow looks the clashing model up after the
-    clash, and its holder may have deleted it in between).
+    The store may report it as RESOURCE_ALREADY_EXISTS, or as the database's unique-key error (a clash
+    found at commit).
     """
     return error_code(error) in {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"} or is_unique_key_clash(error)
 
 
-def lock_tags(client: MlflowClient, lock: str) -> dict[str, str] | None:
-    """The lock's tags; None if there is no lock."""
+def ticket_stale(tags: dict[str, str], stale_after: float, now: float | None = None) -> bool:
+    """A ticket no longer counts: its holder is known dead, it is too old, or its time is unreadable or too far
+    in the future (a tag is anyone's to write: a planted ticket must not block every evaluate)."""
+    now = time.time() if now is None else now
     try:
-        return client.get_registered_model(lock).tags
-    except MlflowException as error:
-        if error_code(error) == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-
-
-def break_if_stale(client: MlflowClient, lock: str, stale_after: float) -> bool:
-    """Delete the lock if its holder is dead or it is too old; True if it is gone now."""
-    tags = lock_tags(client, lock)
-    if tags is None:
+        acquired = float(tags[ACQUIRED_TAG])
+        assert acquired == acquired and HOLDER_TAG in tags and TOKEN_TAG in tags  # not NaN, a ticket of ours
+    except (KeyError, ValueError, AssertionError):
         return True
-    if TOKEN_TAG not in tags or ACQUIRED_TAG not in tags:
-        # Read while its holder was deleting it (a store may read the model and its tags apart): look again.
-        return False
-    holder = tags.get(HOLDER_TAG, "")
-    age = time.time() - float(tags[ACQUIRED_TAG])
-    if process_alive(holder) is not False and age < stale_after:
-        return False
-    again = lock_tags(client, lock)
-    if again is None or again.get(TOKEN_TAG) != tags[TOKEN_TAG]:  # released or replaced meanwhile: not stale
-        return again is None
-    logger.warning("breaking the stale lock %s (holder %s, %.0f s old)", lock, holder or "unknown", age)
+    if acquired > now + SKEW_SECONDS or now - acquired >= stale_after:
+        return True
+    return process_alive(tags[HOLDER_TAG]) is False
+
+
+@dataclass
+class HeldLock:
+    """The ticket this process holds; `check` says whether it is still the lock just before the alias moves."""
+
+    client: MlflowClient
+    lock: str
+    version: str
+    token: str
+    refreshed: float  # time.monotonic() when its time stamp was last written
+    stale_after: float
+
+    def check(self) -> None:
+        """Raise unless this ticket is still the lock: it exists, is ours, and nobody may call it stale yet."""
+        try:
+            tags = self.client.get_model_version(self.lock, self.version).tags
+        except MlflowException:
+            tags = {}
+        young = time.monotonic() - self.refreshed < self.stale_after - SKEW_SECONDS
+        if tags.get(TOKEN_TAG) != self.token or not young:
+            raise PipelineError(
+                f"the champion lock '{self.lock}' is no longer this evaluate's (held too long, or removed); "
+                "the alias was not moved: re-run main"
+            )
+
+
+def take_ticket(client: MlflowClient, lock: str, holder: str, token: str, registered_model_name: str) -> str:
+    """A new ticket (a model version of the lock model): versions are numbered in order, the lowest live one holds."""
     try:
-        client.delete_registered_model(lock)
+        client.create_registered_model(
+            lock,
+            description=f"The champion lock of {registered_model_name}: each version is one evaluate's ticket, "
+            "the lowest live one holds it; a ticket is deleted when its evaluate is done.",
+        )
     except MlflowException as error:
-        if error_code(error) != "RESOURCE_DOES_NOT_EXIST":  # another evaluate broke it first
+        if not lost_the_race(error):
             raise
-    return True
+    tags = {HOLDER_TAG: holder, TOKEN_TAG: token, ACQUIRED_TAG: f"{time.time():.3f}"}
+    return str(client.create_model_version(lock, TICKET_SOURCE, tags=tags).version)
 
 
 @contextmanager
@@ -146,52 +168,69 @@ def champion_lock(
     timeout: float = 900.0,
     poll: float = 0.5,
     stale_after: float = STALE_AFTER_SECONDS,
-) -> Iterator[None]:
-    """Hold the champion lock of `registered_model_name` for the body of the with-block."""
+) -> Iterator[HeldLock]:
+    """Hold the champion lock of `registered_model_name` for the body of the with-block.
+
+    MLflow has no compare-and-set nor compare-and-delete, but it numbers a model's versions in order: each
+    evaluate takes a ticket (a version of the lock model) and holds the lock when its ticket is the lowest one
+    that is not stale. Nobody deletes another's ticket while it could be recreated: a waiter only skips stale
+    tickets, and the holder deletes those numbered below its own (no new ticket can take such a number while
+    its own exists). Two processes that find one lock stale therefore never both enter. While waiting a
+    ticket's time stamp is renewed, so a long wait does not make it stale.
+    """
     lock = lock_name(registered_model_name)
     holder, token = process_identity(), uuid.uuid4().hex
-    deadline = time.monotonic() + timeout
+    version = take_ticket(client, lock, holder, token, registered_model_name)
+    refreshed = time.monotonic()
+    deadline = refreshed + timeout
     waited = False
-    while True:
-        try:
-            client.create_registered_model(
-                lock,
-                tags={HOLDER_TAG: holder, TOKEN_TAG: token, ACQUIRED_TAG: f"{time.time():.3f}"},
-                description=f"Held by evaluate ({holder}) while it moves the champion alias of "
-                f"{registered_model_name}; deleted when done. Safe to delete if no evaluate is running.",
-            )
-            break
-        except MlflowException as error:
-            if not lost_the_race(error):
-                raise
-            held = lock_tags(client, lock)
-            if held is not None and held.get(TOKEN_TAG) == token:  # ours: a retried create whose answer was lost
-                break
-        if break_if_stale(client, lock, stale_after):
-            continue
-        if time.monotonic() > deadline:
-            raise PipelineError(
-                f"the champion of '{registered_model_name}' stayed locked for {timeout:.0f} s; if no evaluate "
-                f"is running, delete the registered model '{lock}' and re-run"
-            )
-        if not waited:
-            logger.info("another evaluate is deciding the champion of %s: waiting for it", registered_model_name)
-            waited = True
-        time.sleep(poll * (1 + random.random()))
     try:
-        yield
+        while True:
+            tickets = client.search_model_versions(f"name = '{lock}'")
+            mine = [t for t in tickets if str(t.version) == version]
+            if not mine:  # someone removed it (by hand: "safe to delete if no evaluate runs"): take another
+                version, refreshed = take_ticket(client, lock, holder, token, registered_model_name), time.monotonic()
+                continue
+            now = time.time()
+            live = [t for t in tickets if str(t.version) == version or not ticket_stale(t.tags, stale_after, now)]
+            first = min(live, key=lambda t: int(t.version))
+            if str(first.version) == version:
+                for stale in (t for t in tickets if int(t.version) < int(version)):
+                    delete_ticket(client, lock, str(stale.version))
+                break
+            if time.monotonic() > deadline:
+                raise PipelineError(
+                    f"the champion of '{registered_model_name}' stayed locked for {timeout:.0f} s; if no evaluate "
+                    f"is running, delete the registered model '{lock}' and re-run"
+                )
+            if not waited:
+                logger.info("another evaluate is deciding the champion of %s: waiting for it", registered_model_name)
+                waited = True
+            if time.monotonic() - refreshed > stale_after / 3:  # still waiting: still alive
+                client.set_model_version_tag(lock, version, ACQUIRED_TAG, f"{time.time():.3f}")
+                refreshed = time.monotonic()
+            time.sleep(poll * (1 + random.random()))
+        client.set_model_version_tag(lock, version, ACQUIRED_TAG, f"{time.time():.3f}")
+        yield HeldLock(client, lock, version, token, time.monotonic(), stale_after)
     finally:
-        release(client, lock, token)
+        release(client, lock, version)
 
 
-def release(client: MlflowClient, lock: str, token: str) -> None:
-    """Delete the lock if it is still ours; a failure only leaves it for the next evaluate to break.
+def delete_ticket(client: MlflowClient, lock: str, version: str) -> None:
+    try:
+        client.delete_model_version(lock, version)
+    except MlflowException as error:
+        if error_code(error) != "RESOURCE_DOES_NOT_EXIST":  # another holder cleaned it up first
+            logger.warning("could not delete the stale ticket %s v%s: %s", lock, version, one_line(str(error), 120))
+
+
+def release(client: MlflowClient, lock: str, version: str) -> None:
+    """Delete this process's own ticket (its number is its own); a failure only leaves it to go stale.
 
     Raising here would undo the work the lock guarded (evaluate deletes a version that fails mid-way).
     """
     try:
-        tags = lock_tags(client, lock)
-        if tags is not None and tags.get(TOKEN_TAG) == token:  # not ours any more if broken as stale
-            client.delete_registered_model(lock)
+        client.delete_model_version(lock, version)
     except MlflowException as error:
-        logger.warning("could not release %s (%s); the next evaluate breaks it when stale", lock, error)
+        if error_code(error) != "RESOURCE_DOES_NOT_EXIST":
+            logger.warning("could not release %s v%s (%s); it goes stale by itself", lock, version, error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.names import ERROR_TAG, PROCESS_TAG
 from steps.lib.process import process_alive, process_identity
 from steps.lib.reaper import reap_dead_runs
-from steps.lib.registry import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, break_if_stale, champion_lock, lock_name
+from steps.lib.registry import ACQUIRED_TAG, HOLDER_TAG, TOKEN_TAG, champion_lock, lock_name
 from steps.lib.runner import tracking_unreachable
 from steps.lib.tables import read_data
 from steps.lib.uris import (
@@ -269,6 +270,10 @@ def count_under_lock(tracking_uri: str, counter: str, rounds: int, start: Any) -
             Path(counter).write_text(str(value + 1))
 
 
+def tickets(client: MlflowClient) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name = '{lock_name('model')}'"))
+
+
 def test_the_champion_lock_serialises_processes(tracking_uri, tmp_path):
     counter = tmp_path / "counter"
     counter.write_text("0")
@@ -282,34 +287,78 @@ def test_the_champion_lock_serialises_processes(tracking_uri, tmp_path):
         worker.join(timeout=240)
     assert [w.exitcode for w in workers] == [0, 0, 0]
     assert counter.read_text() == "12"
-    assert not MlflowClient().search_registered_models(f"name = '{lock_name('model')}'")  # released
+    assert tickets(MlflowClient()) == []  # every ticket released
 
 
-def test_a_lock_left_by_a_dead_process_is_broken_and_a_live_one_times_out(tracking_uri):
+def plant_ticket(client: MlflowClient, **tags: str) -> str:
+    from steps.lib.registry import TICKET_SOURCE
+
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # made by an earlier ticket
+        client.create_registered_model(lock_name("model"))
+    return str(client.create_model_version(lock_name("model"), TICKET_SOURCE, tags=tags).version)
+
+
+def test_a_stale_ticket_is_passed_over_and_a_live_one_times_out(tracking_uri):
     client = MlflowClient()
-    dead = dead_process_identity()
-    fresh = {TOKEN_TAG: "other", ACQUIRED_TAG: str(time.time())}
-    client.create_registered_model(lock_name("model"), tags={HOLDER_TAG: dead, **fresh})
-    with champion_lock(client, "model", timeout=5):
-        holder = client.get_registered_model(lock_name("model")).tags[HOLDER_TAG]
-        assert holder == process_identity()
+    now = time.time()
+    stale = {
+        "dead holder": {HOLDER_TAG: dead_process_identity(), TOKEN_TAG: "a", ACQUIRED_TAG: f"{now:.3f}"},
+        "in the future": {HOLDER_TAG: "elsewhere:1:1", TOKEN_TAG: "b", ACQUIRED_TAG: f"{now + 86400:.3f}"},
+        "unreadable time": {HOLDER_TAG: "elsewhere:1:1", TOKEN_TAG: "c", ACQUIRED_TAG: "soon"},
+        "too old": {HOLDER_TAG: "elsewhere:1:1", TOKEN_TAG: "d", ACQUIRED_TAG: f"{now - 3600:.3f}"},
+        "no tags": {},
+    }
+    for tags in stale.values():
+        plant_ticket(client, **tags)
+    with champion_lock(client, "model", timeout=5) as held:
+        held.check()
+        assert tickets(client) == [held.version]  # the holder removed the stale tickets below its own
         locked = pytest.raises(PipelineError, match="stayed locked for 1 s; if no evaluate is running, delete")
         with locked, champion_lock(client, "model", timeout=1, poll=0.1):
             pass
-    assert not client.search_registered_models(f"name = '{lock_name('model')}'")
+    assert tickets(client) == []
 
 
-def test_only_a_lock_known_to_be_dead_or_old_is_broken(tracking_uri):
+def test_a_holder_moves_the_alias_only_while_the_lock_is_still_its_own(tracking_uri):
     client = MlflowClient()
-    lock = lock_name("model")
-    live = {HOLDER_TAG: process_identity(), TOKEN_TAG: "t", ACQUIRED_TAG: str(time.time())}
-    client.create_registered_model(lock, tags=live)
-    assert not break_if_stale(client, lock, stale_after=600)  # a live holder
-    assert break_if_stale(client, lock, stale_after=0)  # too old, even if its holder lives
-    client.create_registered_model(lock)  # no tags: caught while being created or deleted
-    assert not break_if_stale(client, lock, stale_after=0)
-    client.delete_registered_model(lock)
-    assert break_if_stale(client, lock, stale_after=600)  # no lock at all
+    with champion_lock(client, "model", stale_after=3600) as held:
+        held.check()
+        client.delete_model_version(lock_name("model"), held.version)  # removed by hand, or broken as stale
+        with pytest.raises(PipelineError, match=r"is no longer this evaluate's .*the alias was not moved"):
+            held.check()
+    with champion_lock(client, "model", stale_after=3600) as held:
+        held.refreshed -= 3600  # held past the time others may call it stale
+        with pytest.raises(PipelineError, match="is no longer this evaluate's"):
+            held.check()
+
+
+def wait_and_enter(tracking_uri: str, entered: str, start: Any, name: str) -> None:
+    """Wait on the barrier, then take the lock over a stale ticket and note when this process was inside."""
+    client = MlflowClient(tracking_uri)
+    start.wait(timeout=120)
+    with champion_lock(client, "model", poll=0.02):
+        Path(entered, f"{name}-in").write_text(f"{time.time():.6f}")
+        time.sleep(0.5)
+        Path(entered, f"{name}-out").write_text(f"{time.time():.6f}")
+
+
+def test_two_processes_that_find_one_lock_stale_never_both_enter(tracking_uri, tmp_path):
+    """Both start on a barrier facing the same stale ticket: their times inside never overlap."""
+    client = MlflowClient()
+    plant_ticket(client, **{HOLDER_TAG: dead_process_identity(), TOKEN_TAG: "gone", ACQUIRED_TAG: f"{time.time():.3f}"})
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=wait_and_enter, args=(tracking_uri, str(tmp_path), start, name)) for name in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0, 0]
+    spans = sorted(
+        (float((tmp_path / f"{n}-in").read_text()), float((tmp_path / f"{n}-out").read_text())) for n in "ab"
+    )
+    assert spans[0][1] <= spans[1][0], spans
+    assert tickets(client) == []
 
 
 def test_a_dataset_insert_that_clashes_with_another_run_is_tried_once_more():
