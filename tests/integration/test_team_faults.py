@@ -117,7 +117,7 @@ def test_a_server_restart_during_tune_is_ridden_out_by_mlflows_retries(project, 
     version = client.get_model_version("restart-model", found.version)
     assert version.aliases == ["champion"] and version.tags["evaluate_run_id"] == steps[4].info.run_id
     assert version.tags["gates.passed"] == "true" and "model_card" in version.tags
-    assert not client.search_registered_models("name = 'restart-model.champion-lock'")
+    assert not client.search_model_versions("name = 'restart-model.champion-lock'")  # no ticket left
 
 
 def test_a_server_down_past_the_retries_fails_the_step_in_one_line(project, server, tmp_path):

@@ -97,7 +97,7 @@ def test_two_people_at_once_over_http_lose_nothing_and_leak_no_password(
     assert versions[champion.version][0] == max(score for score, _ in versions.values())
     other = next(v for v in versions if v != champion.version)
     assert "champion" not in client.get_model_version("team-model", other).aliases
-    assert not client.search_registered_models("name = 'team-model.champion-lock'")
+    assert not client.search_model_versions("name = 'team-model.champion-lock'")  # no ticket left
     mlflow.set_tracking_uri(server.uri)
     try:
         model = mlflow.pyfunc.load_model("models:/team-model@champion")
