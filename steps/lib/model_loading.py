@@ -21,6 +21,7 @@ import yaml
 from steps.lib.artifacts import FetchError, fetched
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.models import PROJECT_ROOT, SHIPPED_CODE, SKOPS_TRUSTED_TYPES
+from steps.lib.signing import MANIFEST_TAG, parse_manifest, sha256_file
 
 CODE_DIR = "code"  # where MLflow keeps a model's code_paths
 
@@ -67,10 +68,49 @@ def load_model(model_uri: str, folder: Path | None = None) -> LoadedModel:
 def load_checked(model_uri: str, folder: Path) -> LoadedModel:
     if folder.is_file():  # e.g. runs:/<id>/model/model.skops: the model is its folder, not one file
         raise PipelineError(f"model '{model_uri}' is a file; pass the model's folder or models:/ URI")
+    check_against_train_manifest(model_uri, folder)
     meta = read_mlmodel(model_uri, folder)
     model_file = check_model_folder(model_uri, folder, meta)
     fitted = load_skops(model_uri, model_file)
     return LoadedModel(model_uri, fitted, wrap_pyfunc(model_uri, folder, fitted))
+
+
+def check_against_train_manifest(model_uri: str, folder: Path) -> None:
+    """The model's files hash as the manifest its train run recorded says (tag outputs.manifest, root
+    models:/<model id>): a model changed after it was logged is refused. Models without one (logged by other
+    tools, or before manifests) are checked by the rules below only."""
+    manifest = train_manifest(model_uri)
+    if manifest is None:
+        return
+    for name, expected in sorted(manifest["files"].items()):
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != expected:
+            raise refused(model_uri, f"its {name} differs from what its train run logged")
+
+
+def train_manifest(model_uri: str) -> dict[str, Any] | None:
+    """The manifest of the train run that logged the model a models:/ URI names; None when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        return None
+    client = MlflowClient()
+    path = model_uri.removeprefix("models:/")
+    try:
+        if path.startswith("m-") and "/" not in path and "@" not in path:
+            model_id, run_id = path, client.get_logged_model(path).source_run_id
+        else:
+            name, at, rest = path.partition("@")
+            version = (
+                client.get_model_version_by_alias(name, rest) if at else client.get_model_version(*path.split("/", 1))
+            )
+            model_id, run_id = version.model_id, version.run_id
+        if not model_id or not run_id:
+            return None
+        manifest = parse_manifest(client.get_run(run_id).data.tags.get(MANIFEST_TAG))
+    except Exception:  # a URI MLflow resolved another way: the checks below still apply
+        return None
+    return manifest if manifest is not None and manifest["root"] == f"models:/{model_id}" else None
 
 
 def refused(model_uri: str, why: str) -> PipelineError:
