@@ -85,7 +85,10 @@ ACQUIRED_TAG = "lock.acquired_at"
 TOKEN_TAG = "lock.token"  # tells two holders in one process apart
 STALE_AFTER_SECONDS = 600.0
 SKEW_SECONDS = 60.0  # a ticket stamped further in the future than this is not believed
-TICKET_SOURCE = "mlflow-artifacts:/pipeline/champion-lock-ticket"  # a ticket is a model version holding no model
+# A ticket is a model version holding no model. Its source names nothing: an object-store URI, which MLflow's
+# server takes as a version's source without reaching it (a local path, runs:/ or mlflow-artifacts: source
+# must point inside a run of the request's run_id).
+TICKET_SOURCE = "s3://mlflow-pipeline-champion-lock/ticket"
 
 
 def lock_name(registered_model_name: str) -> str:
