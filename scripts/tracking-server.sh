@@ -2,13 +2,17 @@
 # A team's MLflow tracking server on this machine: PostgreSQL for runs and the registry, artifacts served
 # through the server, everything bound to loopback (PostgreSQL to a Unix socket only).
 #
-#   scripts/tracking-server.sh start|stop|status [--port N] [--data-dir DIR]
+#   scripts/tracking-server.sh start|stop|status|paths [--port N] [--data-dir DIR]
 #
-# start prints the tracking URI (export MLFLOW_TRACKING_URI=<it>); stop ends what start started, by pid.
-# Needs Debian's postgresql package (initdb, pg_ctl) and psycopg2-binary in the Python that runs mlflow.
+# start prints the tracking URI (export MLFLOW_TRACKING_URI=<it>); stop ends what start started, by pid,
+# once it has checked the pid is that server. Only its users can reach it: the data dir is 0700; PostgreSQL
+# takes connections on a socket in a 0700 directory, with a password (scram-sha-256) generated on first
+# start into a 0600 file of the data dir, and no `trust` line. Run by root, PostgreSQL runs as the postgres
+# user with its files under /var/lib/postgresql/mlflow-pipeline/<id> (0700, printed by `paths`), so any
+# --data-dir works. Needs Debian's postgresql package and psycopg2-binary in the Python that runs mlflow.
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status [--port N] [--data-dir DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|paths [--port N] [--data-dir DIR]" >&2; exit 2; }
 fail() { echo "error: tracking-server: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || usage
@@ -24,14 +28,24 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || fail "--port must be a port number; got '$port'"
+umask 077
 mkdir -p "$data_dir"
 data_dir=$(cd "$data_dir" && pwd)
-pg_data=$data_dir/postgres
-socket_dir=$data_dir/socket
+chmod 700 "$data_dir"
+if [ "$(id -u)" = 0 ]; then  # the postgres user's own place: it need not enter the data dir
+    pg_home=/var/lib/postgresql/mlflow-pipeline/$(printf '%s' "$data_dir" | sha256sum | cut -c1-16)
+else
+    pg_home=$data_dir
+fi
+pg_data=$pg_home/postgres
+socket_dir=$pg_home/socket
+password_file=$data_dir/db-password
+pgpass=$data_dir/pgpass
 server_pid=$data_dir/mlflow-server.pid
 server_log=$data_dir/mlflow-server.log
 uri="http://127.0.0.1:$port"
 python=${PYTHON:-python}
+export PGPASSFILE=$pgpass  # libpq (psql, createdb, psycopg2 in the mlflow server) reads the password here
 
 pg_bin() {
     local dir
@@ -41,12 +55,19 @@ pg_bin() {
     fail "PostgreSQL server binaries not found; install them: apt-get install -y postgresql"
 }
 
-# PostgreSQL refuses to run as root: run its commands as the postgres user then.
+# PostgreSQL refuses to run as root: run its server commands as the postgres user then.
 as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The pid file names this server: a live process whose command line is `mlflow server ... --port <port>`.
+ours() {
+    [ -f "$server_pid" ] || return 1
+    local pid
+    pid=$(cat "$server_pid")
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "mlflow server .*--port $port " || return 1
+}
 
 healthy() { "$python" - "$uri" <<'EOF'
 import sys, urllib.request
@@ -58,33 +79,56 @@ except OSError:
 EOF
 }
 
+port_taken() { "$python" - "$port" <<'EOF'
+import socket, sys
+with socket.socket() as probe:
+    probe.settimeout(1)
+    sys.exit(0 if probe.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
+EOF
+}
+
+make_password() {
+    [ -s "$password_file" ] && [ -s "$pgpass" ] && return
+    "$python" -c "import secrets; print(secrets.token_urlsafe(32))" >"$password_file"
+    printf '*:*:*:mlflow:%s\n' "$(cat "$password_file")" >"$pgpass"
+    chmod 600 "$password_file" "$pgpass"
+}
+
 start_postgres() {
-    local bin
+    local bin pwfile
     bin=$(pg_bin)
-    mkdir -p "$socket_dir"
+    make_password
     if [ "$(id -u)" = 0 ]; then
-        chown postgres "$data_dir" "$socket_dir"
-        runuser -u postgres -- test -w "$data_dir" ||
-            fail "the postgres user cannot reach $data_dir; make its parent directories traversable (chmod o+x) or pass another --data-dir"
+        install -d -m 700 -o postgres -g postgres /var/lib/postgresql/mlflow-pipeline "$pg_home"
     fi
+    as_pg install -d -m 700 "$socket_dir"
     if [ ! -f "$pg_data/PG_VERSION" ]; then
-        as_pg "$bin/initdb" -D "$pg_data" -U mlflow --auth=trust -E UTF8 >"$data_dir/initdb.log" 2>&1 ||
-            fail "initdb failed; see $data_dir/initdb.log"
+        pwfile=$(as_pg mktemp "$pg_home/pw.XXXXXX")  # readable by initdb's user only, removed at once
+        as_pg tee "$pwfile" <"$password_file" >/dev/null
+        as_pg "$bin/initdb" -D "$pg_data" -U mlflow --pwfile="$pwfile" --auth-local=scram-sha-256 \
+            --auth-host=reject -E UTF8 >"$data_dir/initdb.log" 2>&1 || { as_pg rm -f "$pwfile"; fail "initdb failed; see $data_dir/initdb.log"; }
+        as_pg rm -f "$pwfile"
+    fi
+    if as_pg grep -qE '^[^#]*[[:space:]]trust([[:space:]]|$)' "$pg_data/pg_hba.conf"; then
+        fail "$pg_data was made with trust authentication (any local user gets in); stop the server, remove $pg_data and start again"
     fi
     if ! as_pg "$bin/pg_ctl" -D "$pg_data" status >/dev/null 2>&1; then
-        # No TCP at all: the server listens on a Unix socket inside the data dir.
-        as_pg "$bin/pg_ctl" -D "$pg_data" -w -t 60 -l "$data_dir/postgres.log" \
-            -o "-c listen_addresses='' -k $socket_dir" start >/dev/null ||
-            fail "PostgreSQL did not start; see $data_dir/postgres.log"
+        # No TCP at all: the server listens on a Unix socket in a directory only its user can enter.
+        as_pg "$bin/pg_ctl" -D "$pg_data" -w -t 60 -l "$pg_home/postgres.log" \
+            -o "-c listen_addresses='' -k $socket_dir -c unix_socket_permissions=0700" start >/dev/null ||
+            fail "PostgreSQL did not start; see $pg_home/postgres.log"
     fi
-    as_pg "$bin/psql" -h "$socket_dir" -U mlflow -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='mlflow'" |
-        grep -q 1 || as_pg "$bin/createdb" -h "$socket_dir" -U mlflow mlflow
+    "$bin/psql" -h "$socket_dir" -U mlflow -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='mlflow'" |
+        grep -q 1 || "$bin/createdb" -h "$socket_dir" -U mlflow mlflow
 }
 
 start() {
-    if alive "$server_pid" && healthy; then
+    if ours && healthy; then
         echo "$uri"
         return
+    fi
+    if port_taken; then
+        fail "port $port is taken by another process (not this server); pass --port with a free one"
     fi
     "$python" -c "import psycopg2" 2>/dev/null ||
         fail "psycopg2 is missing in $python; pip install psycopg2-binary==2.9.13"
@@ -96,24 +140,26 @@ start() {
         --host 127.0.0.1 --port "$port" --workers 1 >"$server_log" 2>&1 &
     echo $! >"$server_pid"
     for _ in $(seq 1 120); do  # bounded: 60 s
-        healthy && { echo "$uri"; return; }
-        alive "$server_pid" || fail "mlflow server exited; see $server_log"
+        ours && healthy && { echo "$uri"; return; }
+        kill -0 "$(cat "$server_pid")" 2>/dev/null || fail "mlflow server exited; see $server_log"
         sleep 0.5
     done
     fail "mlflow server did not answer $uri/health within 60 s; see $server_log"
 }
 
 stop() {
-    if alive "$server_pid"; then
+    if ours; then
         local pid
         pid=$(cat "$server_pid")
         pkill -TERM -P "$pid" 2>/dev/null || true  # its uvicorn/gunicorn workers
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do alive "$server_pid" || break; sleep 0.25; done
-        alive "$server_pid" && { pkill -KILL -P "$pid" 2>/dev/null || true; kill -KILL "$pid" 2>/dev/null || true; }
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        kill -0 "$pid" 2>/dev/null && { pkill -KILL -P "$pid" 2>/dev/null || true; kill -KILL "$pid" 2>/dev/null || true; }
+    elif [ -f "$server_pid" ]; then
+        echo "warning: tracking-server: $server_pid names no running mlflow server on port $port; nothing killed" >&2
     fi
     rm -f "$server_pid"
-    if [ -f "$pg_data/postmaster.pid" ]; then
+    if as_pg test -f "$pg_data/postmaster.pid" 2>/dev/null; then
         as_pg "$(pg_bin)/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null 2>&1 || true
     fi
     echo "stopped"
@@ -121,10 +167,10 @@ stop() {
 
 status() {
     local bin running=0
-    if alive "$server_pid" && healthy; then echo "mlflow server: running at $uri (pid $(cat "$server_pid"))"; else
+    if ours && healthy; then echo "mlflow server: running at $uri (pid $(cat "$server_pid"))"; else
         echo "mlflow server: not running"; running=1; fi
     bin=$(pg_bin)
-    if [ -f "$pg_data/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pg_data" status >/dev/null 2>&1; then
+    if as_pg test -f "$pg_data/PG_VERSION" 2>/dev/null && as_pg "$bin/pg_ctl" -D "$pg_data" status >/dev/null 2>&1; then
         echo "postgresql: running (socket $socket_dir)"
     else
         echo "postgresql: not running"; running=1
@@ -132,9 +178,17 @@ status() {
     return $running
 }
 
+paths() {
+    echo "data_dir=$data_dir"
+    echo "pg_data=$pg_data"
+    echo "socket_dir=$socket_dir"
+    echo "pgpass=$pgpass"
+}
+
 case $command in
     start) start ;;
     stop) stop ;;
     status) status ;;
+    paths) paths ;;
     *) usage ;;
 esac

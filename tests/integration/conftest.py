@@ -274,9 +274,7 @@ class TrackingServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        # Run as root, the script runs PostgreSQL as the postgres user, who cannot enter pytest's 0700 tmp dirs.
         self.data_dir = Path(tempfile.mkdtemp(prefix="tracking-server-", dir="/tmp"))
-        self.data_dir.chmod(0o755)
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def script(self, command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -293,13 +291,19 @@ class TrackingServer:
     def stop(self) -> None:
         self.script("stop", timeout=120)
 
+    def paths(self) -> dict[str, str]:
+        """Where the script keeps PostgreSQL's data, its socket and the password file (its `paths` command)."""
+        answer = self.script("paths")
+        assert answer.returncode == 0, answer.stderr
+        return dict(line.split("=", 1) for line in answer.stdout.splitlines())
+
     def dump(self) -> str:
         """Everything PostgreSQL holds for the server (pg_dump), to search it for secrets."""
         [bin_dir] = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1:]
-        command = [str(bin_dir / "pg_dump"), "-h", str(self.data_dir / "socket"), "-U", "mlflow", "mlflow"]
-        if os.getuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+        paths = self.paths()
+        command = [str(bin_dir / "pg_dump"), "-w", "-h", paths["socket_dir"], "-U", "mlflow", "mlflow"]
+        env = {**os.environ, "PGPASSFILE": paths["pgpass"]}
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120, env=env).stdout
 
 
 @pytest.fixture(scope="session")
@@ -322,5 +326,8 @@ def tracking_server() -> Iterator[TrackingServer]:
     finally:
         server.stop()
         status = server.script("status")
+        pg_data = Path(server.paths()["pg_data"])
         shutil.rmtree(server.data_dir, ignore_errors=True)
+        if not pg_data.is_relative_to(server.data_dir):  # run by root: PostgreSQL's own place, removed too
+            shutil.rmtree(pg_data.parent, ignore_errors=True)
         assert status.returncode != 0 and "mlflow server: not running" in status.stdout

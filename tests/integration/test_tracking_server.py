@@ -3,6 +3,7 @@ people run main at once on one model name, one with passwords that must leak now
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.parse
@@ -119,3 +120,44 @@ def test_two_people_at_once_over_http_lose_nothing_and_leak_no_password(
     )
     assert leaking.stdout == "", leaking.stdout
     assert any(path.is_file() for path in (server.data_dir / "artifacts").rglob("MLmodel"))  # grep saw artifacts
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="making a throwaway OS user needs root")
+def test_only_the_servers_user_reaches_its_database_and_the_script_checks_what_it_stops(server, tmp_path):
+    """No `trust` line and a 0700 socket directory: another local user cannot connect, nor can this one
+    without the password file; `start` refuses a port someone else listens on; `stop` kills no stranger."""
+    import shutil
+    import stat
+    import uuid
+
+    from tests.integration.conftest import TrackingServer
+
+    paths = server.paths()
+    [bin_dir] = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1:]
+    psql = [str(bin_dir / "psql"), "-w", "-h", paths["socket_dir"], "-U", "mlflow", "-d", "mlflow", "-tAc", "SELECT 1"]
+    assert subprocess.run(psql, env={**os.environ, "PGPASSFILE": paths["pgpass"]}, capture_output=True).returncode == 0
+    no_password = subprocess.run(psql, env={**os.environ, "PGPASSFILE": str(tmp_path / "none")}, capture_output=True)
+    assert no_password.returncode != 0 and b"no password supplied" in no_password.stderr
+    hba = subprocess.run(["cat", str(Path(paths["pg_data"]) / "pg_hba.conf")], capture_output=True, text=True).stdout
+    assert not [line for line in hba.splitlines() if "trust" in line.split("#")[0]]
+    for folder in (paths["data_dir"], paths["socket_dir"], paths["pg_data"]):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+    assert stat.S_IMODE(os.stat(paths["pgpass"]).st_mode) == 0o600
+    outsider = f"pipeline-outsider-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", outsider], check=True)
+    try:
+        as_outsider = subprocess.run(["runuser", "-u", outsider, "--", *psql], capture_output=True, text=True)
+    finally:
+        subprocess.run(["userdel", outsider], check=True)
+    assert as_outsider.returncode != 0 and "Permission denied" in as_outsider.stderr, as_outsider.stderr
+
+    other = TrackingServer()
+    other.port = server.port  # the shared server already listens there
+    taken = other.script("start")
+    assert taken.returncode == 1
+    assert f"error: tracking-server: port {server.port} is taken by another process" in taken.stderr
+    (other.data_dir / "mlflow-server.pid").write_text("1")  # a stale pid file naming some other process
+    stopped = other.script("stop")
+    assert stopped.returncode == 0 and "names no running mlflow server" in stopped.stderr
+    assert server.script("status").returncode == 0  # the shared server was left alone
+    shutil.rmtree(other.data_dir, ignore_errors=True)
