@@ -2,28 +2,33 @@
 # A team's MLflow tracking server on this machine: PostgreSQL for runs and the registry, artifacts served
 # through the server, everything bound to loopback (PostgreSQL to a Unix socket only).
 #
-#   scripts/tracking-server.sh start|stop|status|paths [--port N] [--data-dir DIR]
+#   scripts/tracking-server.sh start|stop|status|paths [--port N] [--data-dir DIR] [--auth]
 #
 # start prints the tracking URI (export MLFLOW_TRACKING_URI=<it>); stop ends what start started, by pid,
 # once it has checked the pid is that server. Only its users can reach it: the data dir is 0700; PostgreSQL
 # takes connections on a socket in a 0700 directory, with a password (scram-sha-256) generated on first
 # start into a 0600 file of the data dir, and no `trust` line. Run by root, PostgreSQL runs as the postgres
 # user with its files under /var/lib/postgresql/mlflow-pipeline/<id> (0700, printed by `paths`), so any
-# --data-dir works. Needs Debian's postgresql package and psycopg2-binary in the Python that runs mlflow.
+# --data-dir works. --auth puts MLflow's basic-auth app in front (every request needs a user and password);
+# the admin password is generated on the first such start and printed once, and a data dir started with
+# --auth always starts with it. Needs Debian's postgresql package, psycopg2-binary (and Flask-WTF for
+# --auth) in the Python that runs mlflow.
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status|paths [--port N] [--data-dir DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|paths [--port N] [--data-dir DIR] [--auth]" >&2; exit 2; }
 fail() { echo "error: tracking-server: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || usage
 command=$1
 shift
 port=8080
+auth=0
 data_dir="$(cd "$(dirname "$0")/.." && pwd)/.tracking-server"
 while [ $# -gt 0 ]; do
     case $1 in
         --port) [ $# -ge 2 ] || usage; port=$2; shift 2 ;;
         --data-dir) [ $# -ge 2 ] || usage; data_dir=$2; shift 2 ;;
+        --auth) auth=1; shift ;;
         *) usage ;;
     esac
 done
@@ -43,6 +48,7 @@ password_file=$data_dir/db-password
 pgpass=$data_dir/pgpass
 server_pid=$data_dir/mlflow-server.pid
 server_log=$data_dir/mlflow-server.log
+auth_config=$data_dir/basic-auth.ini
 uri="http://127.0.0.1:$port"
 python=${PYTHON:-python}
 export PGPASSFILE=$pgpass  # libpq (psql, createdb, psycopg2 in the mlflow server) reads the password here
@@ -97,6 +103,9 @@ make_password() {
 start_postgres() {
     local bin pwfile
     bin=$(pg_bin)
+    if [ ! -s "$password_file" ] && as_pg test -f "$pg_data/PG_VERSION" 2>/dev/null; then
+        fail "$pg_data was made with a password that $data_dir no longer holds ($password_file is gone); restore it, or remove $pg_home to start afresh"
+    fi
     make_password
     if [ "$(id -u)" = 0 ]; then
         install -d -m 700 -o postgres -g postgres /var/lib/postgresql/mlflow-pipeline "$pg_home"
@@ -134,13 +143,36 @@ start() {
         fail "psycopg2 is missing in $python; pip install psycopg2-binary==2.9.13"
     start_postgres
     mkdir -p "$data_dir/artifacts"
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$python" -m mlflow server \
+    local app=() admin_password=""
+    if [ "$auth" = 1 ] || [ -f "$auth_config" ]; then
+        "$python" -c "import flask_wtf" 2>/dev/null ||
+            fail "--auth needs Flask-WTF in $python; pip install Flask-WTF==1.3.0"
+        if [ ! -f "$auth_config" ]; then  # first start with --auth: the admin is made with a new password
+            admin_password=$("$python" -c "import secrets; print(secrets.token_urlsafe(18))")
+            # auth_cache_ttl_seconds: a password is checked (PBKDF2) once a minute, not on every request:
+            # a main run took 145 s against 40 s without auth here.
+            printf '[mlflow]\ndefault_permission = EDIT\ndatabase_uri = sqlite:///%s\nadmin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\nauth_cache_ttl_seconds = 60\n' \
+                "$data_dir/basic-auth.db" >"$auth_config"
+        fi
+        [ -s "$data_dir/flask-secret" ] ||  # the CSRF secret of the auth app's forms: stable across restarts
+            "$python" -c "import secrets; print(secrets.token_hex(32))" >"$data_dir/flask-secret"
+        export MLFLOW_FLASK_SERVER_SECRET_KEY
+        MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$data_dir/flask-secret")
+        app=(--app-name basic-auth)
+    fi
+    MLFLOW_AUTH_CONFIG_PATH=$auth_config MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$python" -m mlflow server "${app[@]}" \
         --backend-store-uri "postgresql+psycopg2://mlflow@/mlflow?host=$socket_dir" \
         --artifacts-destination "$data_dir/artifacts" --serve-artifacts \
         --host 127.0.0.1 --port "$port" --workers 1 >"$server_log" 2>&1 &
     echo $! >"$server_pid"
     for _ in $(seq 1 120); do  # bounded: 60 s
-        ours && healthy && { echo "$uri"; return; }
+        if ours && healthy; then
+            # Shown once: MLflow keeps only its hash (in basic-auth.db); change it with the update-password API.
+            [ -n "$admin_password" ] && echo "basic auth on: user admin, password $admin_password (shown once; keep it)" >&2
+            echo "$uri"
+            return
+        fi
         kill -0 "$(cat "$server_pid")" 2>/dev/null || fail "mlflow server exited; see $server_log"
         sleep 0.5
     done

@@ -277,10 +277,10 @@ class TrackingServer:
         self.data_dir = Path(tempfile.mkdtemp(prefix="tracking-server-", dir="/tmp"))
         self.uri = f"http://127.0.0.1:{self.port}"
 
-    def script(self, command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def script(self, command: str, timeout: float = 180, *more: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env["PYTHON"] = sys.executable
-        args = ["bash", str(SERVER_SCRIPT), command, "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        args = ["bash", str(SERVER_SCRIPT), command, "--port", str(self.port), "--data-dir", str(self.data_dir), *more]
         return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
 
     def start(self) -> None:

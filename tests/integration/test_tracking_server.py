@@ -161,3 +161,44 @@ def test_only_the_servers_user_reaches_its_database_and_the_script_checks_what_i
     assert stopped.returncode == 0 and "names no running mlflow server" in stopped.stderr
     assert server.script("status").returncode == 0  # the shared server was left alone
     shutil.rmtree(other.data_dir, ignore_errors=True)
+
+
+def test_with_auth_an_anonymous_request_is_refused_and_a_user_with_a_password_runs_a_step(project, tmp_path):
+    """`--auth`: MLflow's basic-auth app in front; the admin password printed once at the first start. (main
+    itself with credentials: 145 s here before the auth cache, run by hand; a step proves the same path.)"""
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    from tests.integration.conftest import TrackingServer, mlflow_run
+
+    server = TrackingServer()
+    try:
+        started = server.script("start", 180, "--auth")
+        assert started.returncode == 0, started.stderr[-3000:]
+        shown = [
+            line for line in started.stderr.splitlines() if line.startswith("basic auth on: user admin, password ")
+        ]
+        [password] = [line.split("password ")[1].split(" ")[0] for line in shown]
+        search = f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(search, timeout=30)
+        assert refused.value.code == 401
+        again = server.script("start", 180)  # running already (with auth: its data dir remembers): no password
+        assert again.returncode == 0 and "password" not in again.stderr
+        credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+        result = mlflow_run(project, ["-e", "load"], server.uri, extra_env=credentials)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in credentials.items():
+                patch.setenv(name, value)
+            runs = MlflowClient(server.uri).search_runs(["0"])
+        assert [(r.data.tags.get("pipeline.step"), r.info.status) for r in runs] == [("load", "FINISHED")]
+        without = mlflow_run(project, ["-e", "load"], server.uri)
+        assert without.returncode != 0 and "401" in without.stderr
+    finally:
+        server.stop()
+        pg_data = Path(server.paths()["pg_data"])
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        if not pg_data.is_relative_to(server.data_dir):
+            shutil.rmtree(pg_data.parent, ignore_errors=True)
