@@ -143,7 +143,7 @@ start() {
         fail "psycopg2 is missing in $python; pip install psycopg2-binary==2.9.13"
     start_postgres
     mkdir -p "$data_dir/artifacts"
-    local app=() admin_password=""
+    local app=() auth_env=() admin_password=""
     if [ "$auth" = 1 ] || [ -f "$auth_config" ]; then
         "$python" -c "import flask_wtf" 2>/dev/null ||
             fail "--auth needs Flask-WTF in $python; pip install Flask-WTF==1.3.0"
@@ -156,12 +156,12 @@ start() {
         fi
         [ -s "$data_dir/flask-secret" ] ||  # the CSRF secret of the auth app's forms: stable across restarts
             "$python" -c "import secrets; print(secrets.token_hex(32))" >"$data_dir/flask-secret"
-        export MLFLOW_FLASK_SERVER_SECRET_KEY
-        MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$data_dir/flask-secret")
+        # Set only with auth: with MLFLOW_AUTH_CONFIG_PATH set, MLflow reads that file on every request.
+        auth_env=(MLFLOW_AUTH_CONFIG_PATH="$auth_config" MLFLOW_AUTH_ADMIN_PASSWORD="$admin_password"
+            MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$data_dir/flask-secret")")
         app=(--app-name basic-auth)
     fi
-    MLFLOW_AUTH_CONFIG_PATH=$auth_config MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password \
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$python" -m mlflow server "${app[@]}" \
+    env "${auth_env[@]}" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$python" -m mlflow server "${app[@]}" \
         --backend-store-uri "postgresql+psycopg2://mlflow@/mlflow?host=$socket_dir" \
         --artifacts-destination "$data_dir/artifacts" --serve-artifacts \
         --host 127.0.0.1 --port "$port" --workers 1 >"$server_log" 2>&1 &
