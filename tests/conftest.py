@@ -159,7 +159,6 @@ def served_behind_basic_auth(body: bytes, user: str, password: str) -> Iterator[
     """`body` over HTTP on 127.0.0.1 for GET with the right basic auth (401 otherwise); yields host:port."""
     import base64
     import http.server
-    import threading
 
     expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -177,12 +176,24 @@ def served_behind_basic_auth(body: bytes, user: str, password: str) -> Iterator[
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving_on_loopback(Handler) as address:
+        yield address
+
+
+@contextmanager
+def serving_on_loopback(handler: type) -> Iterator[str]:
+    """An HTTP request handler class served on 127.0.0.1 (a free port) from a thread; yields host:port."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def runs_by_step(client: MlflowClient, step: str) -> list[Run]:

@@ -7,7 +7,6 @@ import http.server
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ import pytest
 from steps.lib.cache import data_digest, fetched_once
 from steps.lib.errors import PipelineError
 from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data
-from tests.conftest import PROJECT_DIR, run_step_cli
+from tests.conftest import PROJECT_DIR, run_step_cli, serving_on_loopback
 from tests.unit.test_bad_input_steps import assert_failed_cleanly
 
 CSV = b"x,y\n" + b"".join(f"{i},{'ab'[i % 2]}\n".encode() for i in range(2000))
@@ -53,13 +52,8 @@ def serving(body: bytes, length: bool = True, pause: float = 0.0) -> Iterator[di
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield state | {"url": f"http://127.0.0.1:{server.server_address[1]}/data.csv", "state": state}
-    finally:
-        server.shutdown()
+    with serving_on_loopback(Handler) as address:
+        yield state | {"url": f"http://{address}/data.csv", "state": state}
 
 
 @pytest.fixture
@@ -297,13 +291,8 @@ def redirecting(location: str) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/data.csv"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_on_loopback(Handler) as address:
+        yield f"http://{address}/data.csv"
 
 
 def test_a_redirect_is_followed_to_http_s_only_and_never_down_from_https(own_tmp):
