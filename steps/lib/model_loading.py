@@ -11,7 +11,6 @@ identical modules of this checkout are. Anything else is refused in one line nam
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,19 +159,15 @@ def check_shipped_code(model_uri: str, code: Path) -> None:
     """The model's code folder holds only SHIPPED_CODE, each file byte-identical to this checkout's."""
     if not code.exists():
         return
-    allowed = {Path(relative): sha256(PROJECT_ROOT / relative) for relative in SHIPPED_CODE}
+    allowed = {Path(relative): sha256_file(PROJECT_ROOT / relative) for relative in SHIPPED_CODE}
     folders = {parent for relative in allowed for parent in relative.parents if parent != Path(".")}
     for path in sorted(code.rglob("*")):
         relative = path.relative_to(code)
         expected = (relative in folders and path.is_dir()) or (relative in allowed and path.is_file())
         if path.is_symlink() or not expected:
             raise refused(model_uri, f"it carries code this project does not ship: {CODE_DIR}/{relative}")
-        if relative in allowed and sha256(path) != allowed[relative]:
+        if relative in allowed and sha256_file(path) != allowed[relative]:
             raise refused(model_uri, f"its copy of {relative} differs from this checkout's")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_skops(model_uri: str, model_file: Path) -> Any:
