@@ -15,7 +15,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from steps.lib.errors import PipelineError, one_line
-from steps.lib.signing import MANIFEST_TAG, parse_manifest, sha256_file
+from steps.lib.signing import MANIFEST_TAG, changed_file, parse_manifest
 from steps.lib.uris import redact_uri
 
 
@@ -68,18 +68,20 @@ def check_against_manifest(artifact_uri: str, path: Path, what: str) -> None:
         return
     root = manifest["root"].removeprefix(f"runs:/{run_id}").strip("/")
     requested = (requested or "").strip("/")
-    for name, expected in sorted(manifest["files"].items()):
-        full = f"{root}/{name}".strip("/")
-        if requested and full != requested and not full.startswith(requested + "/"):
-            continue
-        file = path / full.removeprefix(requested).strip("/") if full != requested else path
-        if not file.is_file() or sha256_file(file) != expected:
-            error = PipelineError(
-                f"{what} at '{redact_uri(artifact_uri)}' does not match its run's manifest ({full} "
-                "changed after the run finished); re-run the step that made it"
-            )
-            error.changed = name  # type: ignore[attr-defined]  # for rehash_problem
-            raise error
+    full_names = {f"{root}/{name}".strip("/"): name for name in manifest["files"]}
+    if requested in full_names:  # one file was fetched: `path` is that file
+        folder, read = path.parent, {path.name: requested}
+    else:
+        prefix = f"{requested}/" if requested else ""
+        folder, read = path, {full.removeprefix(prefix): full for full in full_names if full.startswith(prefix)}
+    changed = changed_file(folder, {local: manifest["files"][full_names[full]] for local, full in read.items()})
+    if changed is not None:
+        error = PipelineError(
+            f"{what} at '{redact_uri(artifact_uri)}' does not match its run's manifest ({read[changed]} "
+            "changed after the run finished); re-run the step that made it"
+        )
+        error.changed = full_names[read[changed]]  # type: ignore[attr-defined]  # for rehash_problem
+        raise error
 
 
 def local_artifact_path(artifact_uri: str) -> Path | None:

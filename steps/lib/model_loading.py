@@ -20,7 +20,7 @@ import yaml
 from steps.lib.artifacts import FetchError, fetched
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.models import PROJECT_ROOT, SHIPPED_CODE, SKOPS_TRUSTED_TYPES
-from steps.lib.signing import MANIFEST_TAG, parse_manifest, sha256_file
+from steps.lib.signing import MANIFEST_TAG, changed_file, parse_manifest, sha256_file
 
 CODE_DIR = "code"  # where MLflow keeps a model's code_paths
 
@@ -81,10 +81,9 @@ def check_against_train_manifest(model_uri: str, folder: Path) -> None:
     manifest = train_manifest(model_uri)
     if manifest is None:
         return
-    for name, expected in sorted(manifest["files"].items()):
-        path = folder / name
-        if not path.is_file() or sha256_file(path) != expected:
-            raise refused(model_uri, f"its {name} differs from what its train run logged")
+    changed = changed_file(folder, manifest["files"])
+    if changed is not None:
+        raise refused(model_uri, f"its {changed} differs from what its train run logged")
 
 
 def train_manifest(model_uri: str) -> dict[str, Any] | None:

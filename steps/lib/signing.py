@@ -99,22 +99,26 @@ def parse_manifest(tag: str | None) -> dict[str, Any] | None:
     return manifest
 
 
+def changed_file(folder: Path, files: dict[str, str]) -> str | None:
+    """The first of `files` (relative path: sha256) that is missing under `folder` or hashes otherwise."""
+    for name, expected in sorted(files.items()):
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != expected:
+            return name
+    return None
+
+
 def rehash_problem(manifest: dict[str, Any], fetch: Any) -> str | None:
     """Why the files at the manifest's root do not match it (None: they all do). `fetch`: artifacts.fetched."""
     try:
         with fetch(manifest["root"], "the outputs") as folder:
-            if manifest["root"].startswith("runs:/"):
-                return None  # fetch itself checked the files against the run's manifest (the one just verified)
-            for name, expected in sorted(manifest["files"].items()):
-                path = folder / name
-                if not path.is_file():
-                    return f"{name} is missing"
-                if sha256_file(path) != expected:
-                    return f"{name} was changed after the run"
-    except PipelineError as error:  # fetched checks a runs:/ root against the manifest itself
+            # a runs:/ root: fetch itself checked the files against the run's manifest (the one just verified)
+            changed = None if manifest["root"].startswith("runs:/") else changed_file(folder, manifest["files"])
+    except PipelineError as error:
         changed = getattr(error, "changed", None)
-        return f"{changed} was changed after the run" if changed else str(error)
-    return None
+        if changed is None:
+            return str(error)
+    return None if changed is None else f"{changed} was changed after the run"
 
 
 def record_manifest(root: str, files: dict[str, str]) -> None:
