@@ -18,8 +18,9 @@ def newest_run(step: str):
     return runs[0] if runs else None
 
 
-def assert_failed_cleanly(capsys, step: str, args: list[str], message: str):
+def assert_failed_cleanly(capsys, step: str, args: list[str], message: str, secret: str | None = None):
     code, stderr = run_step_cli(capsys, step, *args)
+    assert secret is None or secret not in stderr, "a secret was printed"
     assert code == 1
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {step}: "), stderr[-2000:]

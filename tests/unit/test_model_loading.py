@@ -12,8 +12,7 @@ import yaml
 
 from steps.lib.errors import PipelineError
 from steps.lib.model_loading import load_model
-from tests.conftest import logged_model_of, run_step_cli, users_rows
-from tests.unit.test_bad_input_steps import assert_failed_cleanly, newest_run
+from tests.conftest import logged_model_of, users_rows
 
 
 class Planted:
@@ -98,52 +97,3 @@ def test_a_planted_model_is_refused_in_one_line_and_runs_nothing(genuine, tmp_pa
     message = str(raised.value)
     assert message.startswith(f"model '{genuine}' refused: {REFUSALS[kind]}") and "\n" not in message
     assert not marker.exists()
-
-
-def test_a_planted_champion_is_refused_by_predict_monitor_and_evaluate(tracking_uri, tmp_path, capsys):
-    """Each step that loads a model: one line naming it, a FAILED run, no artifacts, the payload never ran."""
-    frame = users_rows(400, 1)
-    frame.to_csv(tmp_path / "people.csv", index=False)
-    assert run_step_cli(capsys, "load", "--data-uri", str(tmp_path / "people.csv"), "--target", "income class")[0] == 0
-    assert run_step_cli(capsys, "featurize", "--raw-data-uri", f"runs:/{newest('load')}/data")[0] == 0
-    splits_uri = f"runs:/{newest('featurize')}/splits"
-    assert run_step_cli(capsys, "train", "--splits-uri", splits_uri)[0] == 0
-    trained_uri = mlflow.get_run(newest("train")).data.tags["model_uri"]
-    # Someone with write access logs a model of their own, dresses its run as a train run and makes it champion.
-    planted_uri = logged_model_of(frame, "income class")
-    planted = mlflow.get_logged_model(planted_uri.removeprefix("models:/"))
-    mlflow.MlflowClient().set_tag(planted.source_run_id, "splits_uri", splits_uri)
-    version = mlflow.register_model(planted_uri, "planted")
-    mlflow.MlflowClient().set_registered_model_alias("planted", "champion", version.version)
-    folder = Path(planted.artifact_location.removeprefix("file://"))
-    original = tmp_path / "original"
-    shutil.copytree(folder, original)
-    frame.drop(columns="income class").to_csv(tmp_path / "batch.csv", index=False)
-    champion = "models:/planted@champion"
-    batch = ("--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "planted")
-    for kind in ("pickle", "skops trusting its own types"):
-        marker = tmp_path / f"ran-{kind}"
-        plant(folder, kind, marker)
-        assert_failed_cleanly(capsys, "predict", list(batch), f"model '{champion}' refused: {REFUSALS[kind]}")
-        assert_failed_cleanly(capsys, "monitor", list(batch), f"model '{champion}' refused: {REFUSALS[kind]}")
-        evaluate = ("--model-uri", planted_uri, "--splits-uri", splits_uri, "--registered-model-name", "other")
-        assert_failed_cleanly(capsys, "evaluate", list(evaluate), f"model '{planted_uri}' refused: {REFUSALS[kind]}")
-        assert not marker.exists()
-        shutil.rmtree(folder)
-        shutil.copytree(original, folder)
-    # The model train logged, changed afterwards (here: another model's skops file): refused by its manifest.
-    trained = Path(
-        mlflow.get_logged_model(trained_uri.removeprefix("models:/")).artifact_location.removeprefix("file://")
-    )
-    shutil.copyfile(original / "model.skops", trained / "model.skops")
-    predict = ("--data-uri", str(tmp_path / "batch.csv"), "--model-uri", trained_uri)
-    assert_failed_cleanly(
-        capsys,
-        "predict",
-        list(predict),
-        f"model '{trained_uri}' refused: its model.skops differs from what its train run",
-    )
-
-
-def newest(step: str) -> str:
-    return newest_run(step).info.run_id

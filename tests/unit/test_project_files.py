@@ -32,12 +32,14 @@ def test_requirements_are_exact_pins_of_the_stack():
         assert name in pins
 
 
-def test_conda_yaml_pins_the_same_packages_as_requirements():
-    pins = read_pins((PROJECT_DIR / "requirements.txt").read_text().splitlines())
+def test_conda_yaml_installs_the_hashed_lock_into_the_same_python():
     conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())
+    env = yaml.safe_load((PROJECT_DIR / "python_env.yaml").read_text())
     pip_section = next(dep["pip"] for dep in conda["dependencies"] if isinstance(dep, dict))
-    assert read_pins(pip_section) == pins
-    assert "python=3.11" in conda["dependencies"]
+    assert pip_section == ["-r requirements.lock"]  # the full hashed set, as python_env.yaml installs it
+    assert f"python={env['python']}" in conda["dependencies"]
+    # conda writes the pip section to a file beside the environment file: conda/MLproject's needs the lock there
+    assert (PROJECT_DIR / "conda" / "requirements.lock").resolve() == (PROJECT_DIR / "requirements.lock").resolve()
 
 
 def test_python_env_builds_the_exact_python_and_the_lock():
@@ -46,14 +48,49 @@ def test_python_env_builds_the_exact_python_and_the_lock():
     assert env["dependencies"] == ["-r requirements.lock"]
 
 
-def test_lock_resolves_every_direct_pin_at_its_version():
-    lock = read_pins((PROJECT_DIR / "requirements.lock").read_text().splitlines())
-    pins = read_pins((PROJECT_DIR / "requirements.txt").read_text().splitlines())
-    assert {name: lock.get(name) for name in pins} == pins
-    assert len(lock) > 50  # the full resolved set, not just the direct pins
-    dev = (PROJECT_DIR / "requirements-dev.txt").read_text().splitlines()
-    assert "-r requirements.lock" in dev
-    assert not set(read_pins(dev)) & set(lock), "a dev pin would fight the lock"
+def read_lock(path) -> dict[str, tuple[str, frozenset[str]]]:
+    """A hashed lock: each package's pinned version and its hashes (a requirement spans `\\`-joined lines)."""
+    text = (PROJECT_DIR / path).read_text().replace("\\\n", " ")
+    entries = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        assert not line.startswith("-"), f"{path}: an option in a lock: {line!r}"
+        requirement, *options = line.split(" --hash=")
+        [pin] = read_pins([requirement]).items()
+        assert options, f"{path}: {pin[0]} has no hash: pip refuses the whole install (--require-hashes)"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", option.strip()) for option in options), line
+        entries[pin[0]] = (pin[1], frozenset(option.strip() for option in options))
+    return entries
+
+
+LOCKS = {  # each installed file: a hashed lock of its direct pins
+    "requirements.lock": "requirements.txt",
+    "requirements-spark.txt": "requirements-spark.in",
+    "requirements-dev.txt": "requirements-dev.in",
+}
+
+
+def test_every_installed_requirements_file_is_a_complete_hashed_lock_of_its_pins():
+    for lock_path, pins_path in LOCKS.items():
+        lock = read_lock(lock_path)
+        pins = read_pins((PROJECT_DIR / pins_path).read_text().splitlines())
+        assert {name: lock[name][0] for name in pins if name in lock} == pins, lock_path
+        assert pins.keys() <= lock.keys(), (lock_path, pins.keys() - lock.keys())
+        assert (PROJECT_DIR / "scripts" / "lock.sh").read_text().count(f" {pins_path} {lock_path}") == 1, lock_path
+    assert len(read_lock("requirements.lock")) > 50  # the full resolved set, not just the direct pins
+    dev_in = (PROJECT_DIR / "requirements-dev.in").read_text().splitlines()
+    assert {"-r requirements.txt", "-r requirements-spark.in"} <= set(dev_in)
+
+
+def test_the_locks_agree_on_every_package_and_its_hashes():
+    runtime, spark, dev = (read_lock(path) for path in LOCKS)
+    assert {name: dev[name] for name in runtime} == runtime  # the tests run on exactly what users install
+    assert {name: dev[name] for name in spark} == spark
+    assert {name: runtime[name] for name in spark if name in runtime} == {
+        name: spark[name] for name in spark if name in runtime
+    }
 
 
 def test_mlproject_declares_every_step_with_typed_params():

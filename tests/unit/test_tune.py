@@ -451,3 +451,13 @@ def test_reproduce_knows_this_checkouts_own_source_and_no_other():
         assert same_source(same, sources), same
     for other in ("https://github.com/mallory/pipeline.git", "/tmp/elsewhere", "git://127.0.0.1/team/pipeline.git"):
         assert not same_source(other, sources), other
+
+
+def test_parallelism_is_capped_at_the_cores():
+    """parallelism=1000 would start 1000 interpreters, each holding the data: never more trials than cores."""
+    from steps.lib.search_options import PARALLEL_FROM_ROWS, effective_parallelism
+
+    assert effective_parallelism(1000, 50, 2) == 2
+    assert effective_parallelism(3, 50, 8) == 3
+    assert effective_parallelism(0, PARALLEL_FROM_ROWS, 4) == 4  # auto: one per core on a big enough split
+    assert effective_parallelism(0, PARALLEL_FROM_ROWS - 1, 4) == 1
