@@ -38,7 +38,14 @@ from steps.lib.names import (
     TRIALS_FILE,
 )
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
-from steps.lib.search import SearchOutcome, best_result, run_search
+from steps.lib.search import (
+    SearchOutcome,
+    StartedWorkers,
+    best_result,
+    run_search,
+    started_workers,
+    workers_to_start_early,
+)
 from steps.lib.search_options import SearchConfig, TuneOptions, effective_parallelism, tune_options
 from steps.lib.search_results import leaderboard, load_previous_search, plot_search, trials_to_records
 from steps.lib.search_space import grid_points, task_families
@@ -136,7 +143,11 @@ def note_grid(config: SearchConfig) -> None:
 
 
 def search(
-    inputs: TuneInputs, config: SearchConfig, spark_master: str | None, cleanup: ExitStack
+    inputs: TuneInputs,
+    config: SearchConfig,
+    spark_master: str | None,
+    cleanup: ExitStack,
+    started: StartedWorkers | None = None,
 ) -> tuple[SearchOutcome, TrialLogProcess | None]:
     """The search on the chosen backend, its trials logged as child runs of the active run.
 
@@ -160,7 +171,15 @@ def search(
     if config.options.max_evals >= LOG_PROCESS_MIN_EVALS and fitted_here:
         log_process = cleanup.enter_context(closing(TrialLogProcess(mlflow.get_tracking_uri(), *ids)))
     log_trial = log_process or nested_trial_logger(MlflowClient(), *ids)
-    outcome = run_search(inputs.splits, inputs.spec, config, log_trial, show_progress=True, previous=inputs.previous)
+    outcome = run_search(
+        inputs.splits,
+        inputs.spec,
+        config,
+        log_trial,
+        show_progress=True,
+        previous=inputs.previous,
+        early_workers=started,
+    )
     return outcome, log_process
 
 
@@ -249,6 +268,23 @@ def run_tune(
     """
     options = options or TuneOptions()
     options.check()
+    with ExitStack() as early:
+        started = None
+        if options.backend == "local" and options.trial_timeout is None:
+            count = workers_to_start_early(options.parallelism, resolve_threads(0))
+            started = early.enter_context(started_workers(count)) if count else None
+        return tune_with(splits_uri, options, seed, resume_from, spark_master, started)
+
+
+def tune_with(
+    splits_uri: str | None,
+    options: TuneOptions,
+    seed: int,
+    resume_from: str | None,
+    spark_master: str | None,
+    started: StartedWorkers | None,
+) -> dict[str, Any]:
+    """run_tune's work, with the worker processes it may have started already."""
     inputs = read_inputs(splits_uri, options.metric, seed, resume_from)
     inputs = sample_for_trials(inputs, options.max_tune_rows, seed)
     if options.backend == "local":  # resolved once here: run_search and search() see the number of workers
@@ -264,7 +300,7 @@ def run_tune(
     started = time.perf_counter()
     mlflow.set_tag("backend", options.backend)
     with ExitStack() as cleanup:  # the logger process, if there is one, ends with this step
-        outcome, log_process = search(inputs, config, spark_master, cleanup)
+        outcome, log_process = search(inputs, config, spark_master, cleanup, started)
         # The logger process has matplotlib loaded already, and time to spare: it draws the figures.
         draw = log_process.call if log_process is not None else call_here
         best = log_search(outcome, inputs, time.perf_counter() - started, draw)

@@ -34,6 +34,7 @@ from steps.lib.trials import (
     evaluate_sample,
     serve_trials,
     start_worker,
+    write_for_workers,
     write_worker_data,
 )
 
@@ -56,7 +57,9 @@ class _Done(concurrent.futures.Future):
 
 
 @contextmanager
-def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Callable[[Any], Any]]:
+def _evaluator(
+    splits: Splits, spec: FeatureSpec, config: SearchConfig, started: StartedWorkers | None = None
+) -> Iterator[Callable[[Any], Any]]:
     """Submit one sample for evaluation: in this process, or in one of `parallelism` slots.
 
     With parallelism N, this process is one of the N slots (a thread: the loop here only waits while trials
@@ -79,7 +82,7 @@ def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Itera
         return
     with (
         ThreadPoolExecutor(1, thread_name_prefix="trial") as own,
-        worker_pool(splits, spec, config, workers=config.options.parallelism - 1) as pool,
+        worker_pool(splits, spec, config, workers=config.options.parallelism - 1, started=started) as pool,
     ):
         here: list[concurrent.futures.Future] = []
 
@@ -92,40 +95,94 @@ def _evaluator(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Itera
         yield submit
 
 
+@dataclass
+class StartedWorkers:
+    """Worker processes started before the data they are to hold exists (see `started_workers`)."""
+
+    pool: ProcessPoolExecutor
+    data_file: Path
+    count: int
+    handed: bool = False
+
+    def hand_over(self, splits: Splits, spec: FeatureSpec, config: SearchConfig) -> None:
+        write_worker_data(self.data_file, held_by_workers(splits), spec, trial_settings(config))
+        self.handed = True
+
+
+def workers_to_start_early(asked: int, cores: int) -> int:
+    """How many worker processes tune can start before it reads its data: only with a parallelism asked for
+    (auto depends on the number of rows), one fewer than the trials at once (this process is a slot too)."""
+    return max(0, min(asked, cores) - 1) if asked > 0 else 0
+
+
 @contextmanager
-def worker_pool(
-    splits: Splits, spec: FeatureSpec, config: SearchConfig, workers: int | None = None
-) -> Iterator[ProcessPoolExecutor]:
-    """`workers` (None: `parallelism`) spawned worker processes, each holding the data and one BLAS/OpenMP
-    thread. They are started (not waited for) with the environment that says so."""
+def started_workers(count: int) -> Iterator[StartedWorkers]:
+    """`count` worker processes started now: they import what a fit needs while this process reads and samples
+    the data, then wait for the file `hand_over` writes. A search that never starts tells them to end."""
+    with tempfile.TemporaryDirectory(prefix="tune-workers-") as folder:
+        data_file = Path(folder, "trial-data.pickle")
+        with spawned_pool(count, data_file) as pool:
+            started = StartedWorkers(pool, data_file, count)
+            try:
+                yield started
+            finally:
+                if not started.handed:
+                    write_for_workers(data_file, None)
+
+
+@contextmanager
+def spawned_pool(workers: int, data_file: Path) -> Iterator[ProcessPoolExecutor]:
+    """`workers` spawned processes that will hold the data of `data_file`, one BLAS/OpenMP thread each; started
+    (not waited for) with the environment that says so."""
     import multiprocessing
 
     # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
     context = multiprocessing.get_context("spawn")
+    initargs = (str(data_file), os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=initargs) as pool:
+        with one_thread_per_library_in_children(), main_module_unseen_by_children():
+            # A submit starts a worker while none is idle: every worker is started here, while the
+            # environment says one thread each (BLAS and OpenMP read it when they load).
+            for _ in range(workers):
+                pool.submit(int)
+        yield pool
+
+
+@contextmanager
+def worker_pool(
+    splits: Splits,
+    spec: FeatureSpec,
+    config: SearchConfig,
+    workers: int | None = None,
+    started: StartedWorkers | None = None,
+) -> Iterator[ProcessPoolExecutor]:
+    """`workers` (None: `parallelism`) worker processes holding the data: those `started` early if there are as
+    many, else new ones."""
     workers = workers or config.options.parallelism
-    with worker_data_file(splits, spec, config) as data_file:
-        initargs = (str(data_file), os.getpid())
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=initargs) as pool:
-            with one_thread_per_library_in_children(), main_module_unseen_by_children():
-                # A submit starts a worker while none is idle: every worker is started here, while the
-                # environment says one thread each (BLAS and OpenMP read it when they load).
-                for _ in range(workers):
-                    pool.submit(int)
-            yield pool
+    if started is not None and started.count == workers and not started.handed:
+        started.hand_over(splits, spec, config)
+        yield started.pool
+        started.pool.shutdown(wait=True)  # the search is over: the workers let go of the data
+        return
+    with worker_data_file(splits, spec, config) as data_file, spawned_pool(workers, data_file) as pool:
+        yield pool
+
+
+def held_by_workers(splits: Splits) -> Splits:
+    """Only what trials use: the (sampled) training rows and the validation rows, not the test rows."""
+    return Splits(splits.train, splits.validation, splits.test.iloc[:0])
 
 
 @contextmanager
 def worker_data_file(splits: Splits, spec: FeatureSpec, config: SearchConfig) -> Iterator[Path]:
     """What the worker processes hold, in a file of a private temporary folder, removed when the search ends.
 
-    Only what trials use: the (sampled) training rows and the validation rows, not the test rows. Handed over
-    in a file: as start-up arguments they go down a pipe that each child reads only as it imports what
-    unpickling them needs, so this process would wait ~1 s per worker instead of starting its own trial.
+    Handed over in a file: as start-up arguments they go down a pipe that each child reads only as it imports
+    what unpickling them needs, so this process would wait ~1 s per worker instead of starting its own trial.
     """
-    data = Splits(splits.train, splits.validation, splits.test.iloc[:0])
     with tempfile.TemporaryDirectory(prefix="tune-workers-") as folder:
         data_file = Path(folder, "trial-data.pickle")
-        write_worker_data(data_file, data, spec, trial_settings(config))
+        write_worker_data(data_file, held_by_workers(splits), spec, trial_settings(config))
         yield data_file
 
 
@@ -187,8 +244,10 @@ def run_search(
     log_trial: TrialLogger | None = None,
     show_progress: bool = False,
     previous: Trials | None = None,
+    early_workers: StartedWorkers | None = None,
 ) -> SearchOutcome:
     """Keep `parallelism` trials running; each time one finishes, tell hyperopt and ask for the next.
+    `early_workers`: worker processes started before the data was read (`started_workers`), used if as many.
 
     With parallelism 1 this is hyperopt's own sequential loop: the same seed gives the same trials.
     With more, a new configuration is asked for while others are still running, so TPE has not seen
@@ -210,7 +269,7 @@ def run_search(
     running: dict[concurrent.futures.Future, dict[str, Any]] = {}
     told: list[dict[str, Any]] = []  # results hyperopt has, not yet logged
     stopping = False
-    with _evaluator(splits, spec, config) as submit:
+    with _evaluator(splits, spec, config, early_workers) as submit:
         while True:
             while not stopping and issued < target and len(running) < config.options.parallelism:
                 if config.options.timeout is not None and time.monotonic() - started >= config.options.timeout:

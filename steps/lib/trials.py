@@ -82,14 +82,32 @@ def write_worker_data(path: Path, splits: Splits, spec: FeatureSpec, settings: T
     pickle, as multiprocessing itself would have sent it: written by the tune process a moment before, never
     anything read from the tracking store.
     """
-    with path.open("wb") as file:
-        pickle.dump((splits, spec, settings), file, protocol=pickle.HIGHEST_PROTOCOL)
+    write_for_workers(path, (splits, spec, settings))
+
+
+def write_for_workers(path: Path, held: Any) -> None:
+    """Written whole, then renamed into place: a worker that was started before it waits for the name."""
+    part = path.with_name(path.name + ".part")
+    with part.open("wb") as file:
+        pickle.dump(held, file, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(part, path)
 
 
 def start_worker(data_file: str, parent: int) -> None:
-    """Each worker process reads the data once, not once per trial; it ends when tune does, even by kill -9."""
+    """Each worker process reads the data once, not once per trial; it ends when tune does, even by kill -9.
+
+    A worker may be started before tune has read its data (its imports overlap that work): it waits for the
+    file; a file holding None means the search never started, and the worker ends.
+    """
+    while not os.path.exists(data_file):
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.005)
     with open(data_file, "rb") as file:
-        splits, spec, settings = pickle.load(file)  # written by the parent tune process: see write_worker_data
+        held = pickle.load(file)  # written by the parent tune process: see write_worker_data
+    if held is None:
+        os._exit(0)
+    splits, spec, settings = held
     _WORKER.update(splits=splits, spec=spec, settings=settings)
     threading.Thread(target=exit_with_parent, args=(parent,), name="watch-parent", daemon=True).start()
 

@@ -461,3 +461,44 @@ def test_parallelism_is_capped_at_the_cores():
     assert effective_parallelism(3, 50, 8) == 3
     assert effective_parallelism(0, PARALLEL_FROM_ROWS, 4) == 4  # auto: one per core on a big enough split
     assert effective_parallelism(0, PARALLEL_FROM_ROWS - 1, 4) == 1
+
+
+def test_workers_started_before_the_data_wait_for_it_then_fit_or_end_when_the_search_never_starts(iris):
+    """tune starts its workers before it reads its data (their imports overlap that work): a worker waits
+    for the data file; if the search never starts, it is told to end and no process is left."""
+    import concurrent.futures
+    import multiprocessing
+
+    from steps.lib.search import started_workers, workers_to_start_early
+    from steps.lib.trials import evaluate_in_worker
+
+    assert [workers_to_start_early(asked, 2) for asked in (0, 1, 2, 8)] == [0, 0, 1, 1]
+    with started_workers(1) as started:
+        assert not started.data_file.exists()
+        ping = started.pool.submit(os.getpid)  # queued behind the worker's wait for the data
+        with pytest.raises(concurrent.futures.TimeoutError):
+            ping.result(timeout=1)
+        with worker_pool(*iris, config(parallelism=2), workers=1, started=started) as pool:
+            assert pool is started.pool and started.handed
+            result = pool.submit(evaluate_in_worker, {"model": "logistic_regression", "C": 1.0}).result(timeout=60)
+            assert result["status"] == "ok" and ping.result(timeout=1) != os.getpid()
+    with started_workers(1) as started:
+        children = multiprocessing.active_children()
+        assert children
+    assert not started.handed
+    for child in children:
+        child.join(timeout=30)
+        assert not child.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("options", "early"), [({"parallelism": 2}, 1), ({"parallelism": 0}, 0), ({"parallelism": 1}, 0)]
+)
+def test_tune_starts_its_workers_before_reading_its_data_when_parallelism_is_asked_for(monkeypatch, options, early):
+    import steps.tune as tune_module
+
+    seen = []
+    monkeypatch.setattr(tune_module, "resolve_threads", lambda threads: 2)
+    monkeypatch.setattr(tune_module, "tune_with", lambda *args: seen.append(args[-1]) or {})
+    tune_module.run_tune("runs:/x/splits", TuneOptions(**options))
+    assert [started.count if started else 0 for started in seen] == [early]
