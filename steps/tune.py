@@ -147,7 +147,7 @@ def search(
     config: SearchConfig,
     spark_master: str | None,
     cleanup: ExitStack,
-    started: StartedWorkers | None = None,
+    early_workers: StartedWorkers | None = None,
 ) -> tuple[SearchOutcome, TrialLogProcess | None]:
     """The search on the chosen backend, its trials logged as child runs of the active run.
 
@@ -178,7 +178,7 @@ def search(
         log_trial,
         show_progress=True,
         previous=inputs.previous,
-        early_workers=started,
+        early_workers=early_workers,
     )
     return outcome, log_process
 
@@ -282,7 +282,7 @@ def tune_with(
     seed: int,
     resume_from: str | None,
     spark_master: str | None,
-    started: StartedWorkers | None,
+    early_workers: StartedWorkers | None,
 ) -> dict[str, Any]:
     """run_tune's work, with the worker processes it may have started already."""
     inputs = read_inputs(splits_uri, options.metric, seed, resume_from)
@@ -300,7 +300,7 @@ def tune_with(
     started = time.perf_counter()
     mlflow.set_tag("backend", options.backend)
     with ExitStack() as cleanup:  # the logger process, if there is one, ends with this step
-        outcome, log_process = search(inputs, config, spark_master, cleanup, started)
+        outcome, log_process = search(inputs, config, spark_master, cleanup, early_workers)
         # The logger process has matplotlib loaded already, and time to spare: it draws the figures.
         draw = log_process.call if log_process is not None else call_here
         best = log_search(outcome, inputs, time.perf_counter() - started, draw)
