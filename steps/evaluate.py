@@ -16,6 +16,13 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import digest_json
+from steps.lib.explain import (
+    EXPLANATIONS_DIR,
+    IMPORTANCE_FILE,
+    IMPORTANCE_PLOT,
+    permutation_importance_table,
+    plot_importance,
+)
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.gates import ChampionDecision, GateOptions, decide_champion, gate_options
 from steps.lib.keys import unused_name
@@ -29,6 +36,7 @@ from steps.lib.runner import INT, run_cli, step_run, tracking_unreachable, unset
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, once_more_on_a_clash, table_dataset
 from steps.lib.splits import Splits, features_and_target, read_splits
+from steps.lib.story import evaluate_story
 from steps.lib.uris import artifact_uri
 
 logger = logging.getLogger("steps.evaluate")
@@ -233,6 +241,17 @@ def register_and_decide(
     return version, decision, gate_tags
 
 
+def log_importance(scored: Scored, seed: int) -> pd.DataFrame:
+    """Permutation importance of the raw input columns on the test rows: explanations/permutation_importance.csv
+    and its bar chart; the table, for the card."""
+    table = permutation_importance_table(scored.model, scored.splits.test, scored.spec, scored.metric, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(Path(tmp, IMPORTANCE_FILE), index=False)
+        plot_importance(table, Path(tmp, IMPORTANCE_PLOT))
+        mlflow.log_artifacts(tmp, EXPLANATIONS_DIR)
+    return table
+
+
 def log_outcome(
     client: MlflowClient,
     model_uri: str,
@@ -240,6 +259,7 @@ def log_outcome(
     scored: Scored,
     version: ModelVersion,
     decision: ChampionDecision,
+    importance: pd.DataFrame | None = None,
 ) -> None:
     """The model card in the run, linked from the version (its tag) and summarised (its description)."""
     alias = CHAMPION if decision.promote else CHALLENGER
@@ -256,6 +276,7 @@ def log_outcome(
         gates=[(gate.name, gate.passed, gate.reason) for gate in decision.gates],
         decision=decision.reason,
         evaluation_artifacts=scored.evaluation.artifacts,
+        importance=importance,
     )
     log_card(card, plots)
     run_id = mlflow.active_run().info.run_id
@@ -281,6 +302,7 @@ def run_evaluate(
     gates = gates or GateOptions()
     scored = score(model_uri, splits_uri, metric, gates, seed, threads)
     log_scores(scored)
+    importance = log_importance(scored, seed)
     decisive = scored.comparison[scored.comparison.metric == scored.metric]  # the decision metric's row
     beats_baseline = bool(decisive["model_beats_baseline"].all())
     client = MlflowClient()
@@ -299,7 +321,8 @@ def run_evaluate(
         "beats_strong_baseline": str(bool(decisive["model_beats_strong_baseline"].all())).lower(),
     } | gate_tags
     mlflow.set_tags(outcome | {OUTPUT_DIGEST_TAG: digest_json(outcome)})
-    log_outcome(client, model_uri, splits_uri, scored, version, decision)
+    log_outcome(client, model_uri, splits_uri, scored, version, decision, importance)
+    evaluate_story(scored, outcome, [(gate.name, gate.passed, gate.reason) for gate in decision.gates])
     if not beats_baseline:
         logger.warning("the model does not beat the dummy baseline on test %s", scored.metric)
     logger.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
 from steps.lib.cache import cache_key, data_digest, fetched_once, reusable_run, sign_step_run
+from steps.lib.console import VERBOSE_VARIABLE, say, terminal
 from steps.lib.errors import PipelineError
 from steps.lib.gates import GateOptions, gate_options
 from steps.lib.models import DEFAULT_REFIT, FitOptions
@@ -34,12 +36,14 @@ from steps.lib.names import (
     PARENT_TAG,
     PIPELINE_SUMMARY,
     SPLITS_DIR,
+    WARNINGS_TAG,
 )
 from steps.lib.reaper import reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_model_name
 from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
+from steps.lib.story import main_story
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.uris import artifact_uri, check_uri_credentials, redact_uri
 
@@ -123,6 +127,21 @@ def launch_step(
     )
 
 
+def announce_start(step: str) -> None:
+    """On a terminal, the step's line as it starts (its end rewrites it in place); elsewhere its end only."""
+    if sys.stdout.isatty():
+        say(f"{step:<9} running ...", end="")
+
+
+def announce_end(result: StepResult, client: MlflowClient) -> None:
+    """One line per step as it ends: name, status, seconds, ran or cached, key metric, its warnings' count."""
+    warnings = int(client.get_run(result.run_id).data.tags.get(WARNINGS_TAG, "0") or 0)
+    noted = f"  ({warnings} warning{'s' * (warnings != 1)}: logs/{result.step}.log)" if warnings else ""
+    cache = "cached" if result.cached else "ran"
+    line = f"{result.step:<9} {result.status:<8} {result.seconds:6.1f} s  {cache:<6}  {result.key_metric}{noted}"
+    say(("\r\033[K" if terminal(err=False).isatty() else "") + line.rstrip())
+
+
 def git_dirty(directory: Path) -> bool | None:
     """Whether the git working tree has uncommitted changes (ignored files aside); None outside git."""
     try:
@@ -192,6 +211,7 @@ class Pipeline:
         metric_hint = tuned_metric.partition("=")[0].removeprefix("best_val_")
         started = time.monotonic()
         key = cache_key(PROJECT_DIR, entry_point, parameters, inputs, self.env_manager)
+        announce_start(entry_point)
         cached, rejected = (None, [])
         if self.use_cache:
             cached, rejected = reusable_run(self.client, self.experiment_id, entry_point, key)
@@ -212,11 +232,12 @@ class Pipeline:
                 sign_step_run(self.client, result.run_id, key)
         result.rejected = tuple(rejected)
         self.results.append(result)
+        announce_end(result, self.client)
         mlflow.set_tags(
             {f"steps.{entry_point}.run_id": result.run_id, f"steps.{entry_point}.cached": str(result.cached).lower()}
         )
         if result.status != "FINISHED":
-            print(format_summary(self.results), flush=True)
+            say(format_summary(self.results))
             raise PipelineError(f"step '{entry_point}' failed: {result.error or result.status}")
         return self.client.get_run(result.run_id)
 
@@ -287,12 +308,12 @@ def record_outcome(pipeline: Pipeline, evaluate: Run) -> dict[str, str]:
 def print_summary(pipeline: Pipeline, registered: dict[str, str], decision: str) -> None:
     """The human-readable end of main: the step table, the version, how to load it and see the runs."""
     alias = f"@{registered['alias']}" if registered["alias"] else f" (not champion: {decision})"
-    print("\n" + format_summary(pipeline.results))
-    print(f"\nregistered model: {registered['name']} version {registered['version']}{alias}")
-    print(f"  {decision}")
-    print(f"  load it: mlflow.pyfunc.load_model('models:/{registered['name']}@champion')")
-    print(f"main run: {pipeline.main_run_id}")
-    print(f"open the UI: {ui_hint(mlflow.get_tracking_uri())}", flush=True)
+    say("\n" + format_summary(pipeline.results))
+    say(f"\nregistered model: {registered['name']} version {registered['version']}{alias}")
+    say(f"  {decision}")
+    say(f"  load it: mlflow.pyfunc.load_model('models:/{registered['name']}@champion')")
+    say(f"main run: {pipeline.main_run_id}")
+    say(f"open the UI: {ui_hint(mlflow.get_tracking_uri())}")
 
 
 def run_main(
@@ -324,6 +345,7 @@ def run_main(
             pipeline, data_uri, target, task, registered_model_name, seed, tune, gates, split, fit, copy
         )
     registered = record_outcome(pipeline, evaluate)
+    main_story(pipeline.experiment_id, pipeline.results, registered, evaluate)
     print_summary(pipeline, registered, evaluate.data.tags.get("champion.decision", ""))
     return pipeline.results
 
@@ -340,6 +362,7 @@ def run_main(
 @split_options
 @click.option("--refit", default=DEFAULT_REFIT, help="train fits on: train, or train+validation.")
 @click.option("--threads", default=0, type=INT, help="Threads of train's fit and evaluate's; 0: this machine's cores.")
+@click.option("--verbose", default="false", help="true: every step's full log on the console too.")
 def main(
     data_uri: str,
     target: str | None,
@@ -352,8 +375,11 @@ def main(
     group_column: str | None,
     refit: str,
     threads: int,
+    verbose: str,
     **options: Any,
 ) -> None:
+    if parse_bool("verbose", verbose):  # before main's log starts; its steps inherit it
+        os.environ[VERBOSE_VARIABLE] = "true"
     with step_run("main"):
         check_uri_credentials("data_uri", data_uri)  # before any step records it as a param
         check_model_name(registered_model_name)

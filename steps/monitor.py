@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
+from steps.lib.console import say
 from steps.lib.drift import MISSING_CHANGE, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
@@ -35,6 +36,7 @@ from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
 from steps.lib.runner import INT, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.splits import read_splits
+from steps.lib.story import code, describe
 from steps.lib.tables import read_batches
 from steps.lib.uris import redact_uri
 
@@ -319,7 +321,12 @@ def run_monitor(
         uri,
         reference.version,
     )
-    print(f"monitor: {verdict} ({profile.rows} rows vs {reference.model_uri} v{reference.version})", flush=True)
+    say(f"monitor: {verdict} ({profile.rows} rows vs {reference.model_uri} v{reference.version})")
+    describe(
+        f"**monitor**: {verdict} in {profile.rows:,} rows against the {len(reference.train):,} training rows of "
+        f"{code(reference.model_uri)} version {reference.version}.",
+        "The drift table is `drift/drift_table.csv`.",
+    )
     if drifted and fail:
         raise PipelineError(
             f"drift detected in {', '.join(drifted)}; see the run's drift/drift_table.csv (fail_on_drift=true)"

@@ -17,6 +17,7 @@ from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
+from steps.lib.story import code, describe
 from steps.lib.tables import DEFAULT_DATA_URI, read_batches
 from steps.lib.uris import redact_uri
 
@@ -142,6 +143,11 @@ def run_predict(
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest)
     model_version = getattr(pyfunc.metadata, "model_id", None) or ""
     logger.info("scored %d rows with %s %s", tally.rows, uri, model_version)
+    describe(
+        f"**predict** scored {tally.rows:,} rows of {code(redact_uri(data_uri))} with {code(uri)}.",
+        "Predictions (the input columns, then `prediction` and one `proba_<class>` per class) are under "
+        "`predictions/`.",
+    )
     return metrics
 
 

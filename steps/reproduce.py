@@ -19,9 +19,11 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from steps.lib.console import say
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.names import DIRTY_TAG, PIPELINE_STEPS, STEP_TAG
 from steps.lib.runner import run_cli, step_run, unset_is_none
+from steps.lib.story import code, describe
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.reproduce")
@@ -55,7 +57,7 @@ def replay_threads(params: dict[str, str], resolved: str) -> None:
 def warn(message: str) -> None:
     """A warning in the step's log and, on one line, on stderr where the person who typed the command sees it."""
     logger.warning(message)
-    print(f"warning: reproduce: {message}", file=sys.stderr, flush=True)
+    say(f"warning: reproduce: {message}", err=True)
 
 
 def machine_dependence(params: dict[str, str]) -> str | None:
@@ -226,7 +228,7 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
         }
     )
     where = f" (subdirectory {original.subdirectory})" if original.subdirectory else ""
-    print(f"reproduce: running {redact_uri(original.source)} at commit {original.commit}{where}", flush=True)
+    say(f"reproduce: running {redact_uri(original.source)} at commit {original.commit}{where}")
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         project = checkout(original.source, original.commit, Path(tmp) / "checkout")
         if original.subdirectory:
@@ -245,16 +247,21 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
             fresh.get_run(runs[0].data.tags["steps.load.run_id"]).data.tags.get("data.digest"),
         ]
     table.loc[len(table)] = ["load", "data.digest (tag)", None, None, digests[0] == digests[1]]
-    print(format_comparison(table), flush=True)
+    say(format_comparison(table))
     mismatches = int((~table["match"]).sum())
     with tempfile.TemporaryDirectory() as tmp:
         table.to_csv(Path(tmp, "comparison.csv"), index=False)
         mlflow.log_artifact(str(Path(tmp, "comparison.csv")))
     mlflow.log_metrics({"n_compared": len(table), "n_mismatched": mismatches})
     mlflow.set_tag("reproduce.match", str(mismatches == 0).lower())
+    describe(
+        f"**reproduce** re-ran main run {code(run_id)} from {code(redact_uri(original.source))} at commit "
+        f"{code(original.commit)}: {len(table) - mismatches} of {len(table)} figures match.",
+        "The comparison is `comparison.csv`.",
+    )
     if mismatches:
         raise PipelineError(f"{mismatches} of {len(table)} metrics differ from run {run_id}; see the table above")
-    print(f"reproduced: all {len(table)} metrics of run {run_id} match at commit {original.commit[:12]}")
+    say(f"reproduced: all {len(table)} metrics of run {run_id} match at commit {original.commit[:12]}")
     return table
 
 

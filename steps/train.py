@@ -35,6 +35,7 @@ from steps.lib.names import MODEL_URI_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest
 from steps.lib.splits import features_and_target, read_splits
+from steps.lib.story import train_story
 
 logger = logging.getLogger("steps.train")
 
@@ -118,14 +119,14 @@ def run_train(
     prefix = "val_" if refit == "train" else "val_in_sample_"
     mlflow.log_metrics({f"{prefix}{k}": v for k, v in validation.items()} | {"fit_seconds": fit_seconds})
     n_rows = len(splits.train) + (len(splits.validation) if refit == "train+validation" else 0)
+    training_info = (
+        f"{family.name} ({spec.task}) on {n_rows} rows ({refit}), {len(spec.numeric)} numeric + "
+        f"{len(spec.categorical)} categorical + {len(spec.datetime)} date/time features"
+    )
     mlflow.set_tags(
         {
             "refit": refit,
-            "Training Info": (
-                f"{family.name} ({spec.task}) on {n_rows} rows ({refit}), "
-                f"{len(spec.numeric)} numeric + {len(spec.categorical)} categorical + "
-                f"{len(spec.datetime)} date/time features"
-            ),
+            "Training Info": training_info,
             "model_family": family.name,
             "task": spec.task,
         }
@@ -147,6 +148,7 @@ def run_train(
     )
     with fetched(info.model_uri, "the model just logged") as model_folder:  # in place from a local store
         record_manifest(info.model_uri, file_manifest(model_folder))
+    train_story(training_info, validation, prefix, info.model_uri)
     logger.info("trained %s %s: validation %s", family.name, hyperparams, validation)
     return validation
 

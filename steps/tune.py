@@ -51,6 +51,7 @@ from steps.lib.search_results import leaderboard, load_previous_search, plot_sea
 from steps.lib.search_space import grid_points, task_families
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.splits import Splits, read_splits, sample_rows
+from steps.lib.story import tune_story
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.trial_logger import TrialLogProcess, nested_trial_logger
 from steps.lib.uris import artifact_uri
@@ -304,6 +305,10 @@ def tune_with(
         # The logger process has matplotlib loaded already, and time to spare: it draws the figures.
         draw = log_process.call if log_process is not None else call_here
         best = log_search(outcome, inputs, time.perf_counter() - started, draw)
+    failed = sum(result.get("status") != STATUS_OK for result in outcome.trials.results)
+    at_once = f"{options.parallelism} at a time" if options.backend == "local" else f"on Spark ({options.backend})"
+    best_trial = best_result(outcome.trials)
+    tune_story(best_trial, inputs.metric, len(outcome.trials.trials), failed, outcome.stopped_by, at_once)
     logger.info(
         "best of %d trials (stopped by %s): %s %s, %s = %.4f",
         len(outcome.trials.trials),

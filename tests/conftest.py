@@ -244,3 +244,14 @@ def users_rows(n: int, seed: int) -> pd.DataFrame:
     frame.loc[rng.random(n) < 0.05, "Income ($)"] = np.nan
     frame["income class"] = np.where(income > 40_000, ">50K", "<=50K")
     return frame
+
+
+def assert_only_its_log(client: MlflowClient, run: Run, step: str) -> None:
+    """A failed run keeps its log (logs/<step>.log, naming the error) and no output artifact."""
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["logs"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")] == [f"logs/{step}.log"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(client.download_artifacts(run.info.run_id, f"logs/{step}.log", folder))
+        assert run.data.tags["pipeline.error"] in log.read_text(encoding="utf-8")

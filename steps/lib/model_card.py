@@ -38,6 +38,7 @@ class CardFacts:
     gates: list[tuple[str, bool, str]]  # name, passed, reason
     decision: str
     plots: list[str] = field(default_factory=list)  # file names beside the card
+    importance: pd.DataFrame | None = None  # permutation importance of the raw input columns, most first
 
 
 def gather_data_facts(client: MlflowClient, splits_uri: str, test_dataset: Any) -> dict[str, str]:
@@ -120,6 +121,19 @@ def render_card(facts: CardFacts) -> str:
         *[f"| {name} | {'passed' if passed else 'FAILED'} | {reason} |" for name, passed, reason in facts.gates],
         "",
     ]
+    if facts.importance is not None and len(facts.importance):
+        rows = facts.importance.head(10)
+        lines += [
+            "## Which columns matter",
+            "",
+            f"Permutation importance on {int(rows['rows'].iloc[0]):,} test rows: how much test {facts.metric} drops "
+            "when a raw input column is shuffled (mean and sd of 5 shuffles; `explanations/` has every column).",
+            "",
+            "| column | importance | sd |",
+            "|---|---|---|",
+            *[f"| `{r.column}` | {r.importance:.4f} | {r.sd:.4f} |" for r in rows.itertuples()],
+            "",
+        ]
     if facts.plots:
         lines += ["## Plots", "", *[f"![{Path(p).stem}]({p})" for p in facts.plots], ""]
     lines += [
@@ -171,6 +185,7 @@ def build_card(
     gates: list[tuple[str, bool, str]],
     decision: str,
     evaluation_artifacts: dict[str, Any],
+    importance: pd.DataFrame | None = None,
 ) -> tuple[str, dict[str, Path]]:
     """The card's Markdown and its plot files (downloaded from the evaluation's artifacts)."""
     client = MlflowClient()
@@ -181,6 +196,11 @@ def build_card(
         if str(uri).endswith(".png"):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
             plots[local.name] = local
+    if importance is not None and len(importance):
+        from steps.lib.explain import IMPORTANCE_PLOT, plot_importance
+
+        plot_importance(importance, folder / IMPORTANCE_PLOT)
+        plots[IMPORTANCE_PLOT] = folder / IMPORTANCE_PLOT
     facts = CardFacts(
         name,
         version,
@@ -195,6 +215,7 @@ def build_card(
         gates,
         decision,
         sorted(plots),
+        importance,
     )
     return render_card(facts), plots
 

@@ -8,6 +8,7 @@ PIPELINE_STEPS = ("load", "featurize", "tune", "train", "evaluate")
 # --- run tags
 STEP_TAG = "pipeline.step"
 ERROR_TAG = "pipeline.error"
+WARNINGS_TAG = "pipeline.warnings"  # how many warnings the step logged (its log: logs/<step>.log)
 PROCESS_TAG = "pipeline.process"  # machine:pid:start time of the process that runs the step
 DIRTY_TAG = "git.dirty"  # the run's code had uncommitted changes: its git commit does not reproduce it
 OUTPUT_DIGEST_TAG = "outputs.digest"  # what a step produced, for the cache keys of the steps after it

@@ -8,27 +8,20 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import click
 import mlflow
 
+from steps.lib.console import StepLog, output_into_log
 from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
-from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG
+from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG, WARNINGS_TAG
 from steps.lib.process import process_identity
+from steps.lib.story import NOTE_TAG
 from steps.lib.uris import move_tracking_credentials, redact_uri
 
 logger = logging.getLogger("steps")
-
-
-def configure_logging() -> None:
-    """Readable step logs; quieter MLflow internals."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Per-file download bars drown the step logs; child step processes inherit this.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @contextmanager
@@ -40,8 +33,9 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     failed run never leaves output that a later step could trust. A nested step run (one step run
     inside another's process) re-raises instead, so its parent fails too.
     """
+    log = None
     if not nested:
-        configure_logging()
+        log = StepLog.start(step)
         move_tracking_credentials()
     with mlflow.start_run(run_name=step, nested=nested) as run:
         mlflow.set_tags(
@@ -54,17 +48,23 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             }
         )
         try:
-            yield run
-            if not nested:
+            with output_into_log() if log is not None else nullcontext():
+                yield run
+            if log is not None:
                 log_peak_memory()
+                mlflow.set_tag(WARNINGS_TAG, str(log.warnings.count))
+                log.log_to_run()
         except PipelineError as error:
-            exit_if_unreachable(step, error)  # a TrackingUnreachableError: nothing can be recorded
+            exit_if_unreachable(step, error, log)  # a TrackingUnreachableError: nothing can be recorded
             message = one_line(str(error))
+            logger.error("%s", message)
             try:
-                mlflow.set_tag(ERROR_TAG, message)
+                mlflow.set_tags({ERROR_TAG: message, NOTE_TAG: f"**{step} failed**: {message}"})
+                if log is not None:
+                    log.log_to_run()  # what happened, and no output artifact
                 mlflow.end_run(status="FAILED")
             except Exception as recording:
-                exit_if_unreachable(step, recording)
+                exit_if_unreachable(step, recording, log)
                 raise
             if nested:
                 raise
@@ -74,8 +74,11 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             mlflow.end_run(status="KILLED")
             raise
         except Exception as error:
-            exit_if_unreachable(step, error)
+            exit_if_unreachable(step, error, log)
             mlflow.set_tag(ERROR_TAG, one_line(f"unexpected {type(error).__name__}: {error}"))
+            if log is not None:
+                logger.exception("unexpected error")
+                log.log_to_run()
             raise
 
 
@@ -90,20 +93,24 @@ def log_peak_memory() -> None:
     )
 
 
-def exit_if_unreachable(step: str, error: BaseException) -> None:
+def exit_if_unreachable(step: str, error: BaseException, log: StepLog | None = None) -> None:
     """If `error` is MLflow giving up on the tracking server, exit as exit_unrecorded does."""
     unreachable = tracking_unreachable(error)
     if unreachable:
-        exit_unrecorded(step, unreachable)
+        exit_unrecorded(step, unreachable, log)
 
 
-def exit_unrecorded(step: str, message: str) -> None:
+def exit_unrecorded(step: str, message: str, log: StepLog | None = None) -> None:
     """The tracking server is gone: say so in one line and exit 1 at once.
 
     Nothing more can be recorded (not even FAILED: the run stays RUNNING until the next `main` marks
-    it KILLED), and a normal exit would try the server again for minutes (MLflow's atexit end_run).
+    it KILLED), and a normal exit would try the server again for minutes (MLflow's atexit end_run). The
+    step's log stays on disk: its path is printed after the error.
     """
     print(f"error: {step}: {one_line(message)}", file=sys.stderr, flush=True)
+    if log is not None:
+        logger.error("%s", one_line(message))
+        print(f"{step}'s log: {log.close()}", file=sys.stderr, flush=True)
     os._exit(1)
 
 
@@ -141,9 +148,11 @@ def run_cli(command: click.Command, step: str) -> None:
         sys.exit(done.exit_code)
     except (click.ClickException, click.Abort) as error:
         message = one_line(error.format_message() if isinstance(error, click.ClickException) else "aborted")
-        configure_logging()
+        log = StepLog.start(step)
+        logger.error("%s", message)
         with mlflow.start_run():
             mlflow.set_tags({STEP_TAG: step, RUN_NAME_TAG: step, ERROR_TAG: message})
+            log.log_to_run()
             mlflow.end_run(status="FAILED")
         print(f"error: {step}: {message}", file=sys.stderr, flush=True)
         sys.exit(1)

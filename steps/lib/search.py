@@ -360,9 +360,34 @@ def _best_loss(trials: Trials) -> float:
 
 
 def _progress_bar(total: int, show: bool) -> Any:
+    """tune's progress: a bar redrawn in place on a terminal; elsewhere (a log, a pipe) one line at the end."""
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not show, desc="tune", unit="trial", file=sys.stderr)
+    from steps.lib.console import terminal
+
+    if show and not terminal().isatty():
+        return FinalLine(total)
+    return tqdm(total=total, disable=not show, desc="tune", unit="trial", file=terminal())
+
+
+class FinalLine:
+    """The progress bar's interface, printing one line when it closes: trials done, seconds, the best loss."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.postfix, self.started = total, 0, "", time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        seconds = time.monotonic() - self.started
+        best = f", {self.postfix}" if self.postfix else ""
+        from steps.lib.console import terminal
+
+        print(f"tune: {self.done}/{self.total} trials in {seconds:.1f} s{best}", file=terminal(), flush=True)
 
 
 def best_result(trials: Trials) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from steps.lib.console import route_child_logs
 from steps.lib.errors import PipelineError, TrackingUnreachableError
 from steps.lib.names import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, TRIAL_TAG
-from steps.lib.runner import configure_logging, tracking_unreachable
+from steps.lib.runner import tracking_unreachable
 
 TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
 
@@ -67,7 +68,7 @@ def no_run_links() -> Iterator[None]:
 
 def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any, outbox: Any, parent: int) -> None:
     """The logger process: log each trial it is sent, run what it is asked; exit on STOP or if its parent is gone."""
-    configure_logging()  # so MLflow's retries show (urllib3 warns "Retrying ..." when the server is away)
+    route_child_logs()  # into tune's log; MLflow's retries show (urllib3 warns "Retrying ..." when the server is away)
     log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
     outbox.put(("ready", None))
     import matplotlib  # loaded while the search runs: the figures are drawn here at the end

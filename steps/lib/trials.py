@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from steps.lib.console import route_child_logs
 from steps.lib.errors import one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import metric_loss
@@ -99,6 +100,7 @@ def start_worker(data_file: str, parent: int) -> None:
     A worker may be started before tune has read its data (its imports overlap that work): it waits for the
     file; a file holding None means the search never started, and the worker ends.
     """
+    route_child_logs()  # a library's warnings go to tune's log, not the console
     while not os.path.exists(data_file):
         if os.getppid() != parent:
             os._exit(1)

@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps.lib.names import PIPELINE_STEPS
-from tests.conftest import PROJECT_DIR, fresh_store, runs_by_step
+from tests.conftest import PROJECT_DIR, assert_only_its_log, fresh_store, runs_by_step
 
 COPY_IGNORE = shutil.ignore_patterns(
     "mlflow.db", "mlruns", "mlartifacts", ".pytest_cache", "__pycache__", ".ruff_cache", ".venv", "*.pyc"
@@ -75,7 +75,7 @@ def assert_failed_cleanly(result: subprocess.CompletedProcess[str], store: str, 
     run = runs_by_step(client, step)[0]
     assert run.info.status == "FAILED"
     assert message in run.data.tags["pipeline.error"]
-    assert client.list_artifacts(run.info.run_id) == []
+    assert_only_its_log(client, run, step)
     return run
 
 

@@ -87,10 +87,14 @@ def test_nothing_changed_reuses_every_step(workspace):
 
 
 def test_a_param_reruns_its_step_only(workspace):
+    """(verbose=true, which is no step's param: the cache is the same; every log line on the console too)"""
     before = last_readme_like_main(workspace)
-    changed = run_main(workspace, "registered_model_name=cache-param")
+    changed = run_main(workspace, "registered_model_name=cache-param", "verbose=true")
     assert changed["cached"] == ran("evaluate")
     assert changed["ids"]["train"] == before["train"] and changed["ids"]["evaluate"] != before["evaluate"]
+    console = changed["result"].stderr
+    assert "INFO steps.main: step load: reusing run" in console  # main's own log lines
+    assert "INFO steps.evaluate:" in console and "Successfully registered model 'cache-param'" in console
 
 
 def test_a_comment_in_load_reruns_load_only_as_its_output_is_the_same(workspace):

@@ -5,6 +5,7 @@ what comes after it on that store: gated promotion, batch scoring, online servin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,57 @@ def test_summary_names_steps_model_and_ui(pipeline):
         assert any(line.split()[:3] == [name, run.info.run_id, "FINISHED"] for line in out.splitlines())
     assert "registered model: pipeline-model version 1@champion" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and str(Path("mlflow.db")) in out
+
+
+def own_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The console lines of main and its steps: all but the outer `mlflow run` process's own INFO lines."""
+    stamp = r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\."
+    outer = re.compile(
+        stamp + r"(store\.db\.utils: |projects\.utils: === Created directory |projects\.backend\.local: === Running "
+        r"command 'python -m steps\.main |projects: === Run \(ID '[0-9a-f]+'\) succeeded)"
+    )
+    return [line for line in (result.stdout + result.stderr).splitlines() if not outer.match(line)]
+
+
+def test_the_console_is_quiet_and_every_step_keeps_its_full_log(pipeline):
+    """At most 25 lines of main's and its steps' own, no library warning, no hyperopt line, tune's progress on
+    one line; what was not printed is in each run's logs/<step>.log."""
+    lines = own_lines(pipeline["result"])
+    assert len(lines) <= 25, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "Warning" not in text and "hyperopt" not in text and "TPE using" not in text, text
+    [progress] = [line for line in lines if line.startswith("tune: ")]  # on stderr, not a terminal: one line
+    assert progress.startswith("tune: 20/20 trials in ") and "best loss" in progress
+    client = pipeline["client"]
+    logs = {}
+    for name, run in [("main", pipeline["main"]), *pipeline["steps"].items()]:
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")] == [f"logs/{name}.log"]
+        logs[name] = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/logs/{name}.log")
+    assert "build_posterior_wrapper took" in logs["tune"]  # hyperopt's INFO lines: kept, not printed
+    assert "=== Running command" in logs["main"] and "Successfully registered model" in logs["evaluate"]
+
+
+def test_the_runs_tell_their_story_in_the_ui(pipeline):
+    """main's description: every step linked to its run, the version and its alias, the gates; the figures
+    pipelines are compared by, on main; a description on every step run."""
+    main, steps = pipeline["main"], pipeline["steps"]
+    note = main.data.tags["mlflow.note.content"]
+    for name, run in steps.items():
+        assert f"| {name} | FINISHED |" in note
+        assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in note
+    assert "[pipeline-model version 1](#/models/pipeline-model/versions/1) **@champion**" in note
+    assert "all gates passed" in note and "Failed gates" not in note
+    metric = steps["evaluate"].data.tags["metric"]
+    assert main.data.metrics[f"test_{metric}"] == steps["evaluate"].data.metrics[f"test_{metric}"]
+    assert main.data.metrics[f"baseline_test_{metric}"] == steps["evaluate"].data.metrics[f"baseline_test_{metric}"]
+    assert main.data.metrics["promoted"] == 1.0 and main.data.metrics["n_cached_steps"] == 0
+    assert {f"seconds_{name}" for name in steps} <= set(main.data.metrics)
+    for name, run in steps.items():
+        assert run.data.tags["mlflow.note.content"].startswith(f"**{name}**"), name
+    assert (
+        "Split random (stratified by the label): train 90, validation 30, test 30 rows"
+        in (steps["featurize"].data.tags["mlflow.note.content"])
+    )
 
 
 def test_readme_client_example_lists_steps_and_best_trial(pipeline):

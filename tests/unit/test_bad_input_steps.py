@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_step_cli, runs_by_step
+from tests.conftest import assert_only_its_log, run_step_cli, runs_by_step
 
 
 def newest_run(step: str):
@@ -27,7 +27,7 @@ def assert_failed_cleanly(capsys, step: str, args: list[str], message: str, secr
     assert message in errors[0] and "Traceback" not in stderr
     run = newest_run(step)
     assert run.info.status == "FAILED" and message in run.data.tags["pipeline.error"]
-    assert MlflowClient().list_artifacts(run.info.run_id) == []
+    assert_only_its_log(MlflowClient(), run, step)
     return run
 
 

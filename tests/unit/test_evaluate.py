@@ -140,3 +140,36 @@ def test_a_champion_of_another_data_set_is_not_replaced_blindly(tracking_uri, ir
     MlflowClient().set_registered_model_alias("m", "champion", version)
     decision = decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
     assert not decision.promote and "cannot score these test rows" in decision.reason
+
+
+def test_permutation_importance_ranks_the_column_that_carries_the_signal():
+    """On raw input columns (odd names, a text column encoded inside the pipeline): the one column the label
+    depends on comes first, by far; every input column has its row."""
+    import numpy as np
+    import pandas as pd
+
+    from steps.lib.explain import permutation_importance_table
+    from steps.lib.features import build_feature_spec
+    from steps.lib.models import MODEL_FAMILIES, fit_model
+    from steps.lib.splits import split_frame
+
+    rng = np.random.default_rng(5)
+    n = 800
+    signal = rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "noise ($)": rng.normal(size=n),
+            "Income signal (k)": signal,
+            "city": rng.choice([f"town {i}" for i in range(30)], n),
+            "seniority (years)": rng.integers(0, 40, n),
+            "label": np.where(signal + 0.1 * rng.normal(size=n) > 0, ">50K", "<=50K"),
+        }
+    )
+    spec = build_feature_spec(frame, "label")
+    splits = split_frame(frame, spec, 0, 0.2, 0.25)
+    family = MODEL_FAMILIES["logistic_regression"]
+    model = fit_model(splits, spec, family, family.resolve({}), 0)
+    table = permutation_importance_table(model, splits.test, spec, "f1_macro", seed=0)
+    assert sorted(table["column"]) == sorted(spec.input_columns)
+    assert table["column"].iloc[0] == "Income signal (k)" and table["importance"].iloc[0] > 0.3
+    assert table["importance"].iloc[1:].abs().max() < 0.05

@@ -101,8 +101,10 @@ def test_no_import_cycles():
 EXPECTED_USERS = {
     "artifacts": {"load", "featurize", "tune", "train", "evaluate"},
     "cache": set(),
+    "console": set(CACHED_STEPS),  # through runner: every step's log
     "drift": set(),  # monitor's
     "errors": set(CACHED_STEPS),
+    "explain": {"evaluate"},
     "features": {"load", "featurize", "tune", "train", "evaluate"},
     "gates": {"evaluate"},
     "keys": {"evaluate"},  # and predict, monitor
@@ -127,6 +129,7 @@ EXPECTED_USERS = {
     "spark_search": {"tune"},
     "split_options": {"featurize"},  # and main
     "splits": {"featurize", "tune", "train", "evaluate"},
+    "story": set(CACHED_STEPS),  # through runner: a failed step's description
     "tables": {"load", "featurize", "tune", "evaluate"},
     "trial_logger": {"tune"},
     "timed_trials": {"tune"},

@@ -1,0 +1,83 @@
+"""Which raw input columns the model relies on: permutation importance on the test rows.
+
+Each input column is shuffled in turn (5 times, seeded) and the model scored again with the pipeline's own
+metric; the importance of a column is how much the score drops. It is computed on the raw columns the served
+model takes (the whole sklearn Pipeline is scored), so an encoded column counts once, by its own name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steps.lib.features import FeatureSpec
+from steps.lib.metrics import compute_metrics, greater_is_better
+from steps.lib.models import predict_with_proba
+from steps.lib.splits import features_and_target
+
+IMPORTANCE_ROWS = 10_000  # test rows scored per shuffle at most (a seeded sample): its cost is rows x columns x 5
+IMPORTANCE_REPEATS = 5
+EXPLANATIONS_DIR = "explanations"  # evaluate's artifacts: the CSV and the chart
+IMPORTANCE_FILE = "permutation_importance.csv"
+IMPORTANCE_PLOT = "permutation_importance.png"
+
+
+def metric_scorer(metric: str, task: str):
+    """A scikit-learn scorer (greater is better) computing the pipeline's own `metric`."""
+
+    def scorer(estimator: Any, features: pd.DataFrame, labels: pd.Series) -> float:
+        predictions, proba = predict_with_proba(estimator, features, task)
+        classes = list(estimator.classes_) if proba is not None else None
+        value = compute_metrics(task, labels, predictions, proba, classes).get(metric, np.nan)
+        return value if greater_is_better(metric) else -value
+
+    return scorer
+
+
+def permutation_importance_table(
+    model: Any, test: pd.DataFrame, spec: FeatureSpec, metric: str, seed: int, rows: int = IMPORTANCE_ROWS
+) -> pd.DataFrame:
+    """One row per raw input column, most important first: the mean and sd of the drop in `metric`."""
+    from sklearn.inspection import permutation_importance
+
+    sample = test.sample(n=rows, random_state=seed) if len(test) > rows else test
+    features, labels = features_and_target(sample, spec)
+    result = permutation_importance(
+        model,
+        features,
+        labels,
+        scoring=metric_scorer(metric, spec.task),
+        n_repeats=IMPORTANCE_REPEATS,
+        random_state=seed,
+        n_jobs=1,
+    )
+    table = pd.DataFrame(
+        {
+            "column": list(features.columns),
+            "importance": result.importances_mean,
+            "sd": result.importances_std,
+            "metric": metric,
+            "rows": len(sample),
+        }
+    )
+    return table.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def plot_importance(table: pd.DataFrame, path: Path, most: int = 20) -> None:
+    """A horizontal bar chart of the `most` most important columns, with their sd."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = table.head(most).iloc[::-1]
+    figure, axes = plt.subplots(figsize=(7, 0.35 * len(shown) + 1.2))
+    axes.barh([str(c) for c in shown["column"]], shown["importance"], xerr=shown["sd"], color="#4878a8")
+    axes.set_xlabel(f"drop in test {table['metric'].iloc[0]} when the column is shuffled")
+    axes.set_title("Permutation importance (raw input columns)")
+    figure.subplots_adjust(left=0.3, bottom=0.8 / (0.35 * len(shown) + 1.2), top=0.9)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

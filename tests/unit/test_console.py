@@ -1,0 +1,99 @@
+"""A quiet console: a step prints its one-line error and tune's progress, and keeps everything else in its log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from steps.lib.console import VERBOSE_VARIABLE, redact_text
+from steps.lib.errors import PipelineError
+from steps.lib.runner import step_run
+
+NOISE = {
+    "project": "steps.demo: the step's own line",
+    "mlflow": "mlflow.store: an INFO line of MLflow's",
+    "hyperopt": "hyperopt.tpe: build_posterior_wrapper took 0.001 seconds",
+    "warning": "UserWarning: a library's warning",
+    "printed": "printed by a library on stderr",
+    "stdout": "printed by a library on stdout",
+    "secret": "reading https://alice:***@data.example/x.csv",
+}
+
+
+def noisy_step(fail: bool = False) -> str:
+    """A step whose libraries log, warn and print as MLflow, hyperopt and scikit-learn do; its run id."""
+    with step_run("demo") as run:
+        logging.getLogger("steps.demo").info("the step's own line")
+        logging.getLogger("mlflow.store").info("an INFO line of MLflow's")
+        logging.getLogger("hyperopt.tpe").info("build_posterior_wrapper took 0.001 seconds")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        print("printed by a library on stderr", file=sys.stderr)
+        print("printed by a library on stdout")
+        logging.getLogger("steps.demo").warning("reading %s", "https://alice:pa55word@data.example/x.csv")
+        if fail:
+            raise PipelineError("the data is bad; fix it")
+    return run.info.run_id
+
+
+def step_log(run_id: str) -> str:
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/logs/demo.log")
+
+
+def test_a_step_prints_nothing_and_keeps_everything_in_its_log_redacted(tracking_uri, capfd, monkeypatch):
+    monkeypatch.delenv(VERBOSE_VARIABLE, raising=False)
+    run_id = noisy_step()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    log = step_log(run_id)
+    for line in NOISE.values():
+        assert line in log, line
+    assert "pa55word" not in log
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline.warnings"] == "1"
+
+
+def test_verbose_brings_everything_back_to_the_console(tracking_uri, capfd, monkeypatch):
+    monkeypatch.setenv(VERBOSE_VARIABLE, "true")
+    run_id = noisy_step()
+    out, err = capfd.readouterr()
+    for name, line in NOISE.items():
+        assert line in (out if name == "stdout" else err), name
+    assert "pa55word" not in step_log(run_id)
+
+
+def test_a_failed_step_prints_its_error_alone_and_logs_it(tracking_uri, capfd, monkeypatch):
+    monkeypatch.delenv(VERBOSE_VARIABLE, raising=False)
+    with pytest.raises(SystemExit):
+        noisy_step(fail=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "error: demo: the data is bad; fix it\n"
+    [run] = MlflowClient().search_runs(["0"])
+    assert run.info.status == "FAILED"
+    log = step_log(run.info.run_id)
+    assert "ERROR steps: the data is bad; fix it" in log and NOISE["hyperopt"] in log
+
+
+def test_tunes_progress_is_one_final_line_off_a_terminal(capsys):
+    from steps.lib.search import _progress_bar
+
+    bar = _progress_bar(3, show=True)
+    for _ in range(3):
+        bar.update(1)
+        bar.set_postfix_str("best loss -0.9667")
+    bar.close()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune: 3/3 trials in ") and line.endswith(" s, best loss -0.9667")
+
+
+def test_redact_text_hides_every_uri_secret_in_a_line():
+    text = "GET https://bob:hunter2@h/x.csv?X-Amz-Signature=abc&v=1 then s3://bucket/k and ${TOKEN}@h"
+    shown = redact_text(text)
+    assert "hunter2" not in shown and "abc" not in shown
+    assert "https://bob:***@h/x.csv?X-Amz-Signature=***&v=1" in shown and "s3://bucket/k" in shown
