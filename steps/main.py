@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.artifacts import write_json
 from steps.lib.cache import cache_key, data_digest, fetched_once, reusable_run, sign_step_run
 from steps.lib.console import VERBOSE_VARIABLE, say, terminal
-from steps.lib.errors import PipelineError
+from steps.lib.errors import PipelineError, one_line
 from steps.lib.gates import GateOptions, gate_options
 from steps.lib.models import DEFAULT_REFIT, FitOptions
 from steps.lib.names import (
@@ -38,6 +38,7 @@ from steps.lib.names import (
     SPLITS_DIR,
     WARNINGS_TAG,
 )
+from steps.lib.profiles import DEFAULTS, UNSET, read_profile, resolve, write_resolved
 from steps.lib.reaper import reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_model_name
 from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
@@ -362,8 +363,7 @@ def run_main(
 @split_options
 @click.option("--refit", default=DEFAULT_REFIT, help="train fits on: train, or train+validation.")
 @click.option("--threads", default=0, type=INT, help="Threads of train's fit and evaluate's; 0: this machine's cores.")
-@click.option("--verbose", default="false", help="true: every step's full log on the console too.")
-def main(
+def typed_main(
     data_uri: str,
     target: str | None,
     task: str | None,
@@ -375,31 +375,76 @@ def main(
     group_column: str | None,
     refit: str,
     threads: int,
-    verbose: str,
     **options: Any,
-) -> None:
+) -> dict[str, Any]:
+    """main's params, resolved (see `main`), with their types: checked; run_main's arguments."""
+    check_model_name(registered_model_name)
+    return {
+        "data_uri": data_uri,
+        "target": target,
+        "task": task,
+        "registered_model_name": registered_model_name,
+        "seed": seed,
+        "use_cache": parse_bool("use_cache", use_cache),
+        "tune": TuneOptions.from_cli(options),
+        "gates": GateOptions.from_cli(options),
+        "split": SplitOptions(split, time_column, group_column).check(),
+        "fit": FitOptions(refit, threads).check(),
+    }
+
+
+def resolve_params(where: str | None, typed: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """main's params as -P, the profile and the defaults give them (in that order), and where each came from."""
+    values, sources = resolve(typed, read_profile(where) if where else {})
+    check_uri_credentials("data_uri", values["data_uri"])  # before it is recorded anywhere
+    return values, sources
+
+
+def checked_arguments(values: dict[str, str], sources: dict[str, str]) -> dict[str, Any]:
+    """run_main's arguments from the resolved values; a value of the wrong type is a one-line error naming the
+    param and where it came from."""
+    args = [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    try:
+        context = typed_main.make_context("main", args)
+    except click.ClickException as error:
+        param = getattr(getattr(error, "param", None), "name", None)
+        origin = f" (from the {sources[param]})" if param in sources and sources[param] != "typed" else ""
+        raise PipelineError(one_line(error.format_message()) + origin) from None
+    with context:
+        return typed_main.invoke(context)
+
+
+def record_resolved(where: str | None, values: dict[str, str], sources: dict[str, str]) -> None:
+    """The resolved params, once checked: profile/resolved.yaml and the tags resolved.<param> (what reproduce
+    replays); the values a profile gave, in main's log."""
+    mlflow.set_tags({"profile": where or "none"} | {f"resolved.{key}": value for key, value in values.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(write_resolved(Path(tmp), where, values, sources)), "profile")
+    for key, source in sources.items():
+        if source == "profile":
+            logger.info("%s = %s (from the profile %s)", key, values[key], where)
+
+
+def profile_params(command: Any) -> Any:
+    """One text option per param a profile may set, default `auto` (resolved in resolve_params)."""
+    for key in reversed(DEFAULTS):
+        command = click.option(f"--{key.replace('_', '-')}", "typed_" + key, default=UNSET)(command)
+    return command
+
+
+@click.command()
+@click.option("--profile", default="none", callback=unset_is_none, help="A YAML file of main's params (path or URI).")
+@click.option("--verbose", default="false", help="true: every step's full log on the console too.")
+@profile_params
+def main(profile: str | None, verbose: str, **typed: str) -> None:
     if parse_bool("verbose", verbose):  # before main's log starts; its steps inherit it
         os.environ[VERBOSE_VARIABLE] = "true"
     with step_run("main"):
-        check_uri_credentials("data_uri", data_uri)  # before any step records it as a param
-        check_model_name(registered_model_name)
-        gates = GateOptions.from_cli(options)
-        cache = parse_bool("use_cache", use_cache)
-        tune = TuneOptions.from_cli(options)
-        split_by = SplitOptions(split, time_column, group_column).check()
-        fit = FitOptions(refit, threads).check()
-        run_main(
-            data_uri,
-            target=target,
-            task=task,
-            registered_model_name=registered_model_name,
-            seed=seed,
-            use_cache=cache,
-            tune=tune,
-            gates=gates,
-            split=split_by,
-            fit=fit,
-        )
+        given = {key.removeprefix("typed_"): value for key, value in typed.items()}
+        values, sources = resolve_params(profile, given)
+        arguments = checked_arguments(values, sources)
+        record_resolved(profile, values, sources)
+        run_main(**arguments)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.console import say
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.names import DIRTY_TAG, PIPELINE_STEPS, STEP_TAG
+from steps.lib.profiles import DEFAULTS
 from steps.lib.runner import run_cli, step_run, unset_is_none
 from steps.lib.story import code, describe
 from steps.lib.uris import redact_uri
@@ -58,6 +59,22 @@ def warn(message: str) -> None:
     """A warning in the step's log and, on one line, on stderr where the person who typed the command sees it."""
     logger.warning(message)
     say(f"warning: reproduce: {message}", err=True)
+
+
+def replayed_params(run: Any) -> dict[str, str]:
+    """The params to run main with again: the values it resolved (tags resolved.<param>: what -P, its profile
+    and the defaults gave), not its profile's path, which may have changed or be elsewhere; a main from before
+    profiles: its params as typed. use_cache is left out (the re-run goes to a fresh store)."""
+    tags = run.data.tags  # anyone's to write: only main's own params are replayed
+    resolved = {key: tags[f"resolved.{key}"] for key in DEFAULTS if f"resolved.{key}" in tags}
+    if resolved:
+        params = resolved | {"profile": "none"}
+        if "verbose" in run.data.params:
+            params["verbose"] = run.data.params["verbose"]
+    else:
+        params = dict(run.data.params)
+    params.pop("use_cache", None)
+    return params
 
 
 def machine_dependence(params: dict[str, str]) -> str | None:
@@ -99,7 +116,7 @@ def read_original(client: MlflowClient, run_id: str, source: str | None) -> Orig
         )
     if Path(subdirectory).is_absolute() or ".." in Path(subdirectory).parts:
         raise PipelineError(f"the source's subdirectory {subdirectory!r} leaves the repository; pass -P source=")
-    params = {k: v for k, v in run.data.params.items() if k != "use_cache"}
+    params = replayed_params(run)
     replay_threads(params, run.data.tags.get("threads", ""))
     return Original(run, commit, uri, subdirectory, params, run.data.tags.get(DIRTY_TAG) == "true")
 

@@ -8,9 +8,11 @@ order. The cache's decisions in-process (changed data, use_cache=false, outputs 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from steps.lib.cache import cache_key, data_digest
@@ -84,6 +86,25 @@ def test_nothing_changed_reuses_every_step(workspace):
     assert again["main"].info.status == "FINISHED"
     for step in PIPELINE_STEPS:
         assert f"cached ({again['ids'][step]})" in again["result"].stdout
+
+
+def test_the_cache_keys_on_resolved_values_not_on_a_profile(workspace, tmp_path):
+    """A profile giving the README run's values (and a -P beside it): every step reused; main logs what it
+    resolved and where each value came from."""
+    before = last_readme_like_main(workspace)
+    profile = tmp_path / "same.yaml"
+    profile.write_text("max_evals: 20\nalgo: tpe\nmodels: [all]\nseed: 7\n")
+    again = run_main(workspace, f"profile={profile}", "seed=42")
+    assert again["cached"] == ran() and again["ids"] == before
+    tags = again["main"].data.tags
+    assert tags["resolved.max_evals"] == "20" and tags["resolved.seed"] == "42" and tags["profile"] == str(profile)
+    client = MlflowClient(workspace["store"])
+    with tempfile.TemporaryDirectory() as folder:
+        resolved = yaml.safe_load(
+            Path(client.download_artifacts(again["main"].info.run_id, "profile/resolved.yaml", folder)).read_text()
+        )
+    assert resolved["from"]["max_evals"] == "profile" and resolved["from"]["seed"] == "typed"
+    assert resolved["from"]["data_uri"] == "default" and resolved["params"]["models"] == "all"
 
 
 def test_a_param_reruns_its_step_only(workspace):

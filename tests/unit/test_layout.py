@@ -114,6 +114,7 @@ EXPECTED_USERS = {
     "models": {"tune", "train", "evaluate"},
     "names": set(CACHED_STEPS),
     "process": set(CACHED_STEPS),
+    "profiles": set(),  # main's and reproduce's
     "reaper": set(),
     "registry": {"evaluate"},
     "runner": set(CACHED_STEPS),

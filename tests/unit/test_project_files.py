@@ -106,20 +106,29 @@ def test_mlproject_declares_every_step_with_typed_params():
         assert hasattr(importlib.import_module(f"steps.{name}"), "main")
 
 
-def test_main_and_step_defaults_agree():
+def test_main_declares_auto_and_its_defaults_table_agrees_with_the_steps():
+    """main's params default to auto (a profile or the table in steps/lib/profiles.py fills them in); the table
+    holds the defaults the steps that take them declare."""
+    from steps.lib.profiles import DEFAULTS
+
     points = yaml.safe_load((PROJECT_DIR / "MLproject").read_text())["entry_points"]
-    assert points["main"]["parameters"]["data_uri"]["default"] == points["load"]["parameters"]["data_uri"]["default"]
-    assert (
-        points["main"]["parameters"]["registered_model_name"]["default"]
-        == points["evaluate"]["parameters"]["registered_model_name"]["default"]
-    )
+    main = points["main"]["parameters"]
+    assert main.pop("profile") == {"type": "string", "default": "none"}
+    assert main.pop("verbose") == {"type": "string", "default": "false"}
+    assert main == {name: {"type": "string", "default": "auto"} for name in DEFAULTS}
+    owners = {"data_uri": "load", "target": "load", "task": "featurize", "registered_model_name": "evaluate"}
+    owners |= {"seed": "train", "refit": "train", "threads": "train", "split": "featurize"}
+    owners |= {"time_column": "featurize", "group_column": "featurize"}
     passed_on = ("max_evals", "metric", "algo", "models", "parallelism", "early_stop_rounds", "timeout", "cv_folds")
-    for name in (*passed_on, "backend"):
-        assert points["main"]["parameters"][name] == points["tune"]["parameters"][name], name
+    owners |= dict.fromkeys((*passed_on, "backend", "max_tune_rows", "trial_timeout"), "tune")
     gates = [name for name in points["evaluate"]["parameters"] if name.startswith(("min_", "max_"))]
     assert len(gates) == 8  # min_delta and the seven thresholds
-    for name in gates:
-        assert points["main"]["parameters"][name] == points["evaluate"]["parameters"][name], name
+    owners |= dict.fromkeys([*gates, "beat_strong_baseline"], "evaluate")
+    assert set(owners) | {"use_cache"} == set(DEFAULTS)
+    for name, step in owners.items():
+        declared = points[step]["parameters"][name]["default"]
+        assert DEFAULTS[name][0] == str(declared), (name, step)
+    assert DEFAULTS["use_cache"][0] == "true"
 
 
 def test_every_command_flag_is_an_option_of_its_cli():

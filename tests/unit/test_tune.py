@@ -342,8 +342,9 @@ def test_timeout_parsing():
 
 
 def test_options_main_passes_on_reach_tune_unchanged():
-    """main's TuneOptions -> MLflow params -> tune's command line -> the same TuneOptions."""
-    from steps.main import main as main_command
+    """main's TuneOptions (its resolved values, parsed as main parses them) -> MLflow params -> tune's command
+    line -> the same TuneOptions."""
+    from steps.main import typed_main as main_command
     from steps.tune import main as tune_command
 
     typed = ["--models", "ridge, random_forest", "--timeout", "30", "--algo", "random", "--cv-folds", "3"]
