@@ -36,6 +36,7 @@ from steps.lib.runner import INT, run_cli, step_run, tracking_unreachable, unset
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, once_more_on_a_clash, table_dataset
 from steps.lib.splits import Splits, features_and_target, read_splits
+from steps.lib.step_cards import evaluate_card
 from steps.lib.story import evaluate_story
 from steps.lib.uris import artifact_uri
 
@@ -278,6 +279,8 @@ def log_outcome(
         evaluation_artifacts=scored.evaluation.artifacts,
         importance=importance,
     )
+    gates = [(gate.name, gate.passed, gate.reason) for gate in decision.gates]
+    evaluate_card(scored, (version.name, str(version.version), alias, decision.reason), gates, plots, card)
     log_card(card, plots)
     run_id = mlflow.active_run().info.run_id
     card_uri = artifact_uri(run_id, f"{CARD_DIR}/model_card.md")

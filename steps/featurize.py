@@ -22,6 +22,7 @@ from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
+from steps.lib.step_cards import featurize_card
 from steps.lib.story import featurize_story
 
 logger = logging.getLogger("steps.featurize")
@@ -107,6 +108,7 @@ def run_featurize(
     log_splits(splits, spec, meta)
     counts = {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}
     featurize_story(spec, counts, describe_split(spec.split))
+    featurize_card(spec, splits, describe_split(spec.split))
     logger.info(
         "%s task; %d numeric, %d categorical, %d date/time features; dropped %s; %d/%d/%d rows",
         spec.task,

@@ -21,6 +21,7 @@ from steps.lib.process import usable_cores
 from steps.lib.runner import run_cli, step_run, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
+from steps.lib.step_cards import load_card
 from steps.lib.story import load_story
 from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data
 from steps.lib.uris import redact_uri
@@ -170,6 +171,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         mlflow.log_artifacts(str(profile_dir), PROFILE_DIR)
         publish_artifacts(data_dir, DATA_DIR)
         load_story(meta, profile["n_missing_cells"])
+        load_card(meta, column_table(profile), profile_dir / "histograms.png", profile["n_missing_cells"])
     logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)
     return meta
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_mo
 from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
+from steps.lib.step_cards import main_card
 from steps.lib.story import main_story
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.uris import artifact_uri, check_uri_credentials, redact_uri
@@ -130,7 +130,7 @@ def launch_step(
 
 def announce_start(step: str) -> None:
     """On a terminal, the step's line as it starts (its end rewrites it in place); elsewhere its end only."""
-    if sys.stdout.isatty():
+    if terminal(err=False).isatty():
         say(f"{step:<9} running ...", end="")
 
 
@@ -347,6 +347,7 @@ def run_main(
         )
     registered = record_outcome(pipeline, evaluate)
     main_story(pipeline.experiment_id, pipeline.results, registered, evaluate)
+    main_card(pipeline.results, registered, evaluate.data.tags.get("champion.decision", ""))
     print_summary(pipeline, registered, evaluate.data.tags.get("champion.decision", ""))
     return pipeline.results
 

@@ -36,6 +36,7 @@ from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
 from steps.lib.runner import INT, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.splits import read_splits
+from steps.lib.step_cards import monitor_card
 from steps.lib.story import code, describe
 from steps.lib.tables import read_batches
 from steps.lib.uris import redact_uri
@@ -261,6 +262,9 @@ def log_drift(
         (out / FIGURES_DIR).mkdir()
         plot_drift(*frames, table, out / FIGURES_DIR)
         mlflow.log_artifacts(tmp, DRIFT_DIR)
+        drifted = summary["drifted_columns"]
+        verdict = f"drift in {', '.join(drifted)}" if drifted else "no drift"
+        monitor_card(table, out / FIGURES_DIR, verdict, [("rows", summary.get("n_rows", "")), ("labelled", labelled)])
     mlflow.log_table(table, artifact_file=f"{DRIFT_DIR}/drift_table.json")
 
 

@@ -17,6 +17,7 @@ from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
+from steps.lib.step_cards import predict_card
 from steps.lib.story import code, describe
 from steps.lib.tables import DEFAULT_DATA_URI, read_batches
 from steps.lib.uris import redact_uri
@@ -148,6 +149,7 @@ def run_predict(
         "Predictions (the input columns, then `prediction` and one `proba_<class>` per class) are under "
         "`predictions/`.",
     )
+    predict_card(tally.rows, data_uri, uri, metrics)
     return metrics
 
 

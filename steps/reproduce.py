@@ -19,11 +19,12 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.lib.console import say
+from steps.lib.console import say, terminal
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.names import DIRTY_TAG, PIPELINE_STEPS, STEP_TAG
 from steps.lib.profiles import DEFAULTS
 from steps.lib.runner import run_cli, step_run, unset_is_none
+from steps.lib.step_cards import reproduce_card
 from steps.lib.story import code, describe
 from steps.lib.uris import redact_uri
 
@@ -175,7 +176,8 @@ def rerun(project: Path, params: dict[str, str], env_manager: str, tracking_uri:
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     logger.info("re-running main from %s into %s", project, tracking_uri)
     # The re-run's output goes to our stderr, so the user sees it progress.
-    return subprocess.run(command, cwd=project, env=env, stdout=sys.stderr, stderr=sys.stderr)
+    console = terminal(err=True)  # the re-run's own console lines, not into this step's log
+    return subprocess.run(command, cwd=project, env=env, stdout=console, stderr=console)
 
 
 def step_metrics(client: MlflowClient, main_run: Run) -> dict[str, dict[str, float]]:
@@ -271,6 +273,7 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
         mlflow.log_artifact(str(Path(tmp, "comparison.csv")))
     mlflow.log_metrics({"n_compared": len(table), "n_mismatched": mismatches})
     mlflow.set_tag("reproduce.match", str(mismatches == 0).lower())
+    reproduce_card(table, run_id, original.source, original.commit, mismatches)
     describe(
         f"**reproduce** re-ran main run {code(run_id)} from {code(redact_uri(original.source))} at commit "
         f"{code(original.commit)}: {len(table) - mismatches} of {len(table)} figures match.",

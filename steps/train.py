@@ -35,6 +35,7 @@ from steps.lib.names import MODEL_URI_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest
 from steps.lib.splits import features_and_target, read_splits
+from steps.lib.step_cards import train_card
 from steps.lib.story import train_story
 
 logger = logging.getLogger("steps.train")
@@ -149,6 +150,7 @@ def run_train(
     with fetched(info.model_uri, "the model just logged") as model_folder:  # in place from a local store
         record_manifest(info.model_uri, file_manifest(model_folder))
     train_story(training_info, validation, prefix, info.model_uri)
+    train_card(training_info, hyperparam_params(family, hyperparams), validation, prefix, fitted)
     logger.info("trained %s %s: validation %s", family.name, hyperparams, validation)
     return validation
 

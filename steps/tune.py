@@ -51,6 +51,7 @@ from steps.lib.search_results import leaderboard, load_previous_search, plot_sea
 from steps.lib.search_space import grid_points, task_families
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.splits import Splits, read_splits, sample_rows
+from steps.lib.step_cards import tune_card
 from steps.lib.story import tune_story
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.trial_logger import TrialLogProcess, nested_trial_logger
@@ -212,7 +213,8 @@ def log_search(
         out = Path(tmp)
         write_json(out / BEST_PARAMS, payload)
         write_json(out / TRIALS_FILE, trials_to_records(trials))
-        leaderboard(trials, metric).to_csv(out / LEADERBOARD, index=False)
+        board = leaderboard(trials, metric)
+        board.to_csv(out / LEADERBOARD, index=False)
         (out / FIGURES_DIR).mkdir()
         draw(plot_search, trials.results, metric, out / FIGURES_DIR)
         mlflow.log_metrics(
@@ -240,6 +242,9 @@ def log_search(
         for name in (LEADERBOARD, TRIALS_FILE, BEST_PARAMS):
             mlflow.log_artifact(str(out / name))
         record_manifest(run_root(), file_manifest(out, [TRIALS_FILE, BEST_PARAMS]))  # what train and resume read
+        failed = sum(result.get("status") != STATUS_OK for result in trials.results)
+        facts = [("trials", len(trials.trials)), ("failed", failed), ("stopped by", outcome.stopped_by)]
+        tune_card(board.head(50), out / FIGURES_DIR, best, metric, [*facts, ("best trial", best["trial"])])
     # What train consumes from the file; run ids inside it differ from one run to the next.
     mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
     return payload

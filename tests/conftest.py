@@ -247,11 +247,60 @@ def users_rows(n: int, seed: int) -> pd.DataFrame:
 
 
 def assert_only_its_log(client: MlflowClient, run: Run, step: str) -> None:
-    """A failed run keeps its log (logs/<step>.log, naming the error) and no output artifact."""
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["logs"]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")] == [f"logs/{step}.log"]
+    """A failed run keeps its log (logs/<step>.log) and its card (card.html), both naming the error, and no
+    output artifact."""
+    import html
     import tempfile
 
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["card.html", "logs"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")] == [f"logs/{step}.log"]
+    error = run.data.tags["pipeline.error"]
     with tempfile.TemporaryDirectory() as folder:
         log = Path(client.download_artifacts(run.info.run_id, f"logs/{step}.log", folder))
-        assert run.data.tags["pipeline.error"] in log.read_text(encoding="utf-8")
+        assert error in log.read_text(encoding="utf-8")
+        card = Path(client.download_artifacts(run.info.run_id, "card.html", folder))
+        assert error in html.unescape(card.read_text(encoding="utf-8"))
+
+
+# Chromium's own background traffic (updates, safe browsing, sync, metrics) off: any request the page makes is
+# then the page's own.
+QUIET_CHROMIUM = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-sync",
+    "--disable-extensions",
+    "--metrics-recording-only",
+    "--no-first-run",
+    "--no-pings",
+]
+
+
+def pages_in_chromium(paths: list[Path]) -> list[dict]:
+    """Open each local HTML file in headless Chromium (Debian's, through Playwright): for each, its images
+    (how many, how many decoded) and every request it made other than for itself and data: URIs."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is missing: apt-get install chromium (.ci/run installs it)"
+    seen = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=QUIET_CHROMIUM)
+        try:
+            for path in paths:
+                page = browser.new_page()
+                requests: list[str] = []
+                page.on("request", lambda request, into=requests: into.append(request.url))
+                page.goto(path.resolve().as_uri(), wait_until="load", timeout=60_000)
+                images = page.evaluate("() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+                own = path.resolve().as_uri()
+                others = [url for url in requests if url != own and not url.startswith("data:")]
+                seen.append({"images": len(images), "decoded": sum(images), "requests": others, "title": page.title()})
+                page.close()
+        finally:
+            browser.close()
+    return seen

@@ -14,7 +14,8 @@ from typing import Any
 import click
 import mlflow
 
-from steps.lib.console import StepLog, output_into_log
+from steps.lib.cards import log_card
+from steps.lib.console import StepLog, output_into_log, terminal
 from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
 from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG, WARNINGS_TAG
 from steps.lib.process import process_identity
@@ -61,6 +62,7 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
             try:
                 mlflow.set_tags({ERROR_TAG: message, NOTE_TAG: f"**{step} failed**: {message}"})
                 if log is not None:
+                    log_card(step, "failed", [], [], status="FAILED", error=message)
                     log.log_to_run()  # what happened, and no output artifact
                 mlflow.end_run(status="FAILED")
             except Exception as recording:
@@ -107,10 +109,10 @@ def exit_unrecorded(step: str, message: str, log: StepLog | None = None) -> None
     it KILLED), and a normal exit would try the server again for minutes (MLflow's atexit end_run). The
     step's log stays on disk: its path is printed after the error.
     """
-    print(f"error: {step}: {one_line(message)}", file=sys.stderr, flush=True)
+    print(f"error: {step}: {one_line(message)}", file=terminal(), flush=True)
     if log is not None:
         logger.error("%s", one_line(message))
-        print(f"{step}'s log: {log.close()}", file=sys.stderr, flush=True)
+        print(f"{step}'s log: {log.close()}", file=terminal(), flush=True)
     os._exit(1)
 
 
@@ -152,6 +154,7 @@ def run_cli(command: click.Command, step: str) -> None:
         logger.error("%s", message)
         with mlflow.start_run():
             mlflow.set_tags({STEP_TAG: step, RUN_NAME_TAG: step, ERROR_TAG: message})
+            log_card(step, "failed", [], [], status="FAILED", error=message)
             log.log_to_run()
             mlflow.end_run(status="FAILED")
         print(f"error: {step}: {message}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ import pytest
 
 from steps.lib.names import PIPELINE_STEPS
 from steps.lib.tables import load_bundled_frame
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, pages_in_chromium
 from tests.integration.conftest import children, mlflow_env, mlflow_run, model_server, post, runs_by_step
 
 STEPS = list(PIPELINE_STEPS)
@@ -167,6 +167,20 @@ def test_the_runs_tell_their_story_in_the_ui(pipeline):
     )
 
 
+def test_every_run_has_a_card_a_browser_shows_whole(pipeline, tmp_path):
+    """card.html of main and of each step: every image decoded, no request to any other address (Chromium)."""
+    client = pipeline["client"]
+    runs = [("main", pipeline["main"]), *pipeline["steps"].items()]
+    paths = [Path(client.download_artifacts(run.info.run_id, "card.html", str(tmp_path / name))) for name, run in runs]
+    seen = dict(zip([name for name, _ in runs], pages_in_chromium(paths), strict=True))
+    for name, page in seen.items():
+        assert page["requests"] == [] and page["decoded"] == page["images"], (name, page)
+        assert page["title"].startswith(f"{name}: "), page
+    assert seen["load"]["images"] == 1 and seen["tune"]["images"] == 2 and seen["evaluate"]["images"] >= 3
+    main_card = paths[0].read_text()
+    assert "<svg" in main_card and all(run.info.run_id in main_card for _, run in runs[1:])
+
+
 def test_readme_client_example_lists_steps_and_best_trial(pipeline):
     readme = (PROJECT_DIR / "README.md").read_text()
     snippet = readme.split("<!-- client-example -->\n```python\n", 1)[1].split("```", 1)[0]
@@ -311,6 +325,24 @@ def test_monitor_bad_input_is_one_line_and_a_failed_run(registry, batch, extra, 
     assert code == 1
     assert one_error_line(stderr).startswith(f"error: monitor: {message}")
     assert newest(registry, "monitor").info.status == "FAILED"
+
+
+def test_predict_and_monitor_cards_and_a_failed_steps_card_show_whole(registry, tmp_path):
+    """(after the predict and monitor tests above) their cards in Chromium, finished and failed ones."""
+    client, runs = registry["client"], {}
+    for step in ("predict", "monitor"):
+        for status in ("FINISHED", "FAILED"):
+            runs[f"{step} {status}"] = next(r for r in runs_by_step(client, step) if r.info.status == status)
+    paths = [
+        Path(client.download_artifacts(run.info.run_id, "card.html", str(tmp_path / name.replace(" ", "-"))))
+        for name, run in runs.items()
+    ]
+    seen = dict(zip(runs, pages_in_chromium(paths), strict=True))
+    for name, page in seen.items():
+        assert page["requests"] == [] and page["decoded"] == page["images"], (name, page)
+    assert seen["monitor FINISHED"]["images"] >= 1 and seen["predict FAILED"]["title"] == "predict: failed"
+    failed = paths[1].read_text()
+    assert "FAILED" in failed and "error" in failed
 
 
 def test_a_failing_gate_leaves_the_champion_where_it_was(registry):

@@ -101,6 +101,7 @@ def test_no_import_cycles():
 EXPECTED_USERS = {
     "artifacts": {"load", "featurize", "tune", "train", "evaluate"},
     "cache": set(),
+    "cards": set(CACHED_STEPS),  # through runner: a failed step's card
     "console": set(CACHED_STEPS),  # through runner: every step's log
     "drift": set(),  # monitor's
     "errors": set(CACHED_STEPS),
@@ -130,6 +131,7 @@ EXPECTED_USERS = {
     "spark_search": {"tune"},
     "split_options": {"featurize"},  # and main
     "splits": {"featurize", "tune", "train", "evaluate"},
+    "step_cards": {"load", "featurize", "tune", "train", "evaluate"},  # and predict, monitor, reproduce, main
     "story": set(CACHED_STEPS),  # through runner: a failed step's description
     "tables": {"load", "featurize", "tune", "evaluate"},
     "trial_logger": {"tune"},
