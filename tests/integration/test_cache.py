@@ -115,6 +115,7 @@ def test_a_param_reruns_its_step_only(workspace):
     assert changed["ids"]["train"] == before["train"] and changed["ids"]["evaluate"] != before["evaluate"]
     console = changed["result"].stderr
     assert "INFO steps.main: step load: reusing run" in console  # main's own log lines
+    assert "INFO mlflow.projects.backend.local: === Running command 'python -m steps.evaluate" in console  # MLflow's
     assert "INFO steps.evaluate:" in console and "Successfully registered model 'cache-param'" in console
 
 

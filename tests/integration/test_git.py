@@ -6,10 +6,13 @@ fetches the commit, builds the environment from python_env.yaml with uv, and mai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.lib.names import PIPELINE_STEPS
+from tests.conftest import pages_in_chromium
 from tests.integration.conftest import (
     assert_the_project_environment_was_built,
     children,
@@ -52,7 +55,7 @@ def test_main_from_a_git_url_at_a_commit_in_a_subdirectory(from_git):
     assert main.data.tags["mlflow.source.name"] == from_git["uri"]
 
 
-def test_reproduce_matches_every_metric(project, from_git):
+def test_reproduce_matches_every_metric(project, from_git, tmp_path):
     store, original = from_git["store"], from_git["main"]
     client = MlflowClient(store)
     client.set_tag(original.info.run_id, "git.dirty", "true")  # as if made from an uncommitted tree
@@ -74,6 +77,9 @@ def test_reproduce_matches_every_metric(project, from_git):
     assert reproduce.data.tags["reproduce.commit"] == from_git["commit"]
     mains = [run.info.run_id for run in runs_by_step(client, "main") if "test.fake" not in run.data.tags]
     assert mains == [original.info.run_id]  # the re-run went to a temporary store
+    [card] = pages_in_chromium([Path(client.download_artifacts(reproduce.info.run_id, "card.html", str(tmp_path)))])
+    assert card["requests"] == [] and card["decoded"] == card["images"]
+    assert card["title"] == "reproduce: every figure matches"
 
 
 @pytest.mark.parametrize(
