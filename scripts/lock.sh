@@ -9,4 +9,8 @@ compile() { uv pip compile "$1" "${@:3}" --universal --python-version 3.11 --gen
 compile requirements.txt requirements.lock
 compile requirements-spark.in requirements-spark.txt -c requirements.lock
 compile requirements-dev.in requirements-dev.txt -c requirements.lock
-echo "locks refreshed: requirements.lock requirements-spark.txt requirements-dev.txt"
+# MLflow names a conda environment after the text of conda.yaml alone: the lock's digest in it makes a new
+# lock a new environment (a stale one would otherwise be reused).
+digest=$(sha256sum requirements.lock | cut -d" " -f1)
+sed -i "s/^# requirements.lock sha256: .*/# requirements.lock sha256: $digest/" conda.yaml
+echo "locks refreshed: requirements.lock requirements-spark.txt requirements-dev.txt (conda.yaml: $digest)"

@@ -40,7 +40,7 @@ from steps.lib.names import (
 from steps.lib.profiles import DEFAULTS, UNSET, read_profile, resolve, write_resolved
 from steps.lib.reaper import reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_model_name
-from steps.lib.runner import INT, as_param, parse_bool, run_cli, step_run, unset_is_none
+from steps.lib.runner import INT, as_param, flag, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.step_cards import main_card
@@ -416,9 +416,10 @@ def checked_arguments(values: dict[str, str], sources: dict[str, str]) -> dict[s
 
 
 def record_resolved(where: str | None, values: dict[str, str], sources: dict[str, str]) -> None:
-    """The resolved params, once checked: profile/resolved.yaml and the tags resolved.<param> (what reproduce
-    replays); the values a profile gave, in main's log."""
-    mlflow.set_tags({"profile": where or "none"} | {f"resolved.{key}": value for key, value in values.items()})
+    """The resolved params, once checked: profile/resolved.yaml and the params resolved.<param> (what reproduce
+    replays: params, unlike tags, cannot be changed once logged); the values a profile gave, in main's log."""
+    mlflow.set_tag("profile", where or "none")
+    mlflow.log_params({f"resolved.{key}": value for key, value in values.items()})
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(write_resolved(Path(tmp), where, values, sources)), "profile")
     for key, source in sources.items():
@@ -435,10 +436,10 @@ def profile_params(command: Any) -> Any:
 
 @click.command()
 @click.option("--profile", default="none", callback=unset_is_none, help="A YAML file of main's params (path or URI).")
-@click.option("--verbose", default="false", help="true: every step's full log on the console too.")
+@click.option("--verbose", default="false", callback=flag, help="true: every step's full log on the console too.")
 @profile_params
-def main(profile: str | None, verbose: str, **typed: str) -> None:
-    if parse_bool("verbose", verbose):  # before main's log starts; its steps inherit it
+def main(profile: str | None, verbose: bool, **typed: str) -> None:
+    if verbose:  # before main's log starts; its steps inherit it
         os.environ[VERBOSE_VARIABLE] = "true"
     with step_run("main"):
         given = {key.removeprefix("typed_"): value for key, value in typed.items()}

@@ -63,17 +63,18 @@ def warn(message: str) -> None:
 
 
 def replayed_params(run: Any) -> dict[str, str]:
-    """The params to run main with again: the values it resolved (tags resolved.<param>: what -P, its profile
-    and the defaults gave), not its profile's path, which may have changed or be elsewhere; a main from before
-    profiles: its params as typed. use_cache is left out (the re-run goes to a fresh store)."""
-    tags = run.data.tags  # anyone's to write: only main's own params are replayed
-    resolved = {key: tags[f"resolved.{key}"] for key in DEFAULTS if f"resolved.{key}" in tags}
+    """The params to run main with again: the values it resolved (params resolved.<param>: what -P, its profile
+    and the defaults gave; a param cannot be changed once logged), not its profile's path, which may have
+    changed or be elsewhere; a main from before profiles: its params as typed. use_cache is left out (the
+    re-run goes to a fresh store)."""
+    given = run.data.params  # only main's own params are replayed
+    resolved = {key: given[f"resolved.{key}"] for key in DEFAULTS if f"resolved.{key}" in given}
     if resolved:
         params = resolved | {"profile": "none"}
         if "verbose" in run.data.params:
             params["verbose"] = run.data.params["verbose"]
     else:
-        params = dict(run.data.params)
+        params = {key: value for key, value in given.items() if not key.startswith("resolved.")}
     params.pop("use_cache", None)
     return params
 

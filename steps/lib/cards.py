@@ -13,6 +13,7 @@ import base64
 import html
 import tempfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +110,19 @@ def render(
     error: str = "",
     run_id: str = "",
 ) -> str:
-    from jinja2 import Environment
+    from steps.lib.console import redact_text
 
-    environment = Environment(autoescape=True)
-    return environment.from_string(TEMPLATE).render(
+    page = _template().render(
         step=step, title=title, status=status, facts=facts, sections=sections, error=error, run_id=run_id
     )
+    return redact_text(page)  # a URI's secrets never reach a card, wherever a step put the URI
+
+
+@cache
+def _template() -> Any:
+    from jinja2 import Environment
+
+    return Environment(autoescape=True).from_string(TEMPLATE)
 
 
 def log_card(

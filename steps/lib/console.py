@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -112,19 +113,21 @@ class LogStream(io.TextIOBase):
     registered model ..." goes straight to stderr) lands in the step's log."""
 
     def __init__(self, name: str) -> None:
-        self.logger, self.pending = logging.getLogger(name), ""
+        self.logger, self.pending, self.lock = logging.getLogger(name), "", threading.Lock()
 
     def write(self, text: str) -> int:
-        *lines, self.pending = (self.pending + text).split("\n")
+        with self.lock:  # tune's trial thread and its main thread may both print
+            *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
             if line.strip():
                 self.logger.info("%s", line.rstrip())
         return len(text)
 
     def flush(self) -> None:
-        if self.pending.strip():
-            self.logger.info("%s", self.pending.rstrip())
-        self.pending = ""
+        with self.lock:
+            pending, self.pending = self.pending, ""
+        if pending.strip():
+            self.logger.info("%s", pending.rstrip())
 
 
 @contextmanager
@@ -151,27 +154,34 @@ class StepLog:
     step: str
     path: Path
     warnings: WarningCounter = field(default_factory=WarningCounter)
+    saved: tuple = ()  # the logging set-up before the step: put back when the file closes
 
     @classmethod
     def start(cls, step: str) -> StepLog:
         folder = Path(tempfile.mkdtemp(prefix=f"pipeline-{step}-log-"))
         log = cls(step, folder / f"{step}.log")
         log.path.touch(mode=0o600)
+        root, own = logging.getLogger(), logging.getLogger("mlflow")
+        log.saved = (root.handlers[:], root.level, own.handlers[:], os.environ.get(STEP_LOG_VARIABLE))
         os.environ[STEP_LOG_VARIABLE] = str(log.path)
         route_logs(log.path, log.warnings)
         return log
 
     def close(self) -> Path:
-        """Stop writing to the file (later records go to stderr only if verbose); its path."""
-        for handler in logging.getLogger().handlers:
+        """Stop writing to the file and put back the logging set-up from before the step (once); its path."""
+        if not self.saved:
+            return self.path
+        root, own = logging.getLogger(), logging.getLogger("mlflow")
+        for handler in root.handlers:
             handler.close()
-        if verbose():
-            route_logs(None)
+        root.handlers, level, own.handlers, variable = self.saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        if variable is None:
+            os.environ.pop(STEP_LOG_VARIABLE, None)
         else:
-            logging.basicConfig(handlers=[logging.NullHandler()], force=True)
-            logging.getLogger("mlflow").handlers = [logging.NullHandler()]
-        if os.environ.get(STEP_LOG_VARIABLE) == str(self.path):
-            del os.environ[STEP_LOG_VARIABLE]
+            os.environ[STEP_LOG_VARIABLE] = variable
+        self.saved = ()
         return self.path
 
     def log_to_run(self) -> None:
@@ -183,4 +193,5 @@ class StepLog:
         self.remove()
 
     def remove(self) -> None:
+        self.close()
         shutil.rmtree(self.path.parent, ignore_errors=True)

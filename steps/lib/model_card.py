@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.lib.features import FeatureSpec
 from steps.lib.names import CARD_DIR, OUTPUT_DIGEST_TAG
+from steps.lib.story import code
 from steps.lib.uris import redact_uri, run_of_uri
 
 
@@ -131,7 +132,7 @@ def render_card(facts: CardFacts) -> str:
             "",
             "| column | importance | sd |",
             "|---|---|---|",
-            *[f"| `{r.column}` | {r.importance:.4f} | {r.sd:.4f} |" for r in rows.itertuples()],
+            *[f"| {cell(r.column)} | {r.importance:.4f} | {r.sd:.4f} |" for r in rows.itertuples()],
             "",
         ]
     if facts.plots:
@@ -156,6 +157,11 @@ def render_card(facts: CardFacts) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def cell(name: Any) -> str:
+    """A column name as inline code in a Markdown table cell (a '|' in it escaped)."""
+    return code(name).replace("|", "\\|")
 
 
 def _yes(flag: Any) -> str:

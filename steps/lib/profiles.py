@@ -4,7 +4,8 @@ MLflow fills in every declared default before main starts, so main could not tel
 default: the params a profile may set are declared with the default `auto` in MLproject, and resolved here, in
 this order: a value given with -P (anything but `auto`), then the profile's, then DEFAULTS. A typed `auto`
 is the same as nothing typed. The resolved values are what main passes on (so what the cache keys on), what
-it logs (`profile/resolved.yaml`, tags `resolved.<param>`), and what `reproduce` replays.
+it logs (`profile/resolved.yaml`, params `resolved.<param>`: unlike tags, fixed once logged), and what
+`reproduce` replays.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def profile_text(where: str) -> str:
             raise PipelineError(f"cannot read the profile: {error}") from None
     path = Path(where.removeprefix("file://")).expanduser()
     if not path.exists():
-        raise PipelineError(f"profile not found at '{shown}'; check the path (relative to where you run mlflow)")
+        raise PipelineError(
+            f"profile not found at '{shown}'; check the path (a relative one is read from the project's directory)"
+        )
     return checked_text(path, shown)
 
 

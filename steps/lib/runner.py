@@ -14,7 +14,6 @@ from typing import Any
 import click
 import mlflow
 
-from steps.lib.cards import log_card
 from steps.lib.console import StepLog, output_into_log, terminal
 from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
 from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG, WARNINGS_TAG
@@ -30,58 +29,72 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Open (or resume, under `mlflow run`) the step's run; turn a PipelineError into a FAILED run.
 
     On bad input the run gets the tag `pipeline.error`, stderr gets one line `error: ...`, and the
-    process exits with status 1. Nothing is logged as an artifact before the step succeeds, so a
-    failed run never leaves output that a later step could trust. A nested step run (one step run
-    inside another's process) re-raises instead, so its parent fails too.
+    process exits with status 1. A failed run keeps its log (logs/<step>.log) and a card saying what failed,
+    never an output a later step could trust. A nested step run (one step run inside another's process)
+    re-raises instead, so its parent fails too. The step's log file is removed however the step ends (kept,
+    and its path printed, only when the tracking server is gone).
     """
-    log = None
-    if not nested:
-        log = StepLog.start(step)
-        move_tracking_credentials()
-    with mlflow.start_run(run_name=step, nested=nested) as run:
-        mlflow.set_tags(
-            {
-                STEP_TAG: step,
-                RUN_NAME_TAG: step,
-                PROCESS_TAG: process_identity(),
-                "runtime.python": sys.executable,
-                "runtime.prefix": sys.prefix,
-            }
-        )
-        try:
-            with output_into_log() if log is not None else nullcontext():
-                yield run
-            if log is not None:
-                log_peak_memory()
-                mlflow.set_tag(WARNINGS_TAG, str(log.warnings.count))
-                log.log_to_run()
-        except PipelineError as error:
-            exit_if_unreachable(step, error, log)  # a TrackingUnreachableError: nothing can be recorded
-            message = one_line(str(error))
-            logger.error("%s", message)
+    log = StepLog.start(step) if not nested else None
+    try:
+        if log is not None:
+            move_tracking_credentials()
+        with mlflow.start_run(run_name=step, nested=nested) as run:
+            mlflow.set_tags(
+                {
+                    STEP_TAG: step,
+                    RUN_NAME_TAG: step,
+                    PROCESS_TAG: process_identity(),
+                    "runtime.python": sys.executable,
+                    "runtime.prefix": sys.prefix,
+                }
+            )
             try:
-                mlflow.set_tags({ERROR_TAG: message, NOTE_TAG: f"**{step} failed**: {message}"})
+                with output_into_log() if log is not None else nullcontext():
+                    yield run
                 if log is not None:
-                    log_card(step, "failed", [], [], status="FAILED", error=message)
-                    log.log_to_run()  # what happened, and no output artifact
-                mlflow.end_run(status="FAILED")
-            except Exception as recording:
-                exit_if_unreachable(step, recording, log)
+                    log_peak_memory()
+                    mlflow.set_tag(WARNINGS_TAG, str(log.warnings.count))
+                    log.log_to_run()
+            except PipelineError as error:
+                exit_if_unreachable(step, error, log)  # a TrackingUnreachableError: nothing can be recorded
+                message = one_line(str(error))
+                record_failure(step, message, log, "FAILED")
+                if nested:
+                    raise
+                print(f"error: {step}: {message}", file=sys.stderr, flush=True)
+                sys.exit(1)
+            except KeyboardInterrupt:
+                record_failure(step, "interrupted (Ctrl-C)", log, "KILLED")
                 raise
-            if nested:
+            except Exception as error:
+                exit_if_unreachable(step, error, log)
+                if log is not None:
+                    logger.exception("unexpected error")
+                record_failure(step, one_line(f"unexpected {type(error).__name__}: {error}"), log, None)
                 raise
-            print(f"error: {step}: {message}", file=sys.stderr, flush=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            mlflow.end_run(status="KILLED")
-            raise
-        except Exception as error:
-            exit_if_unreachable(step, error, log)
-            mlflow.set_tag(ERROR_TAG, one_line(f"unexpected {type(error).__name__}: {error}"))
-            if log is not None:
-                logger.exception("unexpected error")
-                log.log_to_run()
-            raise
+    finally:
+        if log is not None:
+            log.remove()
+
+
+def record_failure(step: str, message: str, log: StepLog | None, status: str | None) -> None:
+    """What a failed step leaves: the error tag and note, its card (unless the step made one: e.g. monitor's
+    drift report before fail_on_drift) and its log; the run ended with `status` (None: left to the caller)."""
+    from steps.lib.cards import CARD_FILE, log_card
+
+    logger.error("%s", message)
+    try:
+        mlflow.set_tags({ERROR_TAG: message, NOTE_TAG: f"**{step} failed**: {message}"})
+        if log is not None:
+            run_id = mlflow.active_run().info.run_id
+            if CARD_FILE not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
+                log_card(step, "failed", [], [], status="FAILED", error=message)
+            log.log_to_run()
+        if status is not None:
+            mlflow.end_run(status=status)
+    except Exception as recording:
+        exit_if_unreachable(step, recording, log)
+        raise
 
 
 def log_peak_memory() -> None:
@@ -151,12 +164,12 @@ def run_cli(command: click.Command, step: str) -> None:
     except (click.ClickException, click.Abort) as error:
         message = one_line(error.format_message() if isinstance(error, click.ClickException) else "aborted")
         log = StepLog.start(step)
-        logger.error("%s", message)
-        with mlflow.start_run():
-            mlflow.set_tags({STEP_TAG: step, RUN_NAME_TAG: step, ERROR_TAG: message})
-            log_card(step, "failed", [], [], status="FAILED", error=message)
-            log.log_to_run()
-            mlflow.end_run(status="FAILED")
+        try:
+            with mlflow.start_run():
+                mlflow.set_tags({STEP_TAG: step, RUN_NAME_TAG: step})
+                record_failure(step, message, log, "FAILED")
+        finally:
+            log.remove()
         print(f"error: {step}: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
 
@@ -191,6 +204,14 @@ def parse_bool(name: str, value: str | bool) -> bool:
     if lowered in {"false", "0", "no", "off"}:
         return False
     raise PipelineError(f"{name} must be true or false, got {value!r}")
+
+
+def flag(ctx: click.Context | None, param: click.Parameter | None, value: str) -> bool:
+    """A click callback for a true/false option: a bad value is the CLI's own one-line error."""
+    try:
+        return parse_bool(param.name if param is not None else "value", value)
+    except PipelineError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 # How a param leaves a choice to the pipeline. Turned into None at the CLI boundary, never checked deeper.

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from steps.lib.cards import Section, log_card, pipeline_diagram
+from steps.lib.story import figure
 from steps.lib.uris import redact_uri
 
 
@@ -105,9 +106,9 @@ def evaluate_card(scored: Any, registered: tuple[str, str, str, str], gates: lis
     """registered: (name, version, alias, decision)."""
     metric, (name, version, alias, decision) = scored.metric, registered
     facts = [
-        (f"test {metric}", f"{scored.test_scores[metric]:.4f}"),
-        ("dummy baseline", f"{scored.baseline_scores[metric]:.4f}"),
-        ("strong baseline", f"{scored.strong_scores[metric]:.4f}"),
+        (f"test {metric}", figure(scored.test_scores, metric)),
+        ("dummy baseline", figure(scored.baseline_scores, metric)),
+        ("strong baseline", figure(scored.strong_scores, metric)),
         ("registered", f"{name} version {version} as {alias}"),
         ("decision", decision),
     ]

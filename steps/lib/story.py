@@ -18,8 +18,10 @@ NOTE_TAG = "mlflow.note.content"
 
 
 def describe(*lines: str) -> None:
-    """The active run's description, one Markdown paragraph per line."""
-    mlflow.set_tag(NOTE_TAG, "\n\n".join(line for line in lines if line))
+    """The active run's description, one Markdown paragraph per line (a URI's secrets redacted)."""
+    from steps.lib.console import redact_text
+
+    mlflow.set_tag(NOTE_TAG, redact_text("\n\n".join(line for line in lines if line)))
 
 
 def run_link(experiment_id: str, run_id: str, text: str | None = None) -> str:
@@ -36,6 +38,12 @@ def code(text: Any) -> str:
     text = str(text).replace("\n", " ")
     fence = "``" if "`" in text else "`"
     return f"{fence}{text}{fence}" if fence == "`" else f"{fence} {text} {fence}"
+
+
+def figure(scores: dict[str, float], metric: str) -> str:
+    """A score to 4 places, or 'n/a' where it could not be computed (e.g. AUC with a class absent)."""
+    value = scores.get(metric)
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def listed(items: Iterable[str], none: str = "none") -> str:
@@ -91,9 +99,9 @@ def evaluate_story(scored: Any, outcome: dict[str, str], gates: list[tuple[str, 
     name, version = outcome["registered_model.name"], outcome["registered_model.version"]
     gate_rows = [(gate, "passed" if passed else "failed", reason) for gate, passed, reason in gates]
     describe(
-        f"**evaluate**: test {metric} = {scored.test_scores[metric]:.4f}, against the dummy baseline's "
-        f"{scored.baseline_scores[metric]:.4f} and a default HistGradientBoosting's "
-        f"{scored.strong_scores[metric]:.4f}.",
+        f"**evaluate**: test {metric} = {figure(scored.test_scores, metric)}, against the dummy baseline's "
+        f"{figure(scored.baseline_scores, metric)} and a default HistGradientBoosting's "
+        f"{figure(scored.strong_scores, metric)}.",
         f"Registered {version_link(name, version)} as **{outcome['registered_model.alias']}**: "
         f"{outcome['champion.decision']}",
         table(("gate", "outcome", "why"), gate_rows) if gate_rows else "No gates were set.",
@@ -138,5 +146,9 @@ def main_story(experiment_id: str, results: Sequence[Any], registered: dict[str,
     for name in (f"test_{metric}", f"baseline_test_{metric}", f"strong_baseline_test_{metric}"):
         if name in metrics:
             compared[name] = metrics[name]
+    tune = next((r for r in results if r.step == "tune"), None)
+    if tune is not None:  # the search's size: its trials (a resumed one counts them all), its failures
+        tuned = mlflow.tracking.MlflowClient().get_run(tune.run_id).data.metrics
+        compared |= {name: tuned[name] for name in ("n_trials", "n_failed_trials") if name in tuned}
     mlflow.log_metrics(compared)
     mlflow.set_tags({"metric": metric, "champion.decision": tags.get("champion.decision", "")})

@@ -96,8 +96,9 @@ def test_the_cache_keys_on_resolved_values_not_on_a_profile(workspace, tmp_path)
     profile.write_text("max_evals: 20\nalgo: tpe\nmodels: [all]\nseed: 7\n")
     again = run_main(workspace, f"profile={profile}", "seed=42")
     assert again["cached"] == ran() and again["ids"] == before
-    tags = again["main"].data.tags
-    assert tags["resolved.max_evals"] == "20" and tags["resolved.seed"] == "42" and tags["profile"] == str(profile)
+    params = again["main"].data.params
+    assert params["resolved.max_evals"] == "20" and params["resolved.seed"] == "42"
+    assert again["main"].data.tags["profile"] == str(profile)
     client = MlflowClient(workspace["store"])
     with tempfile.TemporaryDirectory() as folder:
         resolved = yaml.safe_load(

@@ -158,6 +158,7 @@ def test_the_runs_tell_their_story_in_the_ui(pipeline):
     assert main.data.metrics[f"test_{metric}"] == steps["evaluate"].data.metrics[f"test_{metric}"]
     assert main.data.metrics[f"baseline_test_{metric}"] == steps["evaluate"].data.metrics[f"baseline_test_{metric}"]
     assert main.data.metrics["promoted"] == 1.0 and main.data.metrics["n_cached_steps"] == 0
+    assert main.data.metrics["n_trials"] == 20 and main.data.tags["champion.decision"]
     assert {f"seconds_{name}" for name in steps} <= set(main.data.metrics)
     for name, run in steps.items():
         assert run.data.tags["mlflow.note.content"].startswith(f"**{name}**"), name

@@ -256,7 +256,7 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     in_process(
         "main",
         *("--data-uri", str(tmp_path / "orders.csv"), "--target", "returned", "--registered-model-name", "by-customer"),
-        *("--max-evals", "2", "--models", "random_forest", "--cv-folds", "3"),
+        *("--max-evals", "2", "--models", "logistic_regression", "--cv-folds", "3"),
         *("--split", "group", "--group-column", "customer"),
     )
     assert len(client.search_runs([featurize.info.experiment_id], "tags.`pipeline.step` = 'load'")) == 1  # reused

@@ -192,7 +192,7 @@ def test_with_auth_an_anonymous_request_is_refused_and_a_user_with_a_password_ru
 
             AuthServiceClient(server.uri).create_user("carol", "carol-S3cret-8")
         credentials = {"MLFLOW_TRACKING_USERNAME": "carol", "MLFLOW_TRACKING_PASSWORD": "carol-S3cret-8"}
-        params = ["-P", "max_evals=2", "-P", "models=logistic_regression", "-P", "use_cache=false"]
+        params = ["-P", "max_evals=1", "-P", "models=logistic_regression", "-P", "use_cache=false"]
         result = mlflow_run(project, ["-e", "main", *params], server.uri, extra_env=credentials)
         assert result.returncode == 0, result.stderr[-3000:]
         with pytest.MonkeyPatch.context() as patch:

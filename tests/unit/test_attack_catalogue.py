@@ -2,10 +2,10 @@
 could try, each tried through the step's own command line against a store where it is planted.
 
 Every row must end the same way: exit 1 with one `error: <step>: ...` line naming the problem, a FAILED run
-with no artifacts, the payload never run, the loopback server never asked, no secret in the output or the
-run. Attacks that are not a step's command line (the cache's signature, the tracking server, liveness, the
-champion lock, the hashed locks) are listed in docs/security.md's catalogue with the test of each;
-`test_every_catalogued_test_exists` keeps that list true.
+with no output artifact (its log and card hold no secret), the payload never run, the loopback server never
+asked, no secret in the output or the run. Attacks that are not a step's command line (the cache's
+signature, the tracking server, liveness, the champion lock, the hashed locks) are listed in
+docs/security.md's catalogue with the test of each; `test_every_catalogued_test_exists` keeps that list true.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import http.server
 import json
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,11 @@ def test_an_attack_is_refused_in_one_line_and_nothing_runs_or_leaks(store, attac
     # The user's own -P values are recorded as typed (MLflow's doing: the error tells them to delete the run);
     # the step adds no secret of its own to the run.
     assert SECRET not in json.dumps(run.data.tags)
+    client = MlflowClient()
+    for artifact in (f"logs/{attempt.step}.log", "card.html"):  # what the failed run keeps
+        with tempfile.TemporaryDirectory() as folder:
+            kept = Path(client.download_artifacts(run.info.run_id, artifact, folder)).read_text()
+        assert SECRET not in kept, artifact
     if "in clear" not in attack:
         assert SECRET not in json.dumps(run.data.params)
 

@@ -56,6 +56,7 @@ def test_a_bad_profile_fails_main_before_any_step(tracking_uri, tmp_path, capsys
     message = "profile key 'max_evals' must be a whole number"
     assert_failed_cleanly(capsys, "main", ["--profile", str(tmp_path / "bad.yaml")], message)
     assert_failed_cleanly(capsys, "main", ["--profile", str(tmp_path / "none.yaml")], "profile not found at")
+    assert_failed_cleanly(capsys, "main", ["--verbose", "maybe"], "verbose must be true or false, got 'maybe'")
     # A value of the right kind that its step refuses: named, with where it came from.
     (tmp_path / "algo.yaml").write_text("split: sideways\n")
     assert_failed_cleanly(capsys, "main", ["--profile", str(tmp_path / "algo.yaml")], "(from the profile)")
@@ -67,10 +68,12 @@ def test_the_shipped_profiles_resolve_and_check_for_both_tasks(name):
 
     values, sources = resolve({}, read_profile(str(PROJECT_DIR / "profiles" / f"{name}.yaml")))
     assert set(sources.values()) == {"profile", "default"}
+    from steps.lib.search_space import task_families
+
     for task in ("classification", "regression"):
         arguments = checked_arguments(values | {"task": task}, sources)
         arguments["tune"].check()
-        assert arguments["task"] == task
+        assert task_families(task, arguments["tune"].models)  # every family it names fits the task
     assert yaml.safe_load((PROJECT_DIR / "profiles" / f"{name}.yaml").read_text())  # comments aside, a mapping
 
 
@@ -78,8 +81,9 @@ def test_reproduce_replays_the_resolved_values_not_the_profile():
     from steps.reproduce import replayed_params
 
     params = {"profile": "profiles/quick.yaml", "verbose": "false", "max_evals": "auto", "use_cache": "true"}
-    tags = {f"resolved.{key}": default for key, (default, _) in DEFAULTS.items()} | {"resolved.max_evals": "4"}
-    tags["resolved.planted"] = "x"  # anyone may add a tag: only main's own params are replayed
+    params |= {f"resolved.{key}": default for key, (default, _) in DEFAULTS.items()} | {"resolved.max_evals": "4"}
+    params["resolved.planted"] = "x"  # only main's own params are replayed
+    tags = {"resolved.max_evals": "9999"}  # a tag is anyone's to change: never read
     replayed = replayed_params(SimpleNamespace(data=SimpleNamespace(params=params, tags=tags)))
     assert replayed["max_evals"] == "4" and replayed["profile"] == "none" and replayed["verbose"] == "false"
     assert "use_cache" not in replayed and "planted" not in replayed

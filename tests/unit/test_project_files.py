@@ -40,6 +40,11 @@ def test_conda_yaml_installs_the_hashed_lock_into_the_same_python():
     assert f"python={env['python']}" in conda["dependencies"]
     # conda writes the pip section to a file beside the environment file: conda/MLproject's needs the lock there
     assert (PROJECT_DIR / "conda" / "requirements.lock").resolve() == (PROJECT_DIR / "requirements.lock").resolve()
+    # MLflow names a conda environment after conda.yaml's text: the lock's digest in it (scripts/lock.sh)
+    import hashlib
+
+    digest = hashlib.sha256((PROJECT_DIR / "requirements.lock").read_bytes()).hexdigest()
+    assert f"# requirements.lock sha256: {digest}\n" in (PROJECT_DIR / "conda.yaml").read_text()
 
 
 def test_python_env_builds_the_exact_python_and_the_lock():
