@@ -219,10 +219,15 @@ def champion_lock(
         release(client, lock, version)
 
 
+RELEASED = "0"  # a ticket's time stamp once its holder is done but could not delete it: stale at once
+
+
 def delete_ticket(client: MlflowClient, lock: str, version: str) -> None:
     try:
         client.delete_model_version(lock, version)
     except MlflowException as error:
+        if error_code(error) == "PERMISSION_DENIED":  # basic auth: only the lock model's creator may delete
+            return  # it is stale already: every waiter passes it over
         if error_code(error) != "RESOURCE_DOES_NOT_EXIST":  # another holder cleaned it up first
             logger.warning("could not delete the stale ticket %s v%s: %s", lock, version, one_line(str(error), 120))
 
@@ -230,10 +235,18 @@ def delete_ticket(client: MlflowClient, lock: str, version: str) -> None:
 def release(client: MlflowClient, lock: str, version: str) -> None:
     """Delete this process's own ticket (its number is its own); a failure only leaves it to go stale.
 
-    Raising here would undo the work the lock guarded (evaluate deletes a version that fails mid-way).
+    Under MLflow's basic auth a user may add versions to a model another user created but not delete them
+    (EDIT, not MANAGE): the ticket is then released by its time stamp, which makes it stale at once. Raising
+    here would undo the work the lock guarded (evaluate deletes a version that fails mid-way).
     """
     try:
         client.delete_model_version(lock, version)
     except MlflowException as error:
+        if error_code(error) == "PERMISSION_DENIED":
+            try:
+                client.set_model_version_tag(lock, version, ACQUIRED_TAG, RELEASED)
+                return
+            except MlflowException as tagging:
+                error = tagging
         if error_code(error) != "RESOURCE_DOES_NOT_EXIST":
             logger.warning("could not release %s v%s (%s); it goes stale by itself", lock, version, error)

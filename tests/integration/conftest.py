@@ -291,6 +291,16 @@ class TrackingServer:
     def stop(self) -> None:
         self.script("stop", timeout=120)
 
+    def stop_and_remove(self) -> None:
+        """Stop the server and remove what it kept (run as root, PostgreSQL's data lives outside data_dir)."""
+        import shutil
+
+        kept = Path(self.paths()["pg_data"]).parent
+        self.stop()
+        if kept.parent.name == "mlflow-pipeline":
+            shutil.rmtree(kept, ignore_errors=True)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def paths(self) -> dict[str, str]:
         """Where the script keeps PostgreSQL's data, its socket and the password file (its `paths` command)."""
         answer = self.script("paths")

@@ -215,4 +215,4 @@ def test_with_auth_an_anonymous_request_is_refused_and_a_user_with_a_password_ru
         )
         assert leaking.stdout == "", leaking.stdout  # the auth database keeps a hash of it only
     finally:
-        server.stop()
+        server.stop_and_remove()

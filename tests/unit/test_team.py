@@ -319,6 +319,30 @@ def test_a_stale_ticket_is_passed_over_and_a_live_one_times_out(tracking_uri):
     assert tickets(client) == []
 
 
+def test_a_ticket_its_holder_may_not_delete_is_released_by_its_time_stamp(tracking_uri, monkeypatch):
+    """MLflow's basic auth lets a user add versions to a lock model someone else created but not delete them
+    (seen on a real --auth server: 403): the holder's ticket is then stamped released, and the next evaluate,
+    on another machine too (its holder's liveness unknown), enters at once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    client = MlflowClient()
+
+    def denied(name, version):
+        raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(client, "delete_model_version", denied)
+    with champion_lock(client, "model", timeout=5) as held:
+        held.check()
+    [ticket] = client.search_model_versions(f"name = '{lock_name('model')}'")
+    assert ticket.tags[ACQUIRED_TAG] == "0"
+    client.set_model_version_tag(lock_name("model"), ticket.version, HOLDER_TAG, "elsewhere:1:1")  # unknown liveness
+    started = time.monotonic()
+    with champion_lock(client, "model", timeout=5, poll=0.1) as held:
+        held.check()
+    assert time.monotonic() - started < 3
+
+
 def test_a_holder_moves_the_alias_only_while_the_lock_is_still_its_own(tracking_uri):
     client = MlflowClient()
     with champion_lock(client, "model", stale_after=3600) as held:
