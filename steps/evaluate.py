@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
+from threadpoolctl import threadpool_limits
 
 from steps.lib.artifacts import digest_json
 from steps.lib.explain import (
@@ -242,10 +243,11 @@ def register_and_decide(
     return version, decision, gate_tags
 
 
-def log_importance(scored: Scored, seed: int) -> pd.DataFrame:
+def log_importance(scored: Scored, seed: int, threads: int) -> pd.DataFrame:
     """Permutation importance of the raw input columns on the test rows: explanations/permutation_importance.csv
     and its bar chart; the table, for the card."""
-    table = permutation_importance_table(scored.model, scored.splits.test, scored.spec, scored.metric, seed)
+    with threadpool_limits(limits=threads):  # the step's thread count, as its fits
+        table = permutation_importance_table(scored.model, scored.splits.test, scored.spec, scored.metric, seed)
     with tempfile.TemporaryDirectory() as tmp:
         table.to_csv(Path(tmp, IMPORTANCE_FILE), index=False)
         plot_importance(table, Path(tmp, IMPORTANCE_PLOT))
@@ -305,7 +307,7 @@ def run_evaluate(
     gates = gates or GateOptions()
     scored = score(model_uri, splits_uri, metric, gates, seed, threads)
     log_scores(scored)
-    importance = log_importance(scored, seed)
+    importance = log_importance(scored, seed, resolve_threads(threads))
     decisive = scored.comparison[scored.comparison.metric == scored.metric]  # the decision metric's row
     beats_baseline = bool(decisive["model_beats_baseline"].all())
     client = MlflowClient()

@@ -168,6 +168,14 @@ def predict_on_spark(data_uri: str, uri: str, spark_master: str | None) -> dict[
         publish_artifacts(out, PREDICTIONS_DIR)
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest)
     logger.info("scored %d rows with %s on Spark", metrics["n_rows"], uri)
+    rows = int(metrics["n_rows"])
+    describe(
+        f"**predict** scored {rows:,} rows of {code(redact_uri(data_uri))} with {code(uri)} on Spark "
+        f"({code(spark_master or 'its own master')}).",
+        "Predictions (the input columns, then `prediction` and one `proba_<class>` per class) are the Parquet "
+        "dataset under `predictions/`.",
+    )
+    predict_card(rows, data_uri, uri, metrics)
     return metrics
 
 

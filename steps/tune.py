@@ -311,7 +311,9 @@ def tune_with(
         draw = log_process.call if log_process is not None else call_here
         best = log_search(outcome, inputs, time.perf_counter() - started, draw)
     failed = sum(result.get("status") != STATUS_OK for result in outcome.trials.results)
-    at_once = f"{options.parallelism} at a time" if options.backend == "local" else f"on Spark ({options.backend})"
+    at_once = (
+        f"{options.parallelism} at a time" if options.backend == "local" else f"on Spark ({spark_master or 'local'})"
+    )
     best_trial = best_result(outcome.trials)
     tune_story(best_trial, inputs.metric, len(outcome.trials.trials), failed, outcome.stopped_by, at_once)
     logger.info(

@@ -108,6 +108,8 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     shares = {k: v for k, v in spark_run.data.metrics.items() if k.startswith("pred_share_")}
     assert shares == {k: v for k, v in local_run.data.metrics.items() if k.startswith("pred_share_")}
     assert spark_run.data.metrics["n_rows"] == 1500
+    assert spark_run.data.tags["mlflow.note.content"].startswith("**predict** scored 1,500 rows")
+    assert "card.html" in {a.path for a in MlflowClient(store).list_artifacts(spark_run.info.run_id)}
 
     bad = batch.astype({"Income ($)": object})
     bad.loc[700, "Income ($)"] = "lots"
