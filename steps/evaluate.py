@@ -264,8 +264,11 @@ def log_outcome(
     decision: ChampionDecision,
     importance: pd.DataFrame | None = None,
 ) -> None:
-    """The model card in the run, linked from the version (its tag) and summarised (its description)."""
+    """The model card in the run, linked from the version (its tag) and summarised (its description); the run's
+    card and description."""
     alias = CHAMPION if decision.promote else CHALLENGER
+    gates = [(gate.name, gate.passed, gate.reason) for gate in decision.gates]
+    registered = (version.name, str(version.version), alias, decision.reason)
     card, plots = build_card(
         name=version.name,
         version=str(version.version),
@@ -276,13 +279,13 @@ def log_outcome(
         spec=scored.spec,
         test_dataset=scored.test_dataset,
         comparison=scored.comparison,
-        gates=[(gate.name, gate.passed, gate.reason) for gate in decision.gates],
+        gates=gates,
         decision=decision.reason,
         evaluation_artifacts=scored.evaluation.artifacts,
         importance=importance,
     )
-    gates = [(gate.name, gate.passed, gate.reason) for gate in decision.gates]
-    evaluate_card(scored, (version.name, str(version.version), alias, decision.reason), gates, plots, card)
+    evaluate_card(scored, registered, gates, plots, card)
+    evaluate_story(scored, registered, gates)
     log_card(card, plots)
     run_id = mlflow.active_run().info.run_id
     card_uri = artifact_uri(run_id, f"{CARD_DIR}/model_card.md")
@@ -327,7 +330,6 @@ def run_evaluate(
     } | gate_tags
     mlflow.set_tags(outcome | {OUTPUT_DIGEST_TAG: digest_json(outcome)})
     log_outcome(client, model_uri, splits_uri, scored, version, decision, importance)
-    evaluate_story(scored, outcome, [(gate.name, gate.passed, gate.reason) for gate in decision.gates])
     if not beats_baseline:
         logger.warning("the model does not beat the dummy baseline on test %s", scored.metric)
     logger.info(

@@ -102,13 +102,14 @@ def run_featurize(
     frame, meta = read_raw_data(raw_data_uri)
     spec = build_feature_spec(frame, meta["target"], task)
     splits = split_frame(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
-    mlflow.set_tag("split", describe_split(spec.split))
+    split_words = describe_split(spec.split)
+    mlflow.set_tag("split", split_words)
     if spec.split["rows_without_value"]:
-        logger.warning("split: %s", describe_split(spec.split))
+        logger.warning("split: %s", split_words)
     log_splits(splits, spec, meta)
     counts = {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}
-    featurize_story(spec, counts, describe_split(spec.split))
-    featurize_card(spec, splits, describe_split(spec.split))
+    featurize_story(spec, counts, split_words)
+    featurize_card(spec, splits, split_words)
     logger.info(
         "%s task; %d numeric, %d categorical, %d date/time features; dropped %s; %d/%d/%d rows",
         spec.task,

@@ -152,7 +152,8 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         }
         write_json(data_dir / DATA_META, meta)
         write_json(profile_dir / "profile.json", profile)
-        column_table(profile).to_csv(profile_dir / "columns.csv", index=False)
+        columns = column_table(profile)
+        columns.to_csv(profile_dir / "columns.csv", index=False)
         histograms.result()
         log_dataset(dataset, context="raw")
         mlflow.log_metrics(
@@ -171,7 +172,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         mlflow.log_artifacts(str(profile_dir), PROFILE_DIR)
         publish_artifacts(data_dir, DATA_DIR)
         load_story(meta, profile["n_missing_cells"])
-        load_card(meta, column_table(profile), profile_dir / "histograms.png", profile["n_missing_cells"])
+        load_card(meta, columns, profile_dir / "histograms.png", profile["n_missing_cells"])
     logger.info("loaded %s: %d rows x %d columns, target %r", name, len(frame), len(frame.columns), target)
     return meta
 

@@ -63,6 +63,7 @@ class StepResult:
     error: str = ""
     cached: bool = False
     rejected: tuple[str, ...] = ()  # runs with the same cache key that were not reused, and why
+    warnings: int = 0  # how many warnings the step's run logged (its tag pipeline.warnings)
 
 
 def key_metric(step: str, run: Any, metric_hint: str) -> str:
@@ -125,6 +126,7 @@ def launch_step(
         round(time.monotonic() - started, 1),
         key_metric(entry_point, run, metric_hint) if run.info.status == "FINISHED" else "",
         run.data.tags.get(ERROR_TAG, ""),
+        warnings=warnings_of(run),
     )
 
 
@@ -134,9 +136,15 @@ def announce_start(step: str) -> None:
         say(f"{step:<9} running ...", end="")
 
 
-def announce_end(result: StepResult, client: MlflowClient) -> None:
+def warnings_of(run: Run) -> int:
+    """How many warnings a step run logged (its tag; 0 for a run from before step logs, or a bad value)."""
+    count = run.data.tags.get(WARNINGS_TAG, "0")
+    return int(count) if count.isdigit() else 0
+
+
+def announce_end(result: StepResult) -> None:
     """One line per step as it ends: name, status, seconds, ran or cached, key metric, its warnings' count."""
-    warnings = int(client.get_run(result.run_id).data.tags.get(WARNINGS_TAG, "0") or 0)
+    warnings = result.warnings
     noted = f"  ({warnings} warning{'s' * (warnings != 1)}: logs/{result.step}.log)" if warnings else ""
     cache = "cached" if result.cached else "ran"
     line = f"{result.step:<9} {result.status:<8} {result.seconds:6.1f} s  {cache:<6}  {result.key_metric}{noted}"
@@ -222,7 +230,9 @@ class Pipeline:
             logger.info("step %s: reusing run %s (same cache key)", entry_point, cached.info.run_id)
             seconds = round(time.monotonic() - started, 1)
             metric = key_metric(entry_point, cached, metric_hint)
-            result = StepResult(entry_point, cached.info.run_id, "FINISHED", seconds, metric, cached=True)
+            result = StepResult(
+                entry_point, cached.info.run_id, "FINISHED", seconds, metric, cached=True, warnings=warnings_of(cached)
+            )
         else:
             result = launch_step(
                 entry_point, parameters, self.env_manager, self.experiment_id, self.main_run_id, metric_hint
@@ -233,7 +243,7 @@ class Pipeline:
                 sign_step_run(self.client, result.run_id, key)
         result.rejected = tuple(rejected)
         self.results.append(result)
-        announce_end(result, self.client)
+        announce_end(result)
         mlflow.set_tags(
             {f"steps.{entry_point}.run_id": result.run_id, f"steps.{entry_point}.cached": str(result.cached).lower()}
         )

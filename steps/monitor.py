@@ -244,9 +244,13 @@ def drift_metrics(table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, flo
 
 
 def log_drift(
-    table: pd.DataFrame, summary: dict[str, Any], labelled: bool, frames: tuple[pd.DataFrame, pd.DataFrame]
+    table: pd.DataFrame,
+    summary: dict[str, Any],
+    labelled: bool,
+    frames: tuple[pd.DataFrame, pd.DataFrame],
+    verdict: str,
 ) -> None:
-    """Metrics, tags, the drift table (CSV and MLflow table), the summary and the figures."""
+    """Metrics, tags, the drift table (CSV and MLflow table), the summary and the figures, the card (`verdict`)."""
     mlflow.log_metrics(drift_metrics(table, summary))
     mlflow.set_tags(
         {
@@ -262,8 +266,6 @@ def log_drift(
         (out / FIGURES_DIR).mkdir()
         plot_drift(*frames, table, out / FIGURES_DIR)
         mlflow.log_artifacts(tmp, DRIFT_DIR)
-        drifted = summary["drifted_columns"]
-        verdict = f"drift in {', '.join(drifted)}" if drifted else "no drift"
         monitor_card(table, out / FIGURES_DIR, verdict, [("rows", summary.get("n_rows", "")), ("labelled", labelled)])
     mlflow.log_table(table, artifact_file=f"{DRIFT_DIR}/drift_table.json")
 
@@ -315,8 +317,8 @@ def run_monitor(
     }
     if labelled and sample[prediction].notna().all():
         summary |= live_performance(model, reference, sample)
-    log_drift(table, summary, labelled, (reference.train_with_predictions, sample))
     verdict = f"drift in {', '.join(drifted)}" if drifted else "no drift"
+    log_drift(table, summary, labelled, (reference.train_with_predictions, sample), verdict)
     logger.info(
         "%s: %d rows against %d training rows of %s v%s",
         verdict,

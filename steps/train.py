@@ -116,7 +116,8 @@ def run_train(
     validation = score_model(fitted, splits.validation, spec)
     features, _ = features_and_target(splits.train, spec)
     signature = mlflow.models.infer_signature(features, fitted.predict(features))
-    mlflow.log_params(hyperparam_params(family, hyperparams) | {"threads": str(threads), "refit": refit})
+    params = hyperparam_params(family, hyperparams)
+    mlflow.log_params(params | {"threads": str(threads), "refit": refit})
     prefix = "val_" if refit == "train" else "val_in_sample_"
     mlflow.log_metrics({f"{prefix}{k}": v for k, v in validation.items()} | {"fit_seconds": fit_seconds})
     n_rows = len(splits.train) + (len(splits.validation) if refit == "train+validation" else 0)
@@ -150,7 +151,7 @@ def run_train(
     with fetched(info.model_uri, "the model just logged") as model_folder:  # in place from a local store
         record_manifest(info.model_uri, file_manifest(model_folder))
     train_story(training_info, validation, prefix, info.model_uri)
-    train_card(training_info, hyperparam_params(family, hyperparams), validation, prefix, fitted)
+    train_card(training_info, params, validation, prefix, fitted)
     logger.info("trained %s %s: validation %s", family.name, hyperparams, validation)
     return validation
 

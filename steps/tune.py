@@ -193,14 +193,20 @@ def call_here(function: Callable[..., Any], *args: Any) -> Any:
 
 
 def log_search(
-    outcome: SearchOutcome, inputs: TuneInputs, seconds: float, draw: Callable[..., Any] = call_here
+    outcome: SearchOutcome,
+    inputs: TuneInputs,
+    seconds: float,
+    draw: Callable[..., Any] = call_here,
+    at_once: str = "",
 ) -> dict[str, Any]:
-    """The best params, the trial records, the leaderboard, the figures, the summary metrics and tags.
+    """The best params, the trial records, the leaderboard, the figures, the summary metrics and tags, the card
+    and the run's description (`at_once`: how the trials ran, in words).
 
     `draw(plot_search, ...)` draws the figures: here, or in the trial logger process.
     """
     trials, metric = outcome.trials, inputs.metric
     best = best_result(trials)
+    failed = sum(result.get("status") != STATUS_OK for result in trials.results)
     payload = {
         "model": best["model"],
         "params": best["params"],
@@ -223,7 +229,7 @@ def log_search(
                 "best_loss": best["loss"],
                 "n_trials": len(trials.trials),
                 "n_new_trials": outcome.new_trials,
-                "n_failed_trials": sum(result.get("status") != STATUS_OK for result in trials.results),
+                "n_failed_trials": failed,
                 "search_seconds": seconds,
             }
         )
@@ -242,9 +248,9 @@ def log_search(
         for name in (LEADERBOARD, TRIALS_FILE, BEST_PARAMS):
             mlflow.log_artifact(str(out / name))
         record_manifest(run_root(), file_manifest(out, [TRIALS_FILE, BEST_PARAMS]))  # what train and resume read
-        failed = sum(result.get("status") != STATUS_OK for result in trials.results)
         facts = [("trials", len(trials.trials)), ("failed", failed), ("stopped by", outcome.stopped_by)]
         tune_card(board.head(50), out / FIGURES_DIR, best, metric, [*facts, ("best trial", best["trial"])])
+    tune_story(best, metric, len(trials.trials), failed, outcome.stopped_by, at_once)
     # What train consumes from the file; run ids inside it differ from one run to the next.
     mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json({k: payload[k] for k in ("model", "params", "metric")}))
     return payload
@@ -309,13 +315,12 @@ def tune_with(
         outcome, log_process = search(inputs, config, spark_master, cleanup, early_workers)
         # The logger process has matplotlib loaded already, and time to spare: it draws the figures.
         draw = log_process.call if log_process is not None else call_here
-        best = log_search(outcome, inputs, time.perf_counter() - started, draw)
-    failed = sum(result.get("status") != STATUS_OK for result in outcome.trials.results)
-    at_once = (
-        f"{options.parallelism} at a time" if options.backend == "local" else f"on Spark ({spark_master or 'local'})"
-    )
-    best_trial = best_result(outcome.trials)
-    tune_story(best_trial, inputs.metric, len(outcome.trials.trials), failed, outcome.stopped_by, at_once)
+        at_once = (
+            f"{options.parallelism} at a time"
+            if options.backend == "local"
+            else f"on Spark ({spark_master or 'local'})"
+        )
+        best = log_search(outcome, inputs, time.perf_counter() - started, draw, at_once)
     logger.info(
         "best of %d trials (stopped by %s): %s %s, %s = %.4f",
         len(outcome.trials.trials),

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from steps.lib.features import FeatureSpec
-from steps.lib.metrics import compute_metrics, greater_is_better
-from steps.lib.models import predict_with_proba
+from steps.lib.metrics import metric_loss
+from steps.lib.models import metrics_on
 from steps.lib.splits import features_and_target
 
 IMPORTANCE_ROWS = 10_000  # test rows scored per shuffle at most (a seeded sample): its cost is rows x columns x 5
@@ -29,10 +29,7 @@ def metric_scorer(metric: str, task: str):
     """A scikit-learn scorer (greater is better) computing the pipeline's own `metric`."""
 
     def scorer(estimator: Any, features: pd.DataFrame, labels: pd.Series) -> float:
-        predictions, proba = predict_with_proba(estimator, features, task)
-        classes = list(estimator.classes_) if proba is not None else None
-        value = compute_metrics(task, labels, predictions, proba, classes).get(metric, np.nan)
-        return value if greater_is_better(metric) else -value
+        return -metric_loss(metric, metrics_on(estimator, features, labels, task).get(metric, np.nan))
 
     return scorer
 

@@ -306,9 +306,14 @@ def score_model(model: Any, frame: Any, spec: FeatureSpec, threads: int | None =
     the libraries' own; a trial passes 1, as its fit used: beside another trial, a second thread oversubscribes)."""
     features, labels = features_and_target(frame, spec)
     with threadpool_limits(limits=threads):
-        predictions, proba = predict_with_proba(model, features, spec.task)
+        return metrics_on(model, features, labels, spec.task)
+
+
+def metrics_on(model: Any, features: Any, labels: Any, task: str) -> dict[str, float]:
+    """All task metrics of a fitted model on these rows (the raw input columns and their labels)."""
+    predictions, proba = predict_with_proba(model, features, task)
     classes = list(model.classes_) if proba is not None else None
-    return compute_metrics(spec.task, labels, predictions, proba, classes)
+    return compute_metrics(task, labels, predictions, proba, classes)
 
 
 def hyperparam_params(family: ModelFamily, hyperparams: dict[str, Any]) -> dict[str, str]:

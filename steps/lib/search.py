@@ -112,7 +112,7 @@ class StartedWorkers:
 def workers_to_start_early(asked: int, cores: int) -> int:
     """How many worker processes tune can start before it reads its data: only with a parallelism asked for
     (auto depends on the number of rows), one fewer than the trials at once (this process is a slot too)."""
-    return max(0, min(asked, cores) - 1) if asked > 0 else 0
+    return effective_parallelism(asked, 0, cores) - 1 if asked > 0 else 0
 
 
 @contextmanager

@@ -94,16 +94,15 @@ def train_story(info: str, validation: dict[str, float], prefix: str, model_uri:
     describe(f"**train** fitted {info}.", f"Validation{in_sample}: {shown}.", f"Model: {code(model_uri)}.")
 
 
-def evaluate_story(scored: Any, outcome: dict[str, str], gates: list[tuple[str, bool, str]]) -> None:
-    metric = scored.metric
-    name, version = outcome["registered_model.name"], outcome["registered_model.version"]
+def evaluate_story(scored: Any, registered: tuple[str, str, str, str], gates: list[tuple[str, bool, str]]) -> None:
+    """registered: (name, version, alias, decision)."""
+    metric, (name, version, alias, decision) = scored.metric, registered
     gate_rows = [(gate, "passed" if passed else "failed", reason) for gate, passed, reason in gates]
     describe(
         f"**evaluate**: test {metric} = {figure(scored.test_scores, metric)}, against the dummy baseline's "
         f"{figure(scored.baseline_scores, metric)} and a default HistGradientBoosting's "
         f"{figure(scored.strong_scores, metric)}.",
-        f"Registered {version_link(name, version)} as **{outcome['registered_model.alias']}**: "
-        f"{outcome['champion.decision']}",
+        f"Registered {version_link(name, version)} as **{alias}**: {decision}",
         table(("gate", "outcome", "why"), gate_rows) if gate_rows else "No gates were set.",
         "The model card is `model_card/model_card.md`; the evaluation plots are under `evaluation/`, the "
         "permutation importance of each input column under `explanations/`.",
