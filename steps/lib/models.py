@@ -203,7 +203,7 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 
-    from steps.lib.transforms import DateParts
+    from steps.lib.transforms import CategoryCodes, DateParts
 
     bounded = {"min_frequency": RARE_LEVEL_ROWS, "max_categories": ONE_HOT_MAX_CATEGORIES}
     parts: list[tuple[str, Any, list[str]]] = []
@@ -219,7 +219,8 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
     if many_levels := spec.columns_encoded(TARGET_ENCODING):
         folds = StratifiedKFold if spec.task == CLASSIFICATION else KFold
         target = TargetEncoder(target_type="auto", cv=folds(n_splits=5, shuffle=True, random_state=seed))
-        parts.append(("many_levels", Pipeline([("target", target), ("scale", StandardScaler())]), many_levels))
+        steps = [("codes", CategoryCodes()), ("target", target), ("scale", StandardScaler())]
+        parts.append(("many_levels", Pipeline(steps), many_levels))
     if spec.datetime:
         dates = Pipeline(
             [
@@ -338,9 +339,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def shipped_code_paths(spec: FeatureSpec, folder: Path) -> list[str] | None:
     """The `code_paths` for a model of this spec: a `steps` tree holding only SHIPPED_CODE, byte for byte.
 
-    None when the model needs none of the project's code (no date/time columns).
+    None when the model needs none of the project's code (no date/time column, no column of many levels).
     """
-    if not spec.datetime:
+    if not spec.datetime and not spec.columns_encoded(TARGET_ENCODING):
         return None
     for relative in SHIPPED_CODE:
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -348,8 +349,8 @@ def shipped_code_paths(spec: FeatureSpec, folder: Path) -> list[str] | None:
     return [str(folder / "steps")]
 
 
-# What our pipelines hold beyond skops' default allow-list: numpy and scikit-learn types, and our DateParts
-# (its module ships with the model, see SHIPPED_CODE).
+# What our pipelines hold beyond skops' default allow-list: numpy and scikit-learn types, and our DateParts and
+# CategoryCodes (their module ships with the model, see SHIPPED_CODE).
 SKOPS_TRUSTED_TYPES = (
     "numpy.dtype",
     "sklearn.tree._tree.Tree",
@@ -361,4 +362,5 @@ SKOPS_TRUSTED_TYPES = (
     "sklearn.model_selection._split.KFold",  # the target encoder's cross-fitting folds
     "sklearn.model_selection._split.StratifiedKFold",
     "steps.lib.transforms.DateParts",
+    "steps.lib.transforms.CategoryCodes",
 )

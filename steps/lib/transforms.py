@@ -1,4 +1,5 @@
-"""The project's own transformers inside a logged model: date and time columns as numeric parts.
+"""The project's own transformers inside a logged model: date and time columns as numeric parts, and the
+levels of a many-level text column as numeric codes for the target encoder.
 
 This module ships with every model that uses it (`code_paths`, byte for byte), so a served model
 takes the raw column. It must stay self-contained: numpy, pandas and scikit-learn only, no other
@@ -7,6 +8,7 @@ module of this project.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -60,3 +62,38 @@ class DateParts(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray([f"{name}.{part}" for name in self.columns_ for part in self.parts_[name]], dtype=object)
+
+
+# Each fitted CategoryCodes' hash indexes of its levels, built on its first transform: kept out of the estimator's
+# own state, so a saved model holds only plain arrays (and a refit cannot reuse stale ones: fit drops them).
+_LEVEL_INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class CategoryCodes(TransformerMixin, BaseEstimator):
+    """The levels of text columns as numeric codes, before the target encoder: the same encoding, in a fraction
+    of the time. On text, scikit-learn's encoders build Python sets of every known level on each call (~60 ms
+    for one row at 55,000 levels); on codes they compare arrays. Missing stays missing (NaN, its own category
+    to the encoder, as on text); a level the fit never saw becomes -1, which the encoder has not seen either."""
+
+    def fit(self, X: Any, y: Any = None) -> CategoryCodes:  # noqa: N803
+        frame = pd.DataFrame(X)
+        self.columns_ = [str(c) for c in frame.columns]
+        self.levels_ = [np.asarray(pd.unique(frame[column].dropna()), dtype=object) for column in frame.columns]
+        _LEVEL_INDEXES.pop(self, None)
+        return self
+
+    def transform(self, X: Any) -> pd.DataFrame:  # noqa: N803
+        frame = pd.DataFrame(X)
+        indexes = _LEVEL_INDEXES.get(self)
+        if indexes is None:
+            indexes = _LEVEL_INDEXES[self] = [pd.Index(levels, dtype=object) for levels in self.levels_]
+        codes = {}
+        for name, column, index in zip(self.columns_, frame.columns, indexes, strict=True):
+            values = frame[column]
+            found = index.get_indexer(values.astype(object)).astype(float)
+            found[values.isna().to_numpy()] = np.nan
+            codes[name] = found
+        return pd.DataFrame(codes, index=frame.index)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.asarray(self.columns_, dtype=object)

@@ -17,8 +17,8 @@ from steps.lib.features import (
     choose_columns,
     looks_like_times,
 )
-from steps.lib.models import MODEL_FAMILIES, SHIPPED_CODE, build_model, shipped_code_paths
-from steps.lib.transforms import DateParts, parse_times
+from steps.lib.models import MODEL_FAMILIES, SHIPPED_CODE, SKOPS_TRUSTED_TYPES, build_model, shipped_code_paths
+from steps.lib.transforms import CategoryCodes, DateParts, parse_times
 from tests.conftest import PROJECT_DIR
 
 
@@ -113,6 +113,45 @@ def test_target_encoding_is_cross_fitted_on_the_training_rows():
     assert model.score(frame[spec.input_columns], frame["label"]) < 0.65  # pure noise stays noise
 
 
+def test_many_levels_become_codes_that_the_target_encoder_encodes_exactly_as_it_does_the_text():
+    """The same numbers out, for a level seen, one never seen, and a missing one; one row costs no pass over levels."""
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import TargetEncoder
+
+    frame = levels_frame(6_000)[["city", "shop", "label"]]
+    frame.loc[frame.index[:40], "city"] = None
+    rows = frame.head(100).assign(city=["nowhere", None, *frame["city"].iloc[2:100]])[["city", "shop"]]
+
+    def encoder():
+        return TargetEncoder(cv=StratifiedKFold(5, shuffle=True, random_state=3))
+
+    on_text, on_codes = encoder(), encoder()
+    codes = CategoryCodes()
+    fitted = on_codes.fit_transform(codes.fit_transform(frame[["city", "shop"]]), frame["label"])
+    assert np.array_equal(on_text.fit_transform(frame[["city", "shop"]], frame["label"]), fitted)
+    assert np.array_equal(on_text.transform(rows), on_codes.transform(codes.transform(rows)))
+    assert codes.transform(rows)["city"].iloc[0] == -1 and np.isnan(codes.transform(rows)["city"].iloc[1])
+    assert set(vars(codes)) == {"columns_", "levels_"}  # its lookup index is not in what a saved model holds
+    assert list(codes.get_feature_names_out()) == ["city", "shop"]
+    refitted = codes.fit(pd.DataFrame({"city": ["b", "a"], "shop": ["x", "y"]}))
+    assert list(refitted.transform(pd.DataFrame({"city": ["a"], "shop": ["y"]})).iloc[0]) == [1.0, 1.0]
+
+
+def test_a_model_with_many_level_columns_saves_and_loads_with_the_trusted_types_only():
+    import skops.io
+
+    frame = levels_frame(2_000).drop(columns="seen at")
+    spec = build_feature_spec(frame, "label")
+    assert spec.columns_encoded(TARGET_ENCODING) == ["shop", "city"] and not spec.datetime
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    model = build_model(spec, family, family.resolve({}), seed=0).fit(frame[spec.input_columns], frame["label"])
+    assert [name for name, _ in model[0].named_transformers_["many_levels"].steps] == ["codes", "target", "scale"]
+    saved = skops.io.dumps(model)
+    assert set(skops.io.get_untrusted_types(data=saved)) <= set(SKOPS_TRUSTED_TYPES)
+    loaded = skops.io.loads(saved, trusted=list(SKOPS_TRUSTED_TYPES))
+    assert (loaded.predict_proba(frame[spec.input_columns]) == model.predict_proba(frame[spec.input_columns])).all()
+
+
 def test_text_is_a_time_only_when_nearly_all_of_it_is_iso_8601():
     iso = pd.Series(["2024-05-01", "2024-05-02T13:45:00Z", "2024-05-03 08:00", "2024-05-04T08:00:00+02:00"] * 30)
     assert looks_like_times(iso)
@@ -150,7 +189,7 @@ def test_a_datetime_column_is_featurized_and_the_model_takes_the_raw_column():
     assert (model.predict(as_text) == model.predict(frame[spec.input_columns])).all()
 
 
-def test_the_date_transformer_ships_with_the_model_byte_for_byte(tmp_path):
+def test_the_project_transformers_ship_with_the_model_byte_for_byte(tmp_path):
     with_dates = build_feature_spec(levels_frame(300), "label")
     [folder] = shipped_code_paths(with_dates, tmp_path)
     shipped = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.py"))
@@ -160,5 +199,7 @@ def test_the_date_transformer_ships_with_the_model_byte_for_byte(tmp_path):
     assert folder == str(tmp_path / "steps")
     source = (PROJECT_DIR / "steps/lib/transforms.py").read_text()
     assert "from steps" not in source and "import steps" not in source  # self-contained, as shipped
-    without = build_feature_spec(levels_frame(300).drop(columns="seen at"), "label")
+    many_levels = build_feature_spec(levels_frame(300).drop(columns="seen at"), "label")  # shop and city: codes
+    assert shipped_code_paths(many_levels, tmp_path / "codes") == [str(tmp_path / "codes" / "steps")]
+    without = build_feature_spec(levels_frame(300).drop(columns=["seen at", "shop", "city"]), "label")
     assert shipped_code_paths(without, tmp_path / "none") is None
