@@ -29,7 +29,7 @@ def metric_scorer(metric: str, task: str):
     """A scikit-learn scorer (greater is better) computing the pipeline's own `metric`."""
 
     def scorer(estimator: Any, features: pd.DataFrame, labels: pd.Series) -> float:
-        return -metric_loss(metric, metrics_on(estimator, features, labels, task).get(metric, np.nan))
+        return -metric_loss(metric, metrics_on(estimator, features, labels, task, only=metric).get(metric, np.nan))
 
     return scorer
 

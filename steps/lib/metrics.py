@@ -51,32 +51,48 @@ def metric_loss(metric: str, value: float) -> float:
 
 
 def compute_metrics(
-    task: str, y_true: pd.Series, y_pred: np.ndarray, proba: np.ndarray | None, classes: list[Any] | None
+    task: str,
+    y_true: pd.Series,
+    y_pred: np.ndarray | None,
+    proba: np.ndarray | None,
+    classes: list[Any] | None,
+    only: str | None = None,
 ) -> dict[str, float]:
-    """Every metric of the task; a metric that cannot be computed on these rows is left out."""
+    """Every metric of the task (`only`: that one); a metric that cannot be computed on these rows is left out.
+    `y_pred` None: none of the metrics computed from predictions (a caller that wants only a probability one)."""
     from sklearn import metrics as skm
 
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    scores: dict[str, float] = {}
     if task == REGRESSION:
-        return {
-            "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
-            "mae": float(skm.mean_absolute_error(y_true, y_pred)),
-            "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan,
-        }
-    scores = {
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
-    }
+        if wanted("rmse"):
+            scores["rmse"] = float(np.sqrt(skm.mean_squared_error(y_true, y_pred)))
+        if wanted("mae"):
+            scores["mae"] = float(skm.mean_absolute_error(y_true, y_pred))
+        if wanted("r2"):
+            scores["r2"] = float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan
+        return {name: value for name, value in scores.items() if not math.isnan(value)}
+    if y_pred is not None and wanted("accuracy"):
+        scores["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
+    if y_pred is not None and wanted("f1_macro"):
+        scores["f1_macro"] = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
     if proba is not None and classes is not None:
         labels = list(classes)
-        scores["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
+        if wanted("log_loss"):
+            scores["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
         try:
-            if len(labels) == 2:
+            if wanted("roc_auc_ovr") and len(labels) == 2:
                 scores["roc_auc_ovr"] = float(skm.roc_auc_score(np.asarray(y_true) == labels[1], proba[:, 1]))
-            else:
+            elif wanted("roc_auc_ovr"):
                 scores["roc_auc_ovr"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
         except ValueError:  # a class absent from these rows: AUC is undefined
             pass
     return {name: value for name, value in scores.items() if not math.isnan(value)}
+
+
+PROBABILITY_METRICS = ("log_loss", "roc_auc_ovr")  # computed from class probabilities, not predicted classes
 
 
 def is_better(candidate: float, reference: float, metric: str) -> bool:

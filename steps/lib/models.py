@@ -24,7 +24,7 @@ from steps.lib.features import (
     TASKS,
     FeatureSpec,
 )
-from steps.lib.metrics import compute_metrics
+from steps.lib.metrics import PROBABILITY_METRICS, compute_metrics
 from steps.lib.process import usable_cores
 from steps.lib.splits import Splits, features_and_target
 
@@ -310,11 +310,17 @@ def score_model(model: Any, frame: Any, spec: FeatureSpec, threads: int | None =
         return metrics_on(model, features, labels, spec.task)
 
 
-def metrics_on(model: Any, features: Any, labels: Any, task: str) -> dict[str, float]:
-    """All task metrics of a fitted model on these rows (the raw input columns and their labels)."""
-    predictions, proba = predict_with_proba(model, features, task)
+def metrics_on(model: Any, features: Any, labels: Any, task: str, only: str | None = None) -> dict[str, float]:
+    """All task metrics of a fitted model on these rows (the raw input columns and their labels); `only`: just
+    that metric, from one pass through the model (predicted classes or probabilities, whichever it needs)."""
+    if only is None:
+        predictions, proba = predict_with_proba(model, features, task)
+    elif task == CLASSIFICATION and only in PROBABILITY_METRICS and hasattr(model, "predict_proba"):
+        predictions, proba = None, model.predict_proba(features)
+    else:
+        predictions, proba = model.predict(features), None
     classes = list(model.classes_) if proba is not None else None
-    return compute_metrics(task, labels, predictions, proba, classes)
+    return compute_metrics(task, labels, predictions, proba, classes, only=only)
 
 
 def hyperparam_params(family: ModelFamily, hyperparams: dict[str, Any]) -> dict[str, str]:

@@ -132,6 +132,39 @@ def test_compute_metrics_classification_and_regression():
     assert reg["mae"] == pytest.approx(1 / 3) and reg["rmse"] == pytest.approx(np.sqrt(1 / 3))
 
 
+@pytest.mark.parametrize("task", [CLASSIFICATION, REGRESSION])
+def test_one_metric_alone_is_the_same_number_from_one_pass_through_the_model(task):
+    """Permutation importance asks for one metric per shuffle: predicted classes or probabilities, not both."""
+    from sklearn.datasets import load_diabetes, load_iris
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    from steps.lib.metrics import METRICS
+    from steps.lib.models import metrics_on
+
+    loaded = load_iris(as_frame=True) if task == CLASSIFICATION else load_diabetes(as_frame=True)
+    features, labels = loaded.data, loaded.target
+    model = (LogisticRegression(max_iter=500) if task == CLASSIFICATION else Ridge()).fit(features, labels)
+    calls = []
+
+    class Counted:  # the fitted model, counting its passes over the rows
+        classes_ = getattr(model, "classes_", None)
+
+        def predict(self, rows):
+            calls.append("predict")
+            return model.predict(rows)
+
+        def predict_proba(self, rows):
+            calls.append("predict_proba")
+            return model.predict_proba(rows)
+
+    every = metrics_on(Counted(), features, labels, task)
+    for name, (metric_task, _) in METRICS.items():
+        if metric_task == task:
+            calls.clear()
+            assert metrics_on(Counted(), features, labels, task, only=name) == {name: every[name]}
+            assert len(calls) == 1
+
+
 def test_hyperparam_parsing_and_bounds():
     depth = HyperParam("max_depth", int, None, low=1, allow_none=True)
     assert depth.parse("7", "rf") == 7 and depth.parse("None", "rf") is None and depth.parse(3.0, "rf") == 3
