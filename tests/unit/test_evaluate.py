@@ -43,6 +43,24 @@ def test_baseline_and_predictions_table(iris):
     assert (table["actual"] == renamed["actual"]).all() and (table["actual_2"] == renamed[spec.target]).all()
 
 
+def test_the_ui_table_holds_the_first_rows_and_the_csv_every_row(tracking_uri, iris, monkeypatch, tmp_path):
+    import pandas as pd
+
+    import steps.evaluate as evaluate
+
+    splits, spec = iris
+    monkeypatch.setattr(evaluate, "TABLE_VIEW_ROWS", 7)
+    baseline = fit_baseline(splits, spec)
+    scored = evaluate.Scored(
+        baseline, splits, spec, "accuracy", {}, {"accuracy": 0.3}, {}, {}, pd.DataFrame(), None, None
+    )
+    with mlflow.start_run() as run:
+        evaluate.log_scores(scored)
+    folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/evaluation", dst_path=str(tmp_path))
+    assert len(pd.read_csv(f"{folder}/test_predictions.csv")) == len(splits.test) > 7
+    assert len(mlflow.load_table("evaluation/test_predictions.json", run_ids=[run.info.run_id])) == 7
+
+
 def register(splits, spec, family, params, name):
     model = fit_model(splits, spec, MODEL_FAMILIES[family], MODEL_FAMILIES[family].resolve(params), 0)
     with mlflow.start_run():
