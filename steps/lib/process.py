@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the system has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def compiled_at_each_import(module_file: str) -> bool:
+    """Whether every process compiles this module from source as it imports it: no bytecode cached beside it,
+    and the interpreter may not write one (PYTHONDONTWRITEBYTECODE, set in many container images). pip compiles
+    what it installs; `uv pip install` does not unless asked (--compile-bytecode, UV_COMPILE_BYTECODE=1)."""
+    if not sys.dont_write_bytecode:
+        return False
+    try:
+        return not Path(importlib.util.cache_from_source(module_file)).exists()
+    except (NotImplementedError, ValueError):  # no bytecode cache in this interpreter
+        return False
 
 
 def process_identity(pid: int | None = None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import logging
 import math
 import os
 import sys
@@ -23,6 +25,7 @@ from hyperopt.early_stop import no_progress_loss
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
 from steps.lib.models import MODEL_FAMILIES, hyperparam_params, resolve_threads
+from steps.lib.process import compiled_at_each_import
 from steps.lib.search_options import SearchConfig, effective_parallelism
 from steps.lib.search_space import search_setup
 from steps.lib.splits import Splits
@@ -39,6 +42,9 @@ from steps.lib.trials import (
 )
 
 # --------------------------------------------------------------------------- the search loop
+
+
+logger = logging.getLogger("steps.tune")
 
 
 @dataclass
@@ -136,6 +142,7 @@ def spawned_pool(workers: int, data_file: Path) -> Iterator[ProcessPoolExecutor]
     (not waited for) with the environment that says so."""
     import multiprocessing
 
+    warn_if_workers_compile_their_imports()
     # spawn, not fork: a forked child of a process that already ran OpenMP (HistGradientBoosting) hangs.
     context = multiprocessing.get_context("spawn")
     initargs = (str(data_file), os.getpid())
@@ -186,10 +193,26 @@ def worker_data_file(splits: Splits, spec: FeatureSpec, config: SearchConfig) ->
         yield data_file
 
 
+@functools.cache
+def warn_if_workers_compile_their_imports() -> None:
+    """Once per tune: a worker that compiles scikit-learn from source starts ~2 s later (measured: its imports
+    took 3.5-3.8 s in a virtualenv made by `uv pip install`, 1.7-2.0 s in one made by pip, parallelism 2 gave
+    1.37-1.49x there against 1.66-1.72x)."""
+    import sklearn
+
+    if compiled_at_each_import(sklearn.__file__):
+        logger.warning(
+            "every trial worker compiles scikit-learn from source as it starts (~2 s): this environment has no "
+            "bytecode for it and PYTHONDONTWRITEBYTECODE is set; install it with pip, or with uv pip install "
+            "--compile-bytecode (UV_COMPILE_BYTECODE=1)"
+        )
+
+
 def start_timed_worker(data_file: Path) -> TimedWorker:
     """One worker process for trial_timeout's slots, started as the pool's workers are (spawn, one thread)."""
     import multiprocessing
 
+    warn_if_workers_compile_their_imports()
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     process = context.Process(

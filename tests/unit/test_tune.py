@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -210,6 +211,36 @@ def test_a_free_slot_gets_its_next_trial_before_the_finished_one_is_logged(iris,
     outcome = run_search(*iris, config(max_evals=3), log_trial=log_trial)
     assert events == ["submit", "submit", "log 1", "submit", "log 2", "log 3"]
     assert [result["run_id"] for result in outcome.trials.results] == ["run-1", "run-2", "run-3"]
+
+
+def test_an_environment_that_compiles_its_imports_at_each_start_is_named(tmp_path, monkeypatch, caplog):
+    """PYTHONDONTWRITEBYTECODE and no bytecode (uv pip install's default): each worker compiles scikit-learn."""
+    import importlib.util
+    import sys
+
+    from steps.lib.process import compiled_at_each_import
+
+    module = tmp_path / "module.py"
+    module.write_text("x = 1\n")
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert not compiled_at_each_import(str(module))  # Python caches what it compiles
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    assert compiled_at_each_import(str(module))
+    cached = Path(importlib.util.cache_from_source(str(module)))
+    cached.parent.mkdir()
+    cached.write_bytes(b"")
+    assert not compiled_at_each_import(str(module))  # compiled when installed (pip does)
+
+    monkeypatch.setattr(search_module, "compiled_at_each_import", lambda path: path.endswith("__init__.py"))
+    search_module.warn_if_workers_compile_their_imports.cache_clear()
+    with caplog.at_level("WARNING", logger="steps.tune"):
+        search_module.warn_if_workers_compile_their_imports()
+        search_module.warn_if_workers_compile_their_imports()  # once per tune
+    assert [r.getMessage() for r in caplog.records if "compiles scikit-learn" in r.getMessage()] == [
+        caplog.records[0].getMessage()
+    ]
+    assert "uv pip install --compile-bytecode" in caplog.records[0].getMessage()
+    search_module.warn_if_workers_compile_their_imports.cache_clear()
 
 
 def test_a_trial_scores_on_one_thread_as_it_fits(iris, monkeypatch):
