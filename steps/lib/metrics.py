@@ -83,10 +83,12 @@ def compute_metrics(
         if wanted("log_loss"):
             scores["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
         try:
-            if wanted("roc_auc_ovr") and len(labels) == 2:
-                scores["roc_auc_ovr"] = float(skm.roc_auc_score(np.asarray(y_true) == labels[1], proba[:, 1]))
-            elif wanted("roc_auc_ovr"):
-                scores["roc_auc_ovr"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
+            if wanted("roc_auc_ovr"):
+                scores["roc_auc_ovr"] = float(
+                    skm.roc_auc_score(np.asarray(y_true) == labels[1], proba[:, 1])
+                    if len(labels) == 2
+                    else skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels)
+                )
         except ValueError:  # a class absent from these rows: AUC is undefined
             pass
     return {name: value for name, value in scores.items() if not math.isnan(value)}

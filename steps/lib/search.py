@@ -195,7 +195,7 @@ def worker_data_file(splits: Splits, spec: FeatureSpec, config: SearchConfig) ->
 
 @functools.cache
 def warn_if_workers_compile_their_imports() -> None:
-    """Once per tune: a worker that compiles scikit-learn from source starts ~2 s later (measured: its imports
+    """Once per process: a worker that compiles scikit-learn from source starts ~2 s later (measured: its imports
     took 3.5-3.8 s in a virtualenv made by `uv pip install`, 1.7-2.0 s in one made by pip, parallelism 2 gave
     1.37-1.49x there against 1.66-1.72x)."""
     import sklearn

@@ -235,7 +235,7 @@ def test_an_environment_that_compiles_its_imports_at_each_start_is_named(tmp_pat
     search_module.warn_if_workers_compile_their_imports.cache_clear()
     with caplog.at_level("WARNING", logger="steps.tune"):
         search_module.warn_if_workers_compile_their_imports()
-        search_module.warn_if_workers_compile_their_imports()  # once per tune
+        search_module.warn_if_workers_compile_their_imports()  # once per process
     assert [r.getMessage() for r in caplog.records if "compiles scikit-learn" in r.getMessage()] == [
         caplog.records[0].getMessage()
     ]
