@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,14 +149,14 @@ def search(
     spark_master: str | None,
     cleanup: ExitStack,
     early_workers: StartedWorkers | None = None,
-) -> tuple[SearchOutcome, TrialLogProcess | None]:
+) -> SearchOutcome:
     """The search on the chosen backend, its trials logged as child runs of the active run.
 
     Trials fitted one at a time here: from LOG_PROCESS_MIN_EVALS trials on, a logger process logs them on the
     other core (it lives until `cleanup` ends). Trials side by side (parallelism > 1: one on a thread here,
     the others in worker processes; or trial_timeout: all in workers): this process's main thread only
     waits, so it logs them itself (~36 ms a trial on SQLite, beside one trial's fit); a logger process
-    would take a core's worth of start-up (MLflow, matplotlib) from the trials.
+    would take a core's worth of start-up (MLflow) from the trials.
     """
     if config.options.backend == "spark":
         from steps.lib.spark_search import run_spark_search
@@ -165,7 +164,7 @@ def search(
         outcome = run_spark_search(
             inputs.splits, inputs.spec, config, spark_master, show_progress=True, previous=inputs.previous
         )
-        return outcome, None
+        return outcome
     active = mlflow.active_run()
     ids = (active.info.experiment_id, active.info.run_id)
     log_process = None
@@ -182,11 +181,7 @@ def search(
         previous=inputs.previous,
         early_workers=early_workers,
     )
-    return outcome, log_process
-
-
-def call_here(function: Callable[..., Any], *args: Any) -> Any:
-    return function(*args)
+    return outcome
 
 
 # --------------------------------------------------------------------------- logging
@@ -196,13 +191,10 @@ def log_search(
     outcome: SearchOutcome,
     inputs: TuneInputs,
     seconds: float,
-    draw: Callable[..., Any] = call_here,
     at_once: str = "",
 ) -> dict[str, Any]:
     """The best params, the trial records, the leaderboard, the figures, the summary metrics and tags, the card
     and the run's description (`at_once`: how the trials ran, in words).
-
-    `draw(plot_search, ...)` draws the figures: here, or in the trial logger process.
     """
     trials, metric = outcome.trials, inputs.metric
     best = best_result(trials)
@@ -222,7 +214,7 @@ def log_search(
         board = leaderboard(trials, metric)
         board.to_csv(out / LEADERBOARD, index=False)
         (out / FIGURES_DIR).mkdir()
-        draw(plot_search, trials.results, metric, out / FIGURES_DIR)
+        plot_search(trials.results, metric, out / FIGURES_DIR)
         mlflow.log_metrics(
             {
                 f"best_val_{metric}": best["value"],
@@ -312,15 +304,13 @@ def tune_with(
     started = time.perf_counter()
     mlflow.set_tag("backend", options.backend)
     with ExitStack() as cleanup:  # the logger process, if there is one, ends with this step
-        outcome, log_process = search(inputs, config, spark_master, cleanup, early_workers)
-        # The logger process has matplotlib loaded already, and time to spare: it draws the figures.
-        draw = log_process.call if log_process is not None else call_here
+        outcome = search(inputs, config, spark_master, cleanup, early_workers)
         at_once = (
             f"{options.parallelism} at a time"
             if options.backend == "local"
             else f"on Spark ({spark_master or 'local'})"
         )
-        best = log_search(outcome, inputs, time.perf_counter() - started, draw, at_once)
+        best = log_search(outcome, inputs, time.perf_counter() - started, at_once)
     logger.info(
         "best of %d trials (stopped by %s): %s %s, %s = %.4f",
         len(outcome.trials.trials),

@@ -81,7 +81,7 @@ class Section:
         return [[cell_text(value) for value in row] for row in self.table.itertuples(index=False)]
 
     def image_uris(self) -> list[tuple[str, str]]:
-        return [(path.stem, inline_png(path)) for path in self.images if path.exists()]
+        return [(path.stem, inline_image(path)) for path in self.images if path.exists()]
 
 
 def cell_text(value: Any) -> tuple[str, bool]:
@@ -97,8 +97,12 @@ def cell_text(value: Any) -> tuple[str, bool]:
     return str(value), False
 
 
-def inline_png(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+
+
+def inline_image(path: Path) -> str:
+    """A PNG or SVG file as a data: URI (an SVG inside <img> runs no script and loads nothing)."""
+    return f"data:{IMAGE_TYPES[path.suffix]};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def render(

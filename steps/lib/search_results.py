@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import fetched
+from steps.lib.charts import Panel, grid_svg
 from steps.lib.errors import PipelineError
 from steps.lib.metrics import metric_loss
 from steps.lib.models import MODEL_FAMILIES
@@ -149,51 +150,32 @@ def plain_value(value: Any) -> bool:
 
 
 def plot_search(results: list[dict[str, Any]], metric: str, out: Path) -> list[Path]:
-    """Loss per trial with the running best, and each hyperparameter against the loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, NullLocator
-
+    """Loss per trial with the running best, and each hyperparameter against the loss (SVG files in `out`)."""
     ok = sorted((r for r in results if r.get("status") == STATUS_OK), key=lambda r: r["trial"])
     numbers = [r["trial"] for r in ok]
     losses = [r["loss"] for r in ok]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(numbers, losses, s=18, label="trial loss")
-    ax.step(numbers, np.minimum.accumulate(losses), where="post", color="crimson", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"loss ({'-' if metric_loss(metric, 1.0) < 0 else ''}{metric})")
-    ax.legend()
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.95)  # tight_layout costs ~0.5 s a figure
-    history = out / "loss_history.png"
-    fig.savefig(history, dpi=80)
-    plt.close(fig)
+    history_panel = Panel(
+        "loss per trial",
+        points=list(zip(numbers, losses, strict=True)),
+        line=list(zip(numbers, np.minimum.accumulate(losses).tolist(), strict=True)) if losses else [],
+        x_label="trial",
+        y_label=f"loss ({'-' if metric_loss(metric, 1.0) < 0 else ''}{metric})",
+        legend=("trial loss", "best so far"),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    history = out / "loss_history.svg"
+    history.write_text(grid_svg([history_panel], columns=1, panel_size=(560, 320)), encoding="utf-8")
 
     numeric = {(r["model"], k) for r in ok for k, v in r["params"].items() if isinstance(v, int | float)}
     # Only what the search varied (e.g. not logistic_regression's fixed max_iter).
     params = sorted(p for p in numeric if len({r["params"].get(p[1]) for r in ok if r["model"] == p[0]}) > 1)
-    columns = min(3, max(1, len(params)))
-    rows = max(1, math.ceil(len(params) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
-    for ax, (model, name) in zip(axes.flat, params, strict=False):
+    panels = []
+    for model, name in params:
         points = [(r["params"][name], r["loss"]) for r in ok if r["model"] == model and r["params"][name] is not None]
-        if points:
-            ax.scatter(*zip(*points, strict=True), s=14)
-            if min(p[0] for p in points) > 0 and max(p[0] for p in points) / min(p[0] for p in points) > 100:
-                ax.set_xscale("log")
-        ax.set_title(f"{model}.{name}", fontsize=9)
-        ax.set_ylabel("loss", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.yaxis.set_major_locator(MaxNLocator(4))  # tick labels are most of the drawing time
-        if ax.get_xscale() == "linear":
-            ax.xaxis.set_major_locator(MaxNLocator(4))
-        else:
-            ax.xaxis.set_minor_locator(NullLocator())
-    for ax in list(axes.flat)[len(params) :]:
-        ax.set_visible(False)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.05, top=0.95, hspace=0.45, wspace=0.3)
-    versus = out / "hyperparams_vs_loss.png"
-    fig.savefig(versus, dpi=80)
-    plt.close(fig)
+        xs = [x for x, _ in points]
+        log_x = bool(points) and min(xs) > 0 and max(xs) / min(xs) > 100
+        panels.append(Panel(f"{model}.{name}", points=points, log_x=log_x, y_label="loss"))
+    versus = out / "hyperparams_vs_loss.svg"
+    blank = [Panel("no hyperparameter varied", note="nothing to show")]
+    versus.write_text(grid_svg(panels or blank, columns=3, panel_size=(320, 240)), encoding="utf-8")
     return [history, versus]

@@ -54,8 +54,8 @@ def featurize_card(spec: Any, splits: Any, split_words: str) -> None:
 def tune_card(board: pd.DataFrame, figures: Path, best: dict[str, Any], metric: str, facts: list) -> None:
     sections = [
         Section("Leaderboard", f"Trials by validation {metric}, best first.", table=board),
-        Section("Loss history", images=[figures / "loss_history.png"]),
-        Section("Hyperparameters against the loss", images=[figures / "hyperparams_vs_loss.png"]),
+        Section("Loss history", images=[figures / "loss_history.svg"]),
+        Section("Hyperparameters against the loss", images=[figures / "hyperparams_vs_loss.svg"]),
     ]
     title = f"best {best['model']}, validation {metric} = {best['value']:.4f}"
     log_card("tune", title, facts, sections)

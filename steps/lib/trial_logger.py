@@ -67,24 +67,10 @@ def no_run_links() -> Iterator[None]:
 
 
 def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any, outbox: Any, parent: int) -> None:
-    """The logger process: log each trial it is sent, run what it is asked; exit on STOP or if its parent is gone."""
+    """The logger process: log each trial it is sent; exit on STOP or if its parent is gone."""
     route_child_logs()  # into tune's log; MLflow's retries show (urllib3 warns "Retrying ..." when the server is away)
     log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
     outbox.put(("ready", None))
-    import matplotlib  # loaded while the search runs: the figures are drawn here at the end
-
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots()  # a first drawing loads the fonts: done now, while there is time
-    axes.scatter([1, 2], [1, 2])
-    axes.set_xscale("log")
-    axes.set_title("warm-up")
-    figure.savefig(io.BytesIO(), format="png")
-    plt.close(figure)
-
     while True:
         try:
             message = inbox.get(timeout=POLL_SECONDS)
@@ -94,21 +80,15 @@ def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any
             continue
         if message is STOP:
             return
-        kind, *args = message
+        _, number, params, metrics, status = message
         try:
-            if kind == "log":
-                number, params, metrics, status = args
-                outbox.put(("logged", (number, log_trial(number, params, metrics, status))))
-            else:
-                function, call_args = args
-                outbox.put(("result", function(*call_args)))
+            outbox.put(("logged", (number, log_trial(number, params, metrics, status))))
         except Exception as error:  # reported in the tune process, in one line
             unreachable = tracking_unreachable(error)
             if unreachable:  # the same for every trial: the tune process stops on it
                 outbox.put(("unreachable", unreachable))
                 continue
-            what = f"trial {args[0]}" if kind == "log" else getattr(args[0], "__name__", "call")
-            outbox.put(("error", f"{what}: {type(error).__name__}: {error}"))
+            outbox.put(("error", f"trial {number}: {type(error).__name__}: {error}"))
 
 
 class TrialLogProcess:
@@ -170,17 +150,6 @@ class TrialLogProcess:
             if unreachable:
                 raise TrackingUnreachableError(unreachable[0])
             raise PipelineError(f"could not log {len(errors)} trial run(s): {errors[0][1]}")
-
-    def call(self, function: Callable[..., Any], *args: Any, timeout: float = 300) -> Any:
-        """Run `function(*args)` in the logger process (after what is queued) and return its result."""
-        self.finish(timeout)
-        self._inbox.put(("call", function, args))
-        kind, value = self._receive(timeout)
-        if kind == "unreachable":
-            raise TrackingUnreachableError(value)
-        if kind == "error":
-            raise PipelineError(value)
-        return value
 
     def _receive(self, timeout: float) -> tuple[str, Any]:
         deadline = time.monotonic() + timeout

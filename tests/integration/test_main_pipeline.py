@@ -75,7 +75,7 @@ def test_each_step_records_what_it_promises(pipeline):
     assert raw.dataset.name == "iris" and raw.dataset.digest == load.data.tags["data.digest"]
     assert load.data.metrics["n_rows"] == 150
     profile = {a.path for a in client.list_artifacts(load.info.run_id, "profile")}
-    assert "profile/histograms.png" in profile
+    assert "profile/histograms.svg" in profile
     featurize = steps["featurize"]
     assert featurize.data.tags["task"] == "classification"
     contexts = sorted(

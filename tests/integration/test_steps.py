@@ -123,7 +123,7 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
     assert best.data.metrics["val_f1_macro"] == tune.data.metrics["best_val_f1_macro"]
     assert best.data.params["model_family"] == tune.data.tags["best.model_family"]
     figures = {a.path for a in client.list_artifacts(tune.info.run_id, "figures")}
-    assert figures == {"figures/loss_history.png", "figures/hyperparams_vs_loss.png"}
+    assert figures == {"figures/loss_history.svg", "figures/hyperparams_vs_loss.svg"}
 
     # The same command line in this process (the `mlflow run` wrapper proves nothing more): resume that
     # search with 2 more trials (the 50 are loaded, not run again), then a new search in two worker processes.

@@ -1,10 +1,12 @@
-"""The card template: one self-contained page (images inlined, nothing loaded from elsewhere), in a real browser."""
+"""The card template: one self-contained page (PNG and SVG images inlined, nothing loaded from elsewhere), in a
+real browser."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from steps.lib.cards import Section, pipeline_diagram, render
+from steps.lib.charts import Panel, grid_svg
 from tests.conftest import pages_in_chromium
 
 
@@ -21,6 +23,12 @@ def a_png(path):
     return path
 
 
+def a_chart(path):
+    panels = [Panel("Income ($)", categories=[("<=50K", 7), (">50K", 3)]), Panel("x", points=[(1, 2), (3, 1)])]
+    path.write_text(grid_svg(panels, columns=2, panel_size=(256, 192)), encoding="utf-8")
+    return path
+
+
 def test_a_card_is_one_page_with_its_images_decoded_and_no_request_elsewhere(tmp_path):
     steps = [
         {"step": "load", "status": "FINISHED", "seconds": 4.2, "cached": True, "run_id": "a" * 32},
@@ -30,7 +38,7 @@ def test_a_card_is_one_page_with_its_images_decoded_and_no_request_elsewhere(tmp
         Section(
             "A table", "with <b>markup</b> in the text", table=pd.DataFrame({"Income ($)": [1.5, None], "n": [3, 4]})
         ),
-        Section("Pictures", images=[a_png(tmp_path / "one.png"), a_png(tmp_path / "two.png")]),
+        Section("Pictures", images=[a_png(tmp_path / "one.png"), a_chart(tmp_path / "two.svg")]),
         Section("The pipeline", svg=pipeline_diagram(steps)),
         Section("Text", pre="# a model card\n<script>alert(1)</script>"),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import mlflow
 import pandas as pd
@@ -11,6 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from steps.lib.errors import PipelineError
 from steps.load import column_table, plot_histograms, profile_frame, resolve_target, run_load
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_resolve_target():
@@ -36,9 +39,12 @@ def test_profile_of_a_numeric_target():
     assert profile["target_distribution"]["mean"] == pytest.approx(12.25)
 
 
-def test_histograms_are_written(tmp_path, mixed_frame):
-    plot_histograms(mixed_frame, "label", tmp_path / "h.png")
-    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+def test_histograms_are_one_svg_with_a_panel_per_column(tmp_path, mixed_frame):
+    plot_histograms(mixed_frame, "label", tmp_path / "h.svg")
+    root = ElementTree.parse(tmp_path / "h.svg").getroot()
+    titles = [t.text for t in root.iter(f"{SVG}text") if t.get("font-weight") == "600"]
+    assert titles == [*[c for c in mixed_frame.columns if c != "label"], "label (target)"]
+    assert len(list(root.iter(f"{SVG}rect"))) > len(titles)  # the background, and bars
 
 
 def test_run_load_logs_data_profile_and_dataset(tracking_uri):
@@ -54,7 +60,7 @@ def test_run_load_logs_data_profile_and_dataset(tracking_uri):
     paths = {a.path for a in client.list_artifacts(run.info.run_id, "data")}
     assert paths == {"data/raw.parquet", "data/meta.json"}
     profile = {a.path for a in client.list_artifacts(run.info.run_id, "profile")}
-    assert {"profile/profile.json", "profile/columns.csv", "profile/histograms.png"} <= profile
+    assert {"profile/profile.json", "profile/columns.csv", "profile/histograms.svg"} <= profile
 
 
 def test_run_load_rejects_a_missing_target_before_logging_anything(tracking_uri, tmp_path):

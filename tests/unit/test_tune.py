@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -341,8 +342,11 @@ def test_worker_processes_run_one_thread_per_library(iris):
 
 def test_figures_are_drawn(iris, tmp_path):
     trials = run_search(*iris, config(max_evals=5)).trials
-    for path in plot_search(trials.results, "accuracy", tmp_path):
-        assert path.read_bytes()[:4] == b"\x89PNG"
+    history, versus = plot_search(trials.results, "accuracy", tmp_path)
+    circle = ".//{http://www.w3.org/2000/svg}circle"
+    dots = [ElementTree.parse(path).getroot().findall(circle) for path in (history, versus)]
+    assert len(dots[0]) == 5 + 1  # one per trial, one in the legend
+    assert len(dots[1]) >= 5  # each varied hyperparameter against the loss
 
 
 @pytest.mark.parametrize(
