@@ -13,7 +13,7 @@ import mlflow
 import pandas as pd
 
 from steps.lib.artifacts import digest_json, publish_artifacts, write_json
-from steps.lib.charts import Panel, grid_svg, histogram_panel
+from steps.lib.charts import grid_svg, histogram_panel, level_panel
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, detect_task, validate_target
 from steps.lib.names import DATA_DIR, DATA_META, OUTPUT_DIGEST_TAG, PROFILE_DIR, RAW_TABLE
@@ -106,7 +106,7 @@ def plot_histograms(frame: pd.DataFrame, target: str, path: Path) -> None:
             panels.append(histogram_panel(title, values.to_numpy(dtype=float)))
         else:
             counts = values.astype(str).value_counts().head(10)
-            panels.append(Panel(title, categories=[(str(k), int(v)) for k, v in counts.items()]))
+            panels.append(level_panel(title, {str(k): int(v) for k, v in counts.items()}))
     caption = f"a random sample of {len(frame):,} of {n_rows_in_table:,} rows" if len(frame) < n_rows_in_table else ""
     path.write_text(grid_svg(panels, columns=4, panel_size=(256, 192), caption=caption), encoding="utf-8")
 

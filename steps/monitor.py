@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
+from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg, grid_svg
 from steps.lib.console import say
 from steps.lib.drift import MISSING_CHANGE, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
@@ -45,6 +46,7 @@ logger = logging.getLogger("steps.monitor")
 PREDICTION = "prediction"
 DEFAULT_SAMPLE_ROWS = 100_000
 DEFAULT_BATCH_ROWS = 100_000
+MAX_LEVELS_SHOWN = 10  # a column of many levels: its commonest, in training or in the batch
 
 
 # --------------------------------------------------------------------------- the reference
@@ -98,24 +100,30 @@ def check_columns(batch: pd.DataFrame, spec: FeatureSpec) -> bool:
 
 
 def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[Path]:
-    """Reference vs batch distribution per column, and PSI per column against the threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(table["column"])
-    columns = min(3, len(names))
-    rows = math.ceil(len(names) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
-    for ax, row in zip(axes.flat, table.to_dict("records"), strict=False):
+    """Reference vs batch distribution per column, and PSI per column against the threshold (SVG files)."""
+    panels = []
+    for row in table.to_dict("records"):
         name = row["column"]
+        title = f"{name} (drift)" if row["drifted"] else name
         ref, cur = reference[name].dropna(), batch[name].dropna()
         if row["kind"] == "numeric" and not row["schema_change"]:
-            cur = pd.to_numeric(cur, errors="coerce").dropna()
-            bins = np.histogram_bin_edges(np.concatenate([ref.to_numpy(float), cur.to_numpy(float)]), 20)
-            ax.hist(ref, bins, density=True, alpha=0.5, label="training")
-            ax.hist(cur, bins, density=True, alpha=0.5, label="batch")
+            ref_values = ref.to_numpy(float)
+            cur_values = pd.to_numeric(cur, errors="coerce").dropna().to_numpy(float)
+            both = np.concatenate([ref_values, cur_values])
+            both = both[np.isfinite(both)]
+            if not len(both):
+                panels.append(Panel(title, note="no values"))
+                continue
+            edges = np.histogram_bin_edges(both, 20)
+            shares = [np.histogram(v[np.isfinite(v)], edges)[0] / max(len(v), 1) for v in (ref_values, cur_values)]
+            panels.append(
+                Panel(
+                    title,
+                    edges=edges,
+                    series=[Series("training", shares[0].tolist()), Series("batch", shares[1].tolist(), ORANGE)],
+                    title_colour=RED if row["drifted"] else INK,
+                )
+            )
         else:
             shares = pd.DataFrame(
                 {
@@ -123,27 +131,30 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
                     "batch": cur.astype(str).value_counts(normalize=True),
                 }
             ).fillna(0)
-            shares.plot.bar(ax=ax, rot=0, legend=False)
-        ax.set_title(
-            f"{name}{' (drift)' if row['drifted'] else ''}", fontsize=9, color="crimson" if row["drifted"] else "black"
-        )
-        ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=7)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.set_visible(False)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.92, hspace=0.5, wspace=0.25)
-    distributions = out / "distributions.png"
-    fig.savefig(distributions, dpi=80)
-    plt.close(fig)
+            shares = shares.loc[shares.max(axis=1).sort_values(ascending=False).index[:MAX_LEVELS_SHOWN]]
+            panels.append(
+                Panel(
+                    title,
+                    levels=[str(level) for level in shares.index],
+                    series=[
+                        Series("training", shares["training"].tolist()),
+                        Series("batch", shares["batch"].tolist(), ORANGE),
+                    ],
+                    title_colour=RED if row["drifted"] else INK,
+                )
+            )
+    if panels:
+        panels[0].legend = [("training", BLUE, "box"), ("batch", ORANGE, "box")]
+    distributions = out / "distributions.svg"
+    out.mkdir(parents=True, exist_ok=True)
+    distributions.write_text(grid_svg(panels, columns=3, panel_size=(320, 224)), encoding="utf-8")
 
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
-    ax.barh(names, table["psi"].fillna(0), color=["crimson" if d else "steelblue" for d in table["drifted"]])
-    ax.set_xlabel("PSI (batch vs training)")
-    ax.invert_yaxis()
-    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.2, top=0.95)
-    bars = out / "psi.png"
-    fig.savefig(bars, dpi=80)
-    plt.close(fig)
+    rows = [
+        (str(name), float(0 if pd.isna(psi) else psi), 0.0, RED if drifted else BLUE)
+        for name, psi, drifted in zip(table["column"], table["psi"], table["drifted"], strict=True)
+    ]
+    bars = out / "psi.svg"
+    bars.write_text(bar_rows_svg(Panel("PSI per column", rows=rows, x_label="PSI (batch vs training)")), "utf-8")
     return [distributions, bars]
 
 

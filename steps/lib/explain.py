@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steps.lib.charts import BLUE, Panel, bar_rows_svg
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import metric_loss
 from steps.lib.models import metrics_on
@@ -22,7 +23,7 @@ IMPORTANCE_ROWS = 10_000  # test rows scored per shuffle at most (a seeded sampl
 IMPORTANCE_REPEATS = 5
 EXPLANATIONS_DIR = "explanations"  # evaluate's artifacts: the CSV and the chart
 IMPORTANCE_FILE = "permutation_importance.csv"
-IMPORTANCE_PLOT = "permutation_importance.png"
+IMPORTANCE_PLOT = "permutation_importance.svg"
 
 
 def metric_scorer(metric: str, task: str):
@@ -64,17 +65,13 @@ def permutation_importance_table(
 
 
 def plot_importance(table: pd.DataFrame, path: Path, most: int = 20) -> None:
-    """A horizontal bar chart of the `most` most important columns, with their sd."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = table.head(most).iloc[::-1]
-    figure, axes = plt.subplots(figsize=(7, 0.35 * len(shown) + 1.2))
-    axes.barh([str(c) for c in shown["column"]], shown["importance"], xerr=shown["sd"], color="#4878a8")
-    axes.set_xlabel(f"drop in test {table['metric'].iloc[0]} when the column is shuffled")
-    axes.set_title("Permutation importance (raw input columns)")
-    figure.subplots_adjust(left=0.3, bottom=0.8 / (0.35 * len(shown) + 1.2), top=0.9)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    """A horizontal bar chart (SVG) of the `most` most important columns, with their sd."""
+    shown = table.head(most)
+    columns = zip(shown["column"], shown["importance"], shown["sd"], strict=True)
+    rows = [(str(column), float(value), float(sd), BLUE) for column, value, sd in columns]
+    panel = Panel(
+        "Permutation importance (raw input columns)",
+        rows=rows,
+        x_label=f"drop in test {table['metric'].iloc[0]} when the column is shuffled",
+    )
+    path.write_text(bar_rows_svg(panel), encoding="utf-8")

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import fetched
-from steps.lib.charts import Panel, grid_svg
+from steps.lib.charts import BLUE, RED, Panel, grid_svg
 from steps.lib.errors import PipelineError
 from steps.lib.metrics import metric_loss
 from steps.lib.models import MODEL_FAMILIES
@@ -160,7 +160,7 @@ def plot_search(results: list[dict[str, Any]], metric: str, out: Path) -> list[P
         line=list(zip(numbers, np.minimum.accumulate(losses).tolist(), strict=True)) if losses else [],
         x_label="trial",
         y_label=f"loss ({'-' if metric_loss(metric, 1.0) < 0 else ''}{metric})",
-        legend=("trial loss", "best so far"),
+        legend=[("trial loss", BLUE, "dot"), ("best so far", RED, "line")],
     )
     out.mkdir(parents=True, exist_ok=True)
     history = out / "loss_history.svg"

@@ -134,7 +134,7 @@ def predict_card(rows: int, data_uri: str, model_uri: str, metrics: dict[str, fl
 def monitor_card(table: pd.DataFrame, figures: Path, verdict: str, facts: list) -> None:
     sections = [
         Section("Drift per column", table=table),
-        Section("Distributions: training rows against the batch", images=sorted(figures.glob("*.png"))),
+        Section("Distributions: training rows against the batch", images=sorted(figures.glob("*.svg"))),
     ]
     log_card("monitor", verdict, facts, sections)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from steps.lib.cards import Section, pipeline_diagram, render
-from steps.lib.charts import Panel, grid_svg
+from steps.lib.charts import Panel, grid_svg, level_panel
 from tests.conftest import pages_in_chromium
 
 
@@ -24,7 +24,7 @@ def a_png(path):
 
 
 def a_chart(path):
-    panels = [Panel("Income ($)", categories=[("<=50K", 7), (">50K", 3)]), Panel("x", points=[(1, 2), (3, 1)])]
+    panels = [level_panel("Income ($)", {"<=50K": 7, ">50K": 3}), Panel("x", points=[(1, 2), (3, 1)])]
     path.write_text(grid_svg(panels, columns=2, panel_size=(256, 192)), encoding="utf-8")
     return path
 

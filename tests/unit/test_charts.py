@@ -7,7 +7,16 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 
-from steps.lib.charts import Panel, fitted, grid_svg, histogram_panel, nice_ticks, tick_label
+from steps.lib.charts import (
+    Panel,
+    bar_rows_svg,
+    fitted,
+    grid_svg,
+    histogram_panel,
+    level_panel,
+    nice_ticks,
+    tick_label,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -37,7 +46,7 @@ def test_a_long_label_is_cut_to_fit():
 
 def test_the_texts_of_users_data_are_escaped_and_the_file_is_valid_svg():
     panels = [
-        Panel("Income ($) <b>", categories=[("<=50K", 7), ("a&b>", 3)]),
+        level_panel("Income ($) <b>", {"<=50K": 7, "a&b>": 3}),
         histogram_panel("seniority (years)", np.array([1.0, 2.0, np.nan, np.inf, 2.0])),
         histogram_panel("all missing", np.array([np.nan, np.nan])),
         Panel("learning_rate", points=[(0.001, -0.5), (0.3, -0.7)], log_x=True),
@@ -51,3 +60,15 @@ def test_the_texts_of_users_data_are_escaped_and_the_file_is_valid_svg():
     assert {"0.001", "0.01", "0.1"} <= set(texts)  # a log axis ticks at powers of ten
     bars = [r for r in root.iter(f"{SVG}rect") if r.get("fill") != "#ffffff"]
     assert len(bars) == 2 + 2  # two levels; 1.0 and 2.0 (the infinite value and the gap left out)
+
+
+def test_horizontal_bars_grow_from_zero_both_ways_with_their_labels():
+    rows = [("Income ($)", 0.12, 0.01, "#4c72b0"), ("seniority (years)", -0.02, 0.0, "#c0392b")]
+    root = ElementTree.fromstring(bar_rows_svg(Panel("importance", rows=rows, x_label="drop in f1")))
+    bars = [r for r in root.iter(f"{SVG}rect") if r.get("fill") != "#ffffff"]
+    assert [b.get("fill") for b in bars] == ["#4c72b0", "#c0392b"]
+    wide, narrow = (float(b.get("width")) for b in bars)
+    assert wide > 5 * narrow  # drawn to scale, from the same zero
+    assert float(bars[1].get("x")) + narrow == pytest.approx(float(bars[0].get("x")), abs=0.2)  # left of zero
+    texts = {t.text for t in root.iter(f"{SVG}text")}
+    assert {"Income ($)", "seniority (years)", "drop in f1", "0"} <= texts

@@ -102,7 +102,7 @@ EXPECTED_USERS = {
     "artifacts": {"load", "featurize", "tune", "train", "evaluate"},
     "cache": set(),
     "cards": set(CACHED_STEPS),  # through runner: a failed step's card
-    "charts": {"load", "tune"},  # their figures as SVG
+    "charts": {"load", "tune", "evaluate"},  # and monitor: their figures as SVG
     "console": set(CACHED_STEPS),  # through runner: every step's log
     "drift": set(),  # monitor's
     "errors": set(CACHED_STEPS),
