@@ -97,3 +97,15 @@ def test_redact_text_hides_every_uri_secret_in_a_line():
     shown = redact_text(text)
     assert "hunter2" not in shown and "abc" not in shown
     assert "https://bob:***@h/x.csv?X-Amz-Signature=***&v=1" in shown and "s3://bucket/k" in shown
+
+
+def test_redact_text_reads_a_long_run_of_letters_once():
+    """A card inlines its SVG charts as base64: 200,000 letters and digits without a '/' (the unbounded scheme
+    pattern tried each position to the end of the run: minutes here; now milliseconds)."""
+    import time
+
+    run = "PHN2ZyB4bWxucz0iaHR0cDov" * 8_000 + " mlflow-artifacts://bob:pw@h/x"
+    started = time.perf_counter()
+    shown = redact_text(run)
+    assert time.perf_counter() - started < 2.0  # linear: ~0.01 s; quadratic: > 60 s
+    assert shown.endswith("mlflow-artifacts://bob:***@h/x")
