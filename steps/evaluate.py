@@ -272,24 +272,26 @@ def log_outcome(
     alias = CHAMPION if decision.promote else CHALLENGER
     gates = [(gate.name, gate.passed, gate.reason) for gate in decision.gates]
     registered = (version.name, str(version.version), alias, decision.reason)
-    card, plots = build_card(
-        name=version.name,
-        version=str(version.version),
-        alias=alias,
-        metric=scored.metric,
-        model_uri=model_uri,
-        splits_uri=splits_uri,
-        spec=scored.spec,
-        test_dataset=scored.test_dataset,
-        comparison=scored.comparison,
-        gates=gates,
-        decision=decision.reason,
-        evaluation_artifacts=scored.evaluation.artifacts,
-        importance=importance,
-    )
-    evaluate_card(scored, registered, gates, plots, card)
-    evaluate_story(scored, registered, gates)
-    log_card(card, plots)
+    with tempfile.TemporaryDirectory(prefix="card-") as folder:  # removed also when a card step below fails
+        card, plots = build_card(
+            name=version.name,
+            version=str(version.version),
+            alias=alias,
+            metric=scored.metric,
+            model_uri=model_uri,
+            splits_uri=splits_uri,
+            spec=scored.spec,
+            test_dataset=scored.test_dataset,
+            comparison=scored.comparison,
+            gates=gates,
+            decision=decision.reason,
+            evaluation_artifacts=scored.evaluation.artifacts,
+            importance=importance,
+            folder=Path(folder),
+        )
+        evaluate_card(scored, registered, gates, plots, card)
+        evaluate_story(scored, registered, gates)
+        log_card(card, plots)
     run_id = mlflow.active_run().info.run_id
     card_uri = artifact_uri(run_id, f"{CARD_DIR}/model_card.md")
     client.set_model_version_tag(version.name, version.version, "model_card", card_uri)

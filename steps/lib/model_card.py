@@ -191,12 +191,13 @@ def build_card(
     gates: list[tuple[str, bool, str]],
     decision: str,
     evaluation_artifacts: dict[str, Any],
+    folder: Path,
     importance: pd.DataFrame | None = None,
 ) -> tuple[str, dict[str, Path]]:
-    """The card's Markdown and its plot files (downloaded from the evaluation's artifacts)."""
+    """The card's Markdown and its plot files (downloaded from the evaluation's artifacts into `folder`, which
+    the caller owns and removes)."""
     client = MlflowClient()
     plots: dict[str, Path] = {}
-    folder = Path(tempfile.mkdtemp(prefix="card-"))
     for artifact in evaluation_artifacts.values():
         uri = getattr(artifact, "uri", "")
         if str(uri).endswith(".png"):
@@ -234,5 +235,3 @@ def log_card(card: str, plots: dict[str, Path]) -> None:
         for name, path in plots.items():
             shutil.copy(path, out / name)
         mlflow.log_artifacts(tmp, CARD_DIR)
-    for path in plots.values():
-        shutil.rmtree(path.parent, ignore_errors=True)

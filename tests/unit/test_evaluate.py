@@ -191,3 +191,34 @@ def test_permutation_importance_ranks_the_column_that_carries_the_signal():
     assert sorted(table["column"]) == sorted(spec.input_columns)
     assert table["column"].iloc[0] == "Income signal (k)" and table["importance"].iloc[0] > 0.3
     assert table["importance"].iloc[1:].abs().max() < 0.05
+
+
+def test_the_model_cards_temporary_folder_is_removed_when_a_card_step_fails(tracking_uri, iris, monkeypatch, tmp_path):
+    import tempfile
+    import types
+
+    import pandas as pd
+
+    import steps.evaluate as evaluate
+    from steps.lib.gates import ChampionDecision
+
+    splits, spec = iris
+    version = MlflowClient().get_model_version("m", register(splits, spec, "logistic_regression", {}, "m"))
+    test_rows = types.SimpleNamespace(profile={"num_rows": 30}, digest="d")
+    no_plots = types.SimpleNamespace(artifacts={})
+    scored = evaluate.Scored(
+        fit_baseline(splits, spec), splits, spec, "accuracy", {}, {"accuracy": 0.9}, BASELINE, {},
+        pd.DataFrame(), test_rows, no_plots,
+    )  # fmt: skip
+    importance = pd.DataFrame({"column": ["x"], "importance": [0.1], "sd": [0.0], "metric": "accuracy", "rows": 9})
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+    def broken(*args):
+        raise RuntimeError("the card could not be made")
+
+    monkeypatch.setattr(evaluate, "evaluate_card", broken)
+    with mlflow.start_run(), pytest.raises(RuntimeError, match="could not be made"):
+        decision = ChampionDecision(True, "ok", [])
+        evaluate.log_outcome(MlflowClient(), "runs:/x/m", "/data/splits", scored, version, decision, importance)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the card's folder (and the importance chart in it) is gone
