@@ -173,6 +173,38 @@ class ChampionDecision:
     previous_version: str | None = None
 
 
+def champion_gate(
+    name: str,
+    version: str,
+    metric: str,
+    scores: dict[str, float],
+    min_delta: float,
+    test: pd.DataFrame,
+    spec: FeatureSpec,
+) -> Gate:
+    """The candidate against the current champion re-scored on the same rows; a champion this checkout will not
+    load, or that cannot score these rows, is never replaced blindly (and the reason says which, and what to do)."""
+    try:
+        champion_model = load_model(f"models:/{name}@{CHAMPION}").sklearn
+    except Exception as error:  # the safe loader refused it (e.g. logged by another version of this project's code)
+        return Gate(
+            "champion",
+            False,
+            f"champion v{version} cannot be loaded here ({one_line(str(error), 160)}); compare the two by hand and "
+            "move the alias if the new one is better (docs/lifecycle.md, Restoring a champion)",
+        )
+    try:
+        champion_scores = score_model(champion_model, test, spec)
+    except Exception as error:  # e.g. the champion was trained on another data set's columns
+        return Gate(
+            "champion",
+            False,
+            f"champion v{version} cannot score these test rows ({one_line(str(error), 120)}); "
+            "use another registered_model_name for a different data set",
+        )
+    return better_than_gate("champion", metric, scores, champion_scores, min_delta, f"champion v{version}")
+
+
 def decide_champion(
     client: MlflowClient,
     name: str,
@@ -202,21 +234,7 @@ def decide_champion(
     if current is None:
         gates.append(Gate("champion", True, "no champion yet"))
     else:
-        try:
-            champion_model = load_model(f"models:/{name}@{CHAMPION}").sklearn
-            champion_scores = score_model(champion_model, test, spec)
-        except Exception as error:  # e.g. the champion was trained on another data set's columns
-            gates.append(
-                Gate(
-                    "champion",
-                    False,
-                    f"champion v{current.version} cannot score these test rows ({one_line(str(error), 120)}); "
-                    "use another registered_model_name for a different data set",
-                )
-            )
-        else:
-            what = f"champion v{current.version}"
-            gates.append(better_than_gate("champion", metric, scores, champion_scores, min_delta, what))
+        gates.append(champion_gate(name, current.version, metric, scores, min_delta, test, spec))
     failed = [g for g in gates if not g.passed]
     reason = "; ".join(f"{g.name}: {g.reason}" for g in failed) if failed else "all gates passed"
     return ChampionDecision(not failed, reason, gates, current.version if current else None)

@@ -162,6 +162,25 @@ def test_a_champion_of_another_data_set_is_not_replaced_blindly(tracking_uri, ir
     MlflowClient().set_registered_model_alias("m", "champion", version)
     decision = decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
     assert not decision.promote and "cannot score these test rows" in decision.reason
+    assert "use another registered_model_name" in decision.reason
+
+
+def test_a_champion_this_checkout_will_not_load_is_kept_and_the_reason_says_why(tracking_uri, iris, monkeypatch):
+    import steps.lib.gates as gates
+
+    splits, spec = iris
+    version = register(splits, spec, "logistic_regression", {}, "m")
+    MlflowClient().set_registered_model_alias("m", "champion", version)
+
+    def refused(uri):
+        raise PipelineError(f"model '{uri}' refused: its copy of steps/lib/transforms.py differs from this checkout's")
+
+    monkeypatch.setattr(gates, "load_model", refused)
+    decision = decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
+    assert not decision.promote
+    assert f"champion v{version} cannot be loaded here" in decision.reason
+    assert "transforms.py differs" in decision.reason
+    assert "move the alias" in decision.reason and "registered_model_name" not in decision.reason
 
 
 def test_permutation_importance_ranks_the_column_that_carries_the_signal():
