@@ -214,7 +214,9 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
             encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", sparse_output=True, **bounded)
         parts.append(("categorical", encoder, one_hot))
     if spec.numeric:
-        numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        # np.median over each column's present values: the same medians as strategy="median", which sorts a masked
+        # copy of the whole block (np.ma.median: 2.2 s against 0.3 s for 600,000 rows x 21 columns, every fit).
+        numeric = Pipeline([("impute", SimpleImputer(strategy=np.median)), ("scale", StandardScaler())])
         parts.append(("numeric", numeric, list(spec.numeric)))
     if many_levels := spec.columns_encoded(TARGET_ENCODING):
         folds = StratifiedKFold if spec.task == CLASSIFICATION else KFold
@@ -359,6 +361,7 @@ def shipped_code_paths(spec: FeatureSpec, folder: Path) -> list[str] | None:
 # CategoryCodes (their module ships with the model, see SHIPPED_CODE).
 SKOPS_TRUSTED_TYPES = (
     "numpy.dtype",
+    "numpy.median",  # the numeric imputer's statistic
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # HistGradientBoosting with native categories checks its numeric columns through partial(check_array, ...):

@@ -203,3 +203,22 @@ def test_the_project_transformers_ship_with_the_model_byte_for_byte(tmp_path):
     assert shipped_code_paths(many_levels, tmp_path / "codes") == [str(tmp_path / "codes" / "steps")]
     without = build_feature_spec(levels_frame(300).drop(columns=["seen at", "shop", "city"]), "label")
     assert shipped_code_paths(without, tmp_path / "none") is None
+
+
+def test_the_numeric_imputer_fills_the_same_medians_as_scikit_learns_median_strategy():
+    from sklearn.impute import SimpleImputer
+
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(5_000, 4))
+    block[rng.random(block.shape) < 0.1] = np.nan
+    block[:, 3] = np.nan  # a column with no values: dropped by both
+    frame = pd.DataFrame(block, columns=["Income ($)", "a", "b", "empty"]).assign(label=rng.integers(0, 2, 5_000))
+    spec = build_feature_spec(frame.drop(columns="empty"), "label")
+    family = MODEL_FAMILIES["logistic_regression"]
+    model = build_model(spec, family, family.resolve({}), seed=0).fit(frame[spec.input_columns], frame["label"])
+    imputer = model[0].named_transformers_["numeric"]["impute"]
+    reference = SimpleImputer(strategy="median").fit(frame[spec.numeric])
+    assert np.array_equal(imputer.statistics_, reference.statistics_)
+    with pytest.warns(RuntimeWarning):  # np.median of no values
+        fitted = SimpleImputer(strategy=imputer.strategy).fit(block)
+    assert np.array_equal(fitted.transform(block), SimpleImputer(strategy="median").fit(block).transform(block))
