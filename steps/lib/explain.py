@@ -20,6 +20,11 @@ from steps.lib.models import metrics_on
 from steps.lib.splits import features_and_target
 
 IMPORTANCE_ROWS = 10_000  # test rows scored per shuffle at most (a seeded sample): its cost is rows x columns x 5
+# Each shuffle scores rows x columns cells, and there are columns x 5 shuffles: past 30 columns the rows shrink so
+# that a shuffle costs what 30 columns of 10,000 rows do (the whole grows with the columns, not their square),
+# down to MIN_IMPORTANCE_ROWS (fewer rows: a noisier estimate, its sd says how much).
+IMPORTANCE_CELLS = 300_000
+MIN_IMPORTANCE_ROWS = 1_000
 IMPORTANCE_REPEATS = 5
 EXPLANATIONS_DIR = "explanations"  # evaluate's artifacts: the CSV and the chart
 IMPORTANCE_FILE = "permutation_importance.csv"
@@ -35,12 +40,19 @@ def metric_scorer(metric: str, task: str):
     return scorer
 
 
+def importance_rows(columns: int) -> int:
+    """How many test rows each shuffle scores for a model of `columns` raw input columns."""
+    return min(IMPORTANCE_ROWS, max(MIN_IMPORTANCE_ROWS, IMPORTANCE_CELLS // max(columns, 1)))
+
+
 def permutation_importance_table(
-    model: Any, test: pd.DataFrame, spec: FeatureSpec, metric: str, seed: int, rows: int = IMPORTANCE_ROWS
+    model: Any, test: pd.DataFrame, spec: FeatureSpec, metric: str, seed: int, rows: int | None = None
 ) -> pd.DataFrame:
-    """One row per raw input column, most important first: the mean and sd of the drop in `metric`."""
+    """One row per raw input column, most important first: the mean and sd of the drop in `metric`.
+    `rows`: test rows scored per shuffle (None: `importance_rows` of the columns)."""
     from sklearn.inspection import permutation_importance
 
+    rows = importance_rows(len(spec.input_columns)) if rows is None else rows
     sample = test.sample(n=rows, random_state=seed) if len(test) > rows else test
     features, labels = features_and_target(sample, spec)
     result = permutation_importance(

@@ -245,3 +245,11 @@ def test_the_model_cards_temporary_folder_is_removed_when_a_card_step_fails(trac
         decision = ChampionDecision(True, "ok", [])
         evaluate.log_outcome(MlflowClient(), "runs:/x/m", "/data/splits", scored, version, decision, importance)
     assert list((tmp_path / "tmp").iterdir()) == []  # the card's folder (and the importance chart in it) is gone
+
+
+def test_permutation_importance_scores_fewer_rows_per_shuffle_on_a_wide_table():
+    from steps.lib.explain import IMPORTANCE_ROWS, MIN_IMPORTANCE_ROWS, importance_rows
+
+    assert importance_rows(5) == importance_rows(30) == IMPORTANCE_ROWS  # up to 30 columns: 10,000 rows
+    assert importance_rows(100) == 3_000 and importance_rows(100) * 100 == importance_rows(30) * 30
+    assert importance_rows(1_000) == MIN_IMPORTANCE_ROWS
