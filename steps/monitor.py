@@ -146,7 +146,6 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
     if panels:
         panels[0].legend = [("training", BLUE, "box"), ("batch", ORANGE, "box")]
     distributions = out / "distributions.svg"
-    out.mkdir(parents=True, exist_ok=True)
     distributions.write_text(grid_svg(panels, columns=3, panel_size=(320, 224)), encoding="utf-8")
 
     rows = [

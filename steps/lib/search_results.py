@@ -162,7 +162,6 @@ def plot_search(results: list[dict[str, Any]], metric: str, out: Path) -> list[P
         y_label=f"loss ({'-' if metric_loss(metric, 1.0) < 0 else ''}{metric})",
         legend=[("trial loss", BLUE, "dot"), ("best so far", RED, "line")],
     )
-    out.mkdir(parents=True, exist_ok=True)
     history = out / "loss_history.svg"
     history.write_text(grid_svg([history_panel], columns=1, panel_size=(560, 320)), encoding="utf-8")
 

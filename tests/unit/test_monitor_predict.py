@@ -191,3 +191,30 @@ def test_monitor_tallies_every_row_in_pieces_and_tests_a_seeded_sample():
     sampled = drift_table(reference, small, numeric, categorical, DriftRule()).set_index("column")
     assert sampled.loc["Income ($)", "psi"] == whole.loc["Income ($)", "psi"]  # PSI over every row, still
     assert sampled.loc["city", "p_value"] == whole.loc["city", "p_value"]
+
+
+def test_the_drift_figures_have_a_panel_per_column_drifted_ones_in_red_and_ten_levels_at_most(tmp_path):
+    from xml.etree import ElementTree
+
+    from steps.monitor import MAX_LEVELS_SHOWN, plot_drift
+
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {"Income ($)": rng.normal(50, 10, 600), "city": rng.choice([f"c{i}" for i in range(40)], 600), "gone": 1.0}
+    )
+    batch = reference.iloc[:300].assign(**{"Income ($)": lambda f: f["Income ($)"] + 30, "gone": np.nan})
+    table = drift_table(reference, batch, ["Income ($)", "gone"], ["city"], DriftRule())
+    distributions, bars = plot_drift(reference, batch, table, tmp_path)
+    svg = "{http://www.w3.org/2000/svg}"
+    titles = {
+        t.text: t.get("fill")
+        for t in ElementTree.parse(distributions).getroot().iter(f"{svg}text")
+        if t.get("font-weight") == "600"
+    }
+    assert titles["Income ($) (drift)"] == "#c0392b" and set(titles) == {"Income ($) (drift)", "city", "gone (drift)"}
+    city = table.set_index("column").loc["city"]
+    assert not city["drifted"]
+    levels = [t for t in ElementTree.parse(distributions).getroot().iter(f"{svg}text") if t.get("transform")]
+    assert len([t for t in levels if "rotate(-40" in t.get("transform")]) == MAX_LEVELS_SHOWN
+    rows = [t.text for t in ElementTree.parse(bars).getroot().iter(f"{svg}text")]
+    assert {"Income ($)", "city", "gone", "PSI (batch vs training)"} <= set(rows)
