@@ -24,7 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from steps.lib.artifacts import write_json
-from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg, grid_svg
+from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg, bin_edges, grid_svg
 from steps.lib.console import say
 from steps.lib.drift import MISSING_CHANGE, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
@@ -109,12 +109,10 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
         if row["kind"] == "numeric" and not row["schema_change"]:
             ref_values = ref.to_numpy(float)
             cur_values = pd.to_numeric(cur, errors="coerce").dropna().to_numpy(float)
-            both = np.concatenate([ref_values, cur_values])
-            both = both[np.isfinite(both)]
-            if not len(both):
-                panels.append(Panel(title, note="no values"))
+            edges = bin_edges(np.concatenate([ref_values, cur_values]))
+            if edges is None:
+                panels.append(Panel(title, note="no values to bin"))
                 continue
-            edges = np.histogram_bin_edges(both, 20)
             shares = [np.histogram(v[np.isfinite(v)], edges)[0] / max(len(v), 1) for v in (ref_values, cur_values)]
             panels.append(
                 Panel(

@@ -102,7 +102,8 @@ IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
 
 def inline_image(path: Path) -> str:
     """A PNG or SVG file as a data: URI (an SVG inside <img> runs no script and loads nothing)."""
-    return f"data:{IMAGE_TYPES[path.suffix]};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    kind = IMAGE_TYPES.get(path.suffix.lower(), "image/png")  # MLflow's own plots are PNG
+    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def render(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +60,19 @@ class Panel:
     note: str = ""  # shown instead of a chart, e.g. "no values"
     title_colour: str = INK
 
+    def __post_init__(self) -> None:
+        """Only finite numbers are drawn (a metric can be undefined: NaN); on a log axis, only positive x."""
+
+        def drawable(x: float, y: float) -> bool:
+            return math.isfinite(x) and math.isfinite(y) and (x > 0 or not self.log_x)
+
+        self.points = [(x, y) for x, y in self.points if drawable(x, y)]
+        self.line = [(x, y) for x, y in self.line if drawable(x, y)]
+        self.rows = [
+            (label, value if math.isfinite(value) else 0.0, error if math.isfinite(error) else 0.0, colour)
+            for label, value, error, colour in self.rows
+        ]
+
 
 def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
     """About `count` round numbers (1, 2, 2.5 or 5 times a power of ten apart) from low to high."""
@@ -68,7 +82,8 @@ def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
     step = 10 ** math.floor(math.log10(raw))
     step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw)
     first = math.ceil(low / step - 1e-9)
-    return [round((first + i) * step, 12) for i in range(math.floor(high / step + 1e-9) - first + 1)]
+    digits = max(0, 3 - math.floor(math.log10(step)))  # what the step needs, and no float noise (0.30000000000000004)
+    return [round((first + i) * step, digits) for i in range(math.floor(high / step + 1e-9) - first + 1)]
 
 
 def tick_label(value: float) -> str:
@@ -89,13 +104,16 @@ def fitted(text: str, width: float, size: float) -> str:
     return text if len(text) <= room else text[: max(1, room - 1)] + "…"
 
 
+# Characters XML does not allow (a level may hold any): one of them would make the whole file unreadable.
+NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _text(
     x: float, y: float, text: str, size: float = 10, anchor: str = "middle", extra: str = "", colour: str = INK
 ) -> str:
-    return (
-        f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{colour}"{extra}>'
-        f"{html.escape(text)}</text>"
-    )
+    shown = html.escape(NOT_IN_XML.sub("\ufffd", text))
+    where = f'x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{colour}"'
+    return f"<text {where}{extra}>{shown}</text>"
 
 
 def _rect(x: float, y: float, width: float, height: float, colour: str, opacity: float = 1.0) -> str:
@@ -297,12 +315,24 @@ def bar_rows_svg(panel: Panel, width: int = 640) -> str:
     return grid_svg([panel], columns=1, panel_size=(width, ROW_HEIGHT * len(panel.rows) + 70))
 
 
-def histogram_panel(title: str, values: np.ndarray, bins: int = 20) -> Panel:
-    """A histogram of the finite values (a note when there are none)."""
+def bin_edges(values: np.ndarray, bins: int = 20) -> np.ndarray | None:
+    """`bins` equal bins over the finite values; None when there are none, or when floats cannot split their range
+    (e.g. 1e15 and 1e15 + 2: numpy refuses)."""
     finite = values[np.isfinite(values)]
     if not len(finite):
-        return Panel(title, note="no values")
-    counts, edges = np.histogram(finite, bins=bins)
+        return None
+    try:
+        return np.histogram_bin_edges(finite, bins)
+    except ValueError:
+        return None
+
+
+def histogram_panel(title: str, values: np.ndarray, bins: int = 20) -> Panel:
+    """A histogram of the finite values (a note when there is nothing to bin)."""
+    edges = bin_edges(values, bins)
+    if edges is None:
+        return Panel(title, note="no values to bin")
+    counts, _ = np.histogram(values[np.isfinite(values)], edges)
     return Panel(title, edges=edges, series=[Series("rows", counts.tolist())])
 
 

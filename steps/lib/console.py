@@ -29,9 +29,10 @@ STEP_LOG_VARIABLE = "PIPELINE_STEP_LOG"  # the running step's log file: its work
 LOG_DIR = "logs"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIETER = ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "urllib3.connectionpool")
-# A scheme is short and starts a word: unbounded, a long run of letters and digits (a card's inlined SVG, base64)
+# A scheme is at most 32 characters: unbounded, a long run of letters and digits (a card's inlined SVG, base64)
 # was tried from each of its positions to its end, quadratic (7 s for load's histograms at 90,000 characters).
-URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>]+")
+# Not anchored to a word start: `MY_URI_https://u:p@h` and `地址https://...` are redacted too.
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>]+")
 
 
 def verbose() -> bool:

@@ -14,10 +14,10 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from steps.lib.errors import PipelineError, one_line
+from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import METRICS, greater_is_better
-from steps.lib.model_loading import load_model
+from steps.lib.model_loading import ModelRefusedError, load_model
 from steps.lib.models import score_model
 from steps.lib.registry import CHAMPION
 from steps.lib.runner import as_param, parse_bool, unset_is_none
@@ -186,12 +186,17 @@ def champion_gate(
     load, or that cannot score these rows, is never replaced blindly (and the reason says which, and what to do)."""
     try:
         champion_model = load_model(f"models:/{name}@{CHAMPION}").sklearn
-    except Exception as error:  # the safe loader refused it (e.g. logged by another version of this project's code)
+    except TrackingUnreachableError:
+        raise  # the step fails in one line: nothing is decided while the store does not answer
+    except ModelRefusedError as error:  # e.g. logged by another version of this project's code
+        advice = "compare the two by hand and move the alias if the new one is better (docs/lifecycle.md)"
+        why = one_line(str(error), 160)
+        return Gate("champion", False, f"champion v{version} cannot be loaded here ({why}); {advice}")
+    except Exception as error:  # fetching it failed
         return Gate(
             "champion",
             False,
-            f"champion v{version} cannot be loaded here ({one_line(str(error), 160)}); compare the two by hand and "
-            "move the alias if the new one is better (docs/lifecycle.md, Restoring a champion)",
+            f"champion v{version} could not be fetched ({one_line(str(error), 160)}); run evaluate again",
         )
     try:
         champion_scores = score_model(champion_model, test, spec)

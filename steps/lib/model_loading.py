@@ -111,8 +111,12 @@ def train_manifest(model_uri: str) -> dict[str, Any] | None:
     return manifest if manifest is not None and manifest["root"] == f"models:/{model_id}" else None
 
 
-def refused(model_uri: str, why: str) -> PipelineError:
-    return PipelineError(
+class ModelRefusedError(PipelineError):
+    """A model the safe loader will not load: not logged by this project's train step, or changed since."""
+
+
+def refused(model_uri: str, why: str) -> ModelRefusedError:
+    return ModelRefusedError(
         f"model '{model_uri}' refused: {why}; only models logged by this project's train step are loaded "
         "(scikit-learn, skops format, no code but the project's own; see docs/security.md)"
     )

@@ -22,7 +22,11 @@ def load_card(meta: dict[str, Any], columns: pd.DataFrame, histograms: Path, n_m
     ]
     sections = [
         Section("Columns", "Each column's type, missing values and distinct values.", table=columns),
-        Section("Distributions", "Numeric columns and the label, from a sample of the rows.", images=[histograms]),
+        Section(
+            "Distributions",
+            "Each column and the label (the ten commonest values of a non-numeric one), from a sample of the rows.",
+            images=[histograms],
+        ),
     ]
     log_card("load", f"the data profile of {meta['name']}", facts, sections)
 

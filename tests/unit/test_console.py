@@ -109,3 +109,8 @@ def test_redact_text_reads_a_long_run_of_letters_once():
     shown = redact_text(run)
     assert time.perf_counter() - started < 2.0  # linear: ~0.01 s; quadratic: > 60 s
     assert shown.endswith("mlflow-artifacts://bob:***@h/x")
+
+
+@pytest.mark.parametrize("before", ["", "x=", "_", "MY_URI_", "123", "地址", "é", "a" * 40])
+def test_a_uri_glued_to_what_precedes_it_is_redacted_too(before):
+    assert "pw" not in redact_text(f"{before}https://bob:pw@h/x and {before}s3://u:pw@bucket/k")

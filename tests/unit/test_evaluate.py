@@ -167,20 +167,36 @@ def test_a_champion_of_another_data_set_is_not_replaced_blindly(tracking_uri, ir
 
 def test_a_champion_this_checkout_will_not_load_is_kept_and_the_reason_says_why(tracking_uri, iris, monkeypatch):
     import steps.lib.gates as gates
+    from steps.lib.artifacts import FetchError
+    from steps.lib.errors import TrackingUnreachableError
+    from steps.lib.model_loading import ModelRefusedError
 
     splits, spec = iris
     version = register(splits, spec, "logistic_regression", {}, "m")
     MlflowClient().set_registered_model_alias("m", "champion", version)
 
-    def refused(uri):
-        raise PipelineError(f"model '{uri}' refused: its copy of steps/lib/transforms.py differs from this checkout's")
+    def failing(error):
+        def load(uri):
+            raise error
 
-    monkeypatch.setattr(gates, "load_model", refused)
+        return load
+
+    refusal = ModelRefusedError("model refused: its copy of steps/lib/transforms.py differs from this one")
+    monkeypatch.setattr(gates, "load_model", failing(refusal))
     decision = decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
     assert not decision.promote
     assert f"champion v{version} cannot be loaded here" in decision.reason
     assert "transforms.py differs" in decision.reason
     assert "move the alias" in decision.reason and "registered_model_name" not in decision.reason
+
+    monkeypatch.setattr(gates, "load_model", failing(FetchError("the model", "models:/m@champion", "timed out")))
+    decision = decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
+    assert not decision.promote and "could not be fetched" in decision.reason
+    assert "run evaluate again" in decision.reason
+
+    monkeypatch.setattr(gates, "load_model", failing(TrackingUnreachableError("the tracking server is not answering")))
+    with pytest.raises(TrackingUnreachableError):  # nothing is decided while the store does not answer
+        decide(MlflowClient(), {"accuracy": 1.0}, iris=iris)
 
 
 def test_permutation_importance_ranks_the_column_that_carries_the_signal():
