@@ -105,6 +105,7 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
     for row in table.to_dict("records"):
         name = row["column"]
         title = f"{name} (drift)" if row["drifted"] else name
+        colour = RED if row["drifted"] else INK
         ref, cur = reference[name].dropna(), batch[name].dropna()
         if row["kind"] == "numeric" and not row["schema_change"]:
             ref_values = ref.to_numpy(float)
@@ -119,7 +120,7 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
                     title,
                     edges=edges,
                     series=[Series("training", shares[0].tolist()), Series("batch", shares[1].tolist(), ORANGE)],
-                    title_colour=RED if row["drifted"] else INK,
+                    title_colour=colour,
                 )
             )
         else:
@@ -138,7 +139,7 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
                         Series("training", shares["training"].tolist()),
                         Series("batch", shares["batch"].tolist(), ORANGE),
                     ],
-                    title_colour=RED if row["drifted"] else INK,
+                    title_colour=colour,
                 )
             )
     if panels:
