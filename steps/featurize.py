@@ -24,6 +24,7 @@ from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
 from steps.lib.step_cards import featurize_card
 from steps.lib.story import featurize_story
+from steps.lib.tables import write_parquet
 
 logger = logging.getLogger("steps.featurize")
 SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset contexts for the three splits
@@ -43,7 +44,7 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         out = Path(tmp, SPLITS_DIR)
         out.mkdir()
         with ThreadPoolExecutor(len(SPLIT_NAMES)) as writers:  # pyarrow writes without the GIL: side by side
-            list(writers.map(lambda name: splits[name].to_parquet(out / f"{name}.parquet", index=False), SPLIT_NAMES))
+            list(writers.map(lambda name: write_parquet(splits[name], out / f"{name}.parquet"), SPLIT_NAMES))
         write_json(out / FEATURE_SPEC, spec.to_dict())
         for name, context in zip(SPLIT_NAMES, SPLIT_CONTEXTS, strict=True):
             dataset = table_dataset(

@@ -23,7 +23,7 @@ from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.step_cards import load_card
 from steps.lib.story import load_story
-from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data
+from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data, write_parquet
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.load")
@@ -129,7 +129,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         name = dataset_name(data_uri)
         dataset = table_dataset(frame, source=dataset_source(data_uri), name=name, targets=target)
         try:
-            frame.to_parquet(data_dir / RAW_TABLE, index=False)
+            write_parquet(frame, data_dir / RAW_TABLE)
         except Exception as error:  # pyarrow rejects e.g. columns mixing numbers and text
             raise PipelineError(f"cannot store the table as Parquet: {error}; clean the mixed-type column") from None
         meta = {

@@ -16,7 +16,6 @@ import pandas as pd
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.names import FEATURE_SPEC
-from steps.lib.transforms import parse_times
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
@@ -107,28 +106,64 @@ def split_frame(
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:
-    """The labels as sorted integer codes: they stratify exactly as the label values do (scikit-learn's
-    np.unique: same classes, same order), without it sorting a million label strings (~1 s each time)."""
+    """The labels as integer codes 0..k-1, in sorted label order (without sorting a million strings)."""
     return pd.factorize(labels.to_numpy(), sort=True)[0]
+
+
+def shared_out(total: int, counts: np.ndarray) -> np.ndarray:
+    """`total` rows shared among classes of `counts` rows in proportion (largest remainders first; ties to the
+    larger class, then the first)."""
+    exact = total * counts / counts.sum()
+    shares = np.floor(exact).astype(np.int64)
+    order = np.lexsort((np.arange(len(counts)), -counts, -(exact - shares)))
+    shares[order[: total - int(shares.sum())]] += 1
+    return shares
+
+
+def shuffled_parts(
+    n: int, strata: np.ndarray | None, sizes: tuple[int, ...], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Positions 0..n-1 cut into parts of `sizes` rows and a last part of the rest, each in a random order;
+    with `strata` (n integer class codes 0..k-1), every part holds each class in the proportion of the whole,
+    up to rounding.
+
+    Written here, not scikit-learn's train_test_split: that one gathers the positions into Python lists (0.5 s
+    per million rows, two calls per split), and featurize would import scikit-learn for it alone (~0.9 s).
+    """
+    order = rng.permutation(n)
+    if strata is None:
+        return np.split(order, np.cumsum(sizes))
+    order = order[np.argsort(strata[order], kind="stable")]  # grouped by class, in a random order within each
+    counts = np.bincount(strata)
+    per_class, left = [], counts
+    for size in sizes:
+        per_class.append(shared_out(size, left))
+        left = left - per_class[-1]
+    ends = np.cumsum(per_class, axis=0)  # where each part ends, counted from the start of each class's rows
+    classes = np.repeat(np.arange(len(counts)), counts)
+    within = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    part = (within >= ends[:, classes]).sum(axis=0)  # which part each row of `order` falls in
+    return [rng.permutation(order[part == index]) for index in range(len(sizes) + 1)]
 
 
 def split_at_random(
     labels: pd.Series, spec: FeatureSpec, seed: int, validation_size: float, test_size: float
 ) -> tuple[np.ndarray, ...]:
-    """Row positions (in `labels`) of train, validation and test: stratified by the label for classification."""
-    from sklearn.model_selection import train_test_split
-
+    """Row positions (in `labels`) of train, validation and test, seeded: stratified by the label for
+    classification. Test takes ceil(test_size x rows), validation its share of the rest, as scikit-learn counts."""
+    n = len(labels)
+    n_test = int(np.ceil(test_size * n))
+    n_validation = int(np.ceil(validation_size / (1 - test_size) * (n - n_test)))
     strata = label_strata(labels) if spec.task == CLASSIFICATION else None
-    try:
-        rest, test = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=strata)
-        train, validation = train_test_split(
-            rest,
-            test_size=validation_size / (1 - test_size),
-            random_state=seed,
-            stratify=None if strata is None else strata[rest],
+    classes = 1 if strata is None else int(strata.max(initial=-1)) + 1
+    n_train = n - n_test - n_validation
+    if min(n_train, n_validation, n_test) < classes:
+        needs = "" if strata is None else f" (each needs a row of each of the {classes} classes)"
+        raise PipelineError(
+            f"cannot split {n:,} rows into {n_train:,} train, {n_validation:,} validation and {n_test:,} test "
+            f"rows{needs}; use more data or other split sizes"
         )
-    except ValueError as error:
-        raise PipelineError(f"cannot split {len(labels)} rows: {error}; use more data or smaller split sizes") from None
+    test, validation, train = shuffled_parts(n, strata, (n_test, n_validation), np.random.default_rng(seed))
     return train, validation, test
 
 
@@ -145,6 +180,8 @@ def time_order(frame: pd.DataFrame, column: str) -> pd.Series:
     values = column_of(frame, column, "time_column")
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype(float)
+    from steps.lib.transforms import parse_times  # here: featurize splits at random without scikit-learn
+
     present = values.notna()
     times = parse_times(values)
     times.index = values.index
@@ -243,9 +280,6 @@ def sample_rows(frame: pd.DataFrame, spec: FeatureSpec, most: int, seed: int) ->
     """At most `most` rows (0: all), seeded, stratified by the label for classification, in their first order."""
     if most == 0 or len(frame) <= most:
         return frame
-    from sklearn.model_selection import train_test_split
-
-    labels = frame[spec.target]
-    stratify = label_strata(labels) if spec.task == CLASSIFICATION and labels.value_counts().min() >= 2 else None
-    kept, _ = train_test_split(np.arange(len(frame)), train_size=most, random_state=seed, stratify=stratify)
+    strata = label_strata(frame[spec.target]) if spec.task == CLASSIFICATION else None
+    kept, _ = shuffled_parts(len(frame), strata, (most,), np.random.default_rng(seed))
     return frame.iloc[np.sort(kept)].reset_index(drop=True)

@@ -19,7 +19,7 @@ import pytest
 
 from steps.lib.cache import data_digest, fetched_once
 from steps.lib.errors import PipelineError
-from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data
+from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data, write_parquet
 from tests.conftest import PROJECT_DIR, run_step_cli, serving_on_loopback
 from tests.unit.test_bad_input_steps import assert_failed_cleanly
 
@@ -314,3 +314,23 @@ def test_a_redirect_is_followed_to_http_s_only_and_never_down_from_https(own_tmp
         SafeRedirects("https://data.example/x.csv").redirect_request(
             request, None, 302, "Found", {}, "http://data.example/x"
         )
+
+
+def test_a_table_written_for_the_steps_reads_back_as_it_was(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "Income ($)": [1.5, None, 3.25, 1.5],
+            "seniority (years)": [1, 2, 3, 4],
+            "city": ["a", None, "b", "a"],
+            "class": pd.Categorical(["<=50K", ">50K", "<=50K", None]),
+            "when": pd.to_datetime(["2024-01-01 00:00", None, "2024-03-01 10:00", "2024-04-01 00:00"]),
+            "ok": [True, False, True, True],
+        }
+    )
+    write_parquet(frame, tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), frame)
+    chunk = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
+    columns = {chunk.column(i).path_in_schema: chunk.column(i) for i in range(chunk.num_columns)}
+    dictionary = {name for name, column in columns.items() if column.dictionary_page_offset is not None}
+    assert dictionary == {"city", "class"}  # text only: numbers and times are written plain
+    assert all(column.statistics is None for column in columns.values())

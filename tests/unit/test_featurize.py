@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -10,7 +12,8 @@ import pytest
 
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, REGRESSION, build_feature_spec, choose_columns
-from steps.lib.splits import split_frame
+from steps.lib.splits import SPLIT_NAMES, shuffled_parts, split_frame
+from tests.conftest import PROJECT_DIR
 
 
 def test_choose_columns_drops_constant_empty_and_id_like(mixed_frame):
@@ -66,18 +69,44 @@ def test_split_is_stratified_deterministic_and_drops_unlabelled_rows(mixed_frame
     assert not split_frame(frame, spec, seed=4, validation_size=0.2, test_size=0.2).test.equals(splits.test)
 
 
-def test_the_random_split_takes_the_rows_scikit_learn_would_take_from_the_frame():
+def test_the_random_split_keeps_each_class_share_in_every_split_whatever_the_label_order():
     rng = np.random.default_rng(0)
-    labels = pd.Categorical(rng.choice(["<=50K", ">50K", "b"], 500), categories=["b", ">50K", "<=50K"])
-    frame = pd.DataFrame({"x": rng.normal(size=500), "label": labels})  # categories not in sorted order
+    values = rng.choice(["<=50K", ">50K", "b"], 5003, p=[0.7, 0.25, 0.05])
+    labels = pd.Categorical(values, categories=["b", ">50K", "<=50K"])
+    frame = pd.DataFrame({"x": np.arange(5003.0), "label": labels})  # categories not in sorted order
     spec = build_feature_spec(frame, "label")
     splits = split_frame(frame, spec, seed=7, validation_size=0.25, test_size=0.2)
-    from sklearn.model_selection import train_test_split
+    # scikit-learn's counts: test ceil(0.2 n), validation ceil(0.25 / 0.8 of the rest), train the rest
+    assert [len(splits[name]) for name in SPLIT_NAMES] == [2751, 1251, 1001]
+    rows = np.concatenate([splits[name]["x"].to_numpy() for name in SPLIT_NAMES])
+    assert sorted(rows) == list(frame["x"])  # every labelled row once
+    whole = frame["label"].value_counts()
+    for name in SPLIT_NAMES:
+        part = splits[name]
+        expected = whole * len(part) / len(frame)
+        assert (part["label"].value_counts().reindex(whole.index) - expected).abs().max() < 1  # up to rounding
+        assert not part["x"].is_monotonic_increasing  # in a random order, not grouped or sorted
+    again = split_frame(frame.assign(label=values), spec, seed=7, validation_size=0.25, test_size=0.2)
+    pd.testing.assert_series_equal(again.test["x"], splits.test["x"])  # the classes' order does not matter
 
-    rest, test = train_test_split(frame, test_size=0.2, random_state=7, stratify=frame["label"])
-    train, validation = train_test_split(rest, test_size=0.25 / 0.8, random_state=7, stratify=rest["label"])
-    for ours, theirs in ((splits.train, train), (splits.validation, validation), (splits.test, test)):
-        pd.testing.assert_frame_equal(ours, theirs.reset_index(drop=True))
+
+def test_shuffled_parts_share_out_each_class_by_largest_remainders():
+    strata = np.repeat([0, 1, 2], [5, 3, 2])
+    for seed in range(20):
+        first, second, rest = shuffled_parts(10, strata, (3, 4), np.random.default_rng(seed))
+        assert sorted(np.concatenate([first, second, rest])) == list(range(10))
+        # 3 of 10 rows: 1.5, 0.9, 0.6 of the classes; floors 1, 0, 0 and the two largest remainders one more
+        assert np.bincount(strata[first], minlength=3).tolist() == [1, 1, 1]
+        assert np.bincount(strata[second], minlength=3).tolist() == [2, 1, 1]  # 4 of the 4, 2, 1 left
+        assert np.bincount(strata[rest], minlength=3).tolist() == [2, 1, 0]
+    plain = shuffled_parts(10, None, (3,), np.random.default_rng(0))
+    assert [len(part) for part in plain] == [3, 7]
+
+
+def test_featurize_imports_no_scikit_learn():
+    # A split is cheap; scikit-learn costs ~0.9 s of every featurize run to import.
+    code = "import sys, steps.featurize; sys.exit('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR).returncode == 0
 
 
 def test_a_float_column_is_checked_for_being_constant_without_counting_its_values():
