@@ -120,16 +120,18 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
     target = resolve_target(data_uri, target)
     validate_target(frame, target)
     frame.columns = [str(c) for c in frame.columns]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as writer:
         data_dir, profile_dir = Path(tmp, DATA_DIR), Path(tmp, PROFILE_DIR)
         data_dir.mkdir()
         profile_dir.mkdir()
+        # pyarrow writes without the GIL: the Parquet file is written while this thread draws and profiles
+        written = writer.submit(write_parquet, frame, data_dir / RAW_TABLE)
         plot_histograms(frame, target, profile_dir / HISTOGRAMS)
         profile = profile_frame(frame, target)
         name = dataset_name(data_uri)
         dataset = table_dataset(frame, source=dataset_source(data_uri), name=name, targets=target)
         try:
-            write_parquet(frame, data_dir / RAW_TABLE)
+            written.result()
         except Exception as error:  # pyarrow rejects e.g. columns mixing numbers and text
             raise PipelineError(f"cannot store the table as Parquet: {error}; clean the mixed-type column") from None
         meta = {
