@@ -9,7 +9,8 @@ text, a text ID, odd column names, a binary `<=50K`/`>50K` label with some missi
            peak_rss_mb / peak_rss_children_mb every step logs);
   floors   pyarrow's read of the same CSV + a Parquet write of it; a no-op step launched through
            `mlflow.projects.run` as main launches a step (bench/noop/MLproject: it attaches to its run
-           and ends it, as every step does; an import-only no-op is reported beside it);
+           and ends it, as load and featurize do, importing what they import: MLflow and pandas, not
+           scikit-learn; an import-only no-op is reported beside it);
   predict  (--predict-rows M) `predict` of the champion on M rows, its seconds and peak RSS, beside the bare
            pipeline's `predict` on the same rows in memory (its rows per second).
 
@@ -155,7 +156,7 @@ def report(seconds: float, figures: dict[str, dict[str, float]], floor: dict[str
     arrow = floor["arrow_read_write"]
     print(
         f"\nfloors: pyarrow read + Parquet write {arrow:.1f} s; no-op step {floor['noop_step']:.1f} s "
-        f"(attaches to its run and ends it, as every step does; imports alone: {floor['noop_imports']:.1f} s)"
+        f"(imports MLflow and pandas, attaches to its run and ends it; imports alone: {floor['noop_imports']:.1f} s)"
     )
     print(
         f"(load + featurize - two no-op steps) / (pyarrow read + write) = {data_steps:.1f} / {arrow:.1f} = "

@@ -103,9 +103,10 @@ def test_shuffled_parts_share_out_each_class_by_largest_remainders():
     assert [len(part) for part in plain] == [3, 7]
 
 
-def test_featurize_imports_no_scikit_learn():
-    # A split is cheap; scikit-learn costs ~0.9 s of every featurize run to import.
-    code = "import sys, steps.featurize; sys.exit('sklearn' in sys.modules)"
+@pytest.mark.parametrize("step", ["load", "featurize"])
+def test_the_data_steps_import_no_scikit_learn(step):
+    # ~0.9 s of each run; bench/noop (the data floor's no-op step) imports what these two import
+    code = f"import sys, steps.{step}; sys.exit('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR).returncode == 0
 
 
