@@ -113,9 +113,8 @@ def label_strata(labels: pd.Series) -> np.ndarray:
 def shared_out(total: int, counts: np.ndarray) -> np.ndarray:
     """`total` rows shared among classes of `counts` rows in proportion (largest remainders first; ties to the
     larger class, then the first)."""
-    exact = total * counts / counts.sum()
-    shares = np.floor(exact).astype(np.int64)
-    order = np.lexsort((np.arange(len(counts)), -counts, -(exact - shares)))
+    shares, remainders = np.divmod(total * counts, max(int(counts.sum()), 1))  # in integers: ties are ties
+    order = np.lexsort((np.arange(len(counts)), -counts, -remainders))
     shares[order[: total - int(shares.sum())]] += 1
     return shares
 
@@ -158,10 +157,10 @@ def split_at_random(
     classes = 1 if strata is None else int(strata.max(initial=-1)) + 1
     n_train = n - n_test - n_validation
     if min(n_train, n_validation, n_test) < classes:
-        needs = "" if strata is None else f" (each needs a row of each of the {classes} classes)"
+        fewer = "" if strata is None else f" (a split of fewer rows than the {classes} classes)"
         raise PipelineError(
             f"cannot split {n:,} rows into {n_train:,} train, {n_validation:,} validation and {n_test:,} test "
-            f"rows{needs}; use more data or other split sizes"
+            f"rows{fewer}; use more data, or raise the smallest of validation_size and test_size"
         )
     test, validation, train = shuffled_parts(n, strata, (n_test, n_validation), np.random.default_rng(seed))
     return train, validation, test

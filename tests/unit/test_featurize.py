@@ -90,6 +90,17 @@ def test_the_random_split_keeps_each_class_share_in_every_split_whatever_the_lab
     pd.testing.assert_series_equal(again.test["x"], splits.test["x"])  # the classes' order does not matter
 
 
+def test_a_random_split_with_fewer_rows_than_classes_is_refused_in_one_line():
+    frame = pd.DataFrame({"x": np.linspace(0, 1, 12), "label": ["a", "b", "c"] * 4})
+    spec = build_feature_spec(frame, "label")
+    with pytest.raises(PipelineError) as refused:
+        split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.1)
+    assert str(refused.value) == (
+        "cannot split 12 rows into 7 train, 3 validation and 2 test rows (a split of fewer rows than the 3 classes); "
+        "use more data, or raise the smallest of validation_size and test_size"
+    )
+
+
 def test_shuffled_parts_share_out_each_class_by_largest_remainders():
     strata = np.repeat([0, 1, 2], [5, 3, 2])
     for seed in range(20):
@@ -99,8 +110,14 @@ def test_shuffled_parts_share_out_each_class_by_largest_remainders():
         assert np.bincount(strata[first], minlength=3).tolist() == [1, 1, 1]
         assert np.bincount(strata[second], minlength=3).tolist() == [2, 1, 1]  # 4 of the 4, 2, 1 left
         assert np.bincount(strata[rest], minlength=3).tolist() == [2, 1, 0]
-    plain = shuffled_parts(10, None, (3,), np.random.default_rng(0))
-    assert [len(part) for part in plain] == [3, 7]
+    plain = shuffled_parts(10, None, (3, 4), np.random.default_rng(0))
+    assert [len(part) for part in plain] == [3, 4, 3] and sorted(np.concatenate(plain)) == list(range(10))
+    # equal remainders are equal in integers: the larger class first (2 of 4, 1, 1 rows: 1.33, 0.33, 0.33)
+    strata_of = np.repeat([0, 1, 2], [4, 1, 1])
+    first, _ = shuffled_parts(6, strata_of, (2,), np.random.default_rng(0))
+    assert np.bincount(strata_of[first], minlength=3).tolist() == [2, 0, 0]
+    everything, nothing, rest = shuffled_parts(10, strata, (10, 0), np.random.default_rng(0))  # a size of all rows
+    assert len(everything) == 10 and len(nothing) == 0 and len(rest) == 0
 
 
 @pytest.mark.parametrize("step", ["load", "featurize"])
