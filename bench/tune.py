@@ -37,7 +37,7 @@ from steps.lib.search import run_search
 from steps.lib.search_options import SearchConfig, TuneOptions, parse_models
 from steps.lib.search_space import build_search_space, task_families
 from steps.lib.splits import Splits, split_frame
-from steps.lib.tables import load_bundled_frame
+from steps.lib.tables import load_bundled_frame, write_parquet
 from steps.tune import run_tune
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def log_splits(splits: Splits, spec: FeatureSpec) -> str:
         out = Path(tmp, "splits")
         out.mkdir()
         for name in ("train", "validation", "test"):
-            splits[name].to_parquet(out / f"{name}.parquet", index=False)
+            write_parquet(splits[name], out / f"{name}.parquet")
         (out / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
         mlflow.log_artifacts(str(out), "splits")
     return f"runs:/{run.info.run_id}/splits"
