@@ -161,10 +161,9 @@ def search(
     if config.options.backend == "spark":
         from steps.lib.spark_search import run_spark_search
 
-        outcome = run_spark_search(
+        return run_spark_search(
             inputs.splits, inputs.spec, config, spark_master, show_progress=True, previous=inputs.previous
         )
-        return outcome
     active = mlflow.active_run()
     ids = (active.info.experiment_id, active.info.run_id)
     log_process = None
@@ -172,7 +171,7 @@ def search(
     if config.options.max_evals >= LOG_PROCESS_MIN_EVALS and fitted_here:
         log_process = cleanup.enter_context(closing(TrialLogProcess(mlflow.get_tracking_uri(), *ids)))
     log_trial = log_process or nested_trial_logger(MlflowClient(), *ids)
-    outcome = run_search(
+    return run_search(
         inputs.splits,
         inputs.spec,
         config,
@@ -181,7 +180,6 @@ def search(
         previous=inputs.previous,
         early_workers=early_workers,
     )
-    return outcome
 
 
 # --------------------------------------------------------------------------- logging

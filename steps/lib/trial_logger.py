@@ -80,7 +80,7 @@ def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any
             continue
         if message is STOP:
             return
-        _, number, params, metrics, status = message
+        number, params, metrics, status = message
         try:
             outbox.put(("logged", (number, log_trial(number, params, metrics, status))))
         except Exception as error:  # reported in the tune process, in one line
@@ -111,7 +111,7 @@ class TrialLogProcess:
     def __call__(self, number: int | None, params: dict[str, str], metrics: dict[str, float], status: str) -> str:
         self._collect(block=False)  # an earlier trial could not be logged (e.g. no tracking server): stop now
         self._raise_errors()
-        self._inbox.put(("log", number, params, metrics, status))
+        self._inbox.put((number, params, metrics, status))
         self._pending += 1
         return ""  # the run id is known when finish() collects it
 
