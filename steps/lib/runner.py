@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -55,9 +57,11 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                     log_peak_memory()
                     mlflow.set_tag(WARNINGS_TAG, str(log.warnings.count))
                     log.log_to_run()
-            except PipelineError as error:
+            except (PipelineError, OSError) as error:
+                if isinstance(error, OSError) and error.errno not in DISK_FULL:
+                    raise unexpected(step, error, log)
                 exit_if_unreachable(step, error, log)  # a TrackingUnreachableError: nothing can be recorded
-                message = one_line(str(error))
+                message = one_line(str(error) if isinstance(error, PipelineError) else disk_full(error))
                 record_failure(step, message, log, "FAILED")
                 if nested:
                     raise
@@ -67,14 +71,32 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                 record_failure(step, "interrupted (Ctrl-C)", log, "KILLED")
                 raise
             except Exception as error:
-                exit_if_unreachable(step, error, log)
-                if log is not None:
-                    logger.exception("unexpected error")
-                record_failure(step, one_line(f"unexpected {type(error).__name__}: {error}"), log, None)
-                raise
+                raise unexpected(step, error, log)
     finally:
         if log is not None:
             log.remove()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: OSError) -> str:
+    """A full disk (or quota) in one line, with where temporary files go: a big table's files are written
+    there before they are logged."""
+    where = f" writing '{error.filename}'" if error.filename else ""
+    return (
+        f"no space left on the device{where}; free disk space, or point TMPDIR at a larger disk (temporary files "
+        f"go to {tempfile.gettempdir()}) and the tracking store's artifacts to one with room"
+    )
+
+
+def unexpected(step: str, error: Exception, log: StepLog | None) -> Exception:
+    """An error that is not the input's: recorded (its traceback in the step's log), then raised as it is."""
+    exit_if_unreachable(step, error, log)
+    if log is not None:
+        logger.exception("unexpected error")
+    record_failure(step, one_line(f"unexpected {type(error).__name__}: {error}"), log, None)
+    return error
 
 
 def record_failure(step: str, message: str, log: StepLog | None, status: str | None) -> None:

@@ -119,30 +119,33 @@ def shared_out(total: int, counts: np.ndarray) -> np.ndarray:
     return shares
 
 
-def shuffled_parts(
-    n: int, strata: np.ndarray | None, sizes: tuple[int, ...], rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Positions 0..n-1 cut into parts of `sizes` rows and a last part of the rest, each in a random order;
-    with `strata` (n integer class codes 0..k-1), every part holds each class in the proportion of the whole,
-    up to rounding.
+def drawn_parts(n: int, strata: np.ndarray | None, sizes: tuple[int, ...], rng: np.random.Generator) -> list[np.ndarray]:
+    """Positions 0..n-1 drawn at random into parts of `sizes` rows and a last part of the rest, each part in
+    ascending order (the table's own, as the time and group splits keep it); with `strata` (n integer class
+    codes 0..k-1), every part holds each class in the proportion of the whole, up to rounding.
 
     Written here, not scikit-learn's train_test_split: that one gathers the positions into Python lists (0.5 s
     per million rows, two calls per split), and featurize would import scikit-learn for it alone (~0.9 s).
+    Ascending positions make the takes of the rows ~4x faster than positions in a random order (memory read
+    in order); no step depends on the order of a split's rows (folds and samples are drawn seeded).
     """
     order = rng.permutation(n)
     if strata is None:
-        return np.split(order, np.cumsum(sizes))
-    order = order[np.argsort(strata[order], kind="stable")]  # grouped by class, in a random order within each
-    counts = np.bincount(strata)
-    per_class, left = [], counts
-    for size in sizes:
-        per_class.append(shared_out(size, left))
-        left = left - per_class[-1]
-    ends = np.cumsum(per_class, axis=0)  # where each part ends, counted from the start of each class's rows
-    classes = np.repeat(np.arange(len(counts)), counts)
-    within = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
-    part = (within >= ends[:, classes]).sum(axis=0)  # which part each row of `order` falls in
-    return [rng.permutation(order[part == index]) for index in range(len(sizes) + 1)]
+        part = np.repeat(np.arange(len(sizes) + 1), [*sizes, n - sum(sizes)])
+    else:
+        order = order[np.argsort(strata[order], kind="stable")]  # grouped by class, in a random order within each
+        counts = np.bincount(strata)
+        per_class, left = [], counts
+        for size in sizes:
+            per_class.append(shared_out(size, left))
+            left = left - per_class[-1]
+        ends = np.cumsum(per_class, axis=0)  # where each part ends, counted from the start of each class's rows
+        classes = np.repeat(np.arange(len(counts)), counts)
+        within = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+        part = (within >= ends[:, classes]).sum(axis=0)  # which part each row of `order` falls in
+    where = np.empty(n, dtype=np.intp)
+    where[order] = part  # the part of each position
+    return [np.flatnonzero(where == index) for index in range(len(sizes) + 1)]
 
 
 def split_at_random(
@@ -162,7 +165,7 @@ def split_at_random(
             f"cannot split {n:,} rows into {n_train:,} train, {n_validation:,} validation and {n_test:,} test "
             f"rows{fewer}; use more data, or raise the smallest of validation_size and test_size"
         )
-    test, validation, train = shuffled_parts(n, strata, (n_test, n_validation), np.random.default_rng(seed))
+    test, validation, train = drawn_parts(n, strata, (n_test, n_validation), np.random.default_rng(seed))
     return train, validation, test
 
 
@@ -280,5 +283,5 @@ def sample_rows(frame: pd.DataFrame, spec: FeatureSpec, most: int, seed: int) ->
     if most == 0 or len(frame) <= most:
         return frame
     strata = label_strata(frame[spec.target]) if spec.task == CLASSIFICATION else None
-    kept, _ = shuffled_parts(len(frame), strata, (most,), np.random.default_rng(seed))
-    return frame.iloc[np.sort(kept)].reset_index(drop=True)
+    kept, _ = drawn_parts(len(frame), strata, (most,), np.random.default_rng(seed))
+    return frame.iloc[kept].reset_index(drop=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import warnings
@@ -78,6 +79,23 @@ def test_a_failed_step_prints_its_error_alone_and_logs_it(tracking_uri, capfd, m
     assert run.info.status == "FAILED"
     log = step_log(run.info.run_id)
     assert "ERROR steps: the data is bad; fix it" in log and NOISE["hyperopt"] in log
+
+
+def test_a_full_disk_is_one_line_and_a_failed_run_other_os_errors_stay_unexpected(tracking_uri, capfd, monkeypatch):
+    monkeypatch.delenv(VERBOSE_VARIABLE, raising=False)
+    with pytest.raises(SystemExit) as stopped, step_run("demo"):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/x/raw.parquet")  # as a write raises it
+    assert stopped.value.code == 1
+    [line] = capfd.readouterr().err.splitlines()
+    assert line.startswith(
+        "error: demo: no space left on the device writing '/tmp/x/raw.parquet'; free disk space, or point TMPDIR at "
+    )
+    [run] = MlflowClient().search_runs(["0"])
+    assert run.info.status == "FAILED" and run.data.tags["pipeline.error"] == line.removeprefix("error: demo: ")
+    with pytest.raises(PermissionError), step_run("demo"):  # not the input's fault: raised as it is, recorded
+        raise PermissionError(13, "Permission denied", "/etc/shadow")
+    failed = MlflowClient().search_runs(["0"], order_by=["start_time DESC"])[0]
+    assert failed.data.tags["pipeline.error"].startswith("unexpected PermissionError: [Errno 13] Permission denied")
 
 
 def test_tunes_progress_is_one_final_line_off_a_terminal(capsys):

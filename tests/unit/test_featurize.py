@@ -12,7 +12,7 @@ import pytest
 
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, REGRESSION, build_feature_spec, choose_columns
-from steps.lib.splits import SPLIT_NAMES, shuffled_parts, split_frame
+from steps.lib.splits import SPLIT_NAMES, drawn_parts, split_frame
 from tests.conftest import PROJECT_DIR
 
 
@@ -85,7 +85,8 @@ def test_the_random_split_keeps_each_class_share_in_every_split_whatever_the_lab
         part = splits[name]
         expected = whole * len(part) / len(frame)
         assert (part["label"].value_counts().reindex(whole.index) - expected).abs().max() < 1  # up to rounding
-        assert not part["x"].is_monotonic_increasing  # in a random order, not grouped or sorted
+        assert part["x"].is_monotonic_increasing  # in the table's order, not grouped by class
+        assert (part["x"].diff().dropna() > 1).any()  # drawn from the whole table, not a block of it
     again = split_frame(frame.assign(label=values), spec, seed=7, validation_size=0.25, test_size=0.2)
     pd.testing.assert_series_equal(again.test["x"], splits.test["x"])  # the classes' order does not matter
 
@@ -101,22 +102,23 @@ def test_a_random_split_with_fewer_rows_than_classes_is_refused_in_one_line():
     )
 
 
-def test_shuffled_parts_share_out_each_class_by_largest_remainders():
+def test_drawn_parts_share_out_each_class_by_largest_remainders():
     strata = np.repeat([0, 1, 2], [5, 3, 2])
     for seed in range(20):
-        first, second, rest = shuffled_parts(10, strata, (3, 4), np.random.default_rng(seed))
+        first, second, rest = drawn_parts(10, strata, (3, 4), np.random.default_rng(seed))
         assert sorted(np.concatenate([first, second, rest])) == list(range(10))
+        assert all((np.diff(part) > 0).all() for part in (first, second, rest))  # ascending positions
         # 3 of 10 rows: 1.5, 0.9, 0.6 of the classes; floors 1, 0, 0 and the two largest remainders one more
         assert np.bincount(strata[first], minlength=3).tolist() == [1, 1, 1]
         assert np.bincount(strata[second], minlength=3).tolist() == [2, 1, 1]  # 4 of the 4, 2, 1 left
         assert np.bincount(strata[rest], minlength=3).tolist() == [2, 1, 0]
-    plain = shuffled_parts(10, None, (3, 4), np.random.default_rng(0))
+    plain = drawn_parts(10, None, (3, 4), np.random.default_rng(0))
     assert [len(part) for part in plain] == [3, 4, 3] and sorted(np.concatenate(plain)) == list(range(10))
     # equal remainders are equal in integers: the larger class first (2 of 4, 1, 1 rows: 1.33, 0.33, 0.33)
     strata_of = np.repeat([0, 1, 2], [4, 1, 1])
-    first, _ = shuffled_parts(6, strata_of, (2,), np.random.default_rng(0))
+    first, _ = drawn_parts(6, strata_of, (2,), np.random.default_rng(0))
     assert np.bincount(strata_of[first], minlength=3).tolist() == [2, 0, 0]
-    everything, nothing, rest = shuffled_parts(10, strata, (10, 0), np.random.default_rng(0))  # a size of all rows
+    everything, nothing, rest = drawn_parts(10, strata, (10, 0), np.random.default_rng(0))  # a size of all rows
     assert len(everything) == 10 and len(nothing) == 0 and len(rest) == 0
 
 
