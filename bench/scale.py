@@ -184,15 +184,18 @@ def report(
     load, featurize = ([figures[step]["seconds"], *repeats[step]] for step in ("load", "featurize"))
     data_steps = float(np.median(load) + np.median(featurize)) - 2 * floor["noop_step"]
     arrow = floor["arrow_read_write"]
-    listed = "; ".join(f"{name} {', '.join(f'{x:.1f}' for x in runs)} s" for name, runs in zip(STEPS, (load, featurize)))
+    listed = "; ".join(
+        f"{name} {', '.join(f'{x:.1f}' for x in runs)} s"
+        for name, runs in zip(STEPS[:2], (load, featurize), strict=True)
+    )
     print(f"\ndata steps, main's run and {len(load) - 1} more of each (medians below): {listed}")
     print(
         f"\nfloors: pyarrow read + Parquet write {arrow:.1f} s; no-op step {floor['noop_step']:.1f} s "
         f"(imports MLflow and pandas, attaches to its run and ends it; imports alone: {floor['noop_imports']:.1f} s)"
     )
     print(
-        f"(median load + median featurize - two no-op steps) / (pyarrow read + write) = {data_steps:.1f} / {arrow:.1f} = "
-        f"{data_steps / arrow:.2f} (target <= 2)"
+        f"(median load + median featurize - two no-op steps) / (pyarrow read + write) = {data_steps:.1f} / "
+        f"{arrow:.1f} = {data_steps / arrow:.2f} (target <= 2)"
     )
     imports_only = data_steps + 2 * (floor["noop_step"] - floor["noop_imports"])
     print(f"the same against two import-only no-ops: {imports_only / arrow:.2f}")

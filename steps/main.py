@@ -44,7 +44,7 @@ from steps.lib.runner import INT, as_param, flag, parse_bool, run_cli, step_run,
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.step_cards import main_card
-from steps.lib.story import main_story
+from steps.lib.story import NOTE_TAG, main_story
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.uris import artifact_uri, check_uri_credentials, redact_uri
 
@@ -118,7 +118,7 @@ def launch_step(
         if not children:
             raise
         run_id = children[0].info.run_id
-    run = client.get_run(run_id)
+    run = said_why(client, client.get_run(run_id), entry_point)
     return StepResult(
         entry_point,
         run_id,
@@ -128,6 +128,23 @@ def launch_step(
         run.data.tags.get(ERROR_TAG, ""),
         warnings=warnings_of(run),
     )
+
+
+SILENT_FAILURE = (
+    "its process ended before it could say why: killed (the out-of-memory killer does this when memory runs out; "
+    "`dmesg` says so) or crashed; give the step more memory or a smaller table (tune: lower max_tune_rows or "
+    "parallelism), or re-run with -P verbose=true to see its output"
+)
+
+
+def said_why(client: MlflowClient, run: Run, step: str) -> Run:
+    """A step run that failed without saying why (its process was killed or crashed; MLflow's wait marks it
+    FAILED and nothing more) gets the likely causes as its error and its description."""
+    if run.info.status != "FAILED" or run.data.tags.get(ERROR_TAG):
+        return run
+    client.set_tag(run.info.run_id, ERROR_TAG, SILENT_FAILURE)
+    client.set_tag(run.info.run_id, NOTE_TAG, f"**{step} failed**: {SILENT_FAILURE}")
+    return client.get_run(run.info.run_id)
 
 
 def announce_start(step: str) -> None:

@@ -59,7 +59,8 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                     log.log_to_run()
             except (PipelineError, OSError) as error:
                 if isinstance(error, OSError) and error.errno not in DISK_FULL:
-                    raise unexpected(step, error, log)
+                    record_unexpected(step, error, log)
+                    raise
                 exit_if_unreachable(step, error, log)  # a TrackingUnreachableError: nothing can be recorded
                 message = one_line(str(error) if isinstance(error, PipelineError) else disk_full(error))
                 record_failure(step, message, log, "FAILED")
@@ -71,7 +72,8 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                 record_failure(step, "interrupted (Ctrl-C)", log, "KILLED")
                 raise
             except Exception as error:
-                raise unexpected(step, error, log)
+                record_unexpected(step, error, log)
+                raise
     finally:
         if log is not None:
             log.remove()
@@ -90,13 +92,12 @@ def disk_full(error: OSError) -> str:
     )
 
 
-def unexpected(step: str, error: Exception, log: StepLog | None) -> Exception:
-    """An error that is not the input's: recorded (its traceback in the step's log), then raised as it is."""
+def record_unexpected(step: str, error: Exception, log: StepLog | None) -> None:
+    """An error that is not the input's: recorded (its traceback in the step's log); the caller raises it."""
     exit_if_unreachable(step, error, log)
     if log is not None:
         logger.exception("unexpected error")
     record_failure(step, one_line(f"unexpected {type(error).__name__}: {error}"), log, None)
-    return error
 
 
 def record_failure(step: str, message: str, log: StepLog | None, status: str | None) -> None:

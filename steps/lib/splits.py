@@ -119,7 +119,9 @@ def shared_out(total: int, counts: np.ndarray) -> np.ndarray:
     return shares
 
 
-def drawn_parts(n: int, strata: np.ndarray | None, sizes: tuple[int, ...], rng: np.random.Generator) -> list[np.ndarray]:
+def drawn_parts(
+    n: int, strata: np.ndarray | None, sizes: tuple[int, ...], rng: np.random.Generator
+) -> list[np.ndarray]:
     """Positions 0..n-1 drawn at random into parts of `sizes` rows and a last part of the rest, each part in
     ascending order (the table's own, as the time and group splits keep it); with `strata` (n integer class
     codes 0..k-1), every part holds each class in the proportion of the whole, up to rounding.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,6 +15,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+import steps.main as main_module
+from steps.lib.names import ERROR_TAG, PROCESS_TAG
 from tests.integration.conftest import children, mlflow_run, model_server, post, runs_by_step
 
 
@@ -271,3 +277,42 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
     assert "- split: `by group on 'customer': no group in two splits`" in card
     assert newest(client, "tune").data.metrics["best_val_f1_macro"] > 0.5
+
+
+def test_a_step_killed_before_it_could_say_why_gets_the_likely_causes(store, tmp_path, monkeypatch):
+    """As the out-of-memory killer ends a step: SIGKILL to the step process alone, mid-work. MLflow's wait marks
+    its run FAILED and says nothing; main gives the likely causes, as the run's error and description."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300_000, 8)), columns=[f"x{i}" for i in range(8)])
+    frame.assign(y=rng.integers(0, 2, len(frame))).to_csv(tmp_path / "big.csv", index=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient(store)
+    killed: list[int] = []
+
+    def kill_the_step_once_it_works() -> None:
+        for _ in range(600):  # at most 60 s
+            runs = client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'load'")
+            tagged = [run.data.tags[PROCESS_TAG] for run in runs if PROCESS_TAG in run.data.tags]
+            if tagged:
+                pid = int(tagged[0].split(":")[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_the_step_once_it_works)
+    killer.start()
+    try:
+        with mlflow.start_run() as parent:
+            result = main_module.launch_step(
+                "load", {"data_uri": str(tmp_path / "big.csv"), "target": "y"}, "local", "0", parent.info.run_id
+            )
+    finally:
+        killer.join()
+    assert killed, "the load step never started"
+    assert result.status == "FAILED" and result.error == main_module.SILENT_FAILURE
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == result.error
+    assert "out-of-memory killer" in run.data.tags["mlflow.note.content"]
+    assert not [a for a in client.list_artifacts(result.run_id) if a.path == "data"]  # nothing a later step trusts
