@@ -56,13 +56,14 @@ def profile_frame(frame: pd.DataFrame, target: str) -> dict[str, Any]:
     else:
         stats = labels.describe()
         distribution = {"kind": "numeric", **{str(k): float(v) for k, v in stats.items()}}
+    missing = frame.isna().sum()
     return {
         "n_rows": len(frame),
         "n_columns": len(frame.columns),
         "target": target,
         "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
-        "missing": {str(c): int(n) for c, n in frame.isna().sum().items()},
-        "n_missing_cells": int(frame.isna().sum().sum()),
+        "missing": {str(c): int(n) for c, n in missing.items()},
+        "n_missing_cells": int(missing.sum()),
         "n_unique": distinct_counts(frame),
         "target_distribution": distribution,
     }

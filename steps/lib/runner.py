@@ -7,10 +7,13 @@ import logging
 import math
 import os
 import re
+import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import click
@@ -51,7 +54,7 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                 }
             )
             try:
-                with output_into_log() if log is not None else nullcontext():
+                with output_into_log() if log is not None else nullcontext(), run_temp_folder(run, nested):
                     yield run
                 if log is not None:
                     log_peak_memory()
@@ -77,6 +80,37 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     finally:
         if log is not None:
             log.remove()
+
+
+RUN_TEMP_PREFIX = "pipeline-run-"
+
+
+@contextmanager
+def run_temp_folder(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
+    """The step process's temporary files (its outputs before they are logged: a million rows of splits are
+    ~170 MB, MLflow's downloads) in one private folder named after its run, removed when the step ends. A
+    process killed before that (the out-of-memory killer) cannot remove it: main removes it by the run's id
+    (`remove_run_temp_folders`). A nested step run uses its parent's."""
+    if nested:
+        yield
+        return
+    before = tempfile.tempdir
+    folder = tempfile.mkdtemp(prefix=f"{RUN_TEMP_PREFIX}{run.info.run_id}-")  # 0700, a name nobody can take first
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_run_temp_folders(run_id: str) -> None:
+    """What a killed step process left of its temporary files on this machine (see run_temp_folder): only
+    folders of this user, not followed through links."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_TEMP_PREFIX}{run_id}-*"):
+        info = folder.lstat()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -149,6 +183,8 @@ def exit_unrecorded(step: str, message: str, log: StepLog | None = None) -> None
     if log is not None:
         logger.error("%s", one_line(message))
         print(f"{step}'s log: {log.close()}", file=terminal(), flush=True)
+    if tempfile.tempdir and Path(tempfile.tempdir).name.startswith(RUN_TEMP_PREFIX):  # os._exit skips its finally
+        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
     os._exit(1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -292,13 +293,13 @@ def test_a_step_killed_before_it_could_say_why_gets_the_likely_causes(store, tmp
 
     def kill_the_step_once_it_works() -> None:
         for _ in range(600):  # at most 60 s
-            runs = client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'load'")
-            tagged = [run.data.tags[PROCESS_TAG] for run in runs if PROCESS_TAG in run.data.tags]
-            if tagged:
-                pid = int(tagged[0].split(":")[1])
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
+            for run in client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'load'"):
+                temp = list(Path(tempfile.gettempdir()).glob(f"pipeline-run-{run.info.run_id}-*"))
+                if PROCESS_TAG in run.data.tags and temp and any(temp[0].iterdir()):  # at work, files in its folder
+                    pid = int(run.data.tags[PROCESS_TAG].split(":")[1])
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
             time.sleep(0.1)
 
     killer = threading.Thread(target=kill_the_step_once_it_works)
@@ -316,3 +317,4 @@ def test_a_step_killed_before_it_could_say_why_gets_the_likely_causes(store, tmp
     assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == result.error
     assert "out-of-memory killer" in run.data.tags["mlflow.note.content"]
     assert not [a for a in client.list_artifacts(result.run_id) if a.path == "data"]  # nothing a later step trusts
+    assert not list(Path(tempfile.gettempdir()).glob(f"pipeline-run-{result.run_id}-*"))  # its temp files removed

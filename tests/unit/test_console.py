@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import stat
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -13,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.lib.console import VERBOSE_VARIABLE, redact_text
 from steps.lib.errors import PipelineError
-from steps.lib.runner import step_run
+from steps.lib.runner import remove_run_temp_folders, step_run
 
 NOISE = {
     "project": "steps.demo: the step's own line",
@@ -96,6 +99,25 @@ def test_a_full_disk_is_one_line_and_a_failed_run_other_os_errors_stay_unexpecte
         raise PermissionError(13, "Permission denied", "/etc/shadow")
     failed = MlflowClient().search_runs(["0"], order_by=["start_time DESC"])[0]
     assert failed.data.tags["pipeline.error"].startswith("unexpected PermissionError: [Errno 13] Permission denied")
+
+
+def test_a_step_keeps_its_temporary_files_in_a_private_folder_of_its_run_removed_at_the_end(tracking_uri, tmp_path):
+    before = tempfile.gettempdir()
+    with step_run("demo") as run:
+        folder = Path(tempfile.gettempdir())
+        assert folder.parent == Path(before) and folder.name.startswith(f"pipeline-run-{run.info.run_id}-")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        with step_run("inner", nested=True):
+            assert tempfile.gettempdir() == str(folder)  # a nested step run uses its parent's
+        (folder / "split.parquet").write_bytes(b"rows")
+    assert tempfile.gettempdir() == before and not folder.exists()
+    # what a killed process left: main removes its run's folders of this user, and nothing else
+    left = Path(tempfile.mkdtemp(prefix=f"pipeline-run-{run.info.run_id}-"))
+    (left / "train.parquet").write_bytes(b"rows")
+    other = Path(tempfile.mkdtemp(prefix="pipeline-run-someone-else-"))
+    remove_run_temp_folders(run.info.run_id)
+    assert not left.exists() and other.exists()
+    other.rmdir()
 
 
 def test_tunes_progress_is_one_final_line_off_a_terminal(capsys):
