@@ -134,9 +134,15 @@ def step_figures(store: str) -> dict[str, dict[str, float]]:
     return figures
 
 
-def data_step_repeats(project: Path, store: str, csv: Path, target: str, repeats: int) -> dict[str, list[float]]:
+FEATURIZE_PARAMS = ("task", "seed", "validation_size", "test_size", "split", "time_column", "group_column")
+
+
+def data_step_repeats(
+    project: Path, store: str, csv: Path, target: str, repeats: int, params: list[str]
+) -> dict[str, list[float]]:
     """load and featurize again, `repeats` times each, launched as main launches them (mlflow.projects.run,
-    env manager local): one run of each varies by a second here, so the data floor's ratio takes medians."""
+    env manager local) with main's params of featurize (`params`: the --param values): one run of each varies
+    by a second here, so the data floor's ratio takes medians."""
     import mlflow
 
     mlflow.set_tracking_uri(store)
@@ -152,7 +158,9 @@ def data_step_repeats(project: Path, store: str, csv: Path, target: str, repeats
 
     for _ in range(repeats):
         load_run = timed_step("load", {"data_uri": str(csv), "target": target})
-        timed_step("featurize", {"raw_data_uri": f"runs:/{load_run}/data"})
+        given = dict(param.split("=", 1) for param in params)
+        featurize = {key: value for key, value in given.items() if key in FEATURIZE_PARAMS}
+        timed_step("featurize", {"raw_data_uri": f"runs:/{load_run}/data", **featurize})
     return seconds
 
 
@@ -231,7 +239,7 @@ def main() -> None:
         seconds = timed([*command, *[x for p in params for x in ("-P", p)]], project, env)
         label = f"max_evals={args.max_evals}" + "".join(f", {p}" for p in args.param)
         figures = step_figures(store)  # before the repeats below add load and featurize runs
-        repeats = data_step_repeats(project, store, csv, target, args.data_repeats)
+        repeats = data_step_repeats(project, store, csv, target, args.data_repeats, args.param)
         report(seconds, figures, floor, label, repeats)
         if args.predict_rows:
             score(args.predict_rows, args.plain, work, project, env, store)

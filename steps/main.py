@@ -34,6 +34,7 @@ from steps.lib.names import (
     OUTPUT_DIGEST_TAG,
     PARENT_TAG,
     PIPELINE_SUMMARY,
+    PROCESS_TAG,
     SPLITS_DIR,
     WARNINGS_TAG,
 )
@@ -131,9 +132,13 @@ def launch_step(
 
 
 SILENT_FAILURE = (
-    "its process ended before it could say why: killed (the out-of-memory killer does this when memory runs out; "
-    "`dmesg` says so) or crashed; give the step more memory or a smaller table (tune: lower max_tune_rows or "
-    "parallelism), or re-run with -P verbose=true to see its output"
+    "its process ended before it could record why: killed (the out-of-memory killer does this when memory runs "
+    "out; `dmesg` says so), crashed, or cut off from the tracking server; its output above says which: give "
+    "the step more memory or a smaller table (tune: lower max_tune_rows or parallelism), or re-run with -P "
+    "verbose=true"
+)
+NEVER_STARTED = (
+    "its process ended before the step began (e.g. a module that does not import); its output above says why"
 )
 
 
@@ -144,8 +149,9 @@ def said_why(client: MlflowClient, run: Run, step: str) -> Run:
     if run.info.status != "FAILED" or run.data.tags.get(ERROR_TAG):
         return run
     remove_run_temp_folders(run.info.run_id)
-    client.set_tag(run.info.run_id, ERROR_TAG, SILENT_FAILURE)
-    client.set_tag(run.info.run_id, NOTE_TAG, f"**{step} failed**: {SILENT_FAILURE}")
+    why = SILENT_FAILURE if PROCESS_TAG in run.data.tags else NEVER_STARTED  # the tag is step_run's first act
+    client.set_tag(run.info.run_id, ERROR_TAG, why)
+    client.set_tag(run.info.run_id, NOTE_TAG, f"**{step} failed**: {why}")
     return client.get_run(run.info.run_id)
 
 

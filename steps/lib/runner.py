@@ -87,15 +87,16 @@ RUN_TEMP_PREFIX = "pipeline-run-"
 
 @contextmanager
 def run_temp_folder(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
-    """The step process's temporary files (its outputs before they are logged: a million rows of splits are
-    ~170 MB, MLflow's downloads) in one private folder named after its run, removed when the step ends. A
+    """The step process's own temporary files (its outputs before they are logged: a million rows of splits
+    are ~170 MB; MLflow's downloads) in one private folder named after its run, removed when the step ends. A
     process killed before that (the out-of-memory killer) cannot remove it: main removes it by the run's id
-    (`remove_run_temp_folders`). A nested step run uses its parent's."""
+    (`remove_run_temp_folders`). A nested step run uses its parent's. Child processes (tune's workers, Spark)
+    keep using TMPDIR: they hold no outputs."""
     if nested:
         yield
         return
     before = tempfile.tempdir
-    folder = tempfile.mkdtemp(prefix=f"{RUN_TEMP_PREFIX}{run.info.run_id}-")  # 0700, a name nobody can take first
+    folder = tempfile.mkdtemp(prefix=f"{RUN_TEMP_PREFIX}{run.info.run_id}-", dir=base_temp_dir())  # 0700, unique
     tempfile.tempdir = folder
     try:
         yield
@@ -104,11 +105,20 @@ def run_temp_folder(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def base_temp_dir() -> Path:
+    """The temporary directory outside any step's own folder (main runs inside its own step run too)."""
+    current = Path(tempfile.gettempdir())
+    return current.parent if current.name.startswith(RUN_TEMP_PREFIX) else current
+
+
 def remove_run_temp_folders(run_id: str) -> None:
     """What a killed step process left of its temporary files on this machine (see run_temp_folder): only
     folders of this user, not followed through links."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_TEMP_PREFIX}{run_id}-*"):
-        info = folder.lstat()
+    for folder in base_temp_dir().glob(f"{RUN_TEMP_PREFIX}{run_id}-*"):
+        try:
+            info = folder.lstat()
+        except FileNotFoundError:  # removed meanwhile
+            continue
         if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -122,7 +132,7 @@ def disk_full(error: OSError) -> str:
     where = f" writing '{error.filename}'" if error.filename else ""
     return (
         f"no space left on the device{where}; free disk space, or point TMPDIR at a larger disk (temporary files "
-        f"go to {tempfile.gettempdir()}) and the tracking store's artifacts to one with room"
+        f"go to {base_temp_dir()}) and the tracking store's artifacts to one with room"
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 import steps.main as main_module
 from steps.lib.names import ERROR_TAG, PROCESS_TAG
+from steps.lib.runner import base_temp_dir, step_run
 from tests.integration.conftest import children, mlflow_run, model_server, post, runs_by_step
 
 
@@ -293,19 +293,23 @@ def test_a_step_killed_before_it_could_say_why_gets_the_likely_causes(store, tmp
 
     def kill_the_step_once_it_works() -> None:
         for _ in range(600):  # at most 60 s
-            for run in client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'load'"):
-                temp = list(Path(tempfile.gettempdir()).glob(f"pipeline-run-{run.info.run_id}-*"))
-                if PROCESS_TAG in run.data.tags and temp and any(temp[0].iterdir()):  # at work, files in its folder
+            try:
+                runs = client.search_runs(["0"], filter_string="tags.`pipeline.step` = 'load'")
+            except Exception:  # the store busy with the step's own writes: ask again
+                runs = []
+            for run in runs:
+                temp = list(base_temp_dir().glob(f"pipeline-run-{run.info.run_id}-*"))
+                if PROCESS_TAG in run.data.tags and temp and list(temp[0].rglob("raw.parquet")):  # not yet logged
                     pid = int(run.data.tags[PROCESS_TAG].split(":")[1])
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                     return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_the_step_once_it_works)
     killer.start()
     try:
-        with mlflow.start_run() as parent:
+        with step_run("main") as parent:  # as main launches its steps: inside its own step run
             result = main_module.launch_step(
                 "load", {"data_uri": str(tmp_path / "big.csv"), "target": "y"}, "local", "0", parent.info.run_id
             )
@@ -317,4 +321,4 @@ def test_a_step_killed_before_it_could_say_why_gets_the_likely_causes(store, tmp
     assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == result.error
     assert "out-of-memory killer" in run.data.tags["mlflow.note.content"]
     assert not [a for a in client.list_artifacts(result.run_id) if a.path == "data"]  # nothing a later step trusts
-    assert not list(Path(tempfile.gettempdir()).glob(f"pipeline-run-{result.run_id}-*"))  # its temp files removed
+    assert not list(base_temp_dir().glob(f"pipeline-run-{result.run_id}-*"))  # its temp files removed

@@ -111,11 +111,12 @@ def test_a_step_keeps_its_temporary_files_in_a_private_folder_of_its_run_removed
             assert tempfile.gettempdir() == str(folder)  # a nested step run uses its parent's
         (folder / "split.parquet").write_bytes(b"rows")
     assert tempfile.gettempdir() == before and not folder.exists()
-    # what a killed process left: main removes its run's folders of this user, and nothing else
+    # what a killed process left: main (itself inside its step run) removes the run's folders, and nothing else
     left = Path(tempfile.mkdtemp(prefix=f"pipeline-run-{run.info.run_id}-"))
     (left / "train.parquet").write_bytes(b"rows")
     other = Path(tempfile.mkdtemp(prefix="pipeline-run-someone-else-"))
-    remove_run_temp_folders(run.info.run_id)
+    with step_run("main"):
+        remove_run_temp_folders(run.info.run_id)
     assert not left.exists() and other.exists()
     other.rmdir()
 

@@ -114,6 +114,9 @@ def test_drawn_parts_share_out_each_class_by_largest_remainders():
         assert np.bincount(strata[rest], minlength=3).tolist() == [2, 1, 0]
     plain = drawn_parts(10, None, (3, 4), np.random.default_rng(0))
     assert [len(part) for part in plain] == [3, 4, 3] and sorted(np.concatenate(plain)) == list(range(10))
+    assert all((np.diff(part) > 0).all() for part in plain)
+    drawn = {tuple(drawn_parts(10, None, (3, 4), np.random.default_rng(seed))[0]) for seed in range(20)}
+    assert len(drawn) > 10  # drawn at random, not cut in blocks
     # equal remainders are equal in integers: the larger class first (2 of 4, 1, 1 rows: 1.33, 0.33, 0.33)
     strata_of = np.repeat([0, 1, 2], [4, 1, 1])
     first, _ = drawn_parts(6, strata_of, (2,), np.random.default_rng(0))
