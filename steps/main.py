@@ -41,7 +41,7 @@ from steps.lib.names import (
 from steps.lib.profiles import DEFAULTS, UNSET, read_profile, resolve, write_resolved
 from steps.lib.reaper import reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_model_name
-from steps.lib.runner import INT, as_param, flag, parse_bool, remove_run_temp_folders, run_cli, step_run, unset_is_none
+from steps.lib.runner import INT, as_param, clean_up_after, flag, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.step_cards import main_card
@@ -144,11 +144,11 @@ NEVER_STARTED = (
 
 def said_why(client: MlflowClient, run: Run, step: str) -> Run:
     """A step run that failed without saying why (its process was killed or crashed; MLflow's wait marks it
-    FAILED and nothing more) gets the likely causes as its error and its description; the temporary files
-    its process could not remove are removed."""
+    FAILED and nothing more) gets the likely causes as its error and its description, and the log its
+    process wrote until then; the temporary files it could not remove are removed."""
     if run.info.status != "FAILED" or run.data.tags.get(ERROR_TAG):
         return run
-    remove_run_temp_folders(run.info.run_id)
+    clean_up_after(client, run.info.run_id, step)
     why = SILENT_FAILURE if PROCESS_TAG in run.data.tags else NEVER_STARTED  # the tag is step_run's first act
     client.set_tag(run.info.run_id, ERROR_TAG, why)
     client.set_tag(run.info.run_id, NOTE_TAG, f"**{step} failed**: {why}")

@@ -150,6 +150,9 @@ def output_into_log() -> Iterator[None]:
         _TERMINAL.pop()
 
 
+LOG_FOLDER_PREFIX = "pipeline-log-"
+
+
 @dataclass
 class StepLog:
     """The log file of one step process, in a private temporary folder until it is logged with the run."""
@@ -169,6 +172,17 @@ class StepLog:
         os.environ[STEP_LOG_VARIABLE] = str(log.path)
         route_logs(log.path, log.warnings)
         return log
+
+    def name_after(self, run_id: str) -> None:
+        """Rename the log's folder after the step's run (`pipeline-log-<run id>-...`), so that main can find
+        and log what a killed step process wrote (see runner.clean_up_after). Open handles follow the file;
+        processes the step starts from now on are told the new path."""
+        folder = self.path.parent
+        named = folder.with_name(f"{LOG_FOLDER_PREFIX}{run_id}-{folder.name.rsplit('-', 1)[-1]}")
+        folder.rename(named)
+        self.path = named / self.path.name
+        if self.saved:
+            os.environ[STEP_LOG_VARIABLE] = str(self.path)
 
     def close(self) -> Path:
         """Stop writing to the file and put back the logging set-up from before the step (once); its path."""

@@ -19,7 +19,7 @@ from typing import Any
 import click
 import mlflow
 
-from steps.lib.console import StepLog, output_into_log, terminal
+from steps.lib.console import LOG_DIR, LOG_FOLDER_PREFIX, StepLog, output_into_log, terminal
 from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
 from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG, WARNINGS_TAG
 from steps.lib.process import process_identity
@@ -53,6 +53,9 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                     "runtime.prefix": sys.prefix,
                 }
             )
+            if log is not None:
+                log.name_after(run.info.run_id)
+                logger.info("step %s: run %s, process %s", step, run.info.run_id, os.getpid())
             try:
                 with output_into_log() if log is not None else nullcontext(), run_temp_folder(run, nested):
                     yield run
@@ -90,7 +93,7 @@ def run_temp_folder(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
     """The step process's own temporary files (its outputs before they are logged: a million rows of splits
     are ~170 MB; MLflow's downloads) in one private folder named after its run, removed when the step ends. A
     process killed before that (the out-of-memory killer) cannot remove it: main removes it by the run's id
-    (`remove_run_temp_folders`). A nested step run uses its parent's. Child processes (tune's workers, Spark)
+    (`clean_up_after`). A nested step run uses its parent's. Child processes (tune's workers, Spark)
     keep using TMPDIR: they hold no outputs."""
     if nested:
         yield
@@ -111,15 +114,21 @@ def base_temp_dir() -> Path:
     return current.parent if current.name.startswith(RUN_TEMP_PREFIX) else current
 
 
-def remove_run_temp_folders(run_id: str) -> None:
-    """What a killed step process left of its temporary files on this machine (see run_temp_folder): only
-    folders of this user, not followed through links."""
-    for folder in base_temp_dir().glob(f"{RUN_TEMP_PREFIX}{run_id}-*"):
-        try:
-            info = folder.lstat()
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+def clean_up_after(client: mlflow.MlflowClient, run_id: str, step: str) -> None:
+    """What a killed step process left on this machine: its log (StepLog.name_after), logged as its run's
+    logs/<step>.log, and its temporary files (run_temp_folder), removed. Only folders of this user, not
+    followed through links."""
+    for prefix in (LOG_FOLDER_PREFIX, RUN_TEMP_PREFIX):
+        for folder in base_temp_dir().glob(f"{prefix}{run_id}-*"):
+            try:
+                info = folder.lstat()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if not (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()):
+                continue
+            log = folder / f"{step}.log"
+            if prefix == LOG_FOLDER_PREFIX and log.is_file() and not log.is_symlink():
+                client.log_artifact(run_id, str(log), LOG_DIR)
             shutil.rmtree(folder, ignore_errors=True)
 
 

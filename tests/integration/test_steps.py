@@ -322,3 +322,6 @@ def test_a_step_killed_before_it_could_say_why_gets_the_likely_causes(store, tmp
     assert "out-of-memory killer" in run.data.tags["mlflow.note.content"]
     assert not [a for a in client.list_artifacts(result.run_id) if a.path == "data"]  # nothing a later step trusts
     assert not list(base_temp_dir().glob(f"pipeline-run-{result.run_id}-*"))  # its temp files removed
+    assert not list(base_temp_dir().glob(f"pipeline-log-{result.run_id}-*"))
+    log = mlflow.artifacts.load_text(f"runs:/{result.run_id}/logs/load.log")  # what it wrote until it was killed
+    assert f"step load: run {result.run_id}, process {killed[0]}" in log and "loaded" not in log  # so far, no more

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 import sys
 import tempfile
@@ -14,9 +15,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.lib.console import VERBOSE_VARIABLE, redact_text
+from steps.lib.console import STEP_LOG_VARIABLE, VERBOSE_VARIABLE, redact_text
 from steps.lib.errors import PipelineError
-from steps.lib.runner import remove_run_temp_folders, step_run
+from steps.lib.runner import clean_up_after, step_run
 
 NOISE = {
     "project": "steps.demo: the step's own line",
@@ -111,14 +112,28 @@ def test_a_step_keeps_its_temporary_files_in_a_private_folder_of_its_run_removed
             assert tempfile.gettempdir() == str(folder)  # a nested step run uses its parent's
         (folder / "split.parquet").write_bytes(b"rows")
     assert tempfile.gettempdir() == before and not folder.exists()
-    # what a killed process left: main (itself inside its step run) removes the run's folders, and nothing else
+    # what a killed process left: main (itself inside its step run) logs its log and removes the run's folders,
+    # and nothing else
     left = Path(tempfile.mkdtemp(prefix=f"pipeline-run-{run.info.run_id}-"))
     (left / "train.parquet").write_bytes(b"rows")
+    log = Path(tempfile.mkdtemp(prefix=f"pipeline-log-{run.info.run_id}-"))
+    (log / "demo.log").write_text("INFO steps.demo: fitting trial 3 of 8\n")
     other = Path(tempfile.mkdtemp(prefix="pipeline-run-someone-else-"))
     with step_run("main"):
-        remove_run_temp_folders(run.info.run_id)
-    assert not left.exists() and other.exists()
+        clean_up_after(MlflowClient(), run.info.run_id, "demo")
+    assert not left.exists() and not log.exists() and other.exists()
     other.rmdir()
+    assert "fitting trial 3 of 8" in mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/logs/demo.log")
+
+
+def test_a_steps_log_folder_is_named_after_its_run_for_the_processes_it_starts(tracking_uri, monkeypatch):
+    monkeypatch.delenv(VERBOSE_VARIABLE, raising=False)
+    with step_run("demo") as run:
+        path = Path(os.environ[STEP_LOG_VARIABLE])
+        assert path.parent.name.startswith(f"pipeline-log-{run.info.run_id}-") and path.name == "demo.log"
+        logging.getLogger("steps.demo").info("written after the rename")
+    assert not path.parent.exists()
+    assert "written after the rename" in step_log(run.info.run_id)  # the open handle followed the file
 
 
 def test_tunes_progress_is_one_final_line_off_a_terminal(capsys):
