@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.errors import one_line
 from steps.lib.names import ERROR_TAG, EVALUATE_RUN_TAG, GATES_PASSED_TAG, PROCESS_TAG, STEP_TAG
 from steps.lib.process import process_alive
+from steps.lib.runner import clean_up_after
 
 logger = logging.getLogger("steps.reaper")
 
@@ -20,7 +21,8 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
     MLflow leaves such runs RUNNING forever; the cache never reuses them (it takes FINISHED runs only).
     Runs of live processes, of processes whose state is unknown (another machine, an unreadable start time),
     and of other users are left alone. A model version that a dead
-    evaluate registered but never decided on (no `gates.passed` tag) is deleted: nothing half-registered.
+    evaluate registered but never decided on (no `gates.passed` tag) is deleted: nothing half-registered. What
+    the dead process left on this machine goes too: its log so far is logged, its temporary files removed.
     """
     reaped = []
     me = current_user()
@@ -39,6 +41,7 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
                 f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
             )
             client.set_terminated(run.info.run_id, status="KILLED")
+            clean_up_after(client, run.info.run_id, run.data.tags.get(STEP_TAG, ""))  # its log so far, its temp files
         except MlflowException as error:  # e.g. no permission on another user's run: not main's to fail over
             logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
             continue

@@ -14,6 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps.lib.names import TRIAL_TAG
+from steps.lib.runner import base_temp_dir
 from tests.integration.conftest import TrackingServer, children, mlflow_env, mlflow_run
 
 STEPS = ("load", "featurize", "tune", "train", "evaluate")
@@ -76,10 +77,14 @@ def test_kill_9_during_tune_then_rerun(project, server, tmp_path):
     tags = new_main.data.tags
     assert (tags["steps.load.cached"], tags["steps.featurize.cached"]) == ("true", "true")  # finished steps reused
     assert tags["steps.tune.cached"] == "false" and tags["steps.tune.run_id"] != killed_tune.info.run_id
-    for run_id in (killed_main.info.run_id, killed_tune.info.run_id):  # never FINISHED: marked KILLED by the re-run
+    for run_id, step in ((killed_main.info.run_id, "main"), (killed_tune.info.run_id, "tune")):  # marked KILLED
         run = client.get_run(run_id)
         assert run.info.status == "KILLED", run.info
         assert f"marked KILLED by main run {new_main.info.run_id}" in run.data.tags["pipeline.error"]
+        # what the dead process left on this machine: its log so far logged, its folders removed
+        log = Path(client.download_artifacts(run_id, f"logs/{step}.log", str(tmp_path)))
+        assert f"step {step}: run {run_id}, process" in log.read_text()
+        assert not [p for prefix in ("run", "log") for p in base_temp_dir().glob(f"pipeline-{prefix}-{run_id}-*")]
     new_tune = client.get_run(tags["steps.tune.run_id"])
     assert new_tune.info.status == "FINISHED"
     assert len([r for r in children(client, new_tune) if TRIAL_TAG in r.data.tags]) == 25
