@@ -148,7 +148,7 @@ def said_why(client: MlflowClient, run: Run, step: str) -> Run:
     process wrote until then; the temporary files it could not remove are removed."""
     if run.info.status != "FAILED" or run.data.tags.get(ERROR_TAG):
         return run
-    clean_up_after(client, run.info.run_id, step)
+    clean_up_after(client, run.info.run_id)
     why = SILENT_FAILURE if PROCESS_TAG in run.data.tags else NEVER_STARTED  # the tag is step_run's first act
     client.set_tag(run.info.run_id, ERROR_TAG, why)
     client.set_tag(run.info.run_id, NOTE_TAG, f"**{step} failed**: {why}")

@@ -41,7 +41,7 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
                 f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
             )
             client.set_terminated(run.info.run_id, status="KILLED")
-            clean_up_after(client, run.info.run_id, run.data.tags.get(STEP_TAG, ""))  # its log so far, its temp files
+            clean_up_after(client, run.info.run_id)  # its log so far logged, its temporary files removed
         except MlflowException as error:  # e.g. no permission on another user's run: not main's to fail over
             logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
             continue

@@ -114,22 +114,31 @@ def base_temp_dir() -> Path:
     return current.parent if current.name.startswith(RUN_TEMP_PREFIX) else current
 
 
-def clean_up_after(client: mlflow.MlflowClient, run_id: str, step: str) -> None:
+def clean_up_after(client: mlflow.MlflowClient, run_id: str) -> None:
     """What a killed step process left on this machine: its log (StepLog.name_after), logged as its run's
     logs/<step>.log, and its temporary files (run_temp_folder), removed. Only folders of this user, not
-    followed through links."""
+    followed through links; the log's name is the file's own (never a tag's: anyone can write those)."""
     for prefix in (LOG_FOLDER_PREFIX, RUN_TEMP_PREFIX):
         for folder in base_temp_dir().glob(f"{prefix}{run_id}-*"):
+            if not owned_folder(folder):
+                continue
             try:
-                info = folder.lstat()
-            except FileNotFoundError:  # removed meanwhile
+                for log in folder.glob("*.log") if prefix == LOG_FOLDER_PREFIX else ():
+                    if stat.S_ISREG(log.lstat().st_mode):
+                        client.log_artifact(run_id, str(log), LOG_DIR)
+            except Exception as error:  # best effort: the store refused it, or is gone; the log stays here
+                logger.warning("could not log %s to run %s: %s", folder, run_id, one_line(str(error), 200))
                 continue
-            if not (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()):
-                continue
-            log = folder / f"{step}.log"
-            if prefix == LOG_FOLDER_PREFIX and log.is_file() and not log.is_symlink():
-                client.log_artifact(run_id, str(log), LOG_DIR)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def owned_folder(path: Path) -> bool:
+    """A directory of this user's, not a link to one."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:  # removed meanwhile
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -120,7 +120,7 @@ def test_a_step_keeps_its_temporary_files_in_a_private_folder_of_its_run_removed
     (log / "demo.log").write_text("INFO steps.demo: fitting trial 3 of 8\n")
     other = Path(tempfile.mkdtemp(prefix="pipeline-run-someone-else-"))
     with step_run("main"):
-        clean_up_after(MlflowClient(), run.info.run_id, "demo")
+        clean_up_after(MlflowClient(), run.info.run_id)
     assert not left.exists() and not log.exists() and other.exists()
     other.rmdir()
     assert "fitting trial 3 of 8" in mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/logs/demo.log")

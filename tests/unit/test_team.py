@@ -223,10 +223,12 @@ def test_main_marks_runs_of_dead_processes_killed_and_leaves_the_rest(tracking_u
     main_run = client.create_run(experiment, tags={PROCESS_TAG: dead} | MINE).info.run_id  # itself: never reaped
     left = {kind: Path(tempfile.mkdtemp(prefix=f"pipeline-{kind}-{runs['dead']}-")) for kind in ("run", "log")}
     (left["log"] / "tune.log").write_text("INFO steps: what the dead step wrote\n")
-    client.set_tag(runs["dead"], "pipeline.step", "tune")
+    (left["log"] / "passwd.log").symlink_to("/etc/passwd")  # a link is not followed: never uploaded
+    client.set_tag(runs["dead"], "pipeline.step", "../../../etc/passwd")  # a tag names no file here
     assert reap_dead_runs(client, experiment, main_run) == [runs["dead"]]
     assert not any(folder.exists() for folder in left.values())  # its log logged, its temporary files removed
     assert "what the dead step wrote" in mlflow.artifacts.load_text(f"runs:/{runs['dead']}/logs/tune.log")
+    assert [a.path for a in client.list_artifacts(runs["dead"], "logs")] == ["logs/tune.log"]
     statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
     assert statuses == {
         "dead": "KILLED",
