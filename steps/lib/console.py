@@ -179,7 +179,11 @@ class StepLog:
         processes the step starts from now on are told the new path."""
         folder = self.path.parent
         named = folder.with_name(f"{LOG_FOLDER_PREFIX}{run_id}-{folder.name.rsplit('-', 1)[-1]}")
-        folder.rename(named)
+        try:
+            folder.rename(named)
+        except OSError as error:  # the name taken first, the folder cleaned away: the log goes on where it is
+            logging.getLogger("steps").warning("the step's log stays at %s: %s", self.path, error)
+            return
         self.path = named / self.path.name
         if self.saved:
             os.environ[STEP_LOG_VARIABLE] = str(self.path)

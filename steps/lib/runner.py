@@ -204,8 +204,8 @@ def exit_unrecorded(step: str, message: str, log: StepLog | None = None) -> None
     """The tracking server is gone: say so in one line and exit 1 at once.
 
     Nothing more can be recorded (not even FAILED: the run stays RUNNING until the next `main` marks
-    it KILLED), and a normal exit would try the server again for minutes (MLflow's atexit end_run). The
-    step's log stays on disk: its path is printed after the error.
+    it KILLED, logging the step's log), and a normal exit would try the server again for minutes (MLflow's
+    atexit end_run). The step's log stays on disk until then: its path is printed after the error.
     """
     print(f"error: {step}: {one_line(message)}", file=terminal(), flush=True)
     if log is not None:

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.console import STEP_LOG_VARIABLE, VERBOSE_VARIABLE, redact_text
 from steps.lib.errors import PipelineError
 from steps.lib.runner import clean_up_after, step_run
+from tests.conftest import PROJECT_DIR
 
 NOISE = {
     "project": "steps.demo: the step's own line",
@@ -132,8 +134,13 @@ def test_a_steps_log_folder_is_named_after_its_run_for_the_processes_it_starts(t
         path = Path(os.environ[STEP_LOG_VARIABLE])
         assert path.parent.name.startswith(f"pipeline-log-{run.info.run_id}-") and path.name == "demo.log"
         logging.getLogger("steps.demo").info("written after the rename")
+        worker = "from steps.lib.console import route_child_logs; import logging; route_child_logs(); "
+        worker += "logging.getLogger('steps.worker').info('a worker started after the rename')"
+        subprocess.run([sys.executable, "-c", worker], check=True, cwd=PROJECT_DIR)  # as tune starts a worker
     assert not path.parent.exists()
-    assert "written after the rename" in step_log(run.info.run_id)  # the open handle followed the file
+    log = step_log(run.info.run_id)
+    assert "written after the rename" in log  # the open handle followed the file
+    assert "a worker started after the rename" in log  # a process started afterwards was told the new path
 
 
 def test_tunes_progress_is_one_final_line_off_a_terminal(capsys):
