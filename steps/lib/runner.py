@@ -108,10 +108,16 @@ def run_temp_folder(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def own_temp_folder() -> Path | None:
+    """The folder of the step run this process is in (run_temp_folder), or None outside one."""
+    current = Path(tempfile.gettempdir())
+    return current if current.name.startswith(RUN_TEMP_PREFIX) else None
+
+
 def base_temp_dir() -> Path:
     """The temporary directory outside any step's own folder (main runs inside its own step run too)."""
-    current = Path(tempfile.gettempdir())
-    return current.parent if current.name.startswith(RUN_TEMP_PREFIX) else current
+    own = own_temp_folder()
+    return own.parent if own is not None else Path(tempfile.gettempdir())
 
 
 def clean_up_after(client: mlflow.MlflowClient, run_id: str) -> None:
@@ -211,8 +217,8 @@ def exit_unrecorded(step: str, message: str, log: StepLog | None = None) -> None
     if log is not None:
         logger.error("%s", one_line(message))
         print(f"{step}'s log: {log.close()}", file=terminal(), flush=True)
-    if tempfile.tempdir and Path(tempfile.tempdir).name.startswith(RUN_TEMP_PREFIX):  # os._exit skips its finally
-        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+    if (own := own_temp_folder()) is not None:  # os._exit skips run_temp_folder's finally
+        shutil.rmtree(own, ignore_errors=True)
     os._exit(1)
 
 
