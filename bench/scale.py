@@ -84,6 +84,18 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
+def run_seconds(project: Path, entry_point: str, parameters: dict[str, str] | None = None) -> tuple[str, float]:
+    """An entry point launched as main launches a step (mlflow.projects.run, env manager local, into the
+    current tracking URI): its run id, and its seconds as main's steps are timed (its run's start to end)."""
+    import mlflow
+
+    submitted = mlflow.projects.run(
+        str(project), entry_point, parameters=parameters or {}, env_manager="local", synchronous=True
+    )
+    info = mlflow.get_run(submitted.run_id).info
+    return submitted.run_id, (info.end_time - info.start_time) / 1000
+
+
 def floors(csv: Path, store: str, work: Path) -> dict[str, float]:
     """pyarrow read + Parquet write of the CSV (the data floor); a no-op step through mlflow.projects.run."""
     import mlflow
@@ -102,12 +114,7 @@ def floors(csv: Path, store: str, work: Path) -> dict[str, float]:
     noop: dict[str, list[float]] = {"main": [], "imports": []}
     for _ in range(3):
         for entry_point, seconds in noop.items():
-            # timed as the steps are: its run's start to end in the store (main's steps are measured that way)
-            submitted = mlflow.projects.run(
-                str(PROJECT_DIR / "bench" / "noop"), entry_point, env_manager="local", synchronous=True
-            )
-            info = mlflow.get_run(submitted.run_id).info
-            seconds.append((info.end_time - info.start_time) / 1000)
+            seconds.append(run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1])
     return {
         "arrow_read_write": float(np.median(arrow)),
         "noop_step": float(np.median(noop["main"])),
@@ -146,21 +153,15 @@ def data_step_repeats(
     import mlflow
 
     mlflow.set_tracking_uri(store)
+    given = dict(param.split("=", 1) for param in params)
+    featurize = {key: value for key, value in given.items() if key in FEATURIZE_PARAMS}
     seconds: dict[str, list[float]] = {"load": [], "featurize": []}
-
-    def timed_step(entry_point: str, parameters: dict[str, str]) -> str:
-        submitted = mlflow.projects.run(
-            str(project), entry_point, parameters=parameters, env_manager="local", synchronous=True
-        )
-        info = mlflow.get_run(submitted.run_id).info
-        seconds[entry_point].append((info.end_time - info.start_time) / 1000)
-        return submitted.run_id
-
     for _ in range(repeats):
-        load_run = timed_step("load", {"data_uri": str(csv), "target": target})
-        given = dict(param.split("=", 1) for param in params)
-        featurize = {key: value for key, value in given.items() if key in FEATURIZE_PARAMS}
-        timed_step("featurize", {"raw_data_uri": f"runs:/{load_run}/data", **featurize})
+        load_run, took = run_seconds(project, "load", {"data_uri": str(csv), "target": target})
+        seconds["load"].append(took)
+        seconds["featurize"].append(
+            run_seconds(project, "featurize", {"raw_data_uri": f"runs:/{load_run}/data", **featurize})[1]
+        )
     return seconds
 
 
