@@ -47,11 +47,17 @@ def machine_identity() -> str:
 
 def process_start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); '' if unknown."""
+    fields = proc_stat_fields(pid)
+    return fields[19] if fields else ""
+
+
+def proc_stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (state first, start time 20th); [] if unreadable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+        return []
+    return stat.rpartition(")")[2].split()
 
 
 def process_alive(identity: str) -> bool | None:
@@ -74,7 +80,9 @@ def process_alive(identity: str) -> bool | None:
         pass
     except OSError:
         return None
-    now = process_start_time(pid) if started else ""
-    if not now:
+    fields = proc_stat_fields(pid) if started else []
+    if not fields:
         return None
-    return now == started
+    if fields[0] in ("Z", "X"):  # a zombie (killed, not yet reaped by its parent) or dead: it runs no more
+        return False
+    return fields[19] == started

@@ -189,6 +189,22 @@ def test_process_identity_tells_live_dead_and_foreign_processes_apart():
     assert process_alive(f"another-host:{pid}:{started}") is None
 
 
+def test_a_killed_process_not_yet_reaped_by_its_parent_is_dead():
+    """A zombie still has its pid and start time, and os.kill(pid, 0) succeeds on it: its state says it is gone."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = process_identity(child.pid)
+    try:
+        assert process_alive(identity) is True
+        child.kill()
+        for _ in range(200):  # bounded: the kernel makes it a zombie within milliseconds
+            if Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        assert process_alive(identity) is False
+    finally:
+        child.wait()
+
+
 def test_liveness_is_unknown_whenever_it_cannot_be_sure(monkeypatch):
     """Unknown (None) means: leave it alone. Never os.kill on Windows (it ends the process)."""
     import steps.lib.process as process_module
@@ -197,7 +213,7 @@ def test_liveness_is_unknown_whenever_it_cannot_be_sure(monkeypatch):
     host, pid, _ = mine.split(":")
     assert process_alive(f"{host}:{pid}:") is None  # no start time recorded (no /proc): pid reuse undetectable
     with monkeypatch.context() as patch:  # /proc mounted hidepid=2, or another user's process
-        patch.setattr(process_module, "process_start_time", lambda pid: "")
+        patch.setattr(process_module, "proc_stat_fields", lambda pid: [])
         assert process_alive(mine) is None
     with monkeypatch.context() as patch:
 
