@@ -132,6 +132,37 @@ def test_compute_metrics_classification_and_regression():
     assert reg["mae"] == pytest.approx(1 / 3) and reg["rmse"] == pytest.approx(np.sqrt(1 / 3))
 
 
+def scikit_learn_metrics_on_the_labels_as_they_are(y_true, y_pred, proba, classes, monkeypatch):
+    import steps.lib.metrics as metrics_module
+
+    with monkeypatch.context() as patch:
+        patch.setattr(metrics_module, "label_codes", lambda *labels: labels)
+        return compute_metrics(CLASSIFICATION, y_true, y_pred, proba, classes)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 6])
+def test_text_labels_scored_as_codes_give_the_same_metrics_to_the_last_bit(n_classes, monkeypatch):
+    """Text labels become integer codes before scikit-learn sees them (~10x faster at 200,000 rows): the same
+    figures, bit for bit, also when a class never appears among the true labels or the predictions."""
+    rng = np.random.default_rng(n_classes)
+    classes = sorted(["<=50K", ">50K", "a b", "Zebra", "été", "10"][:n_classes])
+    proba = rng.dirichlet(np.ones(n_classes), 5_000)
+    y_pred = np.array(classes, dtype=object)[proba.argmax(axis=1)]
+    present = classes[:-1] if n_classes > 2 else classes  # the last class missing from the truth: AUC undefined
+    y_true = pd.Series(rng.choice(present, 5_000), dtype="str")
+    y_pred[:50] = classes[0]
+    expected = scikit_learn_metrics_on_the_labels_as_they_are(y_true, y_pred, proba, classes, monkeypatch)
+    assert compute_metrics(CLASSIFICATION, y_true, y_pred, proba, classes) == expected
+    assert set(expected) >= {"accuracy", "f1_macro", "log_loss"}
+    unseen = y_true.copy()
+    unseen.iloc[0] = "a label the model never saw"
+    with pytest.raises(ValueError) as before:
+        scikit_learn_metrics_on_the_labels_as_they_are(unseen, y_pred, proba, classes, monkeypatch)
+    with pytest.raises(ValueError) as after:
+        compute_metrics(CLASSIFICATION, unseen, y_pred, proba, classes)
+    assert type(after.value) is type(before.value)
+
+
 @pytest.mark.parametrize("task", [CLASSIFICATION, REGRESSION])
 def test_one_metric_alone_is_the_same_number_from_one_pass_through_the_model(task):
     """Permutation importance asks for one metric per shuffle: predicted classes or probabilities, not both."""
