@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -53,6 +54,11 @@ def plant(folder: Path, kind: str, marker: Path) -> None:
         with (folder / "code" / "steps" / "lib" / "transforms.py").open("a") as file:
             file.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
         sklearn["code"] = pyfunc["code"] = "code"
+    elif kind == "not a skops file":
+        (folder / sklearn["pickled_model"]).write_bytes(b"\x80\x04 a pickle, or anything else")
+    elif kind == "a zip that is not skops":
+        with zipfile.ZipFile(folder / sklearn["pickled_model"], "w") as archive:
+            archive.writestr("payload.py", f"open({str(marker)!r}, 'w').write('ran')\n")
     elif kind == "another loader":
         pyfunc["loader_module"] = "mlflow.pyfunc.model"
     (folder / "MLmodel").write_text(yaml.safe_dump(meta))
@@ -63,6 +69,8 @@ REFUSALS = {
     "skops trusting its own types": f"it holds types this project does not trust: {__name__}.Planted",
     "extra code": "it carries code this project does not ship: code/steps/lib/evil.py",
     "changed copy of the project's code": "its copy of steps/lib/transforms.py differs from this checkout's",
+    "not a skops file": "its model file is not a skops file",
+    "a zip that is not skops": "its model file is not a skops file",
     "another loader": "its python_function flavor loads through 'mlflow.pyfunc.model', not mlflow.sklearn",
 }
 
