@@ -178,8 +178,8 @@ def load_skops(model_uri: str, model_file: Path) -> Any:
     """The pipeline, rebuilt by skops from the project's own list of trusted types (never the model's).
 
     skops audits the file's types against that list before it builds anything, so one read does both (asking
-    it first which types the file holds read and parsed the file twice: ~1.2 s more for a model trained on a
-    million rows); the types are listed again only to name them in a refusal."""
+    it first which types the file holds read and parsed the file twice: ~0.4 s more per load of a model trained
+    on a million rows); the types are listed again only to name them in a refusal."""
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
 
