@@ -34,6 +34,7 @@ from steps.lib.models import (
 from steps.lib.names import MODEL_URI_TAG, OUTPUT_DIGEST_TAG
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest
+from steps.lib.sources import model_signature
 from steps.lib.splits import features_and_target, read_splits
 from steps.lib.step_cards import train_card
 from steps.lib.story import train_story
@@ -115,7 +116,7 @@ def run_train(
     fit_seconds = time.perf_counter() - started
     validation = score_model(fitted, splits.validation, spec)
     features, _ = features_and_target(splits.train, spec)
-    signature = mlflow.models.infer_signature(features, fitted.predict(features))
+    signature = model_signature(features, fitted.predict)
     params = hyperparam_params(family, hyperparams)
     mlflow.log_params(params | {"threads": str(threads), "refit": refit})
     prefix = "val_" if refit == "train" else "val_in_sample_"

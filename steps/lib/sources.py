@@ -1,4 +1,5 @@
-"""MLflow dataset sources: where a logged dataset came from, with its secrets redacted."""
+"""MLflow datasets and schemas: where a logged dataset came from (its secrets redacted), its digest and schema,
+and a model's signature, each in time that does not grow with the rows."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ def frame_schema(frame: pd.DataFrame) -> Schema | None:
     except Exception:
         return None
     return Schema(specs)
+
+
+SIGNATURE_ROWS = 1_000  # rows predicted to learn the type of the model's output
+
+
+def model_signature(features: pd.DataFrame, predict: Callable[[pd.DataFrame], Any]) -> Any:
+    """`mlflow.models.infer_signature(features, predict(features))`, the same signature without a pass in Python
+    over every cell and a prediction of every row (train spent ~17 s there at 1,000,000 rows): the input schema is
+    `frame_schema`'s, the output's is inferred from the predictions of the first rows (one dtype whatever the
+    rows). MLflow's own inference where `frame_schema` cannot."""
+    from mlflow.models import ModelSignature, infer_signature
+
+    inputs = frame_schema(features)
+    if inputs is None:
+        return infer_signature(features, predict(features))
+    head = features.head(SIGNATURE_ROWS)
+    return ModelSignature(inputs=inputs, outputs=infer_signature(head, predict(head)).outputs)
 
 
 def dataset_source(uri: str) -> Any:

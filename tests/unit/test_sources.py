@@ -9,7 +9,7 @@ import pandas as pd
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.types.utils import _infer_schema
 
-from steps.lib.sources import UriDatasetSource, frame_digest, frame_schema, table_dataset
+from steps.lib.sources import UriDatasetSource, frame_digest, frame_schema, model_signature, table_dataset
 
 
 def messy_frame(rows: int = 30_000) -> pd.DataFrame:
@@ -45,3 +45,22 @@ def test_the_dataset_logs_them():
     dataset = table_dataset(frame, UriDatasetSource("data.csv"), "users", "city")
     assert dataset.digest == compute_pandas_digest(frame)
     assert dataset.to_dict()["schema"] == json.dumps({"mlflow_colspec": _infer_schema(frame).to_dict()})
+
+
+def test_a_models_signature_equals_mlflows_inferred_one_from_every_row():
+    """train's signature: the input schema without a pass per cell, the output's from the first rows' predictions."""
+    from mlflow.models import infer_signature
+    from sklearn.compose import make_column_transformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+
+    frame = messy_frame(5_000)
+    numbers = ["Income ($)", "seniority (years)", "score"]
+    labels = np.where(frame["Income ($)"] > 0, "<=50K", ">50K")
+    for estimator, target in ((LogisticRegression(), labels), (Ridge(), frame["Income ($)"].to_numpy())):
+        model = make_pipeline(make_column_transformer((SimpleImputer(), numbers)), estimator).fit(frame, target)
+        assert model_signature(frame, model.predict) == infer_signature(frame, model.predict(frame))
+    predicted_rows = []
+    model_signature(frame, lambda rows: predicted_rows.append(len(rows)) or model.predict(rows))
+    assert predicted_rows == [1_000]
