@@ -102,8 +102,24 @@ def is_numeric(series: pd.Series) -> bool:
 
 def as_numbers(series: pd.Series) -> pd.Series | None:
     """The column as numbers, if every present value is one (a CSV column read as text); else None."""
-    numbers = pd.to_numeric(series, errors="coerce")
+    numbers = parsed_by_arrow(series)
+    if numbers is None:  # a value pyarrow does not parse: pandas decides (it also takes ' 1', for one)
+        numbers = pd.to_numeric(series, errors="coerce")
     return None if (numbers.isna() & series.notna()).any() else numbers
+
+
+def parsed_by_arrow(series: pd.Series) -> pd.Series | None:
+    """Text parsed as float64 by pyarrow, missing values missing; None if any value does not parse. ~15x
+    pandas' to_numeric (a million values: 0.03-0.05 s against 0.4-0.7 s; monitor parses every numeric column
+    of every piece), to the same numbers for what both take; "nan" parses to NaN, which as_numbers refuses."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        parsed = pc.cast(pa.array(series, from_pandas=True), pa.float64())
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    return pd.Series(parsed.to_numpy(zero_copy_only=False), index=series.index, name=series.name)
 
 
 @dataclass
@@ -123,7 +139,8 @@ class ColumnTally:
         self.rows += len(values)
         self.missing += int(values.isna().sum())
         if not self.numeric:
-            self.categories.update(values.dropna().astype(str))
+            counts = values.dropna().astype(str).value_counts()  # vectorised: not a Python loop over the rows
+            self.categories.update(dict(zip(counts.index, counts.to_numpy().tolist(), strict=True)))
             return values
         numbers = values if is_numeric(values) else as_numbers(values)
         if numbers is None:

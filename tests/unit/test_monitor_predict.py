@@ -76,6 +76,22 @@ def test_columns_are_checked_against_the_training_spec():
     assert as_numbers(pd.Series(["1.5", "x"])) is None
 
 
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_text_read_as_numbers_is_what_pandas_makes_of_it(dtype):
+    """pyarrow parses first (fast), pandas where pyarrow refuses: the same numbers, and the same refusals."""
+    rng = np.random.default_rng(3)
+    values = [repr(float(v)) for v in rng.normal(size=500) * 1e3] + ["1e5", "-0", "+2", "inf", "1.5e-400", None]
+    series = pd.Series(values, dtype=dtype)
+    expected = pd.to_numeric(series, errors="coerce").astype(float)
+    np.testing.assert_array_equal(as_numbers(series).to_numpy(), expected.to_numpy())
+    assert as_numbers(series).index.equals(series.index)
+    for taken_by_pandas_only in (" 1", "1 "):
+        assert as_numbers(pd.Series(["2.5", taken_by_pandas_only], dtype=dtype)).tolist() == [2.5, 1.0]
+    for not_a_number in ("nan", "NaN", "", "1,5", "ten", "0x10"):
+        assert as_numbers(pd.Series(["2.5", not_a_number, None], dtype=dtype)) is None
+    assert as_numbers(pd.Series([1, "ten"], dtype=object)) is None
+
+
 def test_predict_checks_the_batch_against_the_signature():
     columns = [("a", "double"), ("b", "string")]
     check_batch(pd.DataFrame({"a": [1.0], "b": ["x"], "extra": [0]}), columns)
