@@ -70,7 +70,7 @@ def find_reference(client: MlflowClient, uri: str) -> Reference:
     splits_uri = train_run.data.tags.get("splits_uri") or train_run.data.params.get("splits_uri")
     if not splits_uri:
         raise PipelineError(f"{uri}: its source run {version.run_id} has no splits_uri param; not a train run")
-    splits, spec = read_splits(splits_uri)
+    splits, spec = read_splits(splits_uri, parts=("train",))
     metric = evaluated = None
     evaluate_run_id = version.tags.get(EVALUATE_RUN_TAG)
     if evaluate_run_id:

@@ -118,7 +118,7 @@ def read_inputs(splits_uri: str | None, metric: str | None, seed: int, resume_fr
         mlflow.set_tags({"resumed_from": resume_from, "resumed_trials": str(len(previous.trials))})
     splits_uri = splits_uri or find_splits_uri(mlflow.active_run().info.experiment_id, seed)
     mlflow.set_tag("splits_uri", splits_uri)
-    splits, spec = read_splits(splits_uri)
+    splits, spec = read_splits(splits_uri, parts=("train", "validation"))  # never the test rows
     metric = resolve_metric(metric, spec.task)
     if previous_run is not None and metric != previous_run.data.tags.get("metric"):
         raise PipelineError(

@@ -249,3 +249,25 @@ def test_trials_fit_on_a_seeded_stratified_sample_of_at_most_max_tune_rows():
     assert abs((sample["label"] == "rare").mean() - share) < 0.002  # stratified: the class shares kept
     assert sample_rows(frame, spec, 0, seed=3) is frame and sample_rows(frame, spec, 9000, seed=3) is frame
     assert not sample.equals(sample_rows(frame, spec, 1000, seed=4))
+
+
+def test_a_step_reads_only_the_splits_it_uses_the_others_keep_their_columns(tmp_path, mixed_frame):
+    """monitor reads the training rows alone, tune never the test rows: the other splits come with no rows."""
+    import json
+
+    from steps.lib.names import FEATURE_SPEC
+    from steps.lib.splits import read_splits
+
+    spec = build_feature_spec(mixed_frame, "label")
+    splits = split_frame(mixed_frame, spec, seed=1, validation_size=0.2, test_size=0.2)
+    for name in SPLIT_NAMES:
+        splits[name].to_parquet(tmp_path / f"{name}.parquet")
+    (tmp_path / FEATURE_SPEC).write_text(json.dumps(spec.to_dict()))
+    whole, _ = read_splits(str(tmp_path))
+    some, read_spec = read_splits(str(tmp_path), parts=("train",))
+    assert read_spec.to_dict() == spec.to_dict()
+    pd.testing.assert_frame_equal(some.train, whole.train)
+    for name in ("validation", "test"):
+        assert len(whole[name]) > 0 and len(some[name]) == 0
+        assert list(some[name].columns) == list(whole[name].columns)
+        assert some[name].dtypes.equals(whole[name].dtypes)

@@ -126,7 +126,7 @@ EXPECTED_USERS = {
     "search_options": {"tune"},
     "search_results": {"tune"},
     "search_space": {"tune"},
-    "sources": {"load", "featurize", "evaluate"},
+    "sources": {"load", "featurize", "train", "evaluate"},
     "spark": {"tune"},  # and predict
     "spark_scoring": set(),  # predict's
     "spark_search": {"tune"},
