@@ -134,7 +134,7 @@ EXPECTED_USERS = {
     "splits": {"featurize", "tune", "train", "evaluate"},
     "step_cards": {"load", "featurize", "tune", "train", "evaluate"},  # and predict, monitor, reproduce, main
     "story": set(CACHED_STEPS),  # through runner: a failed step's description
-    "tables": {"load", "featurize", "tune", "evaluate"},
+    "tables": {"load", "featurize", "tune", "train", "evaluate"},
     "trial_logger": {"tune"},
     "timed_trials": {"tune"},
     "trials": {"tune"},
