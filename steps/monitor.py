@@ -171,9 +171,15 @@ def reference_predictions(model: Any, reference: Reference) -> tuple[pd.DataFram
     """The training rows with the model's predictions, and the column that holds them (`prediction`, or
     `prediction_2`, ... beside a data column of that name)."""
     spec = reference.spec
-    frame = reference.train.copy()
+    frame = reference.train.copy(deep=False)  # one more column: the training rows are not copied
     prediction = unused_name(PREDICTION, [*frame.columns, *spec.input_columns, spec.target])
-    frame[prediction] = model.predict(reference.train[spec.input_columns])
+    features = reference.train[spec.input_columns]
+    # in pieces, as the batch is: the pipeline's encoded copy of every training row at once cost ~300 MB at 600,000
+    pieces = [
+        model.predict(features.iloc[start : start + DEFAULT_BATCH_ROWS])
+        for start in range(0, len(features), DEFAULT_BATCH_ROWS)
+    ]
+    frame[prediction] = np.concatenate(pieces) if pieces else model.predict(features)
     return frame, prediction
 
 
