@@ -167,18 +167,15 @@ def check_rule(p_value: float, min_psi: float) -> DriftRule:
     return DriftRule(p_value, min_psi)
 
 
-def reference_predictions(model: Any, reference: Reference) -> tuple[pd.DataFrame, str]:
+def reference_predictions(model: Any, reference: Reference, batch_rows: int) -> tuple[pd.DataFrame, str]:
     """The training rows with the model's predictions, and the column that holds them (`prediction`, or
-    `prediction_2`, ... beside a data column of that name)."""
+    `prediction_2`, ... beside a data column of that name); predicted `batch_rows` rows at a time, as the batch."""
     spec = reference.spec
     frame = reference.train.copy(deep=False)  # one more column: the training rows are not copied
     prediction = unused_name(PREDICTION, [*frame.columns, *spec.input_columns, spec.target])
     features = reference.train[spec.input_columns]
     # in pieces, as the batch is: the pipeline's encoded copy of every training row at once cost ~300 MB at 600,000
-    pieces = [
-        model.predict(features.iloc[start : start + DEFAULT_BATCH_ROWS])
-        for start in range(0, len(features), DEFAULT_BATCH_ROWS)
-    ]
+    pieces = [model.predict(features.iloc[start : start + batch_rows]) for start in range(0, len(features), batch_rows)]
     frame[prediction] = np.concatenate(pieces) if pieces else model.predict(features)
     return frame, prediction
 
@@ -310,7 +307,7 @@ def run_monitor(
     mlflow.set_tags({"model_uri": uri, "model_version": reference.version, "data_uri": redact_uri(data_uri)})
     model = load_model(uri).sklearn
     spec = reference.spec
-    reference.train_with_predictions, prediction = reference_predictions(model, reference)
+    reference.train_with_predictions, prediction = reference_predictions(model, reference, batch_rows)
     numeric_prediction = is_numeric(reference.train_with_predictions[prediction])
     numeric = [*spec.numeric, *([prediction] if numeric_prediction else [])]
     categorical = [*spec.categorical, *([] if numeric_prediction else [prediction])]

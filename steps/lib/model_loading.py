@@ -207,7 +207,8 @@ def untrusted_types(model_file: Path) -> str:
     import skops.io
 
     untrusted = sorted(set(skops.io.get_untrusted_types(file=model_file)) - set(SKOPS_TRUSTED_TYPES))
-    return ", ".join(untrusted[:3]) + (f" and {len(untrusted) - 3} more" if len(untrusted) > 3 else "")
+    shown = ", ".join(one_line(name, 80) for name in untrusted[:3])  # names read from the file: one line each
+    return shown + (f" and {len(untrusted) - 3} more" if len(untrusted) > 3 else "")
 
 
 def wrap_pyfunc(model_uri: str, folder: Path, fitted: Any) -> Any:
