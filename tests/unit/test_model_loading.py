@@ -105,3 +105,22 @@ def test_a_planted_model_is_refused_in_one_line_and_runs_nothing(genuine, tmp_pa
     message = str(raised.value)
     assert message.startswith(f"model '{genuine}' refused: {REFUSALS[kind]}") and "\n" not in message
     assert not marker.exists()
+
+
+# sha256 of steps/lib/transforms.py as models logged since commit 418868d carry it (see the test below)
+SHIPPED_TRANSFORMS_SHA256 = "54ac554ea5a56dd448de88e972f6edd2a23299399047ca36eed5af976aeccdd0"
+
+
+def test_the_transformers_shipped_inside_models_change_only_on_purpose():
+    """A model that uses the project's date or many-level transformers carries a byte-identical copy of
+    steps/lib/transforms.py, and the loader refuses a model whose copy differs from this checkout's. So any edit
+    of that file, even a comment, makes every model logged before it unloadable by the new checkout: its
+    champion can no longer be scored, compared or served (docs/lifecycle.md, "Promotion gates" and "Restoring a
+    champion"). Edit it only when that is meant; then update the digest here in the same commit and say so in
+    that commit and in the docs, so users know to retrain or keep the old checkout for the old champion."""
+    import hashlib
+
+    source = Path(__file__).resolve().parents[2] / "steps" / "lib" / "transforms.py"
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == SHIPPED_TRANSFORMS_SHA256, (
+        "steps/lib/transforms.py changed: models logged with the old copy will be refused; see this test's docstring"
+    )
