@@ -181,16 +181,16 @@ def reference_predictions(model: Any, reference: Reference, batch_rows: int) -> 
 
 
 def with_predictions(model: Any, spec: FeatureSpec, batch: pd.DataFrame, prediction: str) -> pd.DataFrame:
-    """The batch with the model's predictions; missing when its numeric columns do not hold numbers."""
+    """The batch, its numeric columns as numbers, with the model's predictions; the predictions missing when a
+    numeric column does not hold numbers (that column and those after it stay text: the tallies report it)."""
     batch = batch.copy()
-    features = batch[spec.input_columns].copy()
     for column in spec.numeric:
-        numbers = features[column] if is_numeric(features[column]) else as_numbers(features[column])
+        numbers = batch[column] if is_numeric(batch[column]) else as_numbers(batch[column])
         if numbers is None:  # a schema change, reported by the drift table
             batch[prediction] = None
             return batch
-        features[column] = numbers
-    batch[prediction] = model.predict(features)
+        batch[column] = numbers  # parsed once: the tallies take them as they are
+    batch[prediction] = model.predict(batch[spec.input_columns])
     return batch
 
 
