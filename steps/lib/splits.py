@@ -16,10 +16,12 @@ import pandas as pd
 
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
-from steps.lib.names import FEATURE_SPEC
+from steps.lib.names import FEATURE_SPEC, RAW_TABLE, SPLIT_ROWS
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
+SPLIT_COLUMN = "split"  # split_rows.parquet's one column: the index in SPLIT_NAMES of each row's split
+NOT_IN_A_SPLIT = -1  # a row without a label (or without a time or group, for those splits)
 
 
 @dataclass
@@ -34,31 +36,82 @@ class Splits:
 
 def read_splits(splits_uri: str, parts: tuple[str, ...] = SPLIT_NAMES) -> tuple[Splits, FeatureSpec]:
     """Read featurize's output: the three splits and the feature spec. `parts`: the splits a step uses; the
-    others are read as no rows of the same columns and dtypes, from the file's schema (a categorical column
-    without its levels). monitor needs only the training rows (at a million rows, ~300 MB and ~0.5 s less),
-    tune never the test rows."""
+    others come as no rows of the same columns and dtypes. monitor needs only the training rows, tune never
+    the test rows.
+
+    featurize records the split of each row of load's table (split_rows.parquet) beside that table (the same
+    file, linked): the splits are taken from it here. An output of featurize before 2026-11-30 holds the three
+    splits as files (train.parquet, ...): read as they are."""
     from steps.lib.artifacts import fetched  # here: trial workers import this module without MLflow
 
     with fetched(splits_uri, "the splits") as root:
-        wanted = (*[f"{s}.parquet" for s in SPLIT_NAMES], FEATURE_SPEC)
-        missing = [name for name in wanted if not (root / name).exists()]
+        layout = (RAW_TABLE, SPLIT_ROWS) if (root / SPLIT_ROWS).exists() else tuple(f"{s}.parquet" for s in SPLIT_NAMES)
+        missing = [name for name in (*layout, FEATURE_SPEC) if not (root / name).exists()]
         if missing:
             raise PipelineError(
                 f"'{splits_uri}' is not a featurize output (missing {', '.join(missing)}); "
                 "pass the splits URI of a finished featurize run"
             )
         spec = FeatureSpec.from_dict(json.loads((root / FEATURE_SPEC).read_text()))
-        splits = Splits(*(read_part(root / f"{name}.parquet", whole=name in parts) for name in SPLIT_NAMES))
-    return splits, spec
+        if layout[0] != RAW_TABLE:
+            return Splits(*(read_part(root / f"{name}.parquet", whole=name in parts) for name in SPLIT_NAMES)), spec
+        codes = read_split_codes(root / SPLIT_ROWS, splits_uri)
+        frame = pd.read_parquet(root / RAW_TABLE)
+    if len(codes) != len(frame):
+        raise PipelineError(
+            f"'{splits_uri}': {SPLIT_ROWS} has {len(codes):,} rows, its table {len(frame):,}; re-run featurize"
+        )
+    return splits_from_codes(frame, codes, parts), spec
 
 
 def read_part(path: Path, whole: bool) -> pd.DataFrame:
-    """A split's Parquet file: all its rows, or (whole False) none, from its schema alone."""
+    """A split's Parquet file (featurize before 2026-11-30): all its rows, or (whole False) none, from its schema."""
     if whole:
         return pd.read_parquet(path)
     import pyarrow.parquet
 
     return pyarrow.parquet.read_schema(path).empty_table().to_pandas()
+
+
+def read_split_codes(path: Path, splits_uri: str) -> np.ndarray:
+    """split_rows.parquet: one small integer per row of the table (see `split_codes`), checked: it came from a
+    tracking store anyone on the team can write to."""
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path)
+        ok = table.column_names == [SPLIT_COLUMN] and pyarrow.types.is_integer(table.schema.field(0).type)
+        codes = table.column(0).to_numpy() if ok and table.column(0).null_count == 0 else None
+    except Exception:  # not Parquet at all
+        codes = None
+    if codes is None or (len(codes) and (codes.min() < NOT_IN_A_SPLIT or codes.max() >= len(SPLIT_NAMES))):
+        raise PipelineError(
+            f"'{splits_uri}': {SPLIT_ROWS} is not a split of rows (one integer column '{SPLIT_COLUMN}' of "
+            f"{NOT_IN_A_SPLIT} to {len(SPLIT_NAMES) - 1}); re-run featurize"
+        )
+    return codes.astype(np.int8)
+
+
+def write_split_codes(codes: np.ndarray, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet
+
+    pyarrow.parquet.write_table(pa.table({SPLIT_COLUMN: pa.array(codes, pa.int8())}), path)
+
+
+def split_positions(codes: np.ndarray) -> list[np.ndarray]:
+    """The table's row positions in train, validation and test, ascending."""
+    return [np.flatnonzero(codes == index) for index in range(len(SPLIT_NAMES))]
+
+
+def splits_from_codes(frame: pd.DataFrame, codes: np.ndarray, parts: tuple[str, ...] = SPLIT_NAMES) -> Splits:
+    """The splits taken from `frame` by their codes; a split not in `parts`: no rows, the same columns."""
+
+    def take(name: str, rows: np.ndarray) -> pd.DataFrame:
+        return (frame.take(rows) if name in parts else frame.iloc[:0]).reset_index(drop=True)
+
+    with ThreadPoolExecutor(len(SPLIT_NAMES)) as pool:  # Arrow's take lets go of the GIL: three at once
+        return Splits(*pool.map(take, SPLIT_NAMES, split_positions(codes)))
 
 
 def features_and_target(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.Series]:
@@ -97,25 +150,40 @@ def split_frame(
     split: str = "random",
     column: str | None = None,
 ) -> Splits:
-    """Train/validation/test split of the labelled rows: random (stratified for classification), by time
-    (oldest rows train, newest test; equal times never in two splits) or by group (no group in two splits).
+    """The splits of `split_codes`, taken from `frame`."""
+    return splits_from_codes(frame, split_codes(frame, spec, seed, validation_size, test_size, split, column))
+
+
+def split_codes(
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    seed: int,
+    validation_size: float,
+    test_size: float,
+    split: str = "random",
+    column: str | None = None,
+) -> np.ndarray:
+    """Train/validation/test split of the labelled rows, as the index in SPLIT_NAMES of each row's split
+    (NOT_IN_A_SPLIT: no label, or no time or group): random (stratified for classification), by time (oldest
+    rows train, newest test; equal times never in two splits) or by group (no group in two splits). Each
+    split keeps the table's row order.
 
     Records what it did in `spec.split` (kind, column, rows dropped for a missing time or group).
     """
     check_shares(validation_size, test_size)
-    has_label = frame[spec.target].notna()
+    labelled = np.flatnonzero(frame[spec.target].notna().to_numpy())
     spec.split = {"kind": split, "column": column, "rows_without_value": 0}
     if split == "random":
-        labelled_rows = np.flatnonzero(has_label.to_numpy())
-        parts = split_at_random(frame[spec.target].iloc[labelled_rows], spec, seed, validation_size, test_size)
-        with ThreadPoolExecutor(len(parts)) as pool:  # Arrow's take lets go of the GIL: three at once
-            return Splits(*pool.map(lambda rows: frame.take(labelled_rows[rows]).reset_index(drop=True), parts))
-    labelled = frame if has_label.all() else frame[has_label].reset_index(drop=True)
-    if split == "time":
-        parts = split_by_time(labelled, spec, column, validation_size, test_size)
+        parts = split_at_random(frame[spec.target].iloc[labelled], spec, seed, validation_size, test_size)
+    elif split == "time":
+        parts = split_by_time(column_of(frame, column, "time_column").iloc[labelled], spec, validation_size, test_size)
     else:
-        parts = split_by_group(labelled, spec, column, seed, validation_size, test_size)
-    return Splits(*(part.reset_index(drop=True) for part in parts))
+        groups = column_of(frame, column, "group_column").iloc[labelled]
+        parts = split_by_group(groups, spec, seed, validation_size, test_size)
+    codes = np.full(len(frame), NOT_IN_A_SPLIT, dtype=np.int8)
+    for index, rows in enumerate(parts):
+        codes[labelled[rows]] = index
+    return codes
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:
@@ -192,9 +260,13 @@ def column_of(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
 
 
 def time_order(frame: pd.DataFrame, column: str) -> pd.Series:
+    return time_keys(column_of(frame, column, "time_column"))
+
+
+def time_keys(values: pd.Series) -> pd.Series:
     """The column as a sort key (NaN where missing): numbers as they are, dates and ISO 8601 text as
     microseconds since 1970 (UTC); refused when its values do not parse as times."""
-    values = column_of(frame, column, "time_column")
+    column = values.name
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype(float)
     from steps.lib.transforms import parse_times  # here: featurize splits at random without scikit-learn
@@ -231,37 +303,39 @@ def cut_by_order(keys: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray
 
 
 def split_by_time(
-    labelled: pd.DataFrame, spec: FeatureSpec, column: str, validation_size: float, test_size: float
-) -> tuple[pd.DataFrame, ...]:
-    times = time_order(labelled, column)
-    spec.split["rows_without_value"] = int(times.isna().sum())
+    values: pd.Series, spec: FeatureSpec, validation_size: float, test_size: float
+) -> tuple[np.ndarray, ...]:
+    """Positions (in `values`, the time column of the labelled rows) of train, validation and test."""
+    times = time_keys(values).to_numpy()
+    timed = np.flatnonzero(~np.isnan(times))
+    spec.split["rows_without_value"] = len(times) - len(timed)
     empty = (
-        f"time_column '{column}' has too few distinct times ({times.nunique():,}) for a train/validation/test "
-        "split in time order; use split=random or more data"
+        f"time_column '{values.name}' has too few distinct times ({pd.unique(times[timed]).size:,}) for a "
+        "train/validation/test split in time order; use split=random or more data"
     )
-    timed = labelled[times.notna()].reset_index(drop=True)
-    return split_in_order(timed, times[times.notna()].to_numpy(), validation_size, test_size, empty)
+    return split_in_order(timed, times[timed], validation_size, test_size, empty)
 
 
 def split_in_order(
-    frame: pd.DataFrame, keys: np.ndarray, validation_size: float, test_size: float, empty: str
-) -> tuple[pd.DataFrame, ...]:
-    """Train, validation and test: consecutive blocks of the rows sorted by `keys` (one key's rows in one
-    block), in the frame's own row order within each; `empty` is the error if one of them has no rows."""
+    positions: np.ndarray, keys: np.ndarray, validation_size: float, test_size: float, empty: str
+) -> tuple[np.ndarray, ...]:
+    """Train, validation and test: consecutive blocks of `positions` sorted by their `keys` (one key's rows in
+    one block), each in ascending position; `empty` is the error if one of them has no rows."""
     blocks = cut_by_order(keys, (1 - validation_size - test_size, validation_size, test_size))
-    parts = tuple(frame.iloc[np.sort(rows)] for rows in blocks)
-    if any(part.empty for part in parts):
+    parts = tuple(positions[np.sort(rows)] for rows in blocks)
+    if any(len(part) == 0 for part in parts):
         raise PipelineError(empty)
     return parts
 
 
 def split_by_group(
-    labelled: pd.DataFrame, spec: FeatureSpec, column: str, seed: int, validation_size: float, test_size: float
-) -> tuple[pd.DataFrame, ...]:
-    groups = column_of(labelled, column, "group_column")
-    grouped = labelled[groups.notna()].reset_index(drop=True)
-    spec.split["rows_without_value"] = int(groups.isna().sum())
-    keys = grouped[column].astype(str)
+    groups: pd.Series, spec: FeatureSpec, seed: int, validation_size: float, test_size: float
+) -> tuple[np.ndarray, ...]:
+    """Positions (in `groups`, the group column of the labelled rows) of train, validation and test."""
+    column = groups.name
+    grouped = np.flatnonzero(groups.notna().to_numpy())
+    spec.split["rows_without_value"] = len(groups) - len(grouped)
+    keys = groups.iloc[grouped].astype(str)
     n_groups = keys.nunique()
     if n_groups < 3:
         raise PipelineError(
