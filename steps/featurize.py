@@ -107,7 +107,7 @@ def run_featurize(
     options = SplitOptions(split, time_column, group_column).check()
     check_shares(validation_size, test_size)
     with raw_data(raw_data_uri) as (frame, meta, table):
-        spec = build_feature_spec(frame, meta["target"], task)
+        spec = build_feature_spec(frame, meta["target"], task, counted=meta.get("n_unique"))
         codes = split_codes(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
         split_words = describe_split(spec.split)
         mlflow.set_tag("split", split_words)

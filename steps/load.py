@@ -156,6 +156,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
             "digest": dataset.digest,
             "n_rows": len(frame),
             "n_columns": len(frame.columns),
+            "n_unique": profile["n_unique"],  # for featurize's choice of columns: counted once
         }
         write_json(data_dir / DATA_META, meta)
         write_json(profile_dir / "profile.json", profile)

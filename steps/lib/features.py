@@ -132,8 +132,10 @@ def categorical_encoding(n_levels: int) -> dict[str, Any]:
     return {"encoding": TARGET_ENCODING, "levels": n_levels, "reason": reason}
 
 
-def choose_columns(frame: pd.DataFrame, target: str) -> ColumnChoice:
-    """Split the non-target columns into numeric, categorical and date/time features, and those to drop."""
+def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] | None = None) -> ColumnChoice:
+    """Split the non-target columns into numeric, categorical and date/time features, and those to drop.
+
+    `counted`: distinct values per column as load counted them (its profile), where they are plausible."""
     choice = ColumnChoice()
     n_rows = len(frame)
     for column in frame.columns:
@@ -143,7 +145,9 @@ def choose_columns(frame: pd.DataFrame, target: str) -> ColumnChoice:
         present = values.dropna()
         is_bool = pd.api.types.is_bool_dtype(present.infer_objects())
         is_numeric = pd.api.types.is_numeric_dtype(values) and not is_bool
-        n_unique = distinct_count(present, column, is_numeric)
+        given = (counted or {}).get(str(column))
+        plausible = type(given) is int and (0 < given <= len(present) or given == len(present) == 0)
+        n_unique = given if plausible else distinct_count(present, column, is_numeric)
         if present.empty:
             choice.dropped[column] = "all values missing"
         elif n_unique <= 1:
@@ -187,8 +191,11 @@ def _is_row_counter(values: pd.Series) -> bool:
     return len(ordered) > 2 and bool((ordered[1:] - ordered[:-1] == 1).all())
 
 
-def build_feature_spec(frame: pd.DataFrame, target: str, task: str | None = None) -> FeatureSpec:
-    """Validate the table and decide task (None: detected from the label) and features."""
+def build_feature_spec(
+    frame: pd.DataFrame, target: str, task: str | None = None, counted: Mapping[str, Any] | None = None
+) -> FeatureSpec:
+    """Validate the table and decide task (None: detected from the label) and features (`counted`: load's
+    distinct values per column, not counted again)."""
     validate_target(frame, target, task)
     labels = frame[target].dropna()
     task = task or detect_task(labels)
@@ -196,7 +203,7 @@ def build_feature_spec(frame: pd.DataFrame, target: str, task: str | None = None
         raise PipelineError(
             f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification"
         )
-    choice = choose_columns(frame, target)
+    choice = choose_columns(frame, target, counted)
     if not choice.numeric and not choice.categorical and not choice.datetime:
         raise PipelineError(
             f"no usable feature columns (dropped: {choice.dropped}); the data needs informative columns"

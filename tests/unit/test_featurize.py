@@ -388,3 +388,19 @@ def test_featurize_links_loads_table_and_logs_each_split_as_a_dataset(tracking_u
             splits[name]
         )
         assert featurize.data.metrics[f"n_{name}"] == len(splits[name])
+
+
+def test_featurize_takes_loads_distinct_counts_and_counts_again_what_is_implausible(mixed_frame):
+    """load counted each column's distinct values (its meta.json carries them): featurize decides from them, the
+    same spec as counting again; a count that cannot be (not an integer, none, more than the values) is
+    counted again, as the file came from a store anyone on the team can write to."""
+    from steps.load import distinct_counts
+
+    counted = distinct_counts(mixed_frame)
+    assert build_feature_spec(mixed_frame, "label", counted=counted) == build_feature_spec(mixed_frame, "label")
+    present = int(mixed_frame["colour"].notna().sum())
+    said_unique = build_feature_spec(mixed_frame, "label", counted=counted | {"colour": present})
+    assert said_unique.dropped["colour"] == "ID-like (text unique per row)"  # the count decides: it is used
+    for impossible in ("2", 2.0, True, 0, -1, present + 1, None):
+        again = build_feature_spec(mixed_frame, "label", counted=counted | {"colour": impossible})
+        assert "colour" in again.categorical and again.encodings["colour"]["levels"] == 2
