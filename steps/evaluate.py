@@ -158,7 +158,7 @@ def score(
     mlflow.log_params({"threads": str(threads), "strong_baseline.refit": refit})
     test_dataset = table_dataset(
         splits.test[[*spec.input_columns, spec.target]],
-        source=dataset_source(splits_uri),  # the test rows of these splits (the dataset's name)
+        source=dataset_source(f"{splits_uri.rstrip('/')}/test.parquet"),
         name="test",
         targets=spec.target,
     )

@@ -5,76 +5,76 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
 import mlflow
-import numpy as np
 import pandas as pd
 
 from steps.lib.artifacts import digest_json, fetched, publish_artifacts, write_json
 from steps.lib.errors import PipelineError
 from steps.lib.features import TASKS, FeatureSpec, build_feature_spec
-from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLIT_ROWS, SPLITS_DIR
+from steps.lib.names import DATA_META, FEATURE_SPEC, OUTPUT_DIGEST_TAG, RAW_TABLE, SPLITS_DIR
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
-from steps.lib.signing import file_manifest, record_manifest, run_root, sha256_file
-from steps.lib.sources import dataset_source, log_dataset, rows_dataset
+from steps.lib.signing import file_manifest, record_manifest, run_root
+from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.split_options import SplitOptions, split_options
-from steps.lib.splits import (
-    SPLIT_NAMES,
-    check_shares,
-    split_codes,
-    split_positions,
-    splits_from_codes,
-    write_split_codes,
-)
+from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
 from steps.lib.step_cards import featurize_card
 from steps.lib.story import featurize_story
+from steps.lib.tables import write_parquet
 
 logger = logging.getLogger("steps.featurize")
 SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset contexts for the three splits
 
 
-@contextmanager
-def raw_data(raw_data_uri: str) -> Iterator[tuple[pd.DataFrame, dict[str, Any], Path]]:
-    """load's output for the block's duration: the table, its metadata (name, target, digest) and its file."""
+def read_raw_data(raw_data_uri: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """load's output: the table and its metadata (name, target, digest)."""
     with fetched(raw_data_uri, "the raw data") as root:
         if not (root / RAW_TABLE).exists() or not (root / DATA_META).exists():
             raise PipelineError(f"'{raw_data_uri}' is not a load output; pass runs:/<load run id>/data")
-        yield pd.read_parquet(root / RAW_TABLE), json.loads((root / DATA_META).read_text()), root / RAW_TABLE
+        return pd.read_parquet(root / RAW_TABLE), json.loads((root / DATA_META).read_text())
 
 
-def log_splits(frame: pd.DataFrame, codes: np.ndarray, spec: FeatureSpec, meta: dict[str, Any], table: Path) -> None:
-    """The splits as load's table (`table`, linked, not copied) and the split of each of its rows, the feature
-    spec, each split as an MLflow dataset input, the counts."""
-    positions = split_positions(codes)
-    missing = frame.isna().to_numpy()
-    source = dataset_source(mlflow.get_artifact_uri(SPLITS_DIR))
-    for name, rows, context in zip(SPLIT_NAMES, positions, SPLIT_CONTEXTS, strict=True):
-        log_dataset(rows_dataset(frame, rows, missing, source, f"{meta['name']}-{name}", spec.target), context)
-    mlflow.log_metrics(
-        {
-            "n_train": len(positions[0]),
-            "n_validation": len(positions[1]),
-            "n_test": len(positions[2]),
-            "n_features": len(spec.numeric) + len(spec.categorical) + len(spec.datetime),
-            "n_dropped_columns": len(spec.dropped),
-        }
-    )
-    mlflow.set_tags(
-        {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
-    )
+def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
+    """The splits and the feature spec as artifacts, each split as an MLflow dataset input, the counts."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, SPLITS_DIR)
         out.mkdir()
-        write_split_codes(codes, out / SPLIT_ROWS)
+        # pyarrow writes without the GIL: the three files side by side, while this thread describes the datasets
+        with ThreadPoolExecutor(len(SPLIT_NAMES)) as writers:
+            written = [writers.submit(write_parquet, splits[name], out / f"{name}.parquet") for name in SPLIT_NAMES]
+            datasets = [
+                table_dataset(
+                    splits[name],
+                    source=dataset_source(mlflow.get_artifact_uri(f"{SPLITS_DIR}/{name}.parquet")),
+                    name=f"{meta['name']}-{name}",
+                    targets=spec.target,
+                )
+                for name in SPLIT_NAMES
+            ]
+            for write in written:
+                write.result()
         write_json(out / FEATURE_SPEC, spec.to_dict())
-        files = file_manifest(out) | {RAW_TABLE: sha256_file(table)}
+        for dataset, context in zip(datasets, SPLIT_CONTEXTS, strict=True):
+            log_dataset(dataset, context=context)
+        mlflow.log_metrics(
+            {
+                "n_train": len(splits.train),
+                "n_validation": len(splits.validation),
+                "n_test": len(splits.test),
+                "n_features": len(spec.numeric) + len(spec.categorical) + len(spec.datetime),
+                "n_dropped_columns": len(spec.dropped),
+            }
+        )
+        mlflow.set_tags(
+            {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
+        )
+        files = file_manifest(out)
         record_manifest(run_root(SPLITS_DIR), files)
-        publish_artifacts(out, SPLITS_DIR, linked=(table,))
+        publish_artifacts(out, SPLITS_DIR)
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json(files))
 
 
@@ -106,15 +106,14 @@ def run_featurize(
     """
     options = SplitOptions(split, time_column, group_column).check()
     check_shares(validation_size, test_size)
-    with raw_data(raw_data_uri) as (frame, meta, table):
-        spec = build_feature_spec(frame, meta["target"], task, counted=meta.get("n_unique"))
-        codes = split_codes(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
-        split_words = describe_split(spec.split)
-        mlflow.set_tag("split", split_words)
-        if spec.split["rows_without_value"]:
-            logger.warning("split: %s", split_words)
-        log_splits(frame, codes, spec, meta, table)
-    splits = splits_from_codes(frame[[spec.target]], codes)  # the labels alone, for the counts and the card
+    frame, meta = read_raw_data(raw_data_uri)
+    spec = build_feature_spec(frame, meta["target"], task, counted=meta.get("n_unique"))
+    splits = split_frame(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
+    split_words = describe_split(spec.split)
+    mlflow.set_tag("split", split_words)
+    if spec.split["rows_without_value"]:
+        logger.warning("split: %s", split_words)
+    log_splits(splits, spec, meta)
     counts = {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}
     featurize_story(spec, counts, split_words)
     featurize_card(spec, splits, split_words)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -103,30 +102,18 @@ def local_artifact_path(artifact_uri: str) -> Path | None:
     return Path(repo.download_artifacts(artifact_path or "")) if artifact_path else Path(repo.artifact_dir)
 
 
-def publish_artifacts(local_dir: Path, artifact_path: str, linked: tuple[Path, ...] = ()) -> None:
+def publish_artifacts(local_dir: Path, artifact_path: str) -> None:
     """mlflow.log_artifacts of a step's output folder; into a local artifact store the files are moved, not
     copied (a rename on the same file system: a million rows of Parquet is ~100 MB, ~0.4 s a copy), so
-    `local_dir` is empty afterwards. Digest the output before publishing it.
-
-    `linked`: files of an earlier step's output published beside them under their own names, unchanged: a
-    hard link where the store is local (no copy; a copy where the file system has no link across)."""
+    `local_dir` is empty afterwards. Digest the output before publishing it."""
     target = local_artifact_path(mlflow.get_artifact_uri())
     if target is None:
         mlflow.log_artifacts(str(local_dir), artifact_path)
-        for file in linked:
-            mlflow.log_artifact(str(file), artifact_path)
         return
     for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         destination = target / artifact_path / file.relative_to(local_dir)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(file, destination)  # a rename, or a copy and a removal across file systems
-    for file in linked:
-        destination = target / artifact_path / file.name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(file, destination)
-        except OSError:  # another file system, or one without hard links
-            shutil.copyfile(file, destination)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -53,96 +53,42 @@ def table_dataset(frame: pd.DataFrame, source: Any, name: str, targets: str) -> 
     one type, so its type is inferred from its first non-missing values and `required` is a vectorised
     missing-value test; the digest is MLflow's own formula with its text test vectorised.
     """
-    has_missing = dict(zip(frame.columns, frame.isna().any().tolist(), strict=True))
-    digest = frame_digest(frame, has_missing=has_missing)
-    dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets=targets, digest=digest)
-    dataset.__dict__["schema"] = frame_schema(frame, has_missing)  # PandasDataset.schema is a cached_property
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets=targets, digest=frame_digest(frame))
+    dataset.__dict__["schema"] = frame_schema(frame)  # PandasDataset.schema is a cached_property: pre-filled
     return dataset
 
 
-class RowsDataset(PandasDataset):
-    """The dataset of some rows of a table, described without taking them all: it holds their first MAX_ROWS
-    rows (all that MLflow's digest and schema read), and its profile counts all of them."""
-
-    def __init__(self, head: pd.DataFrame, n_rows: int, **kwargs: Any) -> None:
-        super().__init__(df=head, **kwargs)
-        self._n_rows = n_rows
-
-    @property
-    def profile(self) -> Any | None:
-        return {"num_rows": self._n_rows, "num_elements": self._n_rows * len(self._df.columns)}
-
-
-def rows_dataset(
-    frame: pd.DataFrame, rows: np.ndarray, missing: np.ndarray, source: Any, name: str, targets: str
-) -> PandasDataset:
-    """`table_dataset(frame.take(rows), ...)`: the same digest, schema and profile, from the first MAX_ROWS
-    of `rows` (ascending positions) and `missing` (frame.isna() as an array; a column's text test and its
-    `required` look at every row) without taking the others (featurize: ~0.5 s per split of a million rows).
-    """
-    head = frame.take(rows[: max(MAX_ROWS, 10 * SCHEMA_SAMPLE_ROWS)]).reset_index(drop=True)
-    has_missing = dict(zip(frame.columns, missing[rows].any(axis=0).tolist(), strict=True))
-    whole = {}  # an object column's every value (MLflow's text test), or a column missing in every early row
-
-    def column(name: str) -> pd.Series:
-        if name not in whole:
-            whole[name] = frame[name].take(rows).reset_index(drop=True)
-        return whole[name]
-
-    digest = frame_digest(head, len(rows), has_missing, column)
-    dataset = RowsDataset(head, len(rows), source=source, name=name, targets=targets, digest=digest)
-    dataset.__dict__["schema"] = frame_schema(head, has_missing, column)
-    return dataset
-
-
-def frame_digest(
-    frame: pd.DataFrame,
-    n_rows: int | None = None,
-    has_missing: dict[Any, bool] | None = None,
-    column: Callable[[Any], pd.Series] | None = None,
-) -> str:
+def frame_digest(frame: pd.DataFrame) -> str:
     """MLflow's `compute_pandas_digest`: the first MAX_ROWS rows of the columns that are text in every row
     (vectorised: a str column without missing values, an object column pandas infers as all strings) or
-    numbers, the row count and the column names. `frame` may be the first rows alone of a table of `n_rows`
-    rows, given each column's `has_missing` over all of them and the whole `column`."""
-    column = column or frame.__getitem__
-    missing = has_missing or {name: bool(values.isna().any()) for name, values in frame.items()}
+    numbers, the row count and the column names."""
     text = [
-        name
-        for name, values in frame.items()
-        if (pd.api.types.is_string_dtype(values) and values.dtype != object and not missing[name])
-        or (values.dtype == object and pd.api.types.infer_dtype(column(name), skipna=False) == "string")
+        column
+        for column, values in frame.items()
+        if (pd.api.types.is_string_dtype(values) and values.dtype != object and not values.isna().any())
+        or (values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string")
     ]
     head = frame.head(MAX_ROWS)
     kept = head[pd.Index(text).union(head.select_dtypes(include=[np.number]).columns)]
-    rows = len(frame) if n_rows is None else n_rows
     return get_normalized_md5_digest(
-        [pd.util.hash_pandas_object(kept).values, np.int64(rows)] + [str(c).encode() for c in frame.columns]
+        [pd.util.hash_pandas_object(kept).values, np.int64(len(frame))] + [str(c).encode() for c in frame.columns]
     )
 
 
-def frame_schema(
-    frame: pd.DataFrame,
-    has_missing: dict[Any, bool] | None = None,
-    column: Callable[[Any], pd.Series] | None = None,
-) -> Schema | None:
-    """MLflow's inferred schema of `frame` (see `table_dataset`; `has_missing` and `column` as in
-    `frame_digest`); None where MLflow could not infer one."""
+def frame_schema(frame: pd.DataFrame) -> Schema | None:
+    """MLflow's inferred schema of `frame` (see `table_dataset`); None where MLflow could not infer one."""
     from mlflow.types.utils import _infer_schema  # the function PandasDataset.schema calls
 
-    column = column or frame.__getitem__
     specs = []
     try:
-        for name in frame.columns:
-            values = frame[name]
+        for column in frame.columns:
+            values = frame[column]
             sample = values.head(10 * SCHEMA_SAMPLE_ROWS).dropna().head(SCHEMA_SAMPLE_ROWS)
             if sample.empty:  # missing in every early row: look further (not copying a million rows otherwise)
-                every = column(name)
-                present = every.dropna()
-                sample = (present if len(present) else every).head(SCHEMA_SAMPLE_ROWS)
-            inferred = _infer_schema(pd.DataFrame({name: sample}, copy=False)).inputs[0]
-            missing = has_missing[name] if has_missing is not None else bool(values.isna().any())
-            specs.append(ColSpec(inferred.type, inferred.name, required=not missing))
+                present = values.dropna()
+                sample = (present if len(present) else values).head(SCHEMA_SAMPLE_ROWS)
+            inferred = _infer_schema(pd.DataFrame({column: sample}, copy=False)).inputs[0]
+            specs.append(ColSpec(inferred.type, inferred.name, required=not bool(values.isna().any())))
     except Exception:
         return None
     return Schema(specs)

@@ -16,12 +16,11 @@ import pandas as pd
 
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
-from steps.lib.names import FEATURE_SPEC, RAW_TABLE, SPLIT_ROWS
+from steps.lib.names import FEATURE_SPEC
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
-SPLIT_COLUMN = "split"  # split_rows.parquet's one column: the index in SPLIT_NAMES of each row's split
-NOT_IN_A_SPLIT = -1  # a row without a label (or without a time or group, for those splits)
+NOT_IN_A_SPLIT = -1  # split_codes: a row without a label (or without a time or group, for those splits)
 
 
 @dataclass
@@ -36,36 +35,26 @@ class Splits:
 
 def read_splits(splits_uri: str, parts: tuple[str, ...] = SPLIT_NAMES) -> tuple[Splits, FeatureSpec]:
     """Read featurize's output: the three splits and the feature spec. `parts`: the splits a step uses; the
-    others come as no rows of the same columns and dtypes. monitor needs only the training rows, tune never
-    the test rows.
-
-    featurize records the split of each row of load's table (split_rows.parquet) beside that table (the same
-    file, linked): the splits are taken from it here. An output of featurize before 2026-11-30 holds the three
-    splits as files (train.parquet, ...): read as they are."""
+    others are read as no rows of the same columns and dtypes, from the file's schema (a categorical column
+    without its levels). monitor needs only the training rows (at a million rows, ~300 MB and ~0.5 s less),
+    tune never the test rows."""
     from steps.lib.artifacts import fetched  # here: trial workers import this module without MLflow
 
     with fetched(splits_uri, "the splits") as root:
-        layout = (RAW_TABLE, SPLIT_ROWS) if (root / SPLIT_ROWS).exists() else tuple(f"{s}.parquet" for s in SPLIT_NAMES)
-        missing = [name for name in (*layout, FEATURE_SPEC) if not (root / name).exists()]
+        wanted = (*[f"{s}.parquet" for s in SPLIT_NAMES], FEATURE_SPEC)
+        missing = [name for name in wanted if not (root / name).exists()]
         if missing:
             raise PipelineError(
                 f"'{splits_uri}' is not a featurize output (missing {', '.join(missing)}); "
                 "pass the splits URI of a finished featurize run"
             )
         spec = FeatureSpec.from_dict(json.loads((root / FEATURE_SPEC).read_text()))
-        if layout[0] != RAW_TABLE:
-            return Splits(*(read_part(root / f"{name}.parquet", whole=name in parts) for name in SPLIT_NAMES)), spec
-        codes = read_split_codes(root / SPLIT_ROWS, splits_uri)
-        frame = pd.read_parquet(root / RAW_TABLE)
-    if len(codes) != len(frame):
-        raise PipelineError(
-            f"'{splits_uri}': {SPLIT_ROWS} has {len(codes):,} rows, its table {len(frame):,}; re-run featurize"
-        )
-    return splits_from_codes(frame, codes, parts), spec
+        splits = Splits(*(read_part(root / f"{name}.parquet", whole=name in parts) for name in SPLIT_NAMES))
+    return splits, spec
 
 
 def read_part(path: Path, whole: bool) -> pd.DataFrame:
-    """A split's Parquet file (featurize before 2026-11-30): all its rows, or (whole False) none, from its schema."""
+    """A split's Parquet file: all its rows, or (whole False) none, from its schema alone."""
     if whole:
         return pd.read_parquet(path)
     import pyarrow.parquet
@@ -73,45 +62,11 @@ def read_part(path: Path, whole: bool) -> pd.DataFrame:
     return pyarrow.parquet.read_schema(path).empty_table().to_pandas()
 
 
-def read_split_codes(path: Path, splits_uri: str) -> np.ndarray:
-    """split_rows.parquet: one small integer per row of the table (see `split_codes`), checked: it came from a
-    tracking store anyone on the team can write to."""
-    import pyarrow.parquet
-
-    try:
-        table = pyarrow.parquet.read_table(path)
-        ok = table.column_names == [SPLIT_COLUMN] and pyarrow.types.is_integer(table.schema.field(0).type)
-        codes = table.column(0).to_numpy() if ok and table.column(0).null_count == 0 else None
-    except Exception:  # not Parquet at all
-        codes = None
-    if codes is None or (len(codes) and (codes.min() < NOT_IN_A_SPLIT or codes.max() >= len(SPLIT_NAMES))):
-        raise PipelineError(
-            f"'{splits_uri}': {SPLIT_ROWS} is not a split of rows (one integer column '{SPLIT_COLUMN}' of "
-            f"{NOT_IN_A_SPLIT} to {len(SPLIT_NAMES) - 1}); re-run featurize"
-        )
-    return codes.astype(np.int8)
-
-
-def write_split_codes(codes: np.ndarray, path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet
-
-    pyarrow.parquet.write_table(pa.table({SPLIT_COLUMN: pa.array(codes, pa.int8())}), path)
-
-
-def split_positions(codes: np.ndarray) -> list[np.ndarray]:
-    """The table's row positions in train, validation and test, ascending."""
-    return [np.flatnonzero(codes == index) for index in range(len(SPLIT_NAMES))]
-
-
-def splits_from_codes(frame: pd.DataFrame, codes: np.ndarray, parts: tuple[str, ...] = SPLIT_NAMES) -> Splits:
-    """The splits taken from `frame` by their codes; a split not in `parts`: no rows, the same columns."""
-
-    def take(name: str, rows: np.ndarray) -> pd.DataFrame:
-        return (frame.take(rows) if name in parts else frame.iloc[:0]).reset_index(drop=True)
-
+def splits_from_codes(frame: pd.DataFrame, codes: np.ndarray) -> Splits:
+    """The splits taken from `frame` by their codes (see `split_codes`), each in the frame's row order."""
+    positions = [np.flatnonzero(codes == index) for index in range(len(SPLIT_NAMES))]
     with ThreadPoolExecutor(len(SPLIT_NAMES)) as pool:  # Arrow's take lets go of the GIL: three at once
-        return Splits(*pool.map(take, SPLIT_NAMES, split_positions(codes)))
+        return Splits(*pool.map(lambda rows: frame.take(rows).reset_index(drop=True), positions))
 
 
 def features_and_target(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.Series]:

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 
 from steps.lib.names import PIPELINE_STEPS
-from steps.lib.splits import read_splits
 from steps.lib.tables import load_bundled_frame
 from tests.conftest import PROJECT_DIR, pages_in_chromium
 from tests.integration.conftest import children, mlflow_env, mlflow_run, model_server, post, runs_by_step
@@ -209,7 +208,7 @@ def registry(pipeline, tmp_path_factory):
     store, client, project = pipeline["uri"], pipeline["client"], pipeline["project"]
     splits = f"{pipeline['steps']['featurize'].info.artifact_uri}/splits"
     mlflow.set_tracking_uri(store)
-    held_out = read_splits(splits, parts=("test",))[0].test
+    held_out = pd.read_parquet(mlflow.artifacts.download_artifacts(f"{splits}/test.parquet", dst_path=str(folder)))
     frame = load_bundled_frame("iris")[0]
     shifted = frame.sample(40, random_state=2).drop(columns=["species"])
     shifted["petal_length_cm"] += 2.5  # a new season: longer petals, wider sepals

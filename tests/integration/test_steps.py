@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,7 +18,6 @@ from mlflow.tracking import MlflowClient
 import steps.main as main_module
 from steps.lib.names import ERROR_TAG, PROCESS_TAG
 from steps.lib.runner import base_temp_dir, step_run
-from steps.lib.splits import read_splits
 from tests.integration.conftest import children, mlflow_run, model_server, post, runs_by_step
 
 
@@ -249,12 +249,13 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     featurize = newest(client, "featurize")
     told = "by time on 'ordered at': oldest rows train, newest test; 3 rows without a time dropped"
     assert featurize.data.tags["split"] == told
-    splits, spec = read_splits(f"runs:/{featurize.info.run_id}/splits")
-    parts = {name: splits[name] for name in ("train", "validation", "test")}
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
+    parts = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("train", "validation", "test")}
     when = {name: pd.to_datetime(part["ordered at"]) for name, part in parts.items()}
     assert when["train"].max() < when["validation"].min() and when["validation"].max() < when["test"].min()
     assert sum(len(part) for part in parts.values()) == n - 3
-    assert spec.split == {"kind": "time", "column": "ordered at", "rows_without_value": 3}
+    spec = json.loads((folder / "feature_spec.json").read_text())
+    assert spec["split"] == {"kind": "time", "column": "ordered at", "rows_without_value": 3}
     assert newest(client, "tune").data.params["cv_folds"] == "2"
     card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
     assert "- split: `by time on 'ordered at'" in card
@@ -268,8 +269,10 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     assert len(client.search_runs([featurize.info.experiment_id], "tags.`pipeline.step` = 'load'")) == 1  # reused
     featurize = newest(client, "featurize")
     assert featurize.data.tags["split"] == "by group on 'customer': no group in two splits"
-    splits, _ = read_splits(f"runs:/{featurize.info.run_id}/splits")
-    customers = [set(splits[part]["customer"]) for part in ("train", "validation", "test")]
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
+    customers = [
+        set(pd.read_parquet(folder / f"{part}.parquet")["customer"]) for part in ("train", "validation", "test")
+    ]
     assert not (customers[0] & customers[1] or customers[0] & customers[2] or customers[1] & customers[2])
     assert newest(client, "tune").data.params["cv_folds"] == "3"
     card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")

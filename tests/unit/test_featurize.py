@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -252,142 +251,26 @@ def test_trials_fit_on_a_seeded_stratified_sample_of_at_most_max_tune_rows():
     assert not sample.equals(sample_rows(frame, spec, 1000, seed=4))
 
 
-def featurize_output(folder, frame: pd.DataFrame, target: str, **split) -> tuple:
-    """featurize's output for `frame` in `folder` (load's table, the split of each row, the spec), and the
-    table and splits as the steps after it must read them."""
-    import json
-
-    from steps.lib.names import FEATURE_SPEC
-    from steps.lib.splits import split_codes, splits_from_codes, write_split_codes
-    from steps.lib.tables import write_parquet
-
-    folder.mkdir()
-    write_parquet(frame, folder / "raw.parquet")
-    table = pd.read_parquet(folder / "raw.parquet")
-    spec = build_feature_spec(table, target)
-    codes = split_codes(table, spec, 1, 0.2, 0.2, **split)
-    write_split_codes(codes, folder / "split_rows.parquet")
-    (folder / FEATURE_SPEC).write_text(json.dumps(spec.to_dict()))
-    return codes, spec, splits_from_codes(table, codes)
-
-
-def test_the_splits_are_the_table_and_the_split_of_each_row_read_back_as_taken(tmp_path, mixed_frame):
-    """featurize writes no copy of the rows: load's table and one small integer per row (-1: no label, or no
-    time or group). read_splits takes the splits split_frame takes; the layout of featurize before 2026-11-30
-    (a file per split) reads the same."""
-    import json
-
-    from steps.lib.names import FEATURE_SPEC
-    from steps.lib.splits import read_splits
-    from steps.lib.tables import write_parquet
-
-    frame = mixed_frame.assign(label=mixed_frame["label"].where(np.arange(60) % 10 != 0))  # 6 rows without a label
-    codes, spec, expected = featurize_output(tmp_path / "new", frame, "label")
-    assert codes.dtype == np.int8 and (codes == -1).sum() == 6 and set(np.unique(codes)) == {-1, 0, 1, 2}
-    pd.testing.assert_frame_equal(
-        expected.test, split_frame(pd.read_parquet(tmp_path / "new" / "raw.parquet"), spec, 1, 0.2, 0.2).test
-    )
-    whole, read_spec = read_splits(str(tmp_path / "new"))
-    assert read_spec.to_dict() == spec.to_dict()
-    (tmp_path / "old").mkdir()
-    for name in SPLIT_NAMES:
-        pd.testing.assert_frame_equal(whole[name], expected[name])
-        write_parquet(expected[name], tmp_path / "old" / f"{name}.parquet")
-    (tmp_path / "old" / FEATURE_SPEC).write_text(json.dumps(spec.to_dict()))
-    old, _ = read_splits(str(tmp_path / "old"))
-    for name in SPLIT_NAMES:
-        pd.testing.assert_frame_equal(old[name], whole[name])
-
-
-@pytest.mark.parametrize("layout", ["new", "old"])
-def test_a_step_reads_only_the_splits_it_uses_the_others_keep_their_columns(tmp_path, mixed_frame, layout):
+def test_a_step_reads_only_the_splits_it_uses_the_others_keep_their_columns(tmp_path, mixed_frame):
     """monitor reads the training rows alone, tune never the test rows: the other splits come with no rows."""
-    from steps.lib.splits import read_splits
-    from steps.lib.tables import write_parquet
+    import json
 
-    _, _, splits = featurize_output(tmp_path / "out", mixed_frame, "label")
-    if layout == "old":
-        (tmp_path / "out" / "split_rows.parquet").unlink()
-        for name in SPLIT_NAMES:
-            write_parquet(splits[name], tmp_path / "out" / f"{name}.parquet")
-    whole, _ = read_splits(str(tmp_path / "out"))
-    some, _ = read_splits(str(tmp_path / "out"), parts=("train",))
+    from steps.lib.names import FEATURE_SPEC
+    from steps.lib.splits import read_splits
+
+    spec = build_feature_spec(mixed_frame, "label")
+    splits = split_frame(mixed_frame, spec, seed=1, validation_size=0.2, test_size=0.2)
+    for name in SPLIT_NAMES:
+        splits[name].to_parquet(tmp_path / f"{name}.parquet")
+    (tmp_path / FEATURE_SPEC).write_text(json.dumps(spec.to_dict()))
+    whole, _ = read_splits(str(tmp_path))
+    some, read_spec = read_splits(str(tmp_path), parts=("train",))
+    assert read_spec.to_dict() == spec.to_dict()
     pd.testing.assert_frame_equal(some.train, whole.train)
     for name in ("validation", "test"):
         assert len(whole[name]) > 0 and len(some[name]) == 0
         assert list(some[name].columns) == list(whole[name].columns)
         assert some[name].dtypes.equals(whole[name].dtypes)
-
-
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        (lambda folder: (folder / "split_rows.parquet").write_text("rows"), "is not a split of rows"),
-        (lambda folder: pd.DataFrame({"part": [0] * 60}).to_parquet(folder / "split_rows.parquet"), "is not a split"),
-        (lambda folder: pd.DataFrame({"split": [0.5] * 60}).to_parquet(folder / "split_rows.parquet"), "is not a"),
-        (lambda folder: pd.DataFrame({"split": [3] * 60}).to_parquet(folder / "split_rows.parquet"), "is not a split"),
-        (lambda folder: pd.DataFrame({"split": [-2] * 60}).to_parquet(folder / "split_rows.parquet"), "is not a"),
-        (
-            lambda folder: pd.DataFrame({"split": pd.array([0] * 59 + [None], "Int8")}).to_parquet(
-                folder / "split_rows.parquet"
-            ),
-            "is not a split of rows",
-        ),
-        (
-            lambda folder: pd.DataFrame({"split": [0] * 59}).to_parquet(folder / "split_rows.parquet"),
-            "split_rows.parquet has 59 rows, its table 60; re-run featurize",
-        ),
-        (lambda folder: (folder / "raw.parquet").unlink(), "is not a featurize output (missing raw.parquet)"),
-    ],
-)
-def test_a_split_of_rows_that_is_not_one_is_refused_in_one_line(tmp_path, mixed_frame, damage, message):
-    """split_rows.parquet comes from a store anyone on the team can write to: checked before any row is taken."""
-    from steps.lib.splits import read_splits
-
-    featurize_output(tmp_path / "out", mixed_frame, "label")
-    damage(tmp_path / "out")
-    with pytest.raises(PipelineError) as raised:
-        read_splits(str(tmp_path / "out"))
-    assert message in str(raised.value) and "\n" not in str(raised.value)
-
-
-def test_featurize_links_loads_table_and_logs_each_split_as_a_dataset(tracking_uri, tmp_path, capsys):
-    """No copy of the rows in a local store: featurize's raw.parquet is load's file (one inode), listed in its
-    manifest; the three splits are logged as MLflow datasets of their own row counts."""
-    import os
-
-    from mlflow.tracking import MlflowClient
-
-    from steps.lib.artifacts import local_artifact_path
-    from steps.lib.signing import MANIFEST_TAG, parse_manifest, sha256_file
-    from steps.lib.splits import read_splits
-    from tests.conftest import run_step_cli
-
-    rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"Income ($)": rng.normal(size=300), "label": rng.choice(["<=50K", ">50K"], 300)})
-    frame.loc[::50, "label"] = None
-    frame.to_csv(tmp_path / "t.csv", index=False)
-    assert run_step_cli(capsys, "load", "--data-uri", str(tmp_path / "t.csv"), "--target", "label")[0] == 0
-    client = MlflowClient()
-    load = client.search_runs(["0"], "tags.`pipeline.step` = 'load'")[0]
-    code, stderr = run_step_cli(capsys, "featurize", "--raw-data-uri", f"runs:/{load.info.run_id}/data")
-    assert code == 0, stderr
-    featurize = client.search_runs(["0"], "tags.`pipeline.step` = 'featurize'")[0]
-    table = local_artifact_path(f"runs:/{featurize.info.run_id}/splits/raw.parquet")  # in place, not downloaded
-    loaded = local_artifact_path(f"runs:/{load.info.run_id}/data/raw.parquet")
-    assert os.stat(table).st_ino == os.stat(loaded).st_ino
-    manifest = parse_manifest(featurize.data.tags[MANIFEST_TAG])
-    assert sorted(manifest["files"]) == ["feature_spec.json", "raw.parquet", "split_rows.parquet"]
-    assert manifest["files"]["raw.parquet"] == sha256_file(loaded)
-    splits, _ = read_splits(f"runs:/{featurize.info.run_id}/splits")
-    assert sum(len(splits[name]) for name in SPLIT_NAMES) == 294  # the 6 rows without a label in none
-    inputs = {d.tags[0].value: d.dataset for d in featurize.inputs.dataset_inputs}
-    assert sorted(inputs) == ["testing", "training", "validation"]
-    for name, context in zip(SPLIT_NAMES, ("training", "validation", "testing"), strict=True):
-        assert inputs[context].name == f"t-{name}" and json.loads(inputs[context].profile)["num_rows"] == len(
-            splits[name]
-        )
-        assert featurize.data.metrics[f"n_{name}"] == len(splits[name])
 
 
 def test_featurize_takes_loads_distinct_counts_and_counts_again_what_is_implausible(mixed_frame):

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.types.utils import _infer_schema
 
-from steps.lib.sources import (
-    UriDatasetSource,
-    frame_digest,
-    frame_schema,
-    model_signature,
-    rows_dataset,
-    table_dataset,
-)
+from steps.lib.sources import UriDatasetSource, frame_digest, frame_schema, model_signature, table_dataset
 
 
 def messy_frame(rows: int = 30_000) -> pd.DataFrame:
@@ -53,28 +45,6 @@ def test_the_dataset_logs_them():
     dataset = table_dataset(frame, UriDatasetSource("data.csv"), "users", "city")
     assert dataset.digest == compute_pandas_digest(frame)
     assert dataset.to_dict()["schema"] == json.dumps({"mlflow_colspec": _infer_schema(frame).to_dict()})
-
-
-def test_a_splits_dataset_equals_mlflows_own_of_its_rows_taken():
-    """featurize describes each split from the table and the split's row positions, without taking them all:
-    the digest, schema and profile of MLflow's own dataset of the rows taken (object columns, a column missing
-    in every early row of the split, a missing value in the split's last row only)."""
-    frame = messy_frame(20_000)
-    frame.loc[19_999, "Income ($)"] = np.nan
-    rng = np.random.default_rng(1)
-    missing = frame.isna().to_numpy()
-    for rows in (
-        np.sort(rng.choice(20_000, 12_000, replace=False)),
-        np.arange(19_000, 20_000),
-        np.arange(0, 20_000, 7),
-    ):
-        taken = frame.take(rows).reset_index(drop=True)
-        mlflows = mlflow.data.from_pandas(taken, source=UriDatasetSource("splits"), name="train", targets="city")
-        ours = rows_dataset(frame, rows, missing, UriDatasetSource("splits"), "train", "city")
-        assert ours.digest == mlflows.digest == compute_pandas_digest(taken)
-        assert ours.schema == _infer_schema(taken)
-        assert ours.profile == mlflows.profile == {"num_rows": len(rows), "num_elements": taken.size}
-        assert ours.to_dict() == mlflows.to_dict()
 
 
 def test_a_models_signature_equals_mlflows_inferred_one_from_every_row():
