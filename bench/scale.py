@@ -7,11 +7,12 @@ text, a text ID, odd column names, a binary `<=50K`/`>50K` label with some missi
   main     `mlflow run . -e main -P max_evals=N` (env manager local), and per step: seconds (the step's
            run, start to end) and peak RSS of the step process and of its largest child (the metrics
            peak_rss_mb / peak_rss_children_mb every step logs);
-  floors   pyarrow's read of the same CSV + a Parquet write of it; a no-op step launched through
-           `mlflow.projects.run` as main launches a step (bench/noop/MLproject: it attaches to its run
-           and ends it, as load and featurize do, importing what they import: MLflow and pandas, not
-           scikit-learn; an import-only no-op is reported beside it); load and featurize are run
-           --data-repeats more times (default 2) the same way, and the data floor's ratio takes the medians;
+  floors   after main, --data-rounds rounds (default 3) of: pyarrow's read of the same CSV + a Parquet
+           write of it (in this process, and in a new one as a step meets it); a no-op step launched
+           through `mlflow.projects.run` as main launches a step (bench/noop/MLproject: it attaches to its
+           run and ends it, as load and featurize do, importing what they import: MLflow and pandas, not
+           scikit-learn; an import-only no-op beside it); load and featurize launched the same way. The data
+           floor's ratio is taken within each round (this machine drifts) and its median reported;
   predict  (--predict-rows M) `predict` of the champion on M rows, its seconds and peak RSS, beside the bare
            pipeline's `predict` on the same rows in memory (its rows per second).
 
@@ -97,30 +98,30 @@ def run_seconds(project: Path, entry_point: str, parameters: dict[str, str] | No
     return submitted.run_id, (info.end_time - info.start_time) / 1000
 
 
-def floors(csv: Path, store: str, work: Path) -> dict[str, float]:
-    """pyarrow read + Parquet write of the CSV (the data floor); a no-op step through mlflow.projects.run."""
-    import mlflow
+ARROW_FLOOR = """
+import sys, time
+import pyarrow.csv, pyarrow.parquet
+started = time.perf_counter()
+pyarrow.parquet.write_table(pyarrow.csv.read_csv(sys.argv[1]), sys.argv[2])
+print(time.perf_counter() - started)
+"""
+
+
+def arrow_floor(csv: Path, work: Path) -> float:
+    """pyarrow's read of the CSV + a Parquet write of it, in this process (the data floor)."""
     import pyarrow.csv
     import pyarrow.parquet
 
-    # Medians of three: on this shared machine one no-op step took 4.6 to 6.3 s from run to run.
-    arrow, noop = [], []
-    for _ in range(3):
-        started = time.perf_counter()
-        table = pyarrow.csv.read_csv(csv)
-        pyarrow.parquet.write_table(table, work / "floor.parquet")
-        arrow.append(time.perf_counter() - started)
-        del table
-    mlflow.set_tracking_uri(store)
-    noop: dict[str, list[float]] = {"main": [], "imports": []}
-    for _ in range(3):
-        for entry_point, seconds in noop.items():
-            seconds.append(run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1])
-    return {
-        "arrow_read_write": float(np.median(arrow)),
-        "noop_step": float(np.median(noop["main"])),
-        "noop_imports": float(np.median(noop["imports"])),
-    }
+    started = time.perf_counter()
+    pyarrow.parquet.write_table(pyarrow.csv.read_csv(csv), work / "floor.parquet")
+    return time.perf_counter() - started
+
+
+def arrow_floor_fresh(csv: Path, work: Path) -> float:
+    """The same in a new process, as a step meets it (the imports not timed): its memory is new, touched for
+    the first time, where this process reuses what its earlier rounds freed."""
+    command = [sys.executable, "-c", ARROW_FLOOR, str(csv), str(work / "floor.parquet")]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
 def step_figures(store: str) -> dict[str, dict[str, float]]:
@@ -145,19 +146,28 @@ def step_figures(store: str) -> dict[str, dict[str, float]]:
 FEATURIZE_PARAMS = ("task", "seed", "validation_size", "test_size", "split", "time_column", "group_column")
 
 
-def data_step_repeats(
-    project: Path, store: str, csv: Path, target: str, repeats: int, params: list[str]
+def data_rounds(
+    project: Path, store: str, csv: Path, work: Path, target: str, rounds: int, params: list[str]
 ) -> dict[str, list[float]]:
-    """load and featurize again, `repeats` times each, launched as main launches them (mlflow.projects.run,
-    env manager local) with main's params of featurize (`params`: the --param values): one run of each varies
-    by a second here, so the data floor's ratio takes medians."""
+    """`rounds` rounds of the data floor (in this process and in a new one), the no-op steps, load and
+    featurize (launched as main launches them: mlflow.projects.run, env manager local, with main's params of
+    featurize, `params` being the --param values), each round's figures side by side: this machine drifts by
+    tens of percent within minutes, so the ratio is taken within rounds and its median reported."""
     import mlflow
 
     mlflow.set_tracking_uri(store)
     given = dict(param.split("=", 1) for param in params)
     featurize = {key: value for key, value in given.items() if key in FEATURIZE_PARAMS}
-    seconds: dict[str, list[float]] = {"load": [], "featurize": []}
-    for _ in range(repeats):
+    seconds: dict[str, list[float]] = {
+        name: [] for name in ("arrow", "arrow_fresh", "noop_step", "noop_imports", "load", "featurize")
+    }
+    for _ in range(rounds):
+        seconds["arrow"].append(arrow_floor(csv, work))
+        seconds["arrow_fresh"].append(arrow_floor_fresh(csv, work))
+        for entry_point in ("main", "imports"):
+            seconds[f"noop_{'step' if entry_point == 'main' else entry_point}"].append(
+                run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1]
+            )
         load_run, took = run_seconds(project, "load", {"data_uri": str(csv), "target": target})
         seconds["load"].append(took)
         seconds["featurize"].append(
@@ -177,13 +187,7 @@ def bare_predict_rate(store: str, rows: pd.DataFrame) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def report(
-    seconds: float,
-    figures: dict[str, dict[str, float]],
-    floor: dict[str, float],
-    label: str,
-    repeats: dict[str, list[float]],
-) -> None:
+def report(seconds: float, figures: dict[str, dict[str, float]], label: str, rounds: dict[str, list[float]]) -> None:
     nan = float("nan")
     print(f"\nmain: {seconds:.1f} s to a champion ({label})")
     print(f"{'step':<10} {'seconds':>8} {'peak RSS MB':>12} {'largest child MB':>17}")
@@ -191,26 +195,27 @@ def report(
         f = figures.get(step, {})
         own, child = f.get("rss_mb", nan), f.get("child_rss_mb", nan)
         print(f"{step:<10} {f.get('seconds', nan):8.1f} {own:12.0f} {child:17.0f}")
-    load, featurize = ([figures[step]["seconds"], *repeats[step]] for step in ("load", "featurize"))
-    data_steps = float(np.median(load) + np.median(featurize)) - 2 * floor["noop_step"]
-    arrow = floor["arrow_read_write"]
-    listed = "; ".join(
-        f"{name} {', '.join(f'{x:.1f}' for x in runs)} s"
-        for name, runs in zip(STEPS[:2], (load, featurize), strict=True)
-    )
-    print(f"\ndata steps, main's run and {len(load) - 1} more of each (medians below): {listed}")
-    print(
-        f"\nfloors: pyarrow read + Parquet write {arrow:.1f} s; no-op step {floor['noop_step']:.1f} s "
-        f"(imports MLflow and pandas, attaches to its run and ends it; imports alone: {floor['noop_imports']:.1f} s)"
-    )
-    print(
-        f"(median load + median featurize - two no-op steps) / (pyarrow read + write) = {data_steps:.1f} / "
-        f"{arrow:.1f} = {data_steps / arrow:.2f} (target <= 2)"
-    )
-    imports_only = data_steps + 2 * (floor["noop_step"] - floor["noop_imports"])
-    print(f"the same against two import-only no-ops: {imports_only / arrow:.2f}")
     worst = max(np.nanmax([f["rss_mb"], f["child_rss_mb"]]) for f in figures.values())
     print(f"largest peak RSS of any step process: {worst:,.0f} MB (target <= 2048)")
+
+    print(f"\nthe data floor, {len(rounds['load'])} rounds after main (seconds per round):")
+    names = {
+        "arrow": "pyarrow read + Parquet write, in this process",
+        "arrow_fresh": "the same in a new process",
+        "noop_step": "no-op step (imports MLflow and pandas, attaches to its run, ends it)",
+        "noop_imports": "import-only no-op step",
+        "load": "load",
+        "featurize": "featurize",
+    }
+    for key, name in names.items():
+        print(f"  {name:<70} {', '.join(f'{x:.1f}' for x in rounds[key])}  (median {np.median(rounds[key]):.1f})")
+    work = np.array(rounds["load"]) + np.array(rounds["featurize"]) - 2 * np.array(rounds["noop_step"])
+    for floor, name in (("arrow", "pyarrow read + write"), ("arrow_fresh", "the same in a new process")):
+        ratios = work / np.array(rounds[floor])
+        print(
+            f"(load + featurize - two no-op steps) / ({name}): rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"median {np.median(ratios):.2f}" + (" (target <= 2)" if floor == "arrow" else "")
+        )
 
 
 def main() -> None:
@@ -219,7 +224,7 @@ def main() -> None:
     parser.add_argument("--max-evals", type=int, default=8)
     parser.add_argument("--plain", action="store_true", help="the plain table (item 9), target `label`")
     parser.add_argument("--predict-rows", type=int, default=0, help="also score this many rows with predict")
-    parser.add_argument("--data-repeats", type=int, default=2, help="more runs of load and featurize (medians)")
+    parser.add_argument("--data-rounds", type=int, default=3, help="rounds of the data floor's figures (medians)")
     parser.add_argument("--param", action="append", default=[], help="more -P for main, e.g. max_tune_rows=50000")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -239,14 +244,13 @@ def main() -> None:
         del frame
         store = f"sqlite:///{work / 'mlflow.db'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_TRACKING_URI": store}
-        floor = floors(csv, store, work)
         params = [f"data_uri={csv}", f"target={target}", f"max_evals={args.max_evals}", *args.param]
         command = ["mlflow", "run", ".", "-e", "main", "--env-manager", "local"]
         seconds = timed([*command, *[x for p in params for x in ("-P", p)]], project, env)
         label = f"max_evals={args.max_evals}" + "".join(f", {p}" for p in args.param)
-        figures = step_figures(store)  # before the repeats below add load and featurize runs
-        repeats = data_step_repeats(project, store, csv, target, args.data_repeats, args.param)
-        report(seconds, figures, floor, label, repeats)
+        figures = step_figures(store)  # before the rounds below add load and featurize runs
+        rounds = data_rounds(project, store, csv, work, target, args.data_rounds, args.param)
+        report(seconds, figures, label, rounds)
         if args.predict_rows:
             score(args.predict_rows, args.plain, work, project, env, store)
     finally:
