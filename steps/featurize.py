@@ -21,7 +21,7 @@ from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.split_options import SplitOptions, split_options
-from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
+from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, read_frame, split_frame
 from steps.lib.step_cards import featurize_card
 from steps.lib.story import featurize_story
 from steps.lib.tables import write_parquet
@@ -35,7 +35,7 @@ def read_raw_data(raw_data_uri: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     with fetched(raw_data_uri, "the raw data") as root:
         if not (root / RAW_TABLE).exists() or not (root / DATA_META).exists():
             raise PipelineError(f"'{raw_data_uri}' is not a load output; pass runs:/<load run id>/data")
-        return pd.read_parquet(root / RAW_TABLE), json.loads((root / DATA_META).read_text())
+        return read_frame(root / RAW_TABLE), json.loads((root / DATA_META).read_text())
 
 
 def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:

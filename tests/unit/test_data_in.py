@@ -19,6 +19,7 @@ import pytest
 
 from steps.lib.cache import data_digest, fetched_once
 from steps.lib.errors import PipelineError
+from steps.lib.splits import read_frame
 from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data, write_parquet
 from tests.conftest import PROJECT_DIR, run_step_cli, serving_on_loopback
 from tests.unit.test_bad_input_steps import assert_failed_cleanly
@@ -330,6 +331,9 @@ def test_a_table_written_for_the_steps_reads_back_as_it_was(tmp_path):
     )
     write_parquet(frame, tmp_path / "t.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), frame.reset_index(drop=True))
+    read = read_frame(tmp_path / "t.parquet")  # as the steps read it back: a block per column, not copied into one
+    pd.testing.assert_frame_equal(read, frame.reset_index(drop=True))
+    assert len(read._mgr.blocks) == len(frame.columns)
     chunk = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
     columns = {chunk.column(i).path_in_schema: chunk.column(i) for i in range(chunk.num_columns)}
     dictionary = {name for name, column in columns.items() if column.dictionary_page_offset is not None}
