@@ -20,7 +20,7 @@ from steps.lib.names import FEATURE_SPEC
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
-NOT_IN_A_SPLIT = -1  # split_codes: a row without a label (or without a time or group, for those splits)
+NOT_IN_A_SPLIT = -1  # split_frame: a row without a label (or without a time or group, for those splits)
 
 
 @dataclass
@@ -71,7 +71,7 @@ def read_frame(path: Path) -> pd.DataFrame:
 
 
 def splits_from_codes(frame: pd.DataFrame, codes: np.ndarray) -> Splits:
-    """The splits taken from `frame` by their codes (see `split_codes`), each in the frame's row order."""
+    """The splits taken from `frame` by the split of each row (see `split_frame`), each in the frame's order."""
     positions = [np.flatnonzero(codes == index) for index in range(len(SPLIT_NAMES))]
     with ThreadPoolExecutor(len(SPLIT_NAMES)) as pool:  # Arrow's take lets go of the GIL: three at once
         return Splits(*pool.map(lambda rows: frame.take(rows).reset_index(drop=True), positions))
@@ -113,23 +113,10 @@ def split_frame(
     split: str = "random",
     column: str | None = None,
 ) -> Splits:
-    """The splits of `split_codes`, taken from `frame`."""
-    return splits_from_codes(frame, split_codes(frame, spec, seed, validation_size, test_size, split, column))
-
-
-def split_codes(
-    frame: pd.DataFrame,
-    spec: FeatureSpec,
-    seed: int,
-    validation_size: float,
-    test_size: float,
-    split: str = "random",
-    column: str | None = None,
-) -> np.ndarray:
-    """Train/validation/test split of the labelled rows, as the index in SPLIT_NAMES of each row's split
-    (NOT_IN_A_SPLIT: no label, or no time or group): random (stratified for classification), by time (oldest
-    rows train, newest test; equal times never in two splits) or by group (no group in two splits). Each
-    split keeps the table's row order.
+    """Train/validation/test split of the labelled rows: random (stratified for classification), by time
+    (oldest rows train, newest test; equal times never in two splits) or by group (no group in two splits).
+    Each split keeps the table's row order: the split of each row is decided first (an index in SPLIT_NAMES,
+    NOT_IN_A_SPLIT for a row without a label, time or group), then each split taken once.
 
     Records what it did in `spec.split` (kind, column, rows dropped for a missing time or group).
     """
@@ -146,7 +133,7 @@ def split_codes(
     codes = np.full(len(frame), NOT_IN_A_SPLIT, dtype=np.int8)
     for index, rows in enumerate(parts):
         codes[labelled[rows]] = index
-    return codes
+    return splits_from_codes(frame, codes)
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:
