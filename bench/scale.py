@@ -164,10 +164,8 @@ def data_rounds(
     for _ in range(rounds):
         seconds["arrow"].append(arrow_floor(csv, work))
         seconds["arrow_fresh"].append(arrow_floor_fresh(csv, work))
-        for entry_point in ("main", "imports"):
-            seconds[f"noop_{'step' if entry_point == 'main' else entry_point}"].append(
-                run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1]
-            )
+        for key, entry_point in (("noop_step", "main"), ("noop_imports", "imports")):
+            seconds[key].append(run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1])
         load_run, took = run_seconds(project, "load", {"data_uri": str(csv), "target": target})
         seconds["load"].append(took)
         seconds["featurize"].append(

@@ -20,7 +20,6 @@ from steps.lib.names import FEATURE_SPEC
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
-NOT_IN_A_SPLIT = -1  # split_frame: a row without a label (or without a time or group, for those splits)
 
 
 @dataclass
@@ -70,13 +69,6 @@ def read_frame(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path, to_pandas_kwargs={"split_blocks": True, "self_destruct": True})
 
 
-def splits_from_codes(frame: pd.DataFrame, codes: np.ndarray) -> Splits:
-    """The splits taken from `frame` by the split of each row (see `split_frame`), each in the frame's order."""
-    positions = [np.flatnonzero(codes == index) for index in range(len(SPLIT_NAMES))]
-    with ThreadPoolExecutor(len(SPLIT_NAMES)) as pool:  # Arrow's take lets go of the GIL: three at once
-        return Splits(*pool.map(lambda rows: frame.take(rows).reset_index(drop=True), positions))
-
-
 def features_and_target(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.Series]:
     """The model's input (all raw columns but the target) and the target."""
     return frame[spec.input_columns], frame[spec.target]
@@ -115,8 +107,7 @@ def split_frame(
 ) -> Splits:
     """Train/validation/test split of the labelled rows: random (stratified for classification), by time
     (oldest rows train, newest test; equal times never in two splits) or by group (no group in two splits).
-    Each split keeps the table's row order: the split of each row is decided first (an index in SPLIT_NAMES,
-    NOT_IN_A_SPLIT for a row without a label, time or group), then each split taken once.
+    Each split keeps the table's row order: the rows of each are decided first, as positions, then taken once.
 
     Records what it did in `spec.split` (kind, column, rows dropped for a missing time or group).
     """
@@ -130,10 +121,8 @@ def split_frame(
     else:
         groups = column_of(frame, column, "group_column").iloc[labelled]
         parts = split_by_group(groups, spec, seed, validation_size, test_size)
-    codes = np.full(len(frame), NOT_IN_A_SPLIT, dtype=np.int8)
-    for index, rows in enumerate(parts):
-        codes[labelled[rows]] = index
-    return splits_from_codes(frame, codes)
+    with ThreadPoolExecutor(len(parts)) as pool:  # Arrow's take lets go of the GIL: three at once
+        return Splits(*pool.map(lambda rows: frame.take(labelled[rows]).reset_index(drop=True), parts))
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:
