@@ -21,10 +21,10 @@ from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.split_options import SplitOptions, split_options
-from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, read_frame, split_frame
+from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
 from steps.lib.step_cards import featurize_card
 from steps.lib.story import featurize_story
-from steps.lib.tables import write_parquet
+from steps.lib.tables import read_frame, write_parquet
 
 logger = logging.getLogger("steps.featurize")
 SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset contexts for the three splits

@@ -17,6 +17,7 @@ import pandas as pd
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.names import FEATURE_SPEC
+from steps.lib.tables import read_frame
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
@@ -59,14 +60,6 @@ def read_part(path: Path, whole: bool) -> pd.DataFrame:
     import pyarrow.parquet
 
     return pyarrow.parquet.read_schema(path).empty_table().to_pandas()
-
-
-def read_frame(path: Path) -> pd.DataFrame:
-    """A Parquet file the steps wrote, as a frame equal to pandas' `read_parquet`: each column its own block
-    (pandas' default copies the float columns into one 2-D block) and Arrow's memory freed column by column as
-    it is converted. A million rows of 29 columns in a new process: 0.38-0.45 s and ~110 MB less peak RSS,
-    against 0.72-1.05 s; a take of its rows is no slower."""
-    return pd.read_parquet(path, to_pandas_kwargs={"split_blocks": True, "self_destruct": True})
 
 
 def features_and_target(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.Series]:

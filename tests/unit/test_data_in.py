@@ -19,8 +19,7 @@ import pytest
 
 from steps.lib.cache import data_digest, fetched_once
 from steps.lib.errors import PipelineError
-from steps.lib.splits import read_frame
-from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data, write_parquet
+from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data, read_frame, write_parquet
 from tests.conftest import PROJECT_DIR, run_step_cli, serving_on_loopback
 from tests.unit.test_bad_input_steps import assert_failed_cleanly
 
@@ -339,3 +338,23 @@ def test_a_table_written_for_the_steps_reads_back_as_it_was(tmp_path):
     dictionary = {name for name, column in columns.items() if column.dictionary_page_offset is not None}
     assert dictionary == {"city", "class"}  # text only: numbers and times are written plain
     assert all(column.statistics is None for column in columns.values())
+
+
+def test_a_users_parquet_file_reads_as_pandas_reads_it_a_block_per_column(tmp_path):
+    """load reads a user's Parquet file as every step reads a table: pandas' own result (a stored index, nullable
+    integers, categories, zoned times), each column its own block."""
+    frame = pd.DataFrame(
+        {
+            "Income ($)": [1.5, None, 3.25],
+            "x": [0.5, 1.5, 2.5],
+            "visits": pd.array([1, None, 3], dtype="Int64"),
+            "class": pd.Categorical(["<=50K", ">50K", None]),
+            "when": pd.to_datetime(["2024-01-01", None, "2024-03-01"]).tz_localize("Europe/Paris"),
+        },
+        index=pd.Index(["a", "b", "c"], name="customer id"),
+    )
+    frame.to_parquet(tmp_path / "users.parquet")
+    read = read_data(str(tmp_path / "users.parquet"))
+    pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "users.parquet"))
+    pd.testing.assert_frame_equal(read, frame)
+    assert len(read._mgr.blocks) == len(frame.columns)
