@@ -124,6 +124,24 @@ def arrow_floor_fresh(csv: Path, work: Path) -> float:
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
+FIRST_TOUCH = """
+import time
+import numpy as np
+block = np.empty(1 << 27)  # 1 GiB, not yet touched
+started = time.perf_counter()
+block.fill(1.0)  # every page touched for the first time
+print(time.perf_counter() - started)
+"""
+
+
+def first_touch_fresh() -> float:
+    """Seconds a new process takes to touch 1 GiB of new memory. On this virtual machine it has two modes (~0.2 s,
+    or 2-3.6 s when the host must hand the pages back), and a step reading a million rows touches about a GiB:
+    this figure, beside the others in the same round, says which mode the round ran in."""
+    command = [sys.executable, "-c", FIRST_TOUCH]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
 def step_figures(store: str) -> dict[str, dict[str, float]]:
     from mlflow.tracking import MlflowClient
 
@@ -159,11 +177,12 @@ def data_rounds(
     given = dict(param.split("=", 1) for param in params)
     featurize = {key: value for key, value in given.items() if key in FEATURIZE_PARAMS}
     seconds: dict[str, list[float]] = {
-        name: [] for name in ("arrow", "arrow_fresh", "noop_step", "noop_imports", "load", "featurize")
+        name: [] for name in ("arrow", "arrow_fresh", "first_touch", "noop_step", "noop_imports", "load", "featurize")
     }
     for _ in range(rounds):
         seconds["arrow"].append(arrow_floor(csv, work))
         seconds["arrow_fresh"].append(arrow_floor_fresh(csv, work))
+        seconds["first_touch"].append(first_touch_fresh())
         for key, entry_point in (("noop_step", "main"), ("noop_imports", "imports")):
             seconds[key].append(run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1])
         load_run, took = run_seconds(project, "load", {"data_uri": str(csv), "target": target})
@@ -200,6 +219,7 @@ def report(seconds: float, figures: dict[str, dict[str, float]], label: str, rou
     names = {
         "arrow": "pyarrow read + Parquet write, in this process",
         "arrow_fresh": "the same in a new process",
+        "first_touch": "1 GiB of new memory touched in a new process",
         "noop_step": "no-op step (imports MLflow and pandas, attaches to its run, ends it)",
         "noop_imports": "import-only no-op step",
         "load": "load",
