@@ -7,6 +7,8 @@ import importlib.util
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -86,3 +88,18 @@ def process_alive(identity: str) -> bool | None:
     if fields[0] in ("Z", "X"):  # a zombie (killed, not yet reaped by its parent) or dead: it runs no more
         return False
     return fields[19] == started
+
+
+@contextmanager
+def main_module_unseen_by_children() -> Iterator[None]:
+    """Spawned children import the parent's main module (`python -m steps.tune`: MLflow, hyperopt, click, ~2.5 s
+    of CPU each) unless it has no spec and no file; tune's children need only the module of their target, by name
+    (the trial workers steps.lib.trials, the trial logger steps.lib.trial_logger)."""
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)

@@ -7,7 +7,6 @@ import functools
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from hyperopt.early_stop import no_progress_loss
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
 from steps.lib.models import MODEL_FAMILIES, hyperparam_params, resolve_threads
-from steps.lib.process import compiled_at_each_import
+from steps.lib.process import compiled_at_each_import, main_module_unseen_by_children
 from steps.lib.search_options import SearchConfig, effective_parallelism
 from steps.lib.search_space import search_setup
 from steps.lib.splits import Splits
@@ -222,20 +221,6 @@ def start_timed_worker(data_file: Path) -> TimedWorker:
         process.start()
     theirs.close()
     return TimedWorker(process, ours)
-
-
-@contextmanager
-def main_module_unseen_by_children() -> Iterator[None]:
-    """Spawned children import the parent's main module (`python -m steps.tune`: MLflow, hyperopt, click, ~2.5 s
-    of CPU each) unless it has no spec and no file; the workers need only steps.lib.trials, by name."""
-    main = sys.modules["__main__"]
-    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
-    main.__spec__ = None
-    main.__dict__.pop("__file__", None)
-    try:
-        yield
-    finally:
-        main.__dict__.update(saved)
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")

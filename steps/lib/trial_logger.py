@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.console import route_child_logs
 from steps.lib.errors import PipelineError, TrackingUnreachableError
 from steps.lib.names import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, TRIAL_TAG
+from steps.lib.process import main_module_unseen_by_children
 from steps.lib.runner import tracking_unreachable
 
 TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
@@ -103,7 +104,8 @@ class TrialLogProcess:
             name="trial-logger",
             daemon=True,
         )
-        self._process.start()
+        with main_module_unseen_by_children():  # it needs MLflow's client, not steps.tune and its hyperopt
+            self._process.start()
         self._pending = 0
         self._run_ids: dict[int, str] = {}
         self._errors: list[tuple[str, str]] = []
