@@ -9,11 +9,13 @@ change to a lib module re-runs exactly the steps that import it.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import importlib.metadata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import yaml
@@ -51,9 +53,23 @@ PACKAGE_FILES = ("steps/__init__.py", "steps/lib/__init__.py")
 LIB_PREFIX = "steps.lib."
 
 
+T = TypeVar("T")
+
+
 def entry_point_spec(project: Path, entry_point: str) -> dict[str, Any]:
     """The entry point as MLproject declares it (params with types, command)."""
-    return yaml.safe_load((project / "MLproject").read_text())["entry_points"][entry_point]
+    return copy.deepcopy(unchanged_file(project / "MLproject", yaml.safe_load)["entry_points"][entry_point])
+
+
+def unchanged_file(path: Path, parse: Callable[[str], T]) -> T:
+    """`parse` of the file's text, once per process for the same text (main asks for the same modules' syntax
+    trees and the same MLproject for every step: ~0.4 s of each run went to parsing them again)."""
+    return _parsed(path.read_text(), parse)
+
+
+@functools.cache
+def _parsed(text: str, parse: Callable[[str], T]) -> T:
+    return parse(text)
 
 
 def normalise_value(kind: str, value: Any) -> Any:
@@ -79,7 +95,7 @@ def normalise_params(project: Path, entry_point: str, parameters: dict[str, Any]
 def imported_lib_modules(source: Path) -> list[str]:
     """The `steps.lib` modules a module imports, at the top or inside a function, as file paths."""
     names: list[str] = []
-    for node in ast.walk(ast.parse(source.read_text())):
+    for node in ast.walk(unchanged_file(source, ast.parse)):
         if isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
             names += [f"{node.module}.{alias.name}" for alias in node.names]  # from steps.lib import search
@@ -90,7 +106,7 @@ def imported_lib_modules(source: Path) -> list[str]:
 
 def runtime_files(project: Path, module: str) -> list[str]:
     """The files a module reads at run time, as its module-level `RUNTIME_FILES` names them."""
-    for node in ast.parse((project / module).read_text()).body:
+    for node in unchanged_file(project / module, ast.parse).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "RUNTIME_FILES" for t in node.targets):
             return [str(Path(module).parent / name) for name in ast.literal_eval(node.value)]
     return []
