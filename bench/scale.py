@@ -135,8 +135,8 @@ print(time.perf_counter() - started)
 
 
 def first_touch_fresh() -> float:
-    """Seconds a new process takes to touch 1 GiB of new memory. On this virtual machine it has two modes (~0.2 s,
-    or 2-3.6 s when the host must hand the pages back), and a step reading a million rows touches about a GiB:
+    """Seconds a new process takes to touch 1 GiB of new memory. On this virtual machine it has two modes (0.1-0.3 s,
+    or 1-3.6 s when the host must hand the pages back), and a step reading a million rows touches about a GiB:
     this figure, beside the others in the same round, says which mode the round ran in."""
     command = [sys.executable, "-c", FIRST_TOUCH]
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
