@@ -24,7 +24,7 @@ from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.splits import SPLIT_NAMES, Splits, check_shares, split_frame
 from steps.lib.step_cards import featurize_card
 from steps.lib.story import featurize_story
-from steps.lib.tables import read_frame, write_parquet
+from steps.lib.tables import read_frame, write_parquet_digest
 
 logger = logging.getLogger("steps.featurize")
 SPLIT_CONTEXTS = ("training", "validation", "testing")  # MLflow's dataset contexts for the three splits
@@ -45,7 +45,10 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         out.mkdir()
         # pyarrow writes without the GIL: the three files side by side, while this thread describes the datasets
         with ThreadPoolExecutor(len(SPLIT_NAMES)) as writers:
-            written = [writers.submit(write_parquet, splits[name], out / f"{name}.parquet") for name in SPLIT_NAMES]
+            written = {
+                f"{name}.parquet": writers.submit(write_parquet_digest, splits[name], out / f"{name}.parquet")
+                for name in SPLIT_NAMES
+            }
             datasets = [
                 table_dataset(
                     splits[name],
@@ -55,8 +58,7 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
                 )
                 for name in SPLIT_NAMES
             ]
-            for write in written:
-                write.result()
+            digests = {file: write.result() for file, write in written.items()}
         write_json(out / FEATURE_SPEC, spec.to_dict())
         for dataset, context in zip(datasets, SPLIT_CONTEXTS, strict=True):
             log_dataset(dataset, context=context)
@@ -72,7 +74,7 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         mlflow.set_tags(
             {"task": spec.task, "data.name": meta["name"], "data.digest": meta["digest"], "data.target": spec.target}
         )
-        files = file_manifest(out)
+        files = file_manifest(out, known=digests)
         record_manifest(run_root(SPLITS_DIR), files)
         publish_artifacts(out, SPLITS_DIR)
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json(files))

@@ -24,7 +24,7 @@ from steps.lib.signing import file_manifest, record_manifest, run_root
 from steps.lib.sources import dataset_source, log_dataset, table_dataset
 from steps.lib.step_cards import load_card
 from steps.lib.story import load_story
-from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data, write_parquet
+from steps.lib.tables import BUNDLED_DATASETS, DEFAULT_DATA_URI, dataset_name, read_data, write_parquet_digest
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.load")
@@ -138,13 +138,13 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         data_dir.mkdir()
         profile_dir.mkdir()
         # pyarrow writes without the GIL: the Parquet file is written while this thread draws and profiles
-        written = writer.submit(write_parquet, frame, data_dir / RAW_TABLE)
+        written = writer.submit(write_parquet_digest, frame, data_dir / RAW_TABLE)
         plot_histograms(frame, target, profile_dir / HISTOGRAMS)
         profile = profile_frame(frame, target)
         name = dataset_name(data_uri)
         dataset = table_dataset(frame, source=dataset_source(data_uri), name=name, targets=target)
         try:
-            written.result()
+            table_digest = written.result()
         except OSError:
             raise  # e.g. a full disk: said in one line by step_run
         except Exception as error:  # pyarrow rejects e.g. columns mixing numbers and text
@@ -166,7 +166,7 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
         mlflow.log_metrics(
             {"n_rows": len(frame), "n_columns": len(frame.columns), "n_missing_cells": profile["n_missing_cells"]}
         )
-        files = file_manifest(data_dir)
+        files = file_manifest(data_dir, known={RAW_TABLE: table_digest})
         mlflow.set_tags(
             {
                 "data.name": name,

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,19 @@ def signature_verifies(run_id: str, key: str, manifest: dict[str, Any], signatur
     return hmac.compare_digest(sign(run_id, key, manifest), signature)
 
 
-def file_manifest(folder: Path, names: list[str] | None = None) -> dict[str, str]:
-    """sha256 of each file under `folder` (or of the named ones), by relative POSIX path."""
+def file_manifest(
+    folder: Path, names: list[str] | None = None, known: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """sha256 of each file under `folder` (or of the named ones), by relative POSIX path. `known`: digests the
+    thread that wrote a file took right after writing it (see `tables.write_parquet_digest`), not taken again."""
     files = [folder / name for name in names] if names is not None else sorted(folder.rglob("*"))
-    return {path.relative_to(folder).as_posix(): sha256_file(path) for path in files if path.is_file()}
+    known = known or {}
+    manifest = {}
+    for path in files:
+        if path.is_file():
+            name = path.relative_to(folder).as_posix()
+            manifest[name] = known[name] if name in known else sha256_file(path)
+    return manifest
 
 
 def sha256_file(path: Path) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from steps.lib.errors import PipelineError, one_line
+from steps.lib.signing import sha256_file
 from steps.lib.uris import check_uri_credentials, expand_placeholders, redact_uri, split_credentials
 
 DEFAULT_DATA_URI = "sklearn:iris"
@@ -380,6 +381,13 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary)
     text = [field.name for field in table.schema if any(kind(field.type) for kind in kinds)]
     pyarrow.parquet.write_table(table, path, use_dictionary=text, write_statistics=False)
+
+
+def write_parquet_digest(frame: pd.DataFrame, path: Path) -> str:
+    """`write_parquet`, then the file's sha256 for the output manifest, on the same thread: a step writes on a
+    thread beside its other work, so the hash (~0.15 s for a million rows' 164 MB) is taken there too, not after."""
+    write_parquet(frame, path)
+    return sha256_file(path)
 
 
 def header_names(path: Path, kind: str) -> list[str]:

@@ -358,3 +358,18 @@ def test_a_users_parquet_file_reads_as_pandas_reads_it_a_block_per_column(tmp_pa
     pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "users.parquet"))
     pd.testing.assert_frame_equal(read, frame)
     assert len(read._mgr.blocks) == len(frame.columns)
+
+
+def test_a_table_written_with_its_digest_is_listed_in_the_manifest_as_hashed_after(tmp_path):
+    """The writer thread's digest of the file it wrote is the manifest's entry; the other files are hashed."""
+    from steps.lib.signing import file_manifest, sha256_file
+    from steps.lib.tables import write_parquet_digest
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    digest = write_parquet_digest(pd.DataFrame({"x": [1.5, None], "y": ["a", "b"]}), folder / "raw.parquet")
+    (folder / "meta.json").write_text("{}")
+    assert digest == sha256_file(folder / "raw.parquet")
+    assert file_manifest(folder, known={"raw.parquet": digest}) == file_manifest(folder)
+    told = file_manifest(folder, known={"raw.parquet": "0" * 64})  # taken as given: not hashed again
+    assert told == {"raw.parquet": "0" * 64, "meta.json": sha256_file(folder / "meta.json")}

@@ -100,7 +100,7 @@ def test_a_full_disk_while_storing_the_table_is_not_blamed_on_the_data(tracking_
     def full(frame, target):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
-    monkeypatch.setattr("steps.load.write_parquet", full)
+    monkeypatch.setattr("steps.load.write_parquet_digest", full)
     with mlflow.start_run() as run, pytest.raises(OSError) as raised:  # step_run says it in one line
         run_load(str(path), "y")
     assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, PipelineError)
