@@ -17,7 +17,6 @@ import pandas as pd
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.names import FEATURE_SPEC
-from steps.lib.tables import read_frame
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_KINDS = ("random", "time", "group")
@@ -56,6 +55,8 @@ def read_splits(splits_uri: str, parts: tuple[str, ...] = SPLIT_NAMES) -> tuple[
 def read_part(path: Path, whole: bool) -> pd.DataFrame:
     """A split's Parquet file: all its rows, or (whole False) none, from its schema alone."""
     if whole:
+        from steps.lib.tables import read_frame  # here: tables imports MLflow, which trial workers never load
+
         return read_frame(path)
     import pyarrow.parquet
 

@@ -539,3 +539,14 @@ def test_tune_starts_its_workers_before_reading_its_data_when_parallelism_is_ask
     monkeypatch.setattr(tune_module, "tune_with", lambda *args: seen.append(args[-1]) or {})
     tune_module.run_tune("runs:/x/splits", TuneOptions(**options))
     assert [started.count if started else 0 for started in seen] == [early]
+
+
+def test_a_trial_worker_imports_no_mlflow():
+    """The workers import steps.lib.trials by name (the main module hidden): it must not pull in MLflow (~2 s of
+    imports in each worker, on the cores the trials need), e.g. through a module of the data steps."""
+    import subprocess
+    import sys
+
+    code = "import sys, steps.lib.trials; sys.exit(sorted({'mlflow', 'hyperopt'} & set(sys.modules)) or None)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
