@@ -160,18 +160,68 @@ def check_model_folder(model_uri: str, folder: Path, meta: dict[str, Any]) -> Pa
 
 
 def check_shipped_code(model_uri: str, code: Path) -> None:
-    """The model's code folder holds only SHIPPED_CODE, each file byte-identical to this checkout's."""
+    """The model's code folder holds only SHIPPED_CODE, each file byte-identical to this checkout's, and Python's
+    own bytecode cache of those modules (see `bytecode_problem`)."""
     if not code.exists():
         return
     allowed = {Path(relative): sha256_file(PROJECT_ROOT / relative) for relative in SHIPPED_CODE}
     folders = {parent for relative in allowed for parent in relative.parents if parent != Path(".")}
+    caches = {folder / "__pycache__" for folder in folders}
     for path in sorted(code.rglob("*")):
         relative = path.relative_to(code)
-        expected = (relative in folders and path.is_dir()) or (relative in allowed and path.is_file())
+        if not path.is_symlink() and path.is_file() and relative.parent in caches:
+            problem = bytecode_problem(path, relative, allowed)
+            if problem is not None:
+                raise refused(model_uri, problem)
+            continue
+        folder = relative in folders or relative in caches
+        expected = (folder and path.is_dir()) or (relative in allowed and path.is_file())
         if path.is_symlink() or not expected:
             raise refused(model_uri, f"it carries code this project does not ship: {CODE_DIR}/{relative}")
         if relative in allowed and sha256_file(path) != allowed[relative]:
             raise refused(model_uri, f"its copy of {relative} differs from this checkout's")
+
+
+MAX_BYTECODE_BYTES = 4 * 1024 * 1024  # a shipped module's bytecode is ~10 KB
+
+
+def bytecode_problem(path: Path, relative: Path, allowed: dict[Path, str]) -> str | None:
+    """Why a file of a `__pycache__` folder in the model's code is not this Python's bytecode of a shipped module,
+    compiled from this checkout's copy (None: it is).
+
+    Python writes that cache beside the model's copy of a module whenever the model's code is imported in place:
+    `mlflow models serve` or `mlflow.pyfunc.load_model` of a model in a local store does. It is what such a load
+    runs next time, so it is checked as the modules are: read with `marshal` (which builds values and code
+    objects, and calls nothing), and compared with the checkout's module as this Python compiles it (code
+    objects compare their bytecode, constants and names, not the file name they were compiled under). It is
+    never run here: these steps import this checkout's modules, not the model's.
+    """
+    import importlib.util
+    import marshal
+    import sys
+
+    shown = f"{CODE_DIR}/{relative}"
+    # <module>.<tag>.pyc, or <module>.<tag>.opt-1.pyc for bytecode compiled under -O (opt-2: -OO)
+    parts = path.name.split(".")
+    level = parts[2:-1]
+    source = relative.parent.parent / f"{parts[0]}.py"
+    if len(parts) < 3 or parts[-1] != "pyc" or level not in ([], ["opt-1"], ["opt-2"]) or source not in allowed:
+        return f"it carries code this project does not ship: {shown}"
+    this_python = sys.implementation.cache_tag
+    if parts[1] != this_python:
+        return f"its bytecode {shown} was not written by this Python ({this_python}), so it cannot be checked"
+    data = path.read_bytes() if path.stat().st_size <= MAX_BYTECODE_BYTES else b""
+    try:
+        if data[:4] != importlib.util.MAGIC_NUMBER:
+            raise ValueError("not this Python's bytecode")
+        loaded = marshal.loads(data[16:])  # after the header: magic, flags, source time and size (or hash)
+    except Exception:  # marshal raises ValueError, EOFError, TypeError, ... on bytes it cannot read
+        return f"its bytecode {shown} is not Python bytecode this Python reads"
+    optimize = int(level[0].removeprefix("opt-")) if level else 0
+    compiled = compile((PROJECT_ROOT / source).read_bytes(), str(source), "exec", dont_inherit=True, optimize=optimize)
+    if loaded != compiled:
+        return f"its bytecode {shown} is not this checkout's {source} compiled"
+    return None
 
 
 def load_skops(model_uri: str, model_file: Path) -> Any:

@@ -245,7 +245,7 @@ def in_process(registry, cli_on, step: str, batch: str, *args: str) -> tuple[int
     return cli_on(registry["store"], step, "--data-uri", str(registry["paths"][batch]), *args)
 
 
-def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registry):
+def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registry, tmp_path):
     result = run_step(registry, "-e", "predict", "-P", f"data_uri={registry['paths']['held_out']}")
     assert result.returncode == 0, result.stderr[-3000:]
     run = newest(registry, "predict")
@@ -255,7 +255,7 @@ def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registr
     shares = {k: v for k, v in run.data.metrics.items() if k.startswith("pred_share_")}
     assert set(shares) <= {"pred_share_setosa", "pred_share_versicolor", "pred_share_virginica"}
     assert abs(sum(shares.values()) - 1) < 1e-9
-    folder = mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/predictions")
+    folder = mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/predictions", dst_path=str(tmp_path))
     table = pd.read_parquet(f"{folder}/predictions.parquet")
     assert list(table.columns[: len(held_out.columns)]) == list(held_out.columns)  # the inputs first
     assert {"prediction", "proba_setosa", "proba_versicolor", "proba_virginica"} <= set(table.columns)
@@ -281,7 +281,7 @@ def test_predict_bad_input_is_one_line_and_a_failed_run(registry, batch, model_u
     assert run.info.status == "FAILED" and not registry["client"].list_artifacts(run.info.run_id, "predictions")
 
 
-def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, cli_on):
+def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, cli_on, tmp_path):
     # The calm and the shifted batch through monitor's command line in-process; failing on drift through `mlflow run`.
     code, stderr = in_process(registry, cli_on, "monitor", "held_out")
     assert code == 0, stderr[-3000:]
@@ -301,7 +301,11 @@ def test_shifted_batch_is_flagged_and_a_held_out_one_is_not(registry, cli_on):
     drifted = set(shifted.data.tags["drifted_columns"].split(","))
     assert {"petal_length_cm", "sepal_width_cm"} <= drifted and "sepal_length_cm" not in drifted
     assert "prediction" in drifted  # longer petals push predictions towards virginica
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(f"{shifted.info.artifact_uri}/drift/drift_table.csv"))
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            f"{shifted.info.artifact_uri}/drift/drift_table.csv", dst_path=str(tmp_path)
+        )
+    )
     assert set(table.loc[table.drifted, "column"]) == drifted
 
     # fail_on_drift: the same finding, but a non-zero exit and a FAILED run that still holds the report

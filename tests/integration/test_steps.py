@@ -153,7 +153,8 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, a feature called `prediction`, a text ID, a
     city of many levels, a sign-up time as ISO text: every step takes them, metric keys are cleaned, the real
     names stay in the artifacts, no output overwrites an input, and the model served from another folder takes
-    the raw rows (the date transformer ships inside it)."""
+    the raw rows (the date transformer ships inside it); served in place, it is still the champion predict
+    scores."""
     rng = np.random.default_rng(3)
     n = 400
     income = rng.normal(50, 15, n).round(1)
@@ -195,7 +196,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert predict.data.tags["prediction_column"] == "prediction_2"
     assert {"pred_share___50K", "pred_share__50K"} >= set(k for k in predict.data.metrics if k.startswith("pred_"))
     scored = f"{predict.info.artifact_uri}/predictions/predictions.parquet"
-    table = pd.read_parquet(mlflow.artifacts.download_artifacts(scored))
+    table = pd.read_parquet(mlflow.artifacts.download_artifacts(scored, dst_path=str(tmp_path)))
     assert (table["prediction"] == frame["prediction"]).all()  # the input column, untouched
     assert set(table["prediction_2"]) <= {"<=50K", ">50K"} and {"proba_<=50K", "proba_>50K"} <= set(table.columns)
 
@@ -205,7 +206,11 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     monitor = newest(client, "monitor")
     keys = {"drift.Income ___.psi", "drift.seniority _years_.psi", "drift.prediction.psi", "drift.prediction_2.psi"}
     assert keys <= set(monitor.data.metrics)
-    drift = pd.read_csv(mlflow.artifacts.download_artifacts(f"{monitor.info.artifact_uri}/drift/drift_table.csv"))
+    drift = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            f"{monitor.info.artifact_uri}/drift/drift_table.csv", dst_path=str(tmp_path)
+        )
+    )
     features = {"Income ($)", "seniority (years)", "plan type", "city"}
     assert features | {"prediction", "prediction_2"} == set(drift["column"])
 
@@ -220,6 +225,10 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert status == 200, body
     assert [p in {"<=50K", ">50K"} for p in body["predictions"]] == [True] * 5
     assert body["predictions"][2:] == expected[2:]
+    # Served in place from this local store, the model's code got Python's bytecode beside it: still the champion
+    assert list(tmp_path.glob("mlruns/*/models/*/artifacts/code/steps/lib/__pycache__/transforms.*.pyc"))
+    in_process("predict", "--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "people")
+    assert newest(client, "predict").data.metrics["n_rows"] == len(batch)
 
 
 def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
@@ -249,7 +258,7 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     featurize = newest(client, "featurize")
     told = "by time on 'ordered at': oldest rows train, newest test; 3 rows without a time dropped"
     assert featurize.data.tags["split"] == told
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits", dst_path=str(tmp_path)))
     parts = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("train", "validation", "test")}
     when = {name: pd.to_datetime(part["ordered at"]) for name, part in parts.items()}
     assert when["train"].max() < when["validation"].min() and when["validation"].max() < when["test"].min()
@@ -269,7 +278,7 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     assert len(client.search_runs([featurize.info.experiment_id], "tags.`pipeline.step` = 'load'")) == 1  # reused
     featurize = newest(client, "featurize")
     assert featurize.data.tags["split"] == "by group on 'customer': no group in two splits"
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits"))
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits", dst_path=str(tmp_path)))
     customers = [
         set(pd.read_parquet(folder / f"{part}.parquet")["customer"]) for part in ("train", "validation", "test")
     ]

@@ -104,7 +104,9 @@ def test_two_people_at_once_over_http_lose_nothing_and_leak_no_password(
         model = mlflow.pyfunc.load_model("models:/team-model@champion")
         featurize = versions[champion.version][1][1]
         test_rows = pd.read_parquet(
-            mlflow.artifacts.download_artifacts(f"runs:/{featurize.info.run_id}/splits/test.parquet")
+            mlflow.artifacts.download_artifacts(
+                f"runs:/{featurize.info.run_id}/splits/test.parquet", dst_path=str(tmp_path)
+            )
         )
         assert (model.predict(test_rows.drop(columns="diagnosis")) == test_rows["diagnosis"]).mean() >= 0.85
     finally:

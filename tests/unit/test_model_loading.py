@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import pickle
+import py_compile
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +18,7 @@ import yaml
 
 from steps.lib.errors import PipelineError
 from steps.lib.model_loading import load_model
+from steps.lib.models import SHIPPED_CODE
 from tests.conftest import logged_model_of, users_rows
 
 
@@ -27,6 +33,17 @@ class Planted:
 
     def __reduce__(self):  # pickle rebuilds an object by calling what __reduce__ names
         return (Path.write_text, (Path(self.marker), "ran"))
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def ship_the_project_code(folder: Path, sklearn: dict, pyfunc: dict) -> None:
+    """The model's code folder as train writes it for a model that uses the project's transformers."""
+    for relative in SHIPPED_CODE:
+        (folder / "code" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT / relative, folder / "code" / relative)
+    sklearn["code"] = pyfunc["code"] = "code"
 
 
 def plant(folder: Path, kind: str, marker: Path) -> None:
@@ -47,13 +64,20 @@ def plant(folder: Path, kind: str, marker: Path) -> None:
         (folder / "code" / "steps" / "lib" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
         sklearn["code"] = pyfunc["code"] = "code"
     elif kind == "changed copy of the project's code":
-        project = Path(__file__).resolve().parents[2]
-        for relative in ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py"):
-            (folder / "code" / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(project / relative, folder / "code" / relative)
+        ship_the_project_code(folder, sklearn, pyfunc)
         with (folder / "code" / "steps" / "lib" / "transforms.py").open("a") as file:
             file.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
-        sklearn["code"] = pyfunc["code"] = "code"
+    elif kind.startswith("bytecode"):  # what Python would run next time the model's code is imported in place
+        ship_the_project_code(folder, sklearn, pyfunc)
+        cache = folder / "code" / "steps" / "lib" / "__pycache__"
+        cache.mkdir()
+        changed = marker.parent / "transforms.py"
+        changed.write_text(f"{(PROJECT / 'steps/lib/transforms.py').read_text()}\nopen({str(marker)!r}, 'w')\n")
+        name = {"bytecode of a module not shipped": "evil"}.get(kind, "transforms")
+        tag = "cpython-0" if kind == "bytecode of another Python" else sys.implementation.cache_tag
+        py_compile.compile(str(changed), cfile=str(cache / f"{name}.{tag}.pyc"), doraise=True)
+        if kind == "bytecode that is not bytecode":
+            (cache / f"{name}.{tag}.pyc").write_bytes(importlib.util.MAGIC_NUMBER + bytes(12) + b"\xff not marshal")
     elif kind == "not a skops file":
         (folder / sklearn["pickled_model"]).write_bytes(b"\x80\x04 a pickle, or anything else")
     elif kind == "a zip that is not skops":
@@ -64,11 +88,19 @@ def plant(folder: Path, kind: str, marker: Path) -> None:
     (folder / "MLmodel").write_text(yaml.safe_dump(meta))
 
 
+PYCACHE, TAG = "code/steps/lib/__pycache__", sys.implementation.cache_tag
 REFUSALS = {
     "pickle": "its serialization format is 'pickle', not skops",
     "skops trusting its own types": f"it holds types this project does not trust: {__name__}.Planted",
     "extra code": "it carries code this project does not ship: code/steps/lib/evil.py",
     "changed copy of the project's code": "its copy of steps/lib/transforms.py differs from this checkout's",
+    "bytecode of changed code": f"its bytecode {PYCACHE}/transforms.{TAG}.pyc is not this checkout's "
+    "steps/lib/transforms.py compiled",
+    "bytecode of a module not shipped": f"it carries code this project does not ship: {PYCACHE}/evil.{TAG}.pyc",
+    "bytecode of another Python": f"its bytecode {PYCACHE}/transforms.cpython-0.pyc was not written by this Python "
+    f"({TAG}), so it cannot be checked",
+    "bytecode that is not bytecode": f"its bytecode {PYCACHE}/transforms.{TAG}.pyc is not Python bytecode this "
+    "Python reads",
     "not a skops file": "its model file is not a skops file",
     "a zip that is not skops": "its model file is not a skops file",
     "another loader": "its python_function flavor loads through 'mlflow.pyfunc.model', not mlflow.sklearn",
@@ -89,6 +121,27 @@ def test_a_model_train_logs_loads_with_its_signature(genuine):
     rows = users_rows(20, 2).drop(columns="income class")
     assert list(loaded.pyfunc.predict(rows)) == list(loaded.sklearn.predict(rows))
     assert [c.name for c in loaded.pyfunc.metadata.get_input_schema().inputs] == list(rows.columns)
+
+
+def test_a_model_whose_code_python_cached_in_place_still_loads(genuine, tmp_path):
+    """`mlflow models serve` or `mlflow.pyfunc.load_model` of a model in a local store imports its code in place,
+    and Python writes its bytecode beside it (unless PYTHONDONTWRITEBYTECODE is set, as on the test machine):
+    the champion must still load in the steps afterwards."""
+    if not (genuine / "code").exists():
+        meta = yaml.safe_load((genuine / "MLmodel").read_text())
+        ship_the_project_code(genuine, meta["flavors"]["sklearn"], meta["flavors"]["python_function"])
+        (genuine / "MLmodel").write_text(yaml.safe_dump(meta))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    code = str(genuine / "code")
+    for flags in ([], ["-O"], ["-OO"]):  # a process as users start them, with and without -O
+        importing = f"import sys; sys.path.insert(0, {code!r}); import steps.lib.transforms as t; print(t.__file__)"
+        ran = subprocess.run([sys.executable, *flags, "-c", importing], cwd=tmp_path, env=env, capture_output=True)
+        assert ran.stdout.decode().strip() == str(genuine / "code" / "steps" / "lib" / "transforms.py"), ran.stderr
+    cached = sorted(p.name for p in (genuine / "code" / "steps" / "lib" / "__pycache__").iterdir())
+    assert len([name for name in cached if name.startswith("transforms.")]) == 3, cached
+    rows = users_rows(20, 2).drop(columns="income class")
+    loaded = load_model(str(genuine))
+    assert list(loaded.pyfunc.predict(rows)) == list(loaded.sklearn.predict(rows))
 
 
 @pytest.mark.parametrize("kind", list(REFUSALS))

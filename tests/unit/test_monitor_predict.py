@@ -124,7 +124,7 @@ def test_scoring_in_batches_equals_scoring_the_whole_table(tracking_uri, tmp_pat
     for rows in (700, 100_000):
         with mlflow.start_run() as run:
             metrics = run_predict(str(path), model_uri=model_uri, batch_rows=rows)
-        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions")
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions", dst_path=str(tmp_path))
         outputs.append(
             (metrics, pd.read_parquet(f"{folder}/predictions.parquet"), pd.read_csv(f"{folder}/predictions.csv"))
         )
