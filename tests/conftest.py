@@ -26,17 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if "PIPELINE_CACHE_SECRET" not in os.environ:
         os.environ["PIPELINE_CACHE_SECRET"] = str(Path(tempfile.mkdtemp(prefix="pipeline-tests-")) / "cache-secret")
         config.add_cleanup(lambda: shutil.rmtree(Path(os.environ["PIPELINE_CACHE_SECRET"]).parent, ignore_errors=True))
-    if not hasattr(config, "workerinput"):  # once, in the controller: the workers' step processes read it
-        compile_steps(PROJECT_DIR)
-
-
-def compile_steps(project: Path) -> None:
-    """The project's bytecode, as a clone has it after its first run. With PYTHONDONTWRITEBYTECODE set (as on this
-    machine) Python never writes it, so each of the suite's hundreds of step processes compiled the modules it
-    imports (~0.3 s each); compileall writes it whatever that variable says."""
-    import compileall
-
-    compileall.compile_dir(str(project / "steps"), quiet=1)
+    # As on a user's machine, Python writes the bytecode of what it imports (this machine sets
+    # PYTHONDONTWRITEBYTECODE): every process the suite starts inherits that, and a bug that only bytecode shows
+    # (a served model's code cached in the store, see test_model_loading.py) cannot hide; and the hundreds of step
+    # processes read the project's bytecode instead of compiling it each (~0.3 s a process).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 # The longest test files first, so that the two workers end together; the rest (unit tests last) fill the gaps.

@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps.lib.names import PIPELINE_STEPS
-from tests.conftest import PROJECT_DIR, assert_only_its_log, compile_steps, fresh_store, runs_by_step
+from tests.conftest import PROJECT_DIR, assert_only_its_log, fresh_store, runs_by_step
 
 COPY_IGNORE = shutil.ignore_patterns(
     "mlflow.db", "mlruns", "mlartifacts", ".pytest_cache", "__pycache__", ".ruff_cache", ".venv", "*.pyc"
@@ -30,7 +30,6 @@ COPY_IGNORE = shutil.ignore_patterns(
 def copy_project(destination: Path) -> Path:
     """A copy of the project (git history included), so runs never touch the developer's tree."""
     shutil.copytree(PROJECT_DIR, destination, ignore=COPY_IGNORE)
-    compile_steps(destination)
     return destination
 
 
@@ -94,13 +93,10 @@ def model_server(model_uri: str, tracking_uri: str, cwd: Path) -> Iterator[str]:
     """`mlflow models serve` of a model on 127.0.0.1, started in `cwd`, answering /ping; yields its base URL."""
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
-    # As a user's server runs: Python writes the bytecode of what it imports (this machine sets
-    # PYTHONDONTWRITEBYTECODE), so a model served in place from a local store gets its code's bytecode beside it.
-    env = {k: v for k, v in mlflow_env(tracking_uri).items() if k != "PYTHONDONTWRITEBYTECODE"}
     server = subprocess.Popen(
         [*command, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         cwd=cwd,
-        env=env,
+        env=mlflow_env(tracking_uri),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

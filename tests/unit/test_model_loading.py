@@ -125,8 +125,8 @@ def test_a_model_train_logs_loads_with_its_signature(genuine):
 
 def test_a_model_whose_code_python_cached_in_place_still_loads(genuine, tmp_path):
     """`mlflow models serve` or `mlflow.pyfunc.load_model` of a model in a local store imports its code in place,
-    and Python writes its bytecode beside it (unless PYTHONDONTWRITEBYTECODE is set, as on the test machine):
-    the champion must still load in the steps afterwards."""
+    and Python writes its bytecode beside it (unless PYTHONDONTWRITEBYTECODE is set): the champion must still
+    load in the steps afterwards."""
     if not (genuine / "code").exists():
         meta = yaml.safe_load((genuine / "MLmodel").read_text())
         ship_the_project_code(genuine, meta["flavors"]["sklearn"], meta["flavors"]["python_function"])
