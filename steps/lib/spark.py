@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,5 +72,11 @@ def ship_steps_package(session: Any) -> None:
     # Spark fetches the file when a task first needs it: it must outlive this call, so it goes when we exit.
     folder = tempfile.mkdtemp(prefix="tune-spark-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    archive = shutil.make_archive(f"{folder}/steps", "zip", root_dir=STEPS_DIR.parent, base_dir=STEPS_DIR.name)
+    archive = f"{folder}/steps.zip"
+    # The sources only: bytecode is this Python's, written as modules are imported (so it changes between two
+    # calls, and Spark refuses a second file of the same name with other contents in one session); executors
+    # compile what they import.
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for source in sorted(STEPS_DIR.rglob("*.py")):
+            zipped.write(source, source.relative_to(STEPS_DIR.parent))
     session.sparkContext.addPyFile(archive)

@@ -95,8 +95,9 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
         code, stderr = cli_on(store, "predict", *flags, "--spark-master", "local[2]")
         assert code == 0, stderr[-4000:]
         [run] = runs_by_step(MlflowClient(store), "predict")[:1]
+        (tmp_path / backend).mkdir()
         folder = mlflow.artifacts.download_artifacts(
-            f"{run.info.artifact_uri}/predictions/predictions.parquet", dst_path=str(tmp_path)
+            f"{run.info.artifact_uri}/predictions/predictions.parquet", dst_path=str(tmp_path / backend)
         )
         outputs[backend] = (run, pd.read_parquet(folder))
     (local_run, local), (spark_run, spark) = outputs["local"], outputs["spark"]

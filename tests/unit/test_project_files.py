@@ -166,3 +166,33 @@ def test_main_runs_nested_steps_from_the_project_it_was_started_in():
     for directory in (PROJECT_DIR, PROJECT_DIR / "conda"):
         out = subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == str(directory)
+
+
+def test_spark_executors_get_the_project_sources_the_same_bytes_each_time(tmp_path):
+    """The `steps` package shipped to Spark executors: every module's source and no bytecode (which this Python
+    writes as it imports, so it changes between two calls: Spark refuses a second file of one name with other
+    contents in a session). Two calls ship the same bytes."""
+    import types
+    import zipfile
+    from pathlib import Path
+
+    from steps.lib.spark import ship_steps_package
+
+    shipped: list[bytes] = []  # what ship_steps_package asks of a Spark session: its context's addPyFile
+    session = types.SimpleNamespace(
+        sparkContext=types.SimpleNamespace(addPyFile=lambda path: shipped.append(Path(path).read_bytes()))
+    )
+    cache = PROJECT_DIR / "steps" / "lib" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    ship_steps_package(session)
+    (cache / "written-between-calls.cpython-311.pyc").write_bytes(b"bytecode")
+    try:
+        ship_steps_package(session)
+    finally:
+        (cache / "written-between-calls.cpython-311.pyc").unlink()
+    first, second = shipped
+    assert first == second
+    (tmp_path / "steps.zip").write_bytes(first)
+    names = zipfile.ZipFile(tmp_path / "steps.zip").namelist()
+    sources = sorted(str(p.relative_to(PROJECT_DIR)) for p in (PROJECT_DIR / "steps").rglob("*.py"))
+    assert sorted(names) == sources and "steps/lib/trials.py" in names
