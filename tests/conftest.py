@@ -28,8 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(Path(os.environ["PIPELINE_CACHE_SECRET"]).parent, ignore_errors=True))
     # As on a user's machine, Python writes the bytecode of what it imports (this machine sets
     # PYTHONDONTWRITEBYTECODE): every process the suite starts inherits that, and a bug that only bytecode shows
-    # (a served model's code cached in the store, see test_model_loading.py) cannot hide; and the hundreds of step
-    # processes read the project's bytecode instead of compiling it each (~0.3 s a process).
+    # (a served model's code cached in the store, see test_model_loading.py) cannot hide; and the ~90 step
+    # processes and ~30 trial workers and loggers it starts read the project's bytecode instead of compiling it
+    # each (~0.3 s a process).
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
