@@ -17,6 +17,26 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+HUGE_PAGES_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"  # numpy's own switch, read as numpy is imported
+
+
+def small_pages_for_arrays() -> None:
+    """numpy asks the kernel to back each array of 4 MiB or more with 2 MiB pages (madvise, on Linux), and where
+    the kernel has none free it compacts memory to make them as the pages are first touched (transparent huge
+    pages with `defrag` = madvise, a common default). Every step is a new process that fills up to ~1.5 GiB at a
+    million rows: 1 GiB took 3.3-3.8 s to fill in 2 MiB pages after a quiet minute here, 0.6-0.8 s in 4 KiB pages
+    (docs/performance.md). So a step, and every process it starts (main's steps, tune's trial workers), uses
+    4 KiB pages, unless NUMPY_MADVISE_HUGEPAGE is set: then that says."""
+    if HUGE_PAGES_VARIABLE in os.environ:
+        return
+    os.environ[HUGE_PAGES_VARIABLE] = "0"  # the processes this one starts read it as they import numpy
+    import numpy
+
+    switch = getattr(getattr(numpy, "_core", None), "multiarray", None)  # numpy imported it already: its setter
+    if hasattr(switch, "_set_madvise_hugepage"):
+        switch._set_madvise_hugepage(False)
+
+
 def compiled_at_each_import(module_file: str) -> bool:
     """Whether every process compiles this module from source as it imports it: no bytecode cached beside it,
     and the interpreter may not write one (PYTHONDONTWRITEBYTECODE, set in many container images). pip compiles

@@ -14,6 +14,7 @@ from steps.lib.runner import parse_bool
 from steps.lib.splits import Splits
 from steps.lib.tables import BUNDLED_DATASETS, dataset_name, load_bundled_frame, read_data, snake_case
 from steps.lib.uris import redact_uri
+from tests.conftest import PROJECT_DIR
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED_DATASETS))
@@ -280,3 +281,28 @@ def test_read_data_over_http_and_from_an_mlflow_artifact_uri(tmp_path, tracking_
     pd.testing.assert_frame_equal(read_data(f"runs:/{run.info.run_id}/inputs/t.csv"), frame)
     with pytest.raises(PipelineError, match="cannot fetch"):
         read_data(f"runs:/{run.info.run_id}/inputs/nope.csv")
+
+
+@pytest.mark.parametrize("told", [None, "1"])
+def test_a_step_fills_arrays_in_small_pages_unless_told_and_so_do_the_processes_it_starts(told):
+    """numpy's 2 MiB pages cost a new process seconds per GiB where the kernel compacts memory to make them
+    (docs/performance.md): a step's command line turns them off for itself and for the processes it starts, as
+    numpy's NUMPY_MADVISE_HUGEPAGE=0 would; a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    step = (
+        "import os, subprocess, sys, numpy; from steps.lib.runner import run_cli; import click;"
+        "run_cli(click.Command('noop', callback=lambda: None), 'noop');"
+        "child = 'import numpy; print(numpy._core.multiarray._get_madvise_hugepage())';"
+        "print(numpy._core.multiarray._get_madvise_hugepage(), os.environ['NUMPY_MADVISE_HUGEPAGE'],"
+        " subprocess.run([sys.executable, '-c', child], capture_output=True, text=True).stdout.strip())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"} | (
+        {} if told is None else {"NUMPY_MADVISE_HUGEPAGE": told}
+    )
+    ran = subprocess.run([sys.executable, "-c", step], env=env, capture_output=True, text=True, cwd=PROJECT_DIR)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    expected = "False 0 False" if told is None else "True 1 True"
+    assert ran.stdout.split("\n")[-2] == expected, ran.stdout
