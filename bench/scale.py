@@ -134,12 +134,16 @@ print(time.perf_counter() - started)
 """
 
 
-def first_touch_fresh() -> float:
-    """Seconds a new process takes to touch 1 GiB of new memory. On this virtual machine it has two modes (0.1-0.3 s,
-    or 1-3.6 s when the host must hand the pages back), and a step reading a million rows touches about a GiB:
-    this figure, beside the others in the same round, says which mode the round ran in."""
+def first_touch_fresh(page: str) -> float:
+    """Seconds a new process takes to touch 1 GiB of new numpy memory, in numpy's default 2 MiB pages (`page` "2M")
+    or in 4 KiB pages as the steps fill their arrays ("4K": NUMPY_MADVISE_HUGEPAGE=0). Here 2 MiB pages cost
+    0.2 s right after another process freed its memory and 3-4 s after a quiet minute (the kernel compacts memory
+    to make them), 4 KiB pages 0.6-0.8 s either way: these figures, beside the others in the same round, say
+    which mode the round ran in."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    env |= {"NUMPY_MADVISE_HUGEPAGE": "0"} if page == "4K" else {}
     command = [sys.executable, "-c", FIRST_TOUCH]
-    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    return float(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
 
 
 def step_figures(store: str) -> dict[str, dict[str, float]]:
@@ -177,12 +181,14 @@ def data_rounds(
     given = dict(param.split("=", 1) for param in params)
     featurize = {key: value for key, value in given.items() if key in FEATURIZE_PARAMS}
     seconds: dict[str, list[float]] = {
-        name: [] for name in ("arrow", "arrow_fresh", "first_touch", "noop_step", "noop_imports", "load", "featurize")
+        name: []
+        for name in ("arrow", "arrow_fresh", "touch_2M", "touch_4K", "noop_step", "noop_imports", "load", "featurize")
     }
     for _ in range(rounds):
         seconds["arrow"].append(arrow_floor(csv, work))
         seconds["arrow_fresh"].append(arrow_floor_fresh(csv, work))
-        seconds["first_touch"].append(first_touch_fresh())
+        for page in ("2M", "4K"):
+            seconds[f"touch_{page}"].append(first_touch_fresh(page))
         for key, entry_point in (("noop_step", "main"), ("noop_imports", "imports")):
             seconds[key].append(run_seconds(PROJECT_DIR / "bench" / "noop", entry_point)[1])
         load_run, took = run_seconds(project, "load", {"data_uri": str(csv), "target": target})
@@ -219,7 +225,8 @@ def report(seconds: float, figures: dict[str, dict[str, float]], label: str, rou
     names = {
         "arrow": "pyarrow read + Parquet write, in this process",
         "arrow_fresh": "the same in a new process",
-        "first_touch": "1 GiB of new memory touched in a new process",
+        "touch_2M": "1 GiB of new memory touched in a new process, 2 MiB pages",
+        "touch_4K": "the same in 4 KiB pages, as the steps fill their arrays",
         "noop_step": "no-op step (imports MLflow and pandas, attaches to its run, ends it)",
         "noop_imports": "import-only no-op step",
         "load": "load",
