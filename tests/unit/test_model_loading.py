@@ -19,7 +19,7 @@ import yaml
 from steps.lib.errors import PipelineError
 from steps.lib.model_loading import load_model
 from steps.lib.models import SHIPPED_CODE
-from tests.conftest import logged_model_of, users_rows
+from tests.conftest import PROJECT_DIR, logged_model_of, users_rows
 
 
 class Planted:
@@ -35,14 +35,11 @@ class Planted:
         return (Path.write_text, (Path(self.marker), "ran"))
 
 
-PROJECT = Path(__file__).resolve().parents[2]
-
-
 def ship_the_project_code(folder: Path, sklearn: dict, pyfunc: dict) -> None:
     """The model's code folder as train writes it for a model that uses the project's transformers."""
     for relative in SHIPPED_CODE:
         (folder / "code" / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT / relative, folder / "code" / relative)
+        shutil.copyfile(PROJECT_DIR / relative, folder / "code" / relative)
     sklearn["code"] = pyfunc["code"] = "code"
 
 
@@ -72,7 +69,7 @@ def plant(folder: Path, kind: str, marker: Path) -> None:
         cache = folder / "code" / "steps" / "lib" / "__pycache__"
         cache.mkdir()
         changed = marker.parent / "transforms.py"
-        changed.write_text(f"{(PROJECT / 'steps/lib/transforms.py').read_text()}\nopen({str(marker)!r}, 'w')\n")
+        changed.write_text(f"{(PROJECT_DIR / 'steps/lib/transforms.py').read_text()}\nopen({str(marker)!r}, 'w')\n")
         name = {"bytecode of a module not shipped": "evil"}.get(kind, "transforms")
         tag = "cpython-0" if kind == "bytecode of another Python" else sys.implementation.cache_tag
         py_compile.compile(str(changed), cfile=str(cache / f"{name}.{tag}.pyc"), doraise=True)
