@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,8 +150,15 @@ def test_a_server_down_past_the_retries_fails_the_step_in_one_line(project, serv
     assert errors and errors[0] == f"error: tune: {expected}", output[-3000:]
     assert f"error: main: {expected}" in errors
     # Nothing can be logged to the store: the step's log stays on disk, its path printed after the error.
-    [kept] = [line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("tune's log: ")]
-    assert expected in Path(kept).read_text()
+    kept = [
+        Path(line.split(": ", 1)[1])
+        for line in output.splitlines()
+        if line.startswith(("tune's log: ", "main's log: "))
+    ]
+    assert [log.name for log in kept] == ["tune.log", "main.log"], output[-3000:]
+    assert all(expected in log.read_text() for log in kept)
+    for log in kept:  # the next main would log and remove them (test above); none runs here
+        shutil.rmtree(log.parent)
     # Not FINISHED (nor FAILED: the server was gone); the next main marks both KILLED (test above).
     assert client.get_run(tune.info.run_id).info.status == "RUNNING"
     assert client.get_run(tune.data.tags["mlflow.parentRunId"]).info.status == "RUNNING"
