@@ -33,6 +33,7 @@ from hyperopt import STATUS_OK, Trials, anneal, fmin, rand, tpe
 from steps.lib.features import FeatureSpec, build_feature_spec
 from steps.lib.metrics import metric_loss
 from steps.lib.models import MODEL_FAMILIES, fit_model, score_model
+from steps.lib.names import PARENT_TAG
 from steps.lib.search import run_search
 from steps.lib.search_options import SearchConfig, TuneOptions, parse_models
 from steps.lib.search_space import build_search_space, task_families
@@ -90,6 +91,17 @@ def ours(splits_uri: str, families: list[str], evals: int, seed: int, parallelis
         )
         run_tune(splits_uri, options=options, seed=seed)
     return time.perf_counter() - started
+
+
+def slots_busy(seconds: float, parallelism: int) -> str:
+    """How much of the last tune run's slots (parallelism x its wall time) its trials' fits filled: what is
+    left is start-up, the tail and logging, apart from this machine's drift between two runs."""
+    run = mlflow.last_active_run()
+    trials = mlflow.search_runs(
+        [run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run.info.run_id}'", max_results=10_000
+    )
+    fits = float(trials["metrics.fit_seconds"].sum())
+    return f"fits {fits:.1f} s in {parallelism} x {seconds:.1f} s: slots {fits / (parallelism * seconds):.0%} busy"
 
 
 def subprocess_per_trial(splits_uri: str, spec: FeatureSpec, families: list[str], evals: int, seed: int) -> float:
@@ -185,6 +197,7 @@ def main() -> None:
         for _ in range(args.repeat):
             pairs.append((bare(splits, spec, families, args.evals, args.seed, args.algo), 0.0))
             pairs[-1] = (pairs[-1][0], ours(splits_uri, families, args.evals, args.seed, algo=args.algo))
+        busy = slots_busy(pairs[-1][1], 1)
         a, b = (float(np.median(column)) for column in zip(*pairs, strict=True))
         ratio = float(np.median([y / x for x, y in pairs]))  # each (b) against the (a) just before it
         if args.repeat > 1:
@@ -194,6 +207,7 @@ def main() -> None:
         if args.parallel:
             b2 = ours(splits_uri, families, args.evals, args.seed, parallelism=2, algo=args.algo)
             print(f"(b) our tune, parallelism 2           {b2:8.1f} s   speed-up = {b / b2:.2f}x")
+            print(f"    the last run at parallelism 1: {busy}; at parallelism 2: {slots_busy(b2, 2)}")
         if not args.skip_subprocess:
             c = subprocess_per_trial(splits_uri, spec, families, args.evals, args.seed)
             print(f"(c) subprocess per trial              {c:8.1f} s   c/b = {c / b:.1f}  (target >= 10)")
