@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from steps.lib.errors import PipelineError
 from steps.lib.runner import run_cli
 from tests.conftest import PROJECT_DIR, fresh_store, logged_model_of, serving_on_loopback, users_rows
 from tests.unit.test_bad_input_steps import assert_failed_cleanly, newest_run
@@ -261,6 +263,44 @@ def test_an_attack_is_refused_in_one_line_and_nothing_runs_or_leaks(store, attac
         assert SECRET not in kept, artifact
     if "in clear" not in attack:
         assert SECRET not in json.dumps(run.data.params)
+
+
+def test_a_split_replaced_while_a_step_reads_it_in_place_is_not_what_it_reads(store, undo):
+    """The race the catalogue's changed split cannot show: a local store is read in place, and its file is
+    replaced after its hash was checked and before the step reads it. The step reads the file it checked, and
+    is refused when the read ends (the checked file was unlinked: its change time moved)."""
+    from steps.lib.artifacts import fetched
+    from steps.lib.tables import read_frame
+
+    splits = local_folder(mlflow.get_run(store.run_id("featurize")).info.artifact_uri) / "splits"
+    undo(splits)
+    [train_file] = splits.glob("train*.parquet")
+    checked = read_frame(train_file)
+    shutil.copyfile(splits / "test.parquet", splits / "planted.parquet")
+    with pytest.raises(PipelineError, match="changed while it was read"), fetched(store.splits_uri, "x") as root:
+        replacement = splits / "replacement.tmp"
+        shutil.copyfile(splits / "test.parquet", replacement)
+        os.replace(replacement, train_file)  # same columns, other rows, a new file under the old name
+        assert read_frame(root / train_file.name).equals(checked)
+        assert not (root / "planted.parquet").exists()  # what the manifest does not list is not there
+    assert not read_frame(train_file).equals(checked)  # the store's file was replaced
+
+
+def test_a_split_written_to_while_a_step_reads_it_in_place_is_refused(store, undo):
+    """The same race with the file rewritten in place (same file, new bytes): refused when the read ends."""
+    from steps.lib.artifacts import fetched
+
+    splits = local_folder(mlflow.get_run(store.run_id("featurize")).info.artifact_uri) / "splits"
+    undo(splits)
+    [train_file] = splits.glob("train*.parquet")
+    with pytest.raises(PipelineError) as raised, fetched(store.splits_uri, "the splits") as root:
+        assert (root / train_file.name).read_bytes() == train_file.read_bytes()
+        with train_file.open("r+b") as rewrite:
+            rewrite.write((splits / "test.parquet").read_bytes())
+    assert str(raised.value) == (
+        f"the splits at '{store.splits_uri}' changed while it was read (splits/{train_file.name} was written to); "
+        "run again, and find who writes to the run's artifacts"
+    )
 
 
 def test_every_catalogued_test_exists():
