@@ -62,7 +62,11 @@ def fetched(artifact_uri: str, what: str) -> Iterator[Path]:
 def check_against_manifest(artifact_uri: str, path: Path, what: str) -> None:
     """The fetched files a step's output manifest lists (tag outputs.manifest) hash as it says: an artifact
     changed after its run finished is refused. Runs without a manifest (other tools, older runs) pass."""
-    listed = manifest_files(artifact_uri, path)
+    check_listed(artifact_uri, what, manifest_files(artifact_uri, path))
+
+
+def check_listed(artifact_uri: str, what: str, listed: tuple[Path, dict[str, Listed]] | None) -> None:
+    """check_against_manifest, given what manifest_files found."""
     if listed is None:
         return
     folder, files = listed
@@ -127,7 +131,7 @@ def checked_in_place(artifact_uri: str, path: Path, what: str) -> Iterator[Path]
     manifest does not list are not in that folder. Without a manifest (or /proc), the store's own path."""
     listed = manifest_files(artifact_uri, path)
     if listed is None or not listed[1] or not OPEN_FILES.is_dir():  # nothing fetched is listed: nothing to pin
-        check_against_manifest(artifact_uri, path, what)
+        check_listed(artifact_uri, what, listed)
         yield path
         return
     folder, files = listed
@@ -136,9 +140,10 @@ def checked_in_place(artifact_uri: str, path: Path, what: str) -> Iterator[Path]
         opened = {}
         for local, entry in sorted(files.items()):
             handle = open_regular(folder / local, stack)
+            before = os.fstat(handle.fileno()) if handle is not None else None
             if handle is None or sha256_stream(handle) != entry.digest:
                 raise changed_after_run(artifact_uri, what, entry)
-            opened[local] = (handle, os.fstat(handle.fileno()))
+            opened[local] = (handle, before)
             link = view / local
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(OPEN_FILES / str(handle.fileno()))
