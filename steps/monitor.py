@@ -10,6 +10,11 @@ the figures and the live metric a seeded sample of at most `sample_rows` rows (s
 
 from __future__ import annotations
 
+# Before MLflow, as it loads the model with skops: see steps/lib/model_loading.py, SCAN_BEFORE_MLFLOW.
+import scipy.special  # noqa: F401
+
+# isort: split
+
 import logging
 import math
 import tempfile

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Before MLflow, as it loads the model with skops: see steps/lib/model_loading.py, SCAN_BEFORE_MLFLOW.
+import scipy.special  # noqa: F401
+
+# isort: split
+
 import logging
 import tempfile
 from pathlib import Path

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Before MLflow, as it saves the model with skops: see steps/lib/model_loading.py, SCAN_BEFORE_MLFLOW.
+import scipy.special  # noqa: F401
+
+# isort: split
+
 import hashlib
 import json
 import logging

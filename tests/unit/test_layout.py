@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from steps.lib.cache import code_digest, code_files
+from steps.lib.model_loading import SCAN_BEFORE_MLFLOW
 from tests.conftest import PROJECT_DIR
 
 STEPS_DIR = PROJECT_DIR / "steps"
@@ -93,6 +94,22 @@ def test_no_import_cycles():
 
     for module in graph:
         visit(module, ())
+
+
+def first_import(path: Path) -> str:
+    """The first module a file imports, after `from __future__`."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            return node.module or ""
+        if isinstance(node, ast.Import):
+            return node.names[0].name
+    return ""
+
+
+def test_the_steps_that_import_skops_import_scipy_special_before_mlflow():
+    """skops' start-up scan is short only when scipy.special was loaded before MLflow (model_loading.py)."""
+    first = {entry: first_import(STEPS_DIR / f"{entry}.py") for entry in ENTRY_POINTS}
+    assert sorted(entry for entry, module in first.items() if module == "scipy.special") == sorted(SCAN_BEFORE_MLFLOW)
 
 
 # --------------------------------------------------------------------------- what the cache key covers
