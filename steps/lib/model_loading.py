@@ -27,8 +27,8 @@ CODE_DIR = "code"  # where MLflow keeps a model's code_paths
 
 # The steps that import skops import scipy.special first, before MLflow. skops lists its trusted types as it is
 # imported, looking each of scipy.special's ~950 ufuncs up in every module loaded before scipy.special (pickle's
-# whichmodule, through each module's __getattr__): after MLflow's ~2,000 modules that took 1.9-3.8 s of a step's
-# start (docs/performance.md). tests/unit/test_layout.py holds the steps to it.
+# whichmodule, through each module's __getattr__): after MLflow's ~2,000 modules `import skops.io` took 1.8-2.1 s,
+# with scipy.special first 0.6-0.8 s (docs/performance.md). tests/unit/test_layout.py holds the steps to it.
 SCAN_BEFORE_MLFLOW = ("train", "evaluate", "predict", "monitor")
 
 
