@@ -140,8 +140,10 @@ def checked_in_place(artifact_uri: str, path: Path, what: str) -> Iterator[Path]
         opened = {}
         for local, entry in sorted(files.items()):
             handle = open_regular(folder / local, stack)
-            before = os.fstat(handle.fileno()) if handle is not None else None
-            if handle is None or sha256_stream(handle) != entry.digest:
+            if handle is None:
+                raise changed_after_run(artifact_uri, what, entry)
+            before = os.fstat(handle.fileno())  # before the hash: a write during it is seen at the end
+            if sha256_stream(handle) != entry.digest:
                 raise changed_after_run(artifact_uri, what, entry)
             opened[local] = (handle, before)
             link = view / local
