@@ -13,7 +13,7 @@ import copy
 import functools
 import importlib.metadata
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -164,17 +164,14 @@ def data_digest(data_uri: str, copy: Path | None = None) -> str:
 def fetched_once(data_uri: str) -> Iterator[Path | None]:
     """For main: a remote `data_uri` fetched once, for the cache digest and for load to read; removed after.
 
-    None for local data, or when the fetch fails (load then reports the problem in its own run).
+    None for local data. A fetch that fails (past the size cap or the deadline, refused, unreachable) fails main
+    in one line here: trying again for the digest and again in load would only wait out the same limits twice.
     """
     if not is_remote(data_uri):
         yield None
         return
-    with ExitStack() as fetched:
-        try:
-            copy: Path | None = fetched.enter_context(local_copy(data_uri))
-        except PipelineError:
-            copy = None
-        yield copy
+    with local_copy(data_uri) as path:
+        yield path
 
 
 def installed_versions(project: Path) -> dict[str, str]:

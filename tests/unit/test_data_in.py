@@ -16,12 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from mlflow.tracking import MlflowClient
 
 from steps.lib.cache import data_digest, fetched_once
 from steps.lib.errors import PipelineError
 from steps.lib.tables import MAX_DOWNLOAD_BYTES, local_copy, read_data, read_frame, write_parquet
 from tests.conftest import PROJECT_DIR, run_step_cli, serving_on_loopback
-from tests.unit.test_bad_input_steps import assert_failed_cleanly
+from tests.unit.test_bad_input_steps import assert_failed_cleanly, newest_run
 
 CSV = b"x,y\n" + b"".join(f"{i},{'ab'[i % 2]}\n".encode() for i in range(2000))
 
@@ -98,6 +99,36 @@ def test_a_bad_limit_is_named(monkeypatch, value):
     monkeypatch.setenv(MAX_DOWNLOAD_BYTES, value)
     with serving(CSV) as served, pytest.raises(PipelineError, match="PIPELINE_MAX_DOWNLOAD_BYTES must be a positive"):
         read_data(served["url"])
+
+
+def test_a_download_past_the_cap_fails_load_and_main_in_one_line_after_one_get(
+    own_tmp, tracking_uri, capsys, monkeypatch
+):
+    """load: one line, FAILED, no artifact; main: the same before any step runs (it keeps the params it
+    resolved), and no second download (for the digest) or third (in load) that would wait out the limits again."""
+    monkeypatch.setenv(MAX_DOWNLOAD_BYTES, "10000")
+    message = "larger than the cap of 10,000 bytes; raise PIPELINE_MAX_DOWNLOAD_BYTES"
+    with serving(CSV) as served:
+        assert_failed_cleanly(capsys, "load", ["--data-uri", served["url"], "--target", "y"], message)
+        assert served["state"]["gets"] == 1
+        code, stderr = run_step_cli(capsys, "main", "--data-uri", served["url"], "--target", "y")
+        assert served["state"]["gets"] == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and errors[0].startswith("error: main: ") and message in errors[0]
+    assert "Traceback" not in stderr
+    main = newest_run("main")
+    assert main.info.status == "FAILED" and message in main.data.tags["pipeline.error"]
+    client = MlflowClient()
+    assert [a.path for a in client.list_artifacts(main.info.run_id)] == ["card.html", "logs", "profile"]
+    assert client.search_runs([main.info.experiment_id], f"tags.`mlflow.parentRunId` = '{main.info.run_id}'") == []
+    assert list(own_tmp.iterdir()) == []
+
+
+def test_duplicate_headers_fail_load_in_one_line(tracking_uri, capsys, tmp_path):
+    (tmp_path / "twice.csv").write_text("id,Income ($),id,y\n1,2,3,a\n2,3,4,b\n")
+    assert_failed_cleanly(
+        capsys, "load", ["--data-uri", str(tmp_path / "twice.csv"), "--target", "y"], "duplicate column names: 'id'"
+    )
 
 
 def test_main_and_load_read_one_download(own_tmp, tracking_uri, capsys):
