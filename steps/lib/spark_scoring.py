@@ -21,7 +21,8 @@ from steps.lib.artifacts import fetched
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.spark import ship_steps_package, spark_session
-from steps.lib.tables import find_data_file, local_copy, table_format
+from steps.lib.tables import checked_table_file, find_data_file, local_copy, refuse_duplicate_headers, table_format
+from steps.lib.uris import redact_uri
 
 # Storage a Spark cluster reads itself: these URIs go to Spark as they are, not through a local copy.
 SPARK_SCHEMES = ("s3a", "hdfs", "abfss", "gs", "dbfs", "wasbs")
@@ -43,6 +44,27 @@ def read_table(session: Any, data_uri: str, path: str, columns: list[tuple[str, 
         if name in frame.columns and kind in SPARK_TYPES:
             frame = frame.withColumn(name, F.col(f"`{name}`").cast(SPARK_TYPES[kind]))
     return frame
+
+
+def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:
+    """For a table Spark reads from a cluster's store: what `checked_table_file` refuses in a local one. Nested
+    Parquet columns by Spark's schema; repeated CSV headers by the file's first line (Spark's reader would
+    rename them, `x0`, `x2`, as pandas' would `x.1`)."""
+    import csv
+
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    shown = redact_uri(data_uri)
+    if table_format(Path(urllib.parse.urlsplit(data_uri).path)) == "parquet":
+        nested = [f for f in frame.schema.fields if isinstance(f.dataType, (ArrayType, MapType, StructType))]
+        if nested:
+            listed = ", ".join(f"'{f.name}' ({f.dataType.simpleString()})" for f in nested)
+            raise PipelineError(f"nested Parquet column(s) {listed}: a model takes flat columns; flatten or drop them")
+        return
+    first = session.read.text(data_uri).first()
+    if first is None:
+        raise PipelineError(f"'{shown}' is empty: it has no header and no rows")
+    refuse_duplicate_headers(next(csv.reader([first.value])), shown)
 
 
 def scorer(model_file: str, columns: list[tuple[str, str]], schema: Any) -> Any:
@@ -68,27 +90,34 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    with fetched(model_uri, "the model") as local_model:  # one download: checked here, shipped to the executors
+    scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
+    with (
+        local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located,
+        fetched(model_uri, "the model") as local_model,  # one download: checked here, shipped to the executors
+    ):
+        path = located
+        if isinstance(located, Path):  # the local backend's checks (regular file, header, names), before Spark
+            path = find_data_file(located, data_uri)
+            checked_table_file(path, redact_uri(data_uri))
         pyfunc, sklearn_model = load_models(model_uri, local_model)  # checked on the driver, as the local backend
         columns = signature_columns(pyfunc)
         session = spark_session(master)
         ship_steps_package(session)
         session.sparkContext.addFile(str(local_model), recursive=True)
-        scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
-        with local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located:
-            path = str(find_data_file(located, data_uri)) if isinstance(located, Path) else located
-            frame = read_table(session, data_uri, path, columns)
-            head = frame.limit(CHECK_ROWS).toPandas()
-            check_batch(head, columns)
-            table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
-            schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
-            scored = frame.mapInPandas(scorer(local_model.name, columns, schema), schema=schema)
-            try:
-                scored.write.mode("overwrite").parquet(str(out))
-            except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own
-                message = str(error)
-                cause = message.split("PipelineError: ")[-1] if "PipelineError: " in message else message
-                raise PipelineError(f"scoring on Spark failed: {one_line(cause, 300)}") from None
+        frame = read_table(session, data_uri, str(path), columns)
+        if not isinstance(located, Path):  # a cluster's store, read by Spark alone: the same checks through Spark
+            refuse_spark_columns(session, frame, data_uri)
+        head = frame.limit(CHECK_ROWS).toPandas()
+        check_batch(head, columns)
+        table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
+        schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
+        scored = frame.mapInPandas(scorer(local_model.name, columns, schema), schema=schema)
+        try:
+            scored.write.mode("overwrite").parquet(str(out))
+        except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own
+            message = str(error)
+            cause = message.split("PipelineError: ")[-1] if "PipelineError: " in message else message
+            raise PipelineError(f"scoring on Spark failed: {one_line(cause, 300)}") from None
     written = session.read.parquet(str(out))
     return prediction, spark_metrics(written, prediction, sklearn_model is not None) | {
         "n_input_columns": len(frame.columns)

@@ -234,3 +234,33 @@ def test_the_drift_figures_have_a_panel_per_column_drifted_ones_in_red_and_ten_l
     assert len([t for t in levels if "rotate(-40" in t.get("transform")]) == MAX_LEVELS_SHOWN
     rows = [t.text for t in ElementTree.parse(bars).getroot().iter(f"{svg}text")]
     assert {"Income ($)", "city", "gone", "PSI (batch vs training)"} <= set(rows)
+
+
+def test_predict_on_spark_makes_the_local_backends_checks_of_the_file_before_spark_starts(
+    tracking_uri, tmp_path, capsys, monkeypatch
+):
+    """Repeated headers (Spark's CSV reader would rename them `id0`, `id2`), nested Parquet columns and a FIFO:
+    the same one line as the local backend, FAILED, no artifact, and no Spark session (no Java needed)."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pytest.importorskip("pyspark")
+    from tests.unit.test_bad_input_steps import assert_failed_cleanly
+
+    def no_spark(*args: object) -> None:
+        raise AssertionError("Spark started before the file's checks")
+
+    monkeypatch.setattr("steps.lib.spark_scoring.spark_session", no_spark)
+    model_uri = logged_model_of(users_rows(500, 1), "income class")
+    (tmp_path / "twice.csv").write_text("id,Income ($),id\n1,2,3\n")
+    pq.write_table(pa.table({"tags": [[1], [2]], "x": [1, 2]}), tmp_path / "nested.parquet")
+    os.mkfifo(tmp_path / "stream.csv")
+    for name, message in (
+        ("twice.csv", "has duplicate column names: 'id' (2 times)"),
+        ("nested.parquet", "nested Parquet column(s) 'tags'"),
+        ("stream.csv", "is a FIFO, not a regular file"),
+    ):
+        flags = ["--data-uri", str(tmp_path / name), "--model-uri", model_uri, "--backend", "spark"]
+        assert_failed_cleanly(capsys, "predict", flags, message)
