@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.evaluate import compare_with_baseline, fit_baseline, predictions_table
+from steps.evaluate import compare_with_baseline, fit_baseline, fit_strong_baseline, model_refit, predictions_table
 from steps.lib.errors import PipelineError
 from steps.lib.features import build_feature_spec
 from steps.lib.gates import GATE_OPTION_NAMES, GateOptions, decide_champion, parse_min_delta
@@ -132,6 +132,59 @@ def test_thresholds_and_min_delta_are_gates(tracking_uri, iris):
     assert not held.promote and "by at least 0.05" in held.reason
     same = decide(client, {"accuracy": champion_accuracy}, iris=iris)
     assert not same.promote  # a tie does not move the champion
+
+
+def test_the_strong_baseline_is_a_gate_only_when_asked_and_a_tie_does_not_pass_it(tracking_uri, iris):
+    splits, spec = iris
+    client = MlflowClient()
+
+    def decide_against(strong: dict[str, float] | None, accuracy: float):
+        return decide_champion(
+            client,
+            "m",
+            metric="accuracy",
+            scores={"accuracy": accuracy},
+            baseline_scores=BASELINE,
+            thresholds={},
+            min_delta=0.0,
+            test=splits.test,
+            spec=spec,
+            strong_scores=strong,
+        )
+
+    assert "strong_baseline" not in [g.name for g in decide_against(None, 0.5).gates]  # reported, not a gate
+    weaker = decide_against({"accuracy": 0.9}, 0.85)
+    assert not weaker.promote and [g.name for g in weaker.gates if not g.passed] == ["strong_baseline"]
+    assert "does not beat a default HistGradientBoosting" in weaker.reason
+    assert not decide_against({"accuracy": 0.9}, 0.9).promote
+    assert decide_against({"accuracy": 0.9}, 0.95).promote
+
+
+def test_the_strong_baseline_is_fitted_on_the_rows_the_model_was_fitted_on(tracking_uri, iris):
+    """The same default HistGradientBoosting as a model of that family fitted with the same `refit` (and not the
+    same as with the other one); the model's run's `refit` param is read back, and a value nobody knows (anyone
+    may write a param) means the training rows."""
+    splits, spec = iris
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    features = splits.test[spec.input_columns]
+    probabilities = {}
+    for refit in ("train", "train+validation"):
+        strong = fit_strong_baseline(splits, spec, 42, 1, refit)
+        same = fit_model(splits, spec, family, family.resolve({}), 42, threads=1, refit=refit)
+        probabilities[refit] = strong.predict_proba(features)
+        assert (probabilities[refit] == same.predict_proba(features)).all()
+    assert (probabilities["train"] != probabilities["train+validation"]).any()
+    for written, read in (("train+validation", "train+validation"), ("train", "train"), ("all of it", "train")):
+        with mlflow.start_run():
+            mlflow.log_param("refit", written)
+            info = mlflow.sklearn.log_model(
+                same,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+                pip_requirements=model_pip_requirements(),
+            )
+        assert model_refit(info.model_uri) == read
 
 
 def gate_values(**given: str) -> dict[str, str | None]:
