@@ -157,7 +157,8 @@ def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] 
             choice.encodings[column] = {
                 "encoding": DATE_PARTS,
                 "levels": int(n_unique),
-                "reason": "date/time: year, month, day, day of week, hour, ... (those that vary) and the time in days",
+                "reason": f"date/time, {n_unique:,} distinct values: year, month, day, day of week, hour, ... (those "
+                "that vary) and the time in days",
             }
         elif n_unique == n_rows and ID_NAME.search(str(column)):
             choice.dropped[column] = "ID-like (unique per row, named like an identifier)"

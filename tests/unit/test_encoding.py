@@ -54,7 +54,13 @@ def test_each_categorical_gets_a_bounded_encoding_recorded_with_its_reason_and_l
     shop, city, colour = (spec.encodings[c] for c in ("shop", "city", "colour"))
     assert shop["levels"] == ONE_HOT_MAX_LEVELS + 1 and "target encoding, cross-fitted" in shop["reason"]
     assert city["levels"] == frame["city"].nunique() and colour["levels"] == 4 and "one-hot" in colour["reason"]
-    assert spec.encodings["seen at"]["encoding"] == DATE_PARTS
+    seen_at = spec.encodings["seen at"]
+    levels = frame["seen at"].nunique()
+    assert (
+        seen_at["encoding"] == DATE_PARTS
+        and seen_at["levels"] == levels
+        and f"{levels:,} distinct" in seen_at["reason"]
+    )
     roundtrip = type(spec).from_dict(spec.to_dict())
     assert roundtrip.encodings == spec.encodings
     old = type(spec).from_dict({k: v for k, v in spec.to_dict().items() if k not in ("encodings", "datetime")})
