@@ -15,10 +15,13 @@ text, a text ID, odd column names, a binary `<=50K`/`>50K` label with some missi
            floor's ratio is taken within each round (this machine drifts) and its median reported;
   predict  (--predict-rows M) `predict` of the champion on M rows, its seconds and peak RSS, beside the bare
            pipeline's `predict` on the same rows in memory (its rows per second).
+  monitor  (--monitor-rows M) `monitor` of a new M-row batch of the same table (another seed, labels included:
+           the live metric too) against the champion's training split: its seconds and peak RSS.
 
     python bench/scale.py                          # 1,000,000 rows, max_evals 8
     python bench/scale.py --rows 300000 --plain    # the plain 300,000-row table of issue 12's item 9
     python bench/scale.py --rows 200000 --predict-rows 2000000
+    python bench/scale.py --monitor-rows 1000000   # main, the floors, then monitor of a million new rows
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def step_figures(store: str) -> dict[str, dict[str, float]]:
     figures = {}
     for run in runs:
         step = run.data.tags.get("pipeline.step")
-        if step in (*STEPS, "main", "predict") and step not in figures:
+        if step in (*STEPS, "main", "predict", "monitor") and step not in figures:
             metrics = run.data.metrics
             figures[step] = {
                 "seconds": (run.info.end_time - run.info.start_time) / 1000,
@@ -249,6 +252,7 @@ def main() -> None:
     parser.add_argument("--max-evals", type=int, default=8)
     parser.add_argument("--plain", action="store_true", help="the plain table (item 9), target `label`")
     parser.add_argument("--predict-rows", type=int, default=0, help="also score this many rows with predict")
+    parser.add_argument("--monitor-rows", type=int, default=0, help="also monitor a new batch of this many rows")
     parser.add_argument("--data-rounds", type=int, default=3, help="rounds of the data floor's figures (medians)")
     parser.add_argument("--param", action="append", default=[], help="more -P for main, e.g. max_tune_rows=50000")
     args = parser.parse_args()
@@ -278,6 +282,8 @@ def main() -> None:
         report(seconds, figures, label, rounds)
         if args.predict_rows:
             score(args.predict_rows, args.plain, work, project, env, store)
+        if args.monitor_rows:
+            watch(args.monitor_rows, args.plain, work, project, env, store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -309,6 +315,18 @@ def score(rows: int, plain: bool, work: Path, project: Path, env: dict[str, str]
     print(
         f"scoring rate {rate:,.0f} rows/s; bare pipeline in memory {bare:,.0f} rows/s: {rate / bare:.2f} (target 0.5)"
     )
+
+
+def watch(rows: int, plain: bool, work: Path, project: Path, env: dict[str, str], store: str) -> None:
+    """monitor of a new `rows`-row batch of the same kind of table (another seed) against the champion."""
+    path = work / "watched.csv"
+    (plain_table if plain else users_table)(rows, seed=rows + 7).to_csv(path, index=False)
+    seconds = timed(
+        ["mlflow", "run", ".", "-e", "monitor", "--env-manager", "local", "-P", f"data_uri={path}"], project, env
+    )
+    figures = step_figures(store)["monitor"]
+    print(f"\nmonitor: {rows:,} new rows in {figures['seconds']:.1f} s (mlflow run {seconds:.1f} s)")
+    print(f"peak RSS {figures['rss_mb']:,.0f} MB (target <= 2048)")
 
 
 if __name__ == "__main__":
