@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.artifacts import write_json
 from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg, bin_edges, grid_svg
 from steps.lib.console import say
-from steps.lib.drift import MISSING_CHANGE, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
+from steps.lib.drift import MISSING_CHANGE, TIMES, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
 from steps.lib.features import FeatureSpec
 from steps.lib.keys import key_parts, unused_name
@@ -112,7 +112,13 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
         title = f"{name} (drift)" if row["drifted"] else name
         colour = RED if row["drifted"] else INK
         ref, cur = reference[name].dropna(), batch[name].dropna()
-        if row["kind"] == "numeric" and not row["schema_change"]:
+        if row["kind"] == TIMES:  # no distribution to compare: the days each spans
+            days = [
+                " - ".join(end.strip()[:10] for end in span.split("..")) or "none"
+                for span in (row["span_reference"], row["span_batch"])
+            ]
+            panels.append(Panel(f"{title}: training -> batch", note=" -> ".join(days), title_colour=colour))
+        elif row["kind"] == "numeric" and not row["schema_change"]:
             ref_values = ref.to_numpy(float)
             cur_values = pd.to_numeric(cur, errors="coerce").dropna().to_numpy(float)
             edges = bin_edges(np.concatenate([ref_values, cur_values]))
@@ -152,9 +158,10 @@ def plot_drift(reference: pd.DataFrame, batch: pd.DataFrame, table: pd.DataFrame
     distributions = out / "distributions.svg"
     distributions.write_text(grid_svg(panels, columns=3, panel_size=(320, 224)), encoding="utf-8")
 
+    tested = table[table["kind"] != TIMES]
     rows = [
         (str(name), float(0 if pd.isna(psi) else psi), 0.0, RED if drifted else BLUE)
-        for name, psi, drifted in zip(table["column"], table["psi"], table["drifted"], strict=True)
+        for name, psi, drifted in zip(tested["column"], tested["psi"], tested["drifted"], strict=True)
     ]
     bars = out / "psi.svg"
     bars.write_text(bar_rows_svg(Panel("PSI per column", rows=rows, x_label="PSI (batch vs training)")), "utf-8")
@@ -207,7 +214,9 @@ def profile_batch(
     `columns`: the numeric and the categorical columns to tally, and the one that holds the predictions.
     """
     spec, (numeric, categorical, prediction), (batch_rows, sample_rows) = reference.spec, columns, sizes
-    profile = BatchProfile(reference.train_with_predictions, numeric, categorical, sample_rows, seed=0)
+    profile = BatchProfile(
+        reference.train_with_predictions, numeric, categorical, sample_rows, seed=0, times=spec.datetime
+    )
     labelled = False
     # Numeric columns read as text in every CSV block: text in one is a reported schema change, not a failure.
     for piece in read_batches(data_uri, dict.fromkeys(spec.numeric, "string"), batch_rows):
@@ -318,7 +327,7 @@ def run_monitor(
     categorical = [*spec.categorical, *([] if numeric_prediction else [prediction])]
     columns = (numeric, categorical, prediction)
     profile, labelled = profile_batch(data_uri, model, reference, columns, (batch_rows, sample_rows))
-    table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule)
+    table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule, spec.datetime)
     drifted = table.loc[table["drifted"], "column"].tolist()
     sample = profile.sampled()
     summary: dict[str, Any] = {

@@ -4,7 +4,9 @@ A batch is read in pieces. Counts, missing values, category frequencies and the 
 over every row; the Kolmogorov-Smirnov test (and the figures, and the live metric) use a seeded
 uniform sample of at most `sample_rows` rows (each row draws a random key, the smallest keys stay:
 the same sample whatever the piece size). The tests are scipy's (`ks_2samp`, `chi2_contingency`),
-PSI is the textbook formula over the reference's deciles.
+PSI is the textbook formula over the reference's deciles. A date/time column has no distribution test (times
+move on by nature: every new batch would drift): its missing share, the values that do not parse as times (the
+model reads them as missing) and its span beside the training span.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steps.lib.transforms import parse_times
+
 PSI_BINS = 10
 PSI_FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite
 MISSING_CHANGE = 0.1  # a change of 10 points in a column's share of missing values is drift
+TIMES = "date/time"
 SAMPLE_KEY = "__sample_key__"
 
 
@@ -133,11 +138,18 @@ class ColumnTally:
     missing: int = 0
     rows: int = 0
     schema_change: str = ""
+    times: bool = False  # a date/time column: its span and the values that do not parse, no distribution
+    unparsed: int = 0
+    unparsed_example: Any = None
+    span: tuple[pd.Timestamp, pd.Timestamp] | None = None
 
     def add(self, values: pd.Series) -> pd.Series:
         """Tally a piece of the column; returns it as the reference has it (numbers for a numeric column)."""
         self.rows += len(values)
         self.missing += int(values.isna().sum())
+        if self.times:
+            self.add_times(values)
+            return values
         if not self.numeric:
             counts = values.dropna().astype(str).value_counts()  # vectorised: not a Python loop over the rows
             self.categories.update(dict(zip(counts.index, counts.to_numpy().tolist(), strict=True)))
@@ -152,16 +164,40 @@ class ColumnTally:
             self.counts = np.histogram(present, self.edges)[0] + (0 if self.counts is None else self.counts)
         return numbers
 
+    def add_times(self, values: pd.Series) -> None:
+        parsed = parse_times(values)
+        unparsed = parsed.isna().to_numpy() & values.notna().to_numpy()
+        if unparsed.any():
+            self.unparsed += int(unparsed.sum())
+            self.unparsed_example = values[unparsed].iloc[0] if self.unparsed_example is None else self.unparsed_example
+        present = parsed.dropna()
+        if len(present):
+            first, last = present.min(), present.max()
+            self.span = (first, last) if self.span is None else (min(self.span[0], first), max(self.span[1], last))
+
+
+def time_span(first: pd.Timestamp, last: pd.Timestamp) -> str:
+    return f"{first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}"
+
 
 class BatchProfile:
     """The batch, tallied piece by piece, and a seeded uniform sample of at most `sample_rows` of its rows."""
 
-    def __init__(self, reference: pd.DataFrame, numeric: list[str], others: list[str], sample_rows: int, seed: int):
+    def __init__(
+        self,
+        reference: pd.DataFrame,
+        numeric: list[str],
+        others: list[str],
+        sample_rows: int,
+        seed: int,
+        times: list[str] | None = None,
+    ):
         self.tallies: dict[str, ColumnTally] = {}
         for name in numeric:
             ref = reference[name].dropna().astype(float).to_numpy()
             self.tallies[name] = ColumnTally(True, psi_edges(ref) if len(ref) else None)
         self.tallies |= {name: ColumnTally(False) for name in others}
+        self.tallies |= {name: ColumnTally(False, times=True) for name in times or []}
         self.sample_rows = sample_rows
         self.rng = np.random.default_rng(seed)
         self.sample = pd.DataFrame()
@@ -183,11 +219,23 @@ class BatchProfile:
         return self.sample.sort_index(kind="stable").drop(columns=SAMPLE_KEY, errors="ignore")
 
 
-def profile_of(frame: pd.DataFrame, reference: pd.DataFrame, numeric: list[str], others: list[str]) -> BatchProfile:
+def profile_of(
+    frame: pd.DataFrame, reference: pd.DataFrame, numeric: list[str], others: list[str], times: list[str] | None = None
+) -> BatchProfile:
     """A whole batch in one piece, every row sampled."""
-    profile = BatchProfile(reference, numeric, others, max(len(frame), 1), seed=0)
+    profile = BatchProfile(reference, numeric, others, max(len(frame), 1), seed=0, times=times)
     profile.add(frame)
     return profile
+
+
+def time_spans(reference: pd.Series, tally: ColumnTally) -> dict[str, str]:
+    """The training rows' span of times and the batch's (empty where no value parses)."""
+    known = parse_times(reference).dropna()
+    return {
+        "test": "none (times move on)",
+        "span_reference": time_span(known.min(), known.max()) if len(known) else "",
+        "span_batch": time_span(*tally.span) if tally.span else "",
+    }
 
 
 def drift_table(
@@ -196,17 +244,32 @@ def drift_table(
     numeric: list[str],
     categorical: list[str],
     rule: DriftRule,
+    times: list[str] | None = None,
 ) -> pd.DataFrame:
     """One row per column: its test (KS on the sample, chi-square on all counts), PSI over all rows, missing
-    shares, schema changes, and whether it drifted."""
-    profile = current if isinstance(current, BatchProfile) else profile_of(current, reference, numeric, categorical)
+    shares, schema changes, and whether it drifted; a date/time column (`times`) its spans instead of a test."""
+    times = times or []
+    if isinstance(current, BatchProfile):
+        profile = current
+    else:
+        profile = profile_of(current, reference, numeric, categorical, times)
     sample = profile.sampled()
     rows = []
-    for name in [*numeric, *categorical]:
+    for name in [*numeric, *categorical, *times]:
         tally = profile.tallies[name]
-        row: dict[str, Any] = {"column": name, "kind": "numeric" if tally.numeric else "categorical"}
+        row: dict[str, Any] = {
+            "column": name,
+            "kind": TIMES if tally.times else "numeric" if tally.numeric else "categorical",
+        }
         schema_change = tally.schema_change
-        if tally.numeric and not schema_change:
+        if tally.times:
+            row |= time_spans(reference[name], tally)
+            if tally.unparsed:
+                schema_change = (
+                    f"{tally.unparsed:,} value(s) do not parse as date/time ({tally.unparsed_example!r}); "
+                    "the model reads them as missing"
+                )
+        elif tally.numeric and not schema_change:
             row |= {"test": "ks"} | numeric_drift(reference[name], pd.to_numeric(sample[name]), tally.counts)
         elif not tally.numeric:
             result = categorical_drift(reference[name], tally.categories)
@@ -224,7 +287,7 @@ def drift_table(
         }
         rows.append(row)
     table = pd.DataFrame(rows)
-    n_tests = len(table)
+    n_tests = int((table["kind"] != TIMES).sum()) if len(table) else 0
     table["drifted"] = [
         rule.drifts(row, n_tests) or abs(row["missing_change"]) >= MISSING_CHANGE or bool(row["schema_change"])
         for row in table.to_dict("records")

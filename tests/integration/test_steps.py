@@ -216,8 +216,12 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
             f"{monitor.info.artifact_uri}/drift/drift_table.csv", dst_path=str(tmp_path)
         )
     )
-    features = {"Income ($)", "seniority (years)", "plan type", "city"}
+    features = {"Income ($)", "seniority (years)", "plan type", "city", "signed up"}
     assert features | {"prediction", "prediction_2"} == set(drift["column"])
+    signed_up = drift.set_index("column").loc["signed up"]  # every row, training's among them: no drift
+    assert signed_up["kind"] == "date/time" and not signed_up["drifted"]
+    (train_first, train_last), (first, last) = (signed_up[f"span_{s}"].split(" .. ") for s in ("reference", "batch"))
+    assert first <= train_first < train_last <= last
 
     elsewhere = tmp_path / "elsewhere"  # no steps package here: the model's own copy of the transformer serves
     elsewhere.mkdir()

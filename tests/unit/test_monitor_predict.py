@@ -209,6 +209,40 @@ def test_monitor_tallies_every_row_in_pieces_and_tests_a_seeded_sample():
     assert sampled.loc["city", "p_value"] == whole.loc["city", "p_value"]
 
 
+def test_a_date_time_column_reports_its_spans_and_values_that_do_not_parse_not_a_distribution_test():
+    """A later batch is no drift (times move on); text the model cannot read as a time is, named with its
+    count; missing values count as in any column; pieces give the whole batch's figures; and the date column
+    takes no share of the other columns' Bonferroni correction."""
+    from steps.lib.drift import TIMES, BatchProfile
+
+    def times(start: str, n: int, seed: int) -> pd.Series:
+        hours = np.random.default_rng(seed).integers(0, 24 * 90, n)
+        return (pd.Timestamp(start) + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%dT%H:%M:%S").to_series()
+
+    reference = users_rows(3000, 1).assign(**{"signed up": times("2023-01-01", 3000, 1).to_numpy()})
+    batch = users_rows(2000, 5).assign(**{"signed up": times("2024-06-01", 2000, 5).to_numpy()})
+    numeric, categorical = ["Income ($)", "seniority (years)"], ["plan", "city"]
+    plain = drift_table(reference, batch.drop(columns="signed up"), numeric, categorical, DriftRule())
+    table = drift_table(reference, batch, numeric, categorical, DriftRule(), ["signed up"]).set_index("column")
+    row = table.loc["signed up"]
+    assert row["kind"] == TIMES and row["test"] == "none (times move on)" and not row["drifted"]
+    assert row["span_reference"].startswith("2023-01-01") and row["span_batch"].startswith("2024-06-01")
+    assert row["span_batch"].split(" .. ")[1] < "2024-09-01"
+    assert plain.set_index("column")["drifted"].equals(table.drop(index="signed up")["drifted"])
+
+    batch.loc[[500, 1500], "signed up"] = "05/01/2024"  # not ISO 8601: the model reads it as missing
+    batch.loc[batch.index[:400], "signed up"] = None  # 20 % missing now
+    pieces = BatchProfile(reference, numeric, categorical, 5000, seed=0, times=["signed up"])
+    for start in range(0, len(batch), 300):
+        pieces.add(batch.iloc[start : start + 300])
+    for current in (batch, pieces):
+        row = drift_table(reference, current, numeric, categorical, DriftRule(), ["signed up"]).set_index("column")
+        row = row.loc["signed up"]
+        assert row["drifted"] and row["missing_change"] == pytest.approx(0.2)
+        message = "2 value(s) do not parse as date/time ('05/01/2024'); the model reads them as missing"
+        assert row["schema_change"] == message
+
+
 def test_the_drift_figures_have_a_panel_per_column_drifted_ones_in_red_and_ten_levels_at_most(tmp_path):
     from xml.etree import ElementTree
 
