@@ -39,12 +39,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+import numpy as np
+import pandas as pd
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
 IGNORE = shutil.ignore_patterns("mlruns", "mlflow.db", "mlartifacts", ".venv", "__pycache__", ".pytest_cache")
 
 
@@ -233,6 +231,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the tables' seed")
     parser.add_argument("--param", action="append", default=[], help="more -P for main, e.g. refit=train")
     args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     chosen = [name for name in args.tables.split(",") if name]
     unknown = [name for name in chosen if name not in GENERATED]
     if unknown:

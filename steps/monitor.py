@@ -41,6 +41,7 @@ from steps.lib.models import score_model
 from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
 from steps.lib.runner import INT, parse_bool, run_cli, step_run, unset_is_none
+from steps.lib.scoring import signature_columns
 from steps.lib.splits import read_splits
 from steps.lib.step_cards import monitor_card
 from steps.lib.story import code, describe
@@ -206,10 +207,28 @@ def with_predictions(model: Any, spec: FeatureSpec, batch: pd.DataFrame, predict
     return batch
 
 
+def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
+    """The types a CSV batch is read with in every block, not guessed from its first: text as the model's
+    signature has it (a category or a time that looks numeric, or like a date, early in the file stays text, so
+    a different value later is tallied, not a failed read), and numeric columns as text too (text in one is a
+    reported schema change)."""
+    try:
+        text = {name: kind for name, kind in signature_columns(pyfunc) if kind == "string"}
+    except PipelineError:  # no signature: the first block's types
+        text = {}
+    return text | dict.fromkeys(spec.numeric, "string")
+
+
 def profile_batch(
-    data_uri: str, model: Any, reference: Reference, columns: tuple[list[str], list[str], str], sizes: tuple[int, int]
+    data_uri: str,
+    model: Any,
+    reference: Reference,
+    columns: tuple[list[str], list[str], str],
+    sizes: tuple[int, int],
+    types: dict[str, str],
 ) -> tuple[BatchProfile, bool]:
-    """The batch read `batch_rows` rows at a time, each piece predicted and tallied; whether it has labels.
+    """The batch read `batch_rows` rows at a time (with `types`), each piece predicted and tallied; whether it
+    has labels.
 
     `columns`: the numeric and the categorical columns to tally, and the one that holds the predictions.
     """
@@ -218,8 +237,7 @@ def profile_batch(
         reference.train_with_predictions, numeric, categorical, sample_rows, seed=0, times=spec.datetime
     )
     labelled = False
-    # Numeric columns read as text in every CSV block: text in one is a reported schema change, not a failure.
-    for piece in read_batches(data_uri, dict.fromkeys(spec.numeric, "string"), batch_rows):
+    for piece in read_batches(data_uri, types, batch_rows):
         if piece.empty and profile.rows:
             continue
         labelled = check_columns(piece, spec) or labelled
@@ -319,14 +337,15 @@ def run_monitor(
     uri = resolve_model_uri(model_uri, registered_model_name)
     reference = find_reference(MlflowClient(), uri)
     mlflow.set_tags({"model_uri": uri, "model_version": reference.version, "data_uri": redact_uri(data_uri)})
-    model = load_model(uri).sklearn
-    spec = reference.spec
+    loaded = load_model(uri)
+    model, spec = loaded.sklearn, reference.spec
     reference.train_with_predictions, prediction = reference_predictions(model, reference, batch_rows)
     numeric_prediction = is_numeric(reference.train_with_predictions[prediction])
     numeric = [*spec.numeric, *([prediction] if numeric_prediction else [])]
     categorical = [*spec.categorical, *([] if numeric_prediction else [prediction])]
     columns = (numeric, categorical, prediction)
-    profile, labelled = profile_batch(data_uri, model, reference, columns, (batch_rows, sample_rows))
+    sizes, types = (batch_rows, sample_rows), read_types(loaded.pyfunc, spec)
+    profile, labelled = profile_batch(data_uri, model, reference, columns, sizes, types)
     table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule, spec.datetime)
     drifted = table.loc[table["drifted"], "column"].tolist()
     sample = profile.sampled()
@@ -338,7 +357,7 @@ def run_monitor(
         "n_reference_rows": len(reference.train),
         "drift_detected": bool(drifted),
         "drifted_columns": drifted,
-        "rule": f"p < {p_value} / {len(table)} columns (Bonferroni) and PSI >= {min_psi}; "
+        "rule": f"p < {p_value} / {table.attrs['n_tests']} columns (Bonferroni) and PSI >= {min_psi}; "
         f"or missing share changed by >= {MISSING_CHANGE}; or a schema change",
     }
     if labelled and sample[prediction].notna().all():

@@ -288,6 +288,7 @@ def drift_table(
         rows.append(row)
     table = pd.DataFrame(rows)
     n_tests = int((table["kind"] != TIMES).sum()) if len(table) else 0
+    table.attrs["n_tests"] = n_tests  # the Bonferroni divisor: the columns with a distribution test
     table["drifted"] = [
         rule.drifts(row, n_tests) or abs(row["missing_change"]) >= MISSING_CHANGE or bool(row["schema_change"])
         for row in table.to_dict("records")

@@ -64,7 +64,23 @@ def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:
     first = session.read.text(data_uri).first()
     if first is None:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows")
-    refuse_duplicate_headers(next(csv.reader([first.value])), shown)
+    names = next(csv.reader([first.value]))
+    refuse_duplicate_headers(names, shown)
+    if session.conf.get("spark.sql.caseSensitive", "false").lower() != "true":
+        refuse_names_equal_but_for_case(names, shown)
+
+
+def refuse_names_equal_but_for_case(names: list[str], shown: str) -> None:
+    """Spark compares column names without case by default: `ID` and `id` would be one column to it (its CSV
+    reader renames them, `ID0` and `id2`; a Parquet file is refused)."""
+    folded = [name.casefold() for name in names]
+    clashing = [name for name in names if folded.count(name.casefold()) > 1]
+    if clashing:
+        listed = ", ".join(f"'{name}'" for name in clashing)
+        raise PipelineError(
+            f"'{shown}' has column names that differ only in case ({listed}), which Spark takes for one name; "
+            "rename them, or score with backend=local"
+        )
 
 
 def scorer(model_file: str, columns: list[tuple[str, str]], schema: Any) -> Any:
@@ -92,21 +108,26 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
 
     scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
     with (
-        local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located,
         fetched(model_uri, "the model") as local_model,  # one download: checked here, shipped to the executors
+        local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located,
     ):
+        pyfunc, sklearn_model = load_models(model_uri, local_model)  # checked on the driver, as the local backend
+        columns = signature_columns(pyfunc)
         path = located
         if isinstance(located, Path):  # the local backend's checks (regular file, header, names), before Spark
             path = find_data_file(located, data_uri)
-            checked_table_file(path, redact_uri(data_uri))
-        pyfunc, sklearn_model = load_models(model_uri, local_model)  # checked on the driver, as the local backend
-        columns = signature_columns(pyfunc)
+            refuse_names_equal_but_for_case(checked_table_file(path, redact_uri(data_uri))[1], redact_uri(data_uri))
         session = spark_session(master)
         ship_steps_package(session)
         session.sparkContext.addFile(str(local_model), recursive=True)
-        frame = read_table(session, data_uri, str(path), columns)
-        if not isinstance(located, Path):  # a cluster's store, read by Spark alone: the same checks through Spark
-            refuse_spark_columns(session, frame, data_uri)
+        try:
+            frame = read_table(session, data_uri, str(path), columns)
+            if not isinstance(located, Path):  # a cluster's store, read by Spark alone: the same checks through Spark
+                refuse_spark_columns(session, frame, data_uri)
+        except PipelineError:
+            raise
+        except Exception as error:  # e.g. Spark's AnalysisException: a path it cannot read, repeated Parquet names
+            raise PipelineError(f"Spark cannot read '{redact_uri(data_uri)}': {one_line(str(error), 240)}") from None
         head = frame.limit(CHECK_ROWS).toPandas()
         check_batch(head, columns)
         table, prediction = score_batch(head, pyfunc, sklearn_model, columns)

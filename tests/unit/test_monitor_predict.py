@@ -229,6 +229,7 @@ def test_a_date_time_column_reports_its_spans_and_values_that_do_not_parse_not_a
     assert row["span_reference"].startswith("2023-01-01") and row["span_batch"].startswith("2024-06-01")
     assert row["span_batch"].split(" .. ")[1] < "2024-09-01"
     assert plain.set_index("column")["drifted"].equals(table.drop(index="signed up")["drifted"])
+    assert plain.attrs["n_tests"] == table.attrs["n_tests"] == 4  # the Bonferroni divisor: tested columns only
 
     batch.loc[[500, 1500], "signed up"] = "05/01/2024"  # not ISO 8601: the model reads it as missing
     batch.loc[batch.index[:400], "signed up"] = None  # 20 % missing now
@@ -289,12 +290,81 @@ def test_predict_on_spark_makes_the_local_backends_checks_of_the_file_before_spa
     monkeypatch.setattr("steps.lib.spark_scoring.spark_session", no_spark)
     model_uri = logged_model_of(users_rows(500, 1), "income class")
     (tmp_path / "twice.csv").write_text("id,Income ($),id\n1,2,3\n")
+    (tmp_path / "cased.csv").write_text("ID,Income ($),id\n1,2,3\n")
     pq.write_table(pa.table({"tags": [[1], [2]], "x": [1, 2]}), tmp_path / "nested.parquet")
     os.mkfifo(tmp_path / "stream.csv")
     for name, message in (
         ("twice.csv", "has duplicate column names: 'id' (2 times)"),
+        ("cased.csv", "has column names that differ only in case ('ID', 'id'), which Spark takes for one name"),
         ("nested.parquet", "nested Parquet column(s) 'tags'"),
         ("stream.csv", "is a FIFO, not a regular file"),
     ):
         flags = ["--data-uri", str(tmp_path / name), "--model-uri", model_uri, "--backend", "spark"]
         assert_failed_cleanly(capsys, "predict", flags, message)
+
+
+def test_on_a_clusters_storage_spark_gets_the_same_checks_of_names_and_nesting():
+    """refuse_spark_columns, with Spark's own types and a stand-in session (no Java): nested Parquet columns
+    named, repeated CSV headers and headers equal but for case (unless spark.sql.caseSensitive), an empty file."""
+    pytest.importorskip("pyspark")
+    from types import SimpleNamespace
+
+    from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
+
+    from steps.lib.spark_scoring import refuse_spark_columns
+
+    def session(first_line: str | None, case_sensitive: str = "false") -> SimpleNamespace:
+        line = None if first_line is None else SimpleNamespace(value=first_line)
+        text = SimpleNamespace(first=lambda: line)
+        conf = SimpleNamespace(get=lambda key, default: case_sensitive)
+        return SimpleNamespace(read=SimpleNamespace(text=lambda uri: text), conf=conf)
+
+    nested = SimpleNamespace(
+        schema=StructType([StructField("tags", ArrayType(LongType())), StructField("x", StringType())])
+    )
+    with pytest.raises(PipelineError, match=r"nested Parquet column\(s\) 'tags' \(array<bigint>\)"):
+        refuse_spark_columns(session("unused"), nested, "s3a://bucket/batch.parquet")
+    flat = SimpleNamespace(schema=StructType([StructField("x", StringType())]))
+    refuse_spark_columns(session("unused"), flat, "s3a://bucket/batch.parquet")
+    with pytest.raises(PipelineError, match="duplicate column names: 'id' \\(2 times\\)"):
+        refuse_spark_columns(session('id,"Income ($)",id'), flat, "hdfs://nn/batch.csv")
+    with pytest.raises(PipelineError, match="differ only in case \\('ID', 'id'\\)"):
+        refuse_spark_columns(session("ID,x,id"), flat, "hdfs://nn/batch.csv")
+    refuse_spark_columns(session("ID,x,id", case_sensitive="true"), flat, "hdfs://nn/batch.csv")
+    refuse_spark_columns(session('"a,b",a,b'), flat, "hdfs://nn/batch.csv")  # a quoted comma is one name
+    with pytest.raises(PipelineError, match="is empty: it has no header and no rows"):
+        refuse_spark_columns(session(None), flat, "gs://bucket/batch.csv")
+
+
+def test_monitor_reads_text_and_times_as_the_signature_says_in_every_block(tracking_uri, tmp_path):
+    """A CSV past pyarrow's first 4 MiB block: early `plan` codes that look numeric and ISO times would fix those
+    columns' types from the first block, and a later `pro` or `05/01/2024` would fail the read. Read with the
+    signature's text types they are text throughout: the late time is tallied as one that does not parse."""
+    from steps.lib.drift import BatchProfile
+    from steps.lib.model_loading import load_model
+    from steps.lib.tables import read_batches
+    from steps.monitor import read_types
+
+    def with_times(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+        hours = np.random.default_rng(seed).integers(0, 24 * 90, len(frame))
+        stamps = pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h")
+        return frame.assign(**{"signed up": stamps.strftime("%Y-%m-%dT%H:%M:%S").to_numpy()})
+
+    training = with_times(users_rows(1000, 1), 1)
+    loaded = load_model(logged_model_of(training, "income class"))
+    spec = build_feature_spec(training, "income class")
+    types = read_types(loaded.pyfunc, spec)
+    assert {types[c] for c in ("signed up", "plan", "city", "Income ($)")} == {"string"}
+    batch = with_times(users_rows(120_000, 2), 2).drop(columns="income class")
+    batch["plan"] = np.where(np.arange(len(batch)) < 110_000, "1", "pro")
+    batch.loc[115_000, "signed up"] = "05/01/2024"
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    with open(tmp_path / "batch.csv", "rb") as text:  # the late values are past pyarrow's first block (4 MiB)
+        assert sum(len(next(text)) for _ in range(110_001)) > 1 << 22
+    profile = BatchProfile(training, spec.numeric, spec.categorical, 1000, seed=0, times=spec.datetime)
+    for piece in read_batches(str(tmp_path / "batch.csv"), types, 50_000):
+        profile.add(piece)
+    assert profile.tallies["signed up"].unparsed == 1 and profile.tallies["plan"].categories["pro"] == 10_000
+    with pytest.raises(PipelineError, match=r"signed up|plan"):  # as the first block would have it: a failed read
+        for _ in read_batches(str(tmp_path / "batch.csv"), dict.fromkeys(spec.numeric, "string"), 50_000):
+            pass
