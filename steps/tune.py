@@ -49,7 +49,7 @@ from steps.lib.search_options import SearchConfig, TuneOptions, effective_parall
 from steps.lib.search_results import leaderboard, load_previous_search, plot_search, trials_to_records
 from steps.lib.search_space import grid_points, task_families
 from steps.lib.signing import file_manifest, record_manifest, run_root
-from steps.lib.splits import Splits, read_splits, sample_rows
+from steps.lib.splits import Splits, describe_scoring, read_splits, sample_rows
 from steps.lib.step_cards import tune_card
 from steps.lib.story import tune_story
 from steps.lib.tables import DEFAULT_DATA_URI
@@ -300,7 +300,7 @@ def tune_with(
     if options.algo == "grid":
         note_grid(config)
     started = time.perf_counter()
-    mlflow.set_tag("backend", options.backend)
+    mlflow.set_tags({"backend": options.backend, "scored_on": describe_scoring(inputs.spec, options.cv_folds)})
     with ExitStack() as cleanup:  # the logger process, if there is one, ends with this step
         outcome = search(inputs, config, spark_master, cleanup, early_workers)
         at_once = (

@@ -300,6 +300,19 @@ def cv_folds_of(train: pd.DataFrame, spec: FeatureSpec, folds: int, seed: int) -
     return list(splitter.split(train, train[spec.target]))
 
 
+def describe_scoring(spec: FeatureSpec, folds: int) -> str:
+    """What a trial is scored on, as tune's tag `scored_on` tells it: the validation split, or the folds that
+    cv_folds_of makes."""
+    split = spec.split or {}
+    if folds < 2:
+        return "the validation split"
+    if split.get("kind") == "time":
+        return f"{folds} folds in time order on '{split['column']}': each scores the next block of time"
+    if split.get("kind") == "group":
+        return f"{folds} folds by group on '{split['column']}': no group in two folds"
+    return f"{folds} {'stratified ' if spec.task == CLASSIFICATION else ''}shuffled folds of the training split"
+
+
 def sample_rows(frame: pd.DataFrame, spec: FeatureSpec, most: int, seed: int) -> pd.DataFrame:
     """At most `most` rows (0: all), seeded, stratified by the label for classification, in their first order."""
     if most == 0 or len(frame) <= most:

@@ -274,7 +274,9 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     assert sum(len(part) for part in parts.values()) == n - 3
     spec = json.loads((folder / "feature_spec.json").read_text())
     assert spec["split"] == {"kind": "time", "column": "ordered at", "rows_without_value": 3}
-    assert newest(client, "tune").data.params["cv_folds"] == "2"
+    tune = newest(client, "tune")
+    assert tune.data.params["cv_folds"] == "2"
+    assert tune.data.tags["scored_on"] == "2 folds in time order on 'ordered at': each scores the next block of time"
     card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
     assert "- split: `by time on 'ordered at'" in card
 
@@ -292,7 +294,9 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
         set(pd.read_parquet(folder / f"{part}.parquet")["customer"]) for part in ("train", "validation", "test")
     ]
     assert not (customers[0] & customers[1] or customers[0] & customers[2] or customers[1] & customers[2])
-    assert newest(client, "tune").data.params["cv_folds"] == "3"
+    tune = newest(client, "tune")
+    assert tune.data.params["cv_folds"] == "3"
+    assert tune.data.tags["scored_on"] == "3 folds by group on 'customer': no group in two folds"
     card = mlflow.artifacts.load_text(f"runs:/{newest(client, 'evaluate').info.run_id}/model_card/model_card.md")
     assert "- split: `by group on 'customer': no group in two splits`" in card
     assert newest(client, "tune").data.metrics["best_val_f1_macro"] > 0.5

@@ -189,7 +189,7 @@ def test_a_group_split_puts_each_group_in_one_split_only():
 
 
 def test_cross_validation_folds_follow_the_split():
-    from steps.lib.splits import cv_folds_of
+    from steps.lib.splits import cv_folds_of, describe_scoring
 
     frame = timed_frame()
     spec = build_feature_spec(frame, "label")
@@ -199,10 +199,16 @@ def test_cross_validation_folds_follow_the_split():
     assert len(folds) == 3
     for fit_rows, score_rows in folds:  # each fold scores later times than it fits on
         assert train_times[fit_rows].max() < train_times[score_rows].min()
+    assert describe_scoring(spec, 3) == "3 folds in time order on 'at': each scores the next block of time"
     splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="group", column="customer")
     for fit_rows, score_rows in cv_folds_of(splits.train, spec, 3, seed=0):
         customers = splits.train["customer"].to_numpy()
         assert not set(customers[fit_rows]) & set(customers[score_rows])
+    assert describe_scoring(spec, 3) == "3 folds by group on 'customer': no group in two folds"
+    assert describe_scoring(spec, 0) == "the validation split"
+    assert (
+        describe_scoring(build_feature_spec(frame, "label"), 5) == "5 stratified shuffled folds of the training split"
+    )
 
 
 @pytest.mark.parametrize(
