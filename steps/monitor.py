@@ -208,12 +208,13 @@ def with_predictions(model: Any, spec: FeatureSpec, batch: pd.DataFrame, predict
 
 
 def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
-    """The types a CSV batch is read with in every block, not guessed from its first: text as the model's
-    signature has it (a category or a time that looks numeric, or like a date, early in the file stays text, so
-    a different value later is tallied, not a failed read), and numeric columns as text too (text in one is a
-    reported schema change)."""
+    """The types a CSV batch is read with in every block, not guessed from its first: text and true/false as
+    the model's signature has them (a category or a time that looks numeric, or like a date, early in the file
+    stays text, so a different value later is tallied, not a failed read; a true/false column whose first block
+    is empty or 0/1 is still read as True/False, as the model was fitted on), and numeric columns as text (text
+    in one is a reported schema change)."""
     try:
-        text = {name: kind for name, kind in signature_columns(pyfunc) if kind == "string"}
+        text = {name: kind for name, kind in signature_columns(pyfunc) if kind in ("string", "boolean")}
     except PipelineError:  # no signature: the first block's types
         text = {}
     return text | dict.fromkeys(spec.numeric, "string")

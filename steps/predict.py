@@ -24,7 +24,7 @@ from steps.lib.runner import INT, run_cli, step_run, unset_is_none
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.step_cards import predict_card
 from steps.lib.story import code, describe
-from steps.lib.tables import DEFAULT_DATA_URI, read_batches
+from steps.lib.tables import ARROW_TYPES, DEFAULT_DATA_URI, read_batches
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.predict")
@@ -43,9 +43,10 @@ class ScoredWriter:
     per row (~2 s a million rows here), and a file that no spreadsheet opens is no use beside the Parquet.
     """
 
-    def __init__(self, folder: Path, csv_rows: int | None) -> None:
+    def __init__(self, folder: Path, csv_rows: int | None, types: dict[str, str] | None = None) -> None:
         self.parquet, self.csv = folder / "predictions.parquet", folder / "predictions.csv"
         self.csv_rows = csv_rows
+        self.types = types or {}  # the signature's column types: a column with no value in the first batch
         self.rows = 0
         self.csv_dropped = False
         self.writer: Any = None
@@ -63,7 +64,8 @@ class ScoredWriter:
 
         if self.writer is None:
             arrow = pa.Table.from_pandas(table, preserve_index=False)
-            self.schema = arrow.schema
+            self.schema = pa.schema([self.typed(field) for field in arrow.schema])
+            arrow = arrow.cast(self.schema)
             self.writer = pq.ParquetWriter(self.parquet, self.schema)
             if self.csv_rows != 0:
                 self.csv_writer = pyarrow.csv.CSVWriter(self.csv, self.schema)
@@ -78,6 +80,15 @@ class ScoredWriter:
             self.csv_dropped = True
         if self.csv_writer is not None:
             self.csv_writer.write_table(arrow)
+
+    def typed(self, field: Any) -> Any:
+        """A column with no value in the first batch (Arrow's null type, which no later value fits) as the
+        signature types it, or as text (how the batches are read when the signature does not say)."""
+        import pyarrow as pa
+
+        if not pa.types.is_null(field.type):
+            return field
+        return pa.field(field.name, pa.type_for_alias(ARROW_TYPES.get(self.types.get(field.name, ""), "string")))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -125,7 +136,7 @@ def run_predict(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, PREDICTIONS_DIR)
         out.mkdir()
-        writer = ScoredWriter(out, csv_rows)
+        writer = ScoredWriter(out, csv_rows, dict(columns))
         try:
             for frame in read_batches(data_uri, dict(columns), batch_rows):
                 if frame.empty and tally.rows:

@@ -95,7 +95,14 @@ def read_data(data_uri: str, copy: Path | None = None) -> pd.DataFrame:
 
 
 # Signature types (MLflow's names) -> the Arrow type a CSV column is read as, the same in every block.
-ARROW_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "string": "string"}
+ARROW_TYPES = {
+    "double": "float64",
+    "float": "float32",
+    "long": "int64",
+    "integer": "int32",
+    "string": "string",
+    "boolean": "bool",  # `True`/`true`/`1`, `False`/`false`/`0`: not the integers a first block of 0/1 would give
+}
 
 
 def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Iterator[pd.DataFrame]:
@@ -141,6 +148,9 @@ def csv_error(text: str, names: list[str], types: dict[str, str], context: str) 
         return (
             f"column '{name}' must be numeric ({types[name]}) as in the model's signature; found {invalid.group(1)!r}"
         )
+    if invalid and types.get(name) == "boolean":
+        found = invalid.group(1)
+        return f"column '{name}' must be true or false (boolean) as in the model's signature; found {found!r}"
     return f"{context}: {one_line(text.replace(numbered.group(0), f'column {name!r}'), 240)}"
 
 
@@ -158,9 +168,10 @@ def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[
     declared = {name: pa.type_for_alias(ARROW_TYPES[kind]) for name, kind in types.items() if kind in ARROW_TYPES}
     first = reader(declared)
     fixed = dict(declared)
-    for field in first.schema:  # what is not declared: as the first block has it, ints as floats (room for gaps)
-        if field.name not in fixed:
+    for field in first.schema:  # what is not declared: as the first block has it, ints as floats (room for gaps),
+        if field.name not in fixed:  # and a column with no value in the first block as text (any later value is)
             fixed[field.name] = pa.float64() if pa.types.is_integer(field.type) else field.type
+            fixed[field.name] = pa.string() if pa.types.is_null(field.type) else fixed[field.name]
     pending: list[pd.DataFrame] = []
     rows = 0
     for batch in reader(fixed):

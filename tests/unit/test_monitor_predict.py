@@ -368,3 +368,66 @@ def test_monitor_reads_text_and_times_as_the_signature_says_in_every_block(track
     with pytest.raises(PipelineError, match=r"signed up|plan"):  # as the first block would have it: a failed read
         for _ in read_batches(str(tmp_path / "batch.csv"), dict.fromkeys(spec.numeric, "string"), 50_000):
             pass
+
+
+@pytest.mark.parametrize("first_block", ["empty", "0/1"])
+def test_a_true_false_column_is_read_as_the_signature_says_in_every_block(tracking_uri, tmp_path, first_block):
+    """A column the model was fitted on as True/False: pyarrow would type it from the first 4 MiB block (all
+    missing there: null, and a later `True` fails the read; `0`/`1` there: integers, which a later `True` fails
+    too). Read as the signature's boolean in every block, predict scores it as the model scores the frame in
+    memory, and monitor reads it the same; a value that is neither true nor false is named in one line."""
+    import mlflow
+
+    from steps.lib.model_loading import load_model
+    from steps.lib.tables import read_batches
+    from steps.monitor import read_types
+    from steps.predict import run_predict
+
+    training = users_rows(1000, 1).assign(member=np.arange(1000) % 3 == 0)
+    model_uri = logged_model_of(training, "income class")
+    loaded = load_model(model_uri)
+    spec = build_feature_spec(training, "income class")
+    assert read_types(loaded.pyfunc, spec)["member"] == "boolean"
+    rows, early = 30_000, 25_000
+    member = pd.Series(np.arange(rows) % 2 == 0, dtype=object)
+    written = member.map({True: "True", False: "False"})
+    written[:early] = None if first_block == "empty" else member[:early].map({True: "1", False: "0"})
+    batch = users_rows(rows, 2).drop(columns="income class").assign(comment="a long remark " * 20)
+    batch.assign(member=written.to_numpy()).to_csv(tmp_path / "batch.csv", index=False)
+    with open(tmp_path / "batch.csv", "rb") as text:  # past the first block (4 MiB), only True/False
+        assert sum(len(next(text)) for _ in range(early + 1)) > 1 << 22
+    read = pd.concat(read_batches(str(tmp_path / "batch.csv"), read_types(loaded.pyfunc, spec), 10_000))
+    known = slice(early if first_block == "empty" else 0, rows)
+    assert read["member"].iloc[known].tolist() == member.iloc[known].tolist()
+
+    with mlflow.start_run() as run:
+        run_predict(str(tmp_path / "batch.csv"), model_uri=model_uri, batch_rows=10_000)
+    scored = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions/predictions.parquet")
+    )
+    in_memory = loaded.sklearn.predict(batch.assign(member=member.astype(bool))[spec.input_columns].iloc[known])
+    assert (scored["prediction"].iloc[known].to_numpy() == in_memory).all()
+
+    written[rows - 10] = "maybe"
+    batch.assign(member=written.to_numpy()).to_csv(tmp_path / "batch.csv", index=False)
+    with mlflow.start_run(), pytest.raises(PipelineError) as raised:
+        run_predict(str(tmp_path / "batch.csv"), model_uri=model_uri, batch_rows=10_000)
+    assert str(raised.value) == (
+        "column 'member' must be true or false (boolean) as in the model's signature; found 'maybe'"
+    )
+
+
+def test_a_column_with_no_value_in_the_first_block_is_read_as_text_in_every_block(tmp_path):
+    """A column the signature does not type (one the model does not take, passed through to the output), empty
+    for the first 4 MiB: pyarrow types it null there, and a later value failed the whole read."""
+    from steps.lib.tables import read_batches
+
+    rows, early = 30_000, 25_000
+    remark = pd.Series([None] * early + [f"call back {i}" for i in range(rows - early)], dtype=object)
+    frame = pd.DataFrame({"padding": ["a long remark " * 20] * rows, "remark": remark})
+    frame.to_csv(tmp_path / "batch.csv", index=False)
+    with open(tmp_path / "batch.csv", "rb") as text:
+        assert sum(len(next(text)) for _ in range(early + 1)) > 1 << 22
+    read = pd.concat(read_batches(str(tmp_path / "batch.csv"), {}, 10_000), ignore_index=True)
+    assert read["remark"].iloc[early:].tolist() == remark.iloc[early:].tolist()
+    assert read["remark"].iloc[:early].isna().all()
