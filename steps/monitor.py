@@ -33,7 +33,7 @@ from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg
 from steps.lib.console import say
 from steps.lib.drift import MISSING_CHANGE, TIMES, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
-from steps.lib.features import FeatureSpec
+from steps.lib.features import CLASSIFICATION, FeatureSpec
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.metrics import greater_is_better
 from steps.lib.model_loading import load_model
@@ -193,9 +193,12 @@ def reference_predictions(model: Any, reference: Reference, batch_rows: int) -> 
     return frame, prediction
 
 
-def with_predictions(model: Any, spec: FeatureSpec, batch: pd.DataFrame, prediction: str) -> pd.DataFrame:
-    """The batch, its numeric columns as numbers, with the model's predictions; the predictions missing when a
-    numeric column does not hold numbers (that column and those after it stay text: the tallies report it)."""
+def with_predictions(
+    model: Any, spec: FeatureSpec, batch: pd.DataFrame, prediction: str, true_false: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """The batch, its numeric columns as numbers and its `true_false` columns (read as text) as True/False, with
+    the model's predictions; the predictions missing when a numeric column does not hold numbers or a true/false
+    column holds another value (that column, and those after it, stay text: the tallies report it)."""
     batch = batch.copy()
     for column in spec.numeric:
         numbers = batch[column] if is_numeric(batch[column]) else as_numbers(batch[column])
@@ -203,21 +206,55 @@ def with_predictions(model: Any, spec: FeatureSpec, batch: pd.DataFrame, predict
             batch[prediction] = None
             return batch
         batch[column] = numbers  # parsed once: the tallies take them as they are
+    for column in true_false:
+        flags = as_true_false(batch[column])
+        if flags is None:  # `maybe` in a True/False column: an unseen category in the drift table
+            batch[prediction] = None
+            return batch
+        batch[column] = flags
     batch[prediction] = model.predict(batch[spec.input_columns])
     return batch
 
 
+TRUE_FALSE = dict.fromkeys(("1", "True", "TRUE", "true"), True) | dict.fromkeys(("0", "False", "FALSE", "false"), False)
+
+
+def as_true_false(values: pd.Series) -> pd.Series | None:
+    """Text as True/False, spelled as pyarrow reads them (missing values stay missing); None if another value is
+    there. Without missing values the column is bool, as the model was fitted on."""
+    if pd.api.types.is_bool_dtype(values):
+        return values
+    flags = values.map(TRUE_FALSE)
+    present = values.notna()
+    if (flags.isna() & present).any():
+        return None
+    return flags.astype(bool) if present.all() else flags.astype(object).where(present, None)
+
+
 def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
-    """The types a CSV batch is read with in every block, not guessed from its first: text and true/false as
-    the model's signature has them (a category or a time that looks numeric, or like a date, early in the file
-    stays text, so a different value later is tallied, not a failed read; a true/false column whose first block
-    is empty or 0/1 is still read as True/False, as the model was fitted on), and numeric columns as text (text
-    in one is a reported schema change)."""
+    """The types a CSV batch is read with in every block, not guessed from its first: as text, the columns the
+    model's signature types as text or true/false (a category or a time that looks numeric, or like a date,
+    early in the file stays text, so a different value later is tallied, not a failed read; with_predictions
+    turns true/false text into True/False, as the model was fitted on) and the numeric ones (text in one is a
+    reported schema change); the label as the training rows had it (numbers or text)."""
     try:
-        text = {name: kind for name, kind in signature_columns(pyfunc) if kind in ("string", "boolean")}
+        text = {name: "string" for name, kind in signature_columns(pyfunc) if kind in ("string", "boolean")}
     except PipelineError:  # no signature: the first block's types
         text = {}
-    return text | dict.fromkeys(spec.numeric, "string")
+    numeric_labels = spec.task != CLASSIFICATION or all(is_number(c) for c in spec.classes or ["?"])
+    return text | dict.fromkeys(spec.numeric, "string") | {spec.target: "double" if numeric_labels else "string"}
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def true_false_columns(pyfunc: Any) -> tuple[str, ...]:
+    """The columns the model's signature types as true/false (monitor reads them as text)."""
+    try:
+        return tuple(name for name, kind in signature_columns(pyfunc) if kind == "boolean")
+    except PipelineError:
+        return ()
 
 
 def profile_batch(
@@ -227,11 +264,13 @@ def profile_batch(
     columns: tuple[list[str], list[str], str],
     sizes: tuple[int, int],
     types: dict[str, str],
+    true_false: tuple[str, ...] = (),
 ) -> tuple[BatchProfile, bool]:
     """The batch read `batch_rows` rows at a time (with `types`), each piece predicted and tallied; whether it
     has labels.
 
-    `columns`: the numeric and the categorical columns to tally, and the one that holds the predictions.
+    `columns`: the numeric and the categorical columns to tally, and the one that holds the predictions;
+    `true_false`: the columns read as text that the model takes as True/False.
     """
     spec, (numeric, categorical, prediction), (batch_rows, sample_rows) = reference.spec, columns, sizes
     profile = BatchProfile(
@@ -242,7 +281,7 @@ def profile_batch(
         if piece.empty and profile.rows:
             continue
         labelled = check_columns(piece, spec) or labelled
-        profile.add(with_predictions(model, spec, piece, prediction))
+        profile.add(with_predictions(model, spec, piece, prediction, true_false))
     return profile, labelled
 
 
@@ -346,7 +385,9 @@ def run_monitor(
     categorical = [*spec.categorical, *([] if numeric_prediction else [prediction])]
     columns = (numeric, categorical, prediction)
     sizes, types = (batch_rows, sample_rows), read_types(loaded.pyfunc, spec)
-    profile, labelled = profile_batch(data_uri, model, reference, columns, sizes, types)
+    profile, labelled = profile_batch(
+        data_uri, model, reference, columns, sizes, types, true_false_columns(loaded.pyfunc)
+    )
     table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule, spec.datetime)
     drifted = table.loc[table["drifted"], "column"].tolist()
     sample = profile.sampled()

@@ -64,7 +64,7 @@ class ScoredWriter:
 
         if self.writer is None:
             arrow = pa.Table.from_pandas(table, preserve_index=False)
-            self.schema = pa.schema([self.typed(field) for field in arrow.schema])
+            self.schema = pa.schema([self.typed(field) for field in arrow.schema], metadata=arrow.schema.metadata)
             arrow = arrow.cast(self.schema)
             self.writer = pq.ParquetWriter(self.parquet, self.schema)
             if self.csv_rows != 0:
@@ -83,7 +83,8 @@ class ScoredWriter:
 
     def typed(self, field: Any) -> Any:
         """A column with no value in the first batch (Arrow's null type, which no later value fits) as the
-        signature types it, or as text (how the batches are read when the signature does not say)."""
+        signature types it, or else as text (a column the signature does not type was read with the type the
+        file's first block gives it: text where that block is empty too)."""
         import pyarrow as pa
 
         if not pa.types.is_null(field.type):

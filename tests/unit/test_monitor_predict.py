@@ -371,23 +371,26 @@ def test_monitor_reads_text_and_times_as_the_signature_says_in_every_block(track
 
 
 @pytest.mark.parametrize("first_block", ["empty", "0/1"])
-def test_a_true_false_column_is_read_as_the_signature_says_in_every_block(tracking_uri, tmp_path, first_block):
+def test_a_true_false_column_is_taken_as_true_false_in_every_block(tracking_uri, tmp_path, first_block):
     """A column the model was fitted on as True/False: pyarrow would type it from the first 4 MiB block (all
-    missing there: null, and a later `True` fails the read; `0`/`1` there: integers, which a later `True` fails
-    too). Read as the signature's boolean in every block, predict scores it as the model scores the frame in
-    memory, and monitor reads it the same; a value that is neither true nor false is named in one line."""
+    missing there: null, and a later `True` fails the read; `0`/`1` there: integers, and a later `True` fails
+    too). predict reads it as the signature's boolean and monitor as text it turns into True/False: both score
+    every row as the model scores the frame in memory (gaps as missing). A value neither true nor false is named
+    in one line by predict, and tallied by monitor as an unseen category."""
     import mlflow
 
+    from steps.lib.drift import BatchProfile
     from steps.lib.model_loading import load_model
     from steps.lib.tables import read_batches
-    from steps.monitor import read_types
+    from steps.monitor import read_types, true_false_columns, with_predictions
     from steps.predict import run_predict
 
     training = users_rows(1000, 1).assign(member=np.arange(1000) % 3 == 0)
+    training.loc[training["member"], "income class"] = ">50K"  # the model leans on it
     model_uri = logged_model_of(training, "income class")
     loaded = load_model(model_uri)
     spec = build_feature_spec(training, "income class")
-    assert read_types(loaded.pyfunc, spec)["member"] == "boolean"
+    assert true_false_columns(loaded.pyfunc) == ("member",) and read_types(loaded.pyfunc, spec)["member"] == "string"
     rows, early = 30_000, 25_000
     member = pd.Series(np.arange(rows) % 2 == 0, dtype=object)
     written = member.map({True: "True", False: "False"})
@@ -396,17 +399,19 @@ def test_a_true_false_column_is_read_as_the_signature_says_in_every_block(tracki
     batch.assign(member=written.to_numpy()).to_csv(tmp_path / "batch.csv", index=False)
     with open(tmp_path / "batch.csv", "rb") as text:  # past the first block (4 MiB), only True/False
         assert sum(len(next(text)) for _ in range(early + 1)) > 1 << 22
-    read = pd.concat(read_batches(str(tmp_path / "batch.csv"), read_types(loaded.pyfunc, spec), 10_000))
-    known = slice(early if first_block == "empty" else 0, rows)
-    assert read["member"].iloc[known].tolist() == member.iloc[known].tolist()
+    in_memory = batch.assign(member=member.where(written.notna(), None) if first_block == "empty" else member)
+    expected = loaded.sklearn.predict(in_memory[spec.input_columns])
 
     with mlflow.start_run() as run:
         run_predict(str(tmp_path / "batch.csv"), model_uri=model_uri, batch_rows=10_000)
     scored = pd.read_parquet(
         mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions/predictions.parquet")
     )
-    in_memory = loaded.sklearn.predict(batch.assign(member=member.astype(bool))[spec.input_columns].iloc[known])
-    assert (scored["prediction"].iloc[known].to_numpy() == in_memory).all()
+    assert (scored["prediction"].to_numpy() == expected).all() and len(set(expected)) == 2
+    pieces = read_batches(str(tmp_path / "batch.csv"), read_types(loaded.pyfunc, spec), 7_000)
+    monitored = pd.concat(with_predictions(loaded.sklearn, spec, piece, "p", ("member",)) for piece in pieces)
+    assert (monitored["p"].to_numpy() == expected).all()
+    assert monitored["member"].tolist() == in_memory["member"].tolist()
 
     written[rows - 10] = "maybe"
     batch.assign(member=written.to_numpy()).to_csv(tmp_path / "batch.csv", index=False)
@@ -415,6 +420,29 @@ def test_a_true_false_column_is_read_as_the_signature_says_in_every_block(tracki
     assert str(raised.value) == (
         "column 'member' must be true or false (boolean) as in the model's signature; found 'maybe'"
     )
+    profile = BatchProfile(training, spec.numeric, spec.categorical, 1000, seed=0, times=spec.datetime)
+    for piece in read_batches(str(tmp_path / "batch.csv"), read_types(loaded.pyfunc, spec), 7_000):
+        profile.add(with_predictions(loaded.sklearn, spec, piece, "p", ("member",)))
+    assert profile.tallies["member"].categories["maybe"] == 1
+    true_rows = (rows - early) // 2 - 1 + (0 if first_block == "empty" else early // 2)  # `maybe` was a True
+    assert profile.tallies["member"].categories["True"] == true_rows
+
+
+def test_monitor_reads_the_label_as_the_training_rows_had_it():
+    """Numbers for numeric classes and for a regression, text for text classes: a label column empty through
+    the first block is not read as text when its classes are 0 and 1 (the live metric would mix the two)."""
+    from steps.monitor import read_types
+
+    class Unsigned:
+        class metadata:  # noqa: N801 (a stand-in for a pyfunc's metadata)
+            @staticmethod
+            def get_input_schema() -> None:
+                return None
+
+    labels = {"x": np.arange(60.0), "y": np.arange(60) % 2, "t": np.where(np.arange(60) % 2, "a", "b")}
+    for target, expected in (("y", "double"), ("t", "string"), ("x", "double")):
+        spec = build_feature_spec(pd.DataFrame({"z": np.arange(60) % 7, target: labels[target]}), target)
+        assert read_types(Unsigned(), spec)[target] == expected, target
 
 
 def test_a_column_with_no_value_in_the_first_block_is_read_as_text_in_every_block(tmp_path):
