@@ -154,6 +154,28 @@ def test_the_csv_is_written_up_to_its_row_limit_and_not_at_all_past_it(tmp_path,
         assert len(pd.read_csv(tmp_path / "predictions.csv")) == written
 
 
+def test_the_written_predictions_keep_the_inputs_types_a_column_empty_at_first_takes_the_signatures(tmp_path):
+    """pandas' nullable types come back as written; a true/false column with no value in the first batch (Arrow's
+    null type, which no later value fits) is written as the signature's boolean, an untyped one as text."""
+    from steps.predict import ScoredWriter
+
+    writer = ScoredWriter(tmp_path, 0, {"member": "boolean"})
+    for first in (True, False):
+        writer.write(
+            pd.DataFrame(
+                {
+                    "count": pd.array([1, None] if first else [3, 4], dtype="Int64"),
+                    "member": [None, None] if first else [True, False],
+                    "note": [None, None] if first else ["a", "b"],
+                }
+            )
+        )
+    writer.close()
+    back = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert str(back["count"].dtype) == "Int64" and back["count"].tolist()[2:] == [3, 4]
+    assert back["member"].tolist() == [None, None, True, False] and back["note"].tolist()[2:] == ["a", "b"]
+
+
 def test_the_csv_choice_is_checked():
     from steps.predict import SPREADSHEET_ROWS, csv_row_limit
 
