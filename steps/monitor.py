@@ -197,8 +197,8 @@ def with_predictions(
     model: Any, spec: FeatureSpec, batch: pd.DataFrame, prediction: str, true_false: tuple[str, ...] = ()
 ) -> pd.DataFrame:
     """The batch, its numeric columns as numbers and its `true_false` columns (read as text) as True/False, with
-    the model's predictions; the predictions missing when a numeric column does not hold numbers or a true/false
-    column holds another value (that column, and those after it, stay text: the tallies report it)."""
+    the model's predictions; the predictions missing when a numeric column does not hold numbers (that column and
+    those after it stay text) or a true/false column holds another value: the tallies report it."""
     batch = batch.copy()
     for column in spec.numeric:
         numbers = batch[column] if is_numeric(batch[column]) else as_numbers(batch[column])
@@ -206,12 +206,13 @@ def with_predictions(
             batch[prediction] = None
             return batch
         batch[column] = numbers  # parsed once: the tallies take them as they are
+    clean = True
     for column in true_false:
-        flags = as_true_false(batch[column])
-        if flags is None:  # `maybe` in a True/False column: an unseen category in the drift table
-            batch[prediction] = None
-            return batch
-        batch[column] = flags
+        batch[column], only_flags = as_true_false(batch[column])
+        clean = clean and only_flags
+    if not clean:  # `maybe` in a True/False column: an unseen category in the drift table
+        batch[prediction] = None
+        return batch
     batch[prediction] = model.predict(batch[spec.input_columns])
     return batch
 
@@ -219,16 +220,17 @@ def with_predictions(
 TRUE_FALSE = dict.fromkeys(("1", "True", "TRUE", "true"), True) | dict.fromkeys(("0", "False", "FALSE", "false"), False)
 
 
-def as_true_false(values: pd.Series) -> pd.Series | None:
-    """Text as True/False, spelled as pyarrow reads them (missing values stay missing); None if another value is
-    there. Without missing values the column is bool, as the model was fitted on."""
+def as_true_false(values: pd.Series) -> tuple[pd.Series, bool]:
+    """Text as True/False, spelled as pyarrow reads them (missing values stay missing, another value stays as it
+    is), and whether there was no other value. Without missing or other values the column is bool, as the model
+    was fitted on."""
     if pd.api.types.is_bool_dtype(values):
-        return values
+        return values, True
     flags = values.map(TRUE_FALSE)
-    present = values.notna()
-    if (flags.isna() & present).any():
-        return None
-    return flags.astype(bool) if present.all() else flags.astype(object).where(present, None)
+    present, other = values.notna(), flags.isna() & values.notna()
+    if present.all() and not other.any():
+        return flags.astype(bool), True
+    return flags.astype(object).where(~other, values).where(present, None), not other.any()
 
 
 def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:

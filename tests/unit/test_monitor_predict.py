@@ -413,7 +413,7 @@ def test_a_true_false_column_is_taken_as_true_false_in_every_block(tracking_uri,
     loaded = load_model(model_uri)
     spec = build_feature_spec(training, "income class")
     assert true_false_columns(loaded.pyfunc) == ("member",) and read_types(loaded.pyfunc, spec)["member"] == "string"
-    rows, early = 30_000, 25_000
+    rows, early = 17_000, 14_500
     member = pd.Series(np.arange(rows) % 2 == 0, dtype=object)
     written = member.map({True: "True", False: "False"})
     written[:early] = None if first_block == "empty" else member[:early].map({True: "1", False: "0"})

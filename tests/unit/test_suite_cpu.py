@@ -13,7 +13,7 @@ TESTS = """
 import subprocess, sys, time
 
 def test_starts_a_busy_process():
-    subprocess.run([sys.executable, "-c", "x = 0\\nfor i in range(2 * 10**7): x += i"], check=True)
+    subprocess.run([sys.executable, "-c", "x = 0\\nfor i in range(10**7): x += i"], check=True)
 
 def test_waits():
     time.sleep(0.5)
@@ -28,7 +28,7 @@ def test_each_test_gets_its_own_and_its_childrens_cpu_and_the_summary_adds_them_
     subprocess.run([*command, "-c", os.devnull, str(tmp_path)], cwd=tmp_path, env=env, check=True, capture_output=True)
     records = {r["test"].split("::")[1]: r for r in map(json.loads, log.read_text().splitlines())}
     busy, waiting = records["test_starts_a_busy_process"], records["test_waits"]
-    assert busy["children"] > 0.5 and busy["own"] < busy["children"]  # the busy process is the test's child
+    assert busy["children"] > 0.3 and busy["own"] < busy["children"]  # the busy process is the test's child
     assert waiting["wall"] >= 0.5 and waiting["own"] + waiting["children"] < 0.2
     shown = subprocess.run(
         [sys.executable, str(PROJECT_DIR / "bench" / "suite_cpu.py"), str(log)], capture_output=True, text=True
