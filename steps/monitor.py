@@ -240,11 +240,12 @@ def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
     turns true/false text into True/False, as the model was fitted on) and the numeric ones (text in one is a
     reported schema change); the label as the training rows had it (numbers or text)."""
     try:
-        text = {name: "string" for name, kind in signature_columns(pyfunc) if kind in ("string", "boolean")}
+        text = [name for name, kind in signature_columns(pyfunc) if kind == "string"]
     except PipelineError:  # no signature: the first block's types
-        text = {}
+        text = []
     numeric_labels = spec.task != CLASSIFICATION or all(is_number(c) for c in spec.classes or ["?"])
-    return text | dict.fromkeys(spec.numeric, "string") | {spec.target: "double" if numeric_labels else "string"}
+    as_text = dict.fromkeys([*text, *true_false_columns(pyfunc), *spec.numeric], "string")
+    return as_text | {spec.target: "double" if numeric_labels else "string"}
 
 
 def is_number(value: Any) -> bool:

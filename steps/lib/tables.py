@@ -171,7 +171,8 @@ def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[
     for field in first.schema:  # what is not declared: as the first block has it, ints as floats (room for gaps),
         if field.name not in fixed:  # and a column with no value in the first block as text (any later value is)
             fixed[field.name] = pa.float64() if pa.types.is_integer(field.type) else field.type
-            fixed[field.name] = pa.string() if pa.types.is_null(field.type) else fixed[field.name]
+            if pa.types.is_null(field.type):
+                fixed[field.name] = pa.string()
     pending: list[pd.DataFrame] = []
     rows = 0
     for batch in reader(fixed):
