@@ -46,7 +46,8 @@ class ScoredWriter:
     def __init__(self, folder: Path, csv_rows: int | None, types: dict[str, str] | None = None) -> None:
         self.parquet, self.csv = folder / "predictions.parquet", folder / "predictions.csv"
         self.csv_rows = csv_rows
-        self.types = types or {}  # the signature's column types: a column with no value in the first batch
+        self.types = types or {}  # the signature's column types: for a column with no value in the first batch
+        self.as_text: list[str] = []  # the columns the signature does not type that had none: written as text
         self.rows = 0
         self.csv_dropped = False
         self.writer: Any = None
@@ -64,12 +65,16 @@ class ScoredWriter:
 
         if self.writer is None:
             arrow = pa.Table.from_pandas(table, preserve_index=False)
+            empty = [field.name for field in arrow.schema if pa.types.is_null(field.type)]
+            self.as_text = [name for name in empty if self.types.get(name) not in ARROW_TYPES]
             self.schema = pa.schema([self.typed(field) for field in arrow.schema], metadata=arrow.schema.metadata)
             arrow = arrow.cast(self.schema)
             self.writer = pq.ParquetWriter(self.parquet, self.schema)
             if self.csv_rows != 0:
                 self.csv_writer = pyarrow.csv.CSVWriter(self.csv, self.schema)
         else:
+            if self.as_text:  # written as text from the first batch on: so are its later values (True, 1.5, ...)
+                table = table.assign(**{name: table[name].astype("string") for name in self.as_text})
             arrow = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
         self.rows += len(table)
         self.writer.write_table(arrow)
@@ -83,8 +88,7 @@ class ScoredWriter:
 
     def typed(self, field: Any) -> Any:
         """A column with no value in the first batch (Arrow's null type, which no later value fits) as the
-        signature types it, or else as text (a column the signature does not type was read with the type the
-        file's first block gives it: text where that block is empty too)."""
+        signature types it, or else as text (its later values written as text too)."""
         import pyarrow as pa
 
         if not pa.types.is_null(field.type):

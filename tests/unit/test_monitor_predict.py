@@ -156,7 +156,8 @@ def test_the_csv_is_written_up_to_its_row_limit_and_not_at_all_past_it(tmp_path,
 
 def test_the_written_predictions_keep_the_inputs_types_a_column_empty_at_first_takes_the_signatures(tmp_path):
     """pandas' nullable types come back as written; a true/false column with no value in the first batch (Arrow's
-    null type, which no later value fits) is written as the signature's boolean, an untyped one as text."""
+    null type, which no later value fits) is written as the signature's boolean, an untyped one as text, and its
+    later values (True, 1.5) as text too."""
     from steps.predict import ScoredWriter
 
     writer = ScoredWriter(tmp_path, 0, {"member": "boolean"})
@@ -167,6 +168,8 @@ def test_the_written_predictions_keep_the_inputs_types_a_column_empty_at_first_t
                     "count": pd.array([1, None] if first else [3, 4], dtype="Int64"),
                     "member": [None, None] if first else [True, False],
                     "note": [None, None] if first else ["a", "b"],
+                    "flag": [None, None] if first else [True, None],  # a pass-through column, typed later
+                    "amount": [None, None] if first else [1.5, 2.0],
                 }
             )
         )
@@ -174,6 +177,8 @@ def test_the_written_predictions_keep_the_inputs_types_a_column_empty_at_first_t
     back = pd.read_parquet(tmp_path / "predictions.parquet")
     assert str(back["count"].dtype) == "Int64" and back["count"].tolist()[2:] == [3, 4]
     assert back["member"].tolist() == [None, None, True, False] and back["note"].tolist()[2:] == ["a", "b"]
+    assert back["flag"].tolist()[2] == "True" and pd.isna(back["flag"].tolist()[3])
+    assert back["amount"].tolist()[2:] == ["1.5", "2.0"]
 
 
 def test_the_csv_choice_is_checked():
