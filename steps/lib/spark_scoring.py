@@ -106,7 +106,7 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    scheme = urllib.parse.urlsplit(data_uri).scheme.lower()
+    scheme, shown = urllib.parse.urlsplit(data_uri).scheme.lower(), redact_uri(data_uri)
     with (
         fetched(model_uri, "the model") as local_model,  # one download: checked here, shipped to the executors
         local_copy(data_uri) if scheme not in SPARK_SCHEMES else nullcontext(data_uri) as located,
@@ -116,7 +116,7 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
         path = located
         if isinstance(located, Path):  # the local backend's checks (regular file, header, names), before Spark
             path = find_data_file(located, data_uri)
-            refuse_names_equal_but_for_case(checked_table_file(path, redact_uri(data_uri))[1], redact_uri(data_uri))
+            refuse_names_equal_but_for_case(checked_table_file(path, shown)[1], shown)
         session = spark_session(master)
         ship_steps_package(session)
         session.sparkContext.addFile(str(local_model), recursive=True)
@@ -127,7 +127,7 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
         except PipelineError:
             raise
         except Exception as error:  # e.g. Spark's AnalysisException: a path it cannot read, repeated Parquet names
-            raise PipelineError(f"Spark cannot read '{redact_uri(data_uri)}': {one_line(str(error), 240)}") from None
+            raise PipelineError(f"Spark cannot read '{shown}': {one_line(str(error), 240)}") from None
         head = frame.limit(CHECK_ROWS).toPandas()
         check_batch(head, columns)
         table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
