@@ -10,6 +10,7 @@ as the local backend (`steps.lib.scoring.score_batch`), so the columns are the s
 from __future__ import annotations
 
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -73,8 +74,8 @@ def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:
 def refuse_names_equal_but_for_case(names: list[str], shown: str) -> None:
     """Spark compares column names without case by default: `ID` and `id` would be one column to it (its CSV
     reader renames them, `ID0` and `id2`; a Parquet file is refused)."""
-    folded = [name.casefold() for name in names]
-    clashing = [name for name in names if folded.count(name.casefold()) > 1]
+    folded = Counter(name.casefold() for name in names)
+    clashing = [name for name in names if folded[name.casefold()] > 1]
     if clashing:
         listed = ", ".join(f"'{name}'" for name in clashing)
         raise PipelineError(

@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -419,7 +420,8 @@ def header_names(path: Path, kind: str) -> list[str]:
 
 
 def refuse_duplicate_headers(names: list[str], shown: str) -> None:
-    repeated = sorted({name for name in names if name and names.count(name) > 1})  # pandas names empty ones
+    counts = Counter(names)  # one pass: a table may have thousands of columns
+    repeated = sorted(name for name, count in counts.items() if name and count > 1)  # pandas names empty ones
     if repeated:
-        listed = ", ".join(f"'{name}' ({names.count(name)} times)" for name in repeated)
+        listed = ", ".join(f"'{name}' ({counts[name]} times)" for name in repeated)
         raise PipelineError(f"'{shown}' has duplicate column names: {listed}; give each column a name of its own")
