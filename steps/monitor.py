@@ -277,7 +277,7 @@ def profile_batch(
     """
     spec, (numeric, categorical, prediction), (batch_rows, sample_rows) = reference.spec, columns, sizes
     profile = BatchProfile(
-        reference.train_with_predictions, numeric, categorical, sample_rows, seed=0, times=spec.datetime
+        reference.train_with_predictions, numeric, categorical, sample_rows, seed=0, times=spec.time_formats()
     )
     labelled = False
     for piece in read_batches(data_uri, types, batch_rows):
@@ -391,7 +391,7 @@ def run_monitor(
     profile, labelled = profile_batch(
         data_uri, model, reference, columns, sizes, types, true_false_columns(loaded.pyfunc)
     )
-    table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule, spec.datetime)
+    table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule, spec.time_formats())
     drifted = table.loc[table["drifted"], "column"].tolist()
     sample = profile.sampled()
     summary: dict[str, Any] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,7 @@ class ColumnTally:
     rows: int = 0
     schema_change: str = ""
     times: bool = False  # a date/time column: its span and the values that do not parse, no distribution
+    time_format: str = "ISO8601"  # how its text spells times (the feature spec's format)
     unparsed: int = 0
     unparsed_example: Any = None
     span: tuple[pd.Timestamp, pd.Timestamp] | None = None
@@ -165,7 +167,7 @@ class ColumnTally:
         return numbers
 
     def add_times(self, values: pd.Series) -> None:
-        parsed = parse_times(values)
+        parsed = parse_times(values, self.time_format)
         unparsed = parsed.isna().to_numpy() & values.notna().to_numpy()
         if unparsed.any():
             self.unparsed += int(unparsed.sum())
@@ -190,14 +192,14 @@ class BatchProfile:
         others: list[str],
         sample_rows: int,
         seed: int,
-        times: list[str] | None = None,
+        times: Mapping[str, str] | None = None,
     ):
         self.tallies: dict[str, ColumnTally] = {}
         for name in numeric:
             ref = reference[name].dropna().astype(float).to_numpy()
             self.tallies[name] = ColumnTally(True, psi_edges(ref) if len(ref) else None)
         self.tallies |= {name: ColumnTally(False) for name in others}
-        self.tallies |= {name: ColumnTally(False, times=True) for name in times or []}
+        self.tallies |= {name: ColumnTally(False, times=True, time_format=fmt) for name, fmt in (times or {}).items()}
         self.sample_rows = sample_rows
         self.rng = np.random.default_rng(seed)
         self.sample = pd.DataFrame()
@@ -220,7 +222,11 @@ class BatchProfile:
 
 
 def profile_of(
-    frame: pd.DataFrame, reference: pd.DataFrame, numeric: list[str], others: list[str], times: list[str] | None = None
+    frame: pd.DataFrame,
+    reference: pd.DataFrame,
+    numeric: list[str],
+    others: list[str],
+    times: Mapping[str, str] | None = None,
 ) -> BatchProfile:
     """A whole batch in one piece, every row sampled."""
     profile = BatchProfile(reference, numeric, others, max(len(frame), 1), seed=0, times=times)
@@ -230,7 +236,7 @@ def profile_of(
 
 def time_spans(reference: pd.Series, tally: ColumnTally) -> dict[str, str]:
     """The training rows' span of times and the batch's (empty where no value parses)."""
-    known = parse_times(reference).dropna()
+    known = parse_times(reference, tally.time_format).dropna()
     return {
         "test": "none (times move on)",
         "span_reference": time_span(known.min(), known.max()) if len(known) else "",
@@ -244,11 +250,12 @@ def drift_table(
     numeric: list[str],
     categorical: list[str],
     rule: DriftRule,
-    times: list[str] | None = None,
+    times: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per column: its test (KS on the sample, chi-square on all counts), PSI over all rows, missing
-    shares, schema changes, and whether it drifted; a date/time column (`times`) its spans instead of a test."""
-    times = times or []
+    shares, schema changes, and whether it drifted; a date/time column (`times`: name -> format of its text) its
+    spans instead of a test."""
+    times = times or {}
     if isinstance(current, BatchProfile):
         profile = current
     else:

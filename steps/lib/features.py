@@ -30,8 +30,28 @@ DATE_PARTS = "date parts"
 ONE_HOT_MAX_LEVELS = 64
 ONE_HOT_MAX_CATEGORIES = 32
 RARE_LEVEL_ROWS = 5
-# Text is a timestamp when this share of a sample of its values is ISO 8601 (2024-05-01, 2024-05-01T13:45:00Z).
+# Text is a timestamp when this share of a sample of its values is in one of TIME_FORMATS: ISO 8601 (2024-05-01,
+# 2024-05-01T13:45:00Z), or one of the common spellings of spreadsheets and exports below. The format is found
+# once, at featurize, recorded in the feature spec, and every later read of the column uses it.
+ISO8601 = "ISO8601"  # pandas' name for the ISO 8601 family (with or without a time, an offset or Z)
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
+# Month first before day first where both would read a value (03/04/2024), as pandas reads it by default.
+CLOCKS = ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p")
+TIME_FORMATS = (
+    ISO8601,
+    *(f"{date}{clock}" for date in ("%m/%d/%Y", "%d/%m/%Y") for clock in CLOCKS),
+    "%m/%d/%y",
+    "%d/%m/%y",
+    "%m-%d-%Y",
+    "%d-%m-%Y",
+    *(f"%d.%m.%Y{clock}" for clock in ("", " %H:%M", " %H:%M:%S")),
+    *(f"%Y/%m/%d{clock}" for clock in ("", " %H:%M", " %H:%M:%S")),
+    "%d %b %Y",
+    "%d-%b-%Y",
+    "%b %d, %Y",
+    "%d %B %Y",
+    "%B %d, %Y",
+)
 TIME_SHARE = 0.95
 TIME_SAMPLE = 1000
 
@@ -56,6 +76,10 @@ class FeatureSpec:
     def encoding(self, column: str) -> str:
         """How a categorical column is encoded (a spec written before encodings were recorded: one-hot)."""
         return self.encodings.get(column, {}).get("encoding", ONE_HOT)
+
+    def time_formats(self) -> dict[str, str]:
+        """Each date/time column's format as text (ISO 8601 where the spec predates formats)."""
+        return {column: self.encodings.get(column, {}).get("format", ISO8601) for column in self.datetime}
 
     def columns_encoded(self, encoding: str) -> list[str]:
         return [c for c in self.categorical if self.encoding(c) == encoding]
@@ -111,13 +135,62 @@ class ColumnChoice:
     encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def looks_like_times(present: pd.Series) -> bool:
-    """Text whose values (a spread sample of them) are nearly all ISO 8601 dates or timestamps."""
-    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present):
-        return False
+@dataclass
+class TimeFormat:
+    """How a text column spells its dates/times (a format of TIME_FORMATS), and a note when the data leave the
+    order of day and month open."""
+
+    format: str
+    note: str = ""
+
+
+def time_format_of(present: pd.Series) -> TimeFormat | None:
+    """The format in which (a spread sample of) the present values are nearly all dates or timestamps; None if
+    there is none. Where two formats read the sample equally well (03/04/2024: month or day first), every value
+    decides, and if they still tie, month first, with a note saying so."""
+    if pd.api.types.is_datetime64_any_dtype(present):
+        return TimeFormat(ISO8601)
+    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present) or present.empty:
+        return None
     step = max(1, len(present) // TIME_SAMPLE)
     sample = present.iloc[::step].astype(str).str.strip()
-    return bool(sample.str.match(ISO_TIME).mean() >= TIME_SHARE)
+    if sample.str.contains(r"\d", regex=True).mean() < TIME_SHARE:  # too few digits for times: nothing to parse
+        return None
+    shares = {fmt: parsed(sample, fmt).notna().mean() for fmt in TIME_FORMATS}
+    best = max(shares.values())
+    if best < TIME_SHARE:
+        return None
+    tied = [fmt for fmt, share in shares.items() if share == best]
+    if len(tied) == 1:
+        return TimeFormat(tied[0])
+    whole = present.astype(str).str.strip()
+    times = {fmt: parsed(whole, fmt) for fmt in tied}
+    most = max(found.notna().sum() for found in times.values())
+    first, *others = [fmt for fmt in tied if times[fmt].notna().sum() == most]
+    differ = [fmt for fmt in others if not times[fmt].equals(times[first])]  # "05 May" is both %b and %B
+    return TimeFormat(first, f"read as {first}: every value also reads as {', '.join(differ)}" if differ else "")
+
+
+def parsed(text: pd.Series, fmt: str) -> pd.Series:
+    """`text` as times in format `fmt`, NaT where a value is not one."""
+    if fmt == ISO8601:  # the regex too: pandas' ISO parser also takes a bare year ("2024") or month ("2024-05")
+        return pd.to_datetime(text.where(text.str.match(ISO_TIME)), format=fmt, errors="coerce", utc=True)
+    return pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+
+
+def date_parts_encoding(values: pd.Series, spelled: TimeFormat, n_unique: int) -> dict[str, Any]:
+    """The encoding of a date/time column, its format (as text) and why."""
+    written = "datetime values" if pd.api.types.is_datetime64_any_dtype(values) else f"text in format {spelled.format}"
+    reason = (
+        f"date/time ({written}), {n_unique:,} distinct values: year, month, day, day of week, hour, ... (those that "
+        "vary) and the time in days"
+    )
+    return {
+        "encoding": DATE_PARTS,
+        "levels": n_unique,
+        "format": spelled.format,
+        "reason": reason + (f"; {spelled.note}" if spelled.note else ""),
+    }
 
 
 def categorical_encoding(n_levels: int) -> dict[str, Any]:
@@ -152,14 +225,9 @@ def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] 
             choice.dropped[column] = "all values missing"
         elif n_unique <= 1:
             choice.dropped[column] = "constant"
-        elif pd.api.types.is_datetime64_any_dtype(values) or (not is_numeric and looks_like_times(present)):
+        elif (spelled := None if is_numeric else time_format_of(present)) is not None:
             choice.datetime.append(column)
-            choice.encodings[column] = {
-                "encoding": DATE_PARTS,
-                "levels": int(n_unique),
-                "reason": f"date/time, {n_unique:,} distinct values: year, month, day, day of week, hour, ... (those "
-                "that vary) and the time in days",
-            }
+            choice.encodings[column] = date_parts_encoding(values, spelled, int(n_unique))
         elif n_unique == n_rows and ID_NAME.search(str(column)):
             choice.dropped[column] = "ID-like (unique per row, named like an identifier)"
         elif not is_numeric and n_rows >= 20 and n_unique >= ID_UNIQUE_RATIO * len(present):

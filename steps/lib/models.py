@@ -226,7 +226,7 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
     if spec.datetime:
         dates = Pipeline(
             [
-                ("parts", DateParts()),
+                ("parts", DateParts(spec.time_formats())),
                 ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
                 ("scale", StandardScaler()),
             ]

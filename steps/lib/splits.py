@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from steps.lib.errors import PipelineError
-from steps.lib.features import CLASSIFICATION, FeatureSpec
+from steps.lib.features import CLASSIFICATION, ISO8601, FeatureSpec, time_format_of
 from steps.lib.names import FEATURE_SPEC
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -192,30 +192,35 @@ def column_of(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
     return frame[column]
 
 
-def time_order(frame: pd.DataFrame, column: str) -> pd.Series:
-    return time_keys(column_of(frame, column, "time_column"))
+def time_order(frame: pd.DataFrame, column: str, time_format: str | None = None) -> pd.Series:
+    return time_keys(column_of(frame, column, "time_column"), time_format)[0]
 
 
-def time_keys(values: pd.Series) -> pd.Series:
-    """The column as a sort key (NaN where missing): numbers as they are, dates and ISO 8601 text as
-    microseconds since 1970 (UTC); refused when its values do not parse as times."""
+def time_keys(values: pd.Series, time_format: str | None = None) -> tuple[pd.Series, str | None]:
+    """The column as a sort key (NaN where missing): numbers as they are, dates and date/time text as
+    microseconds since 1970 (UTC), and the text's format (`time_format`, or found as featurize finds a date/time
+    feature's: ISO 8601, 05/31/2024, 31.05.2024 13:45, ...); refused when its values do not parse as times."""
     column = values.name
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.astype(float)
+        return values.astype(float), None
     from steps.lib.transforms import parse_times  # here: featurize splits at random without scikit-learn
 
     present = values.notna()
-    times = parse_times(values)
+    if time_format is None:
+        spelled = time_format_of(values[present])
+        time_format = spelled.format if spelled else ISO8601
+    times = parse_times(values, time_format)
     times.index = values.index
     unparsed = int((present & times.isna()).sum())
     if present.sum() == 0 or unparsed > 0.05 * present.sum():
         example = values[present & times.isna()].head(1).tolist() or values.head(1).tolist()
         raise PipelineError(
             f"time_column '{column}' does not parse as dates/times ({unparsed:,} of {int(present.sum()):,} values, "
-            f"e.g. {example[0]!r}); use a date/time column, numbers, or ISO 8601 text such as 2024-05-01T13:45:00"
+            f"e.g. {example[0]!r}); use a date/time column, numbers, or text in one date format such as "
+            "2024-05-01T13:45:00 or 05/01/2024 13:45 (README: date and time formats)"
         )
     microseconds = times.dt.tz_convert(None).to_numpy().astype("datetime64[us]").astype("int64")
-    return pd.Series(np.where(times.isna(), np.nan, microseconds.astype(float)), index=values.index)
+    return pd.Series(np.where(times.isna(), np.nan, microseconds.astype(float)), index=values.index), time_format
 
 
 def cut_by_order(keys: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray]:
@@ -239,9 +244,12 @@ def split_by_time(
     values: pd.Series, spec: FeatureSpec, validation_size: float, test_size: float
 ) -> tuple[np.ndarray, ...]:
     """Positions (in `values`, the time column of the labelled rows) of train, validation and test."""
-    times = time_keys(values).to_numpy()
+    keys, time_format = time_keys(values)
+    times = keys.to_numpy()
     timed = np.flatnonzero(~np.isnan(times))
     spec.split["rows_without_value"] = len(times) - len(timed)
+    if time_format is not None:
+        spec.split["format"] = time_format  # cross-validation folds cut the training rows' times the same way
     empty = (
         f"time_column '{values.name}' has too few distinct times ({pd.unique(times[timed]).size:,}) for a "
         "train/validation/test split in time order; use split=random or more data"
@@ -292,7 +300,8 @@ def cv_folds_of(train: pd.DataFrame, spec: FeatureSpec, folds: int, seed: int) -
 
     split = spec.split or {}
     if split.get("kind") == "time":
-        blocks = cut_by_order(time_order(train, split["column"]).to_numpy(), (1 / (folds + 1),) * (folds + 1))
+        keys = time_order(train, split["column"], split.get("format")).to_numpy()
+        blocks = cut_by_order(keys, (1 / (folds + 1),) * (folds + 1))
         return [(np.concatenate(blocks[:k]), blocks[k]) for k in range(1, folds + 1) if len(blocks[k])]
     if split.get("kind") == "group":
         return list(GroupKFold(n_splits=folds).split(train, groups=train[split["column"]].astype(str)))

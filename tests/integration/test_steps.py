@@ -151,7 +151,8 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
 
 def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process):
     """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, a feature called `prediction`, a text ID, a
-    city of many levels, a sign-up time as ISO text: main (load, featurize, tune, train, evaluate) takes them,
+    city of many levels, a sign-up time as ISO text and a last visit as US text (`03/14/2024 01:45 PM`): main
+    (load, featurize, tune, train, evaluate) takes them,
     then predict, monitor and a served model do; metric keys are cleaned, the real names stay in the artifacts,
     no output overwrites an input, and the model served from another folder takes the raw rows (the date
     transformer ships inside it); served in place, it is still the champion predict scores."""
@@ -167,6 +168,9 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
             "plan type": rng.choice(["basic", "pro"], n),
             "city": rng.choice([f"town {i}" for i in range(120)], n),
             "signed up": signed_up.strftime("%Y-%m-%dT%H:%M:%S"),
+            "last visit": (signed_up + pd.to_timedelta(rng.integers(1, 900, n), unit="h")).strftime(
+                "%m/%d/%Y %I:%M %p"
+            ),
             "prediction": rng.normal(size=n),  # a column of the user's, as it happens, named like predict's output
             "income class": np.where(income > 50, ">50K", "<=50K"),
         }
@@ -188,7 +192,9 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
         "target",
         "date parts",
     ]
-    assert spec["datetime"] == ["signed up"] and spec["encodings"]["city"]["levels"] == frame["city"].nunique()
+    assert spec["datetime"] == ["signed up", "last visit"]
+    assert spec["encodings"]["city"]["levels"] == frame["city"].nunique()
+    assert [spec["encodings"][c]["format"] for c in spec["datetime"]] == ["ISO8601", "%m/%d/%Y %I:%M %p"]
     tune = newest(client, "tune")  # trials' params and metrics under the odd names: keys made valid, none lost
     trials = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{tune.info.run_id}/trials.csv"))
     assert len(trials) == 3 and tune.data.metrics["best_val_f1_macro"] > 0.5
@@ -216,18 +222,21 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
             f"{monitor.info.artifact_uri}/drift/drift_table.csv", dst_path=str(tmp_path)
         )
     )
-    features = {"Income ($)", "seniority (years)", "plan type", "city", "signed up"}
+    features = {"Income ($)", "seniority (years)", "plan type", "city", "signed up", "last visit"}
     assert features | {"prediction", "prediction_2"} == set(drift["column"])
     signed_up = drift.set_index("column").loc["signed up"]  # every row, training's among them: no drift
     assert signed_up["kind"] == "date/time" and not signed_up["drifted"]
     (train_first, train_last), (first, last) = (signed_up[f"span_{s}"].split(" .. ") for s in ("reference", "batch"))
     assert first <= train_first < train_last <= last
+    last_visit = drift.set_index("column").loc["last visit"]  # read in its own format: every value parses
+    assert last_visit["kind"] == "date/time" and not last_visit["drifted"] and pd.isna(last_visit["schema_change"])
 
     elsewhere = tmp_path / "elsewhere"  # no steps package here: the model's own copy of the transformer serves
     elsewhere.mkdir()
     rows = batch.head(5).copy()
     rows.loc[rows.index[0], "city"] = "a town never seen"
     rows.loc[rows.index[1], "signed up"] = None
+    rows.loc[rows.index[1], "last visit"] = "sometime"
     expected = table["prediction_2"].head(5).tolist()
     with model_server("models:/people@champion", store, elsewhere) as base:
         status, body = post(f"{base}/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split"))})

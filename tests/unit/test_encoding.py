@@ -13,9 +13,11 @@ from steps.lib.features import (
     ONE_HOT_MAX_CATEGORIES,
     ONE_HOT_MAX_LEVELS,
     TARGET_ENCODING,
+    TIME_FORMATS,
+    TimeFormat,
     build_feature_spec,
     choose_columns,
-    looks_like_times,
+    time_format_of,
 )
 from steps.lib.models import MODEL_FAMILIES, SHIPPED_CODE, SKOPS_TRUSTED_TYPES, build_model, shipped_code_paths
 from steps.lib.transforms import CategoryCodes, DateParts, parse_times
@@ -158,13 +160,85 @@ def test_a_model_with_many_level_columns_saves_and_loads_with_the_trusted_types_
     assert (loaded.predict_proba(frame[spec.input_columns]) == model.predict_proba(frame[spec.input_columns])).all()
 
 
-def test_text_is_a_time_only_when_nearly_all_of_it_is_iso_8601():
+def spelled(times: pd.DatetimeIndex, fmt: str) -> pd.Series:
+    return pd.Series(times.strftime(fmt), dtype=object)
+
+
+# A year of times at 7 h 13 min steps: days over 12 and afternoons, so each spelling below is told from the others.
+YEAR = pd.date_range("2023-03-01 00:07", periods=1200, freq="433min")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "found"),
+    [("%Y-%m-%dT%H:%M:%SZ", "ISO8601"), ("%Y-%m-%d", "ISO8601"), ("%Y-%m-%d %H:%M", "ISO8601")]
+    + [(fmt, fmt) for fmt in TIME_FORMATS if fmt != "ISO8601"],
+)
+def test_text_in_a_common_date_format_is_a_time_and_its_format_is_found(fmt, found):
+    text = spelled(YEAR, fmt)
+    assert time_format_of(text).format == found and time_format_of(text).note == ""
+    assert time_format_of(" " + text + " ").format == found  # as a spreadsheet pads them
+    exact = pd.to_datetime(text, format=fmt, utc=True)  # to the format's own precision
+    assert parse_times(" " + text, found).equals(exact) and exact.dt.year.nunique() == 2
+
+
+def test_text_is_not_a_time_unless_nearly_all_of_it_is_one_in_one_format():
     iso = pd.Series(["2024-05-01", "2024-05-02T13:45:00Z", "2024-05-03 08:00", "2024-05-04T08:00:00+02:00"] * 30)
-    assert looks_like_times(iso)
-    assert not looks_like_times(pd.Series(["05/01/2024", "05/02/2024"] * 30))
-    assert not looks_like_times(pd.Series(["20240501", "20240502"] * 30))
-    assert not looks_like_times(pd.Series(["2024-05-01"] * 90 + ["soon"] * 10))
-    assert not looks_like_times(pd.Series([1.5, 2.5] * 30))
+    assert time_format_of(iso).format == "ISO8601"
+    assert time_format_of(pd.Series(["20240501", "20240502"] * 30)) is None  # a number or a code as much as a date
+    assert time_format_of(pd.Series(["2024-05-01"] * 90 + ["soon"] * 10)) is None
+    assert time_format_of(pd.concat([spelled(YEAR[:600], "%Y-%m-%d"), spelled(YEAR[600:], "%d/%m/%Y")])) is None
+    assert time_format_of(pd.Series(["2024", "2025"] * 30)) is None  # a year alone: pandas' ISO parser takes it
+    assert time_format_of(pd.Series(["A-12", "B-07", "13/20"] * 30)) is None
+    assert time_format_of(pd.Series([1.5, 2.5] * 30)) is None
+    assert time_format_of(pd.Series(YEAR)).format == "ISO8601"  # a datetime column: its format is for text of it
+
+
+def test_day_or_month_first_is_decided_by_every_value_and_a_tie_is_said():
+    early = pd.date_range("2024-01-01", periods=12, freq="D")  # days 1-12: 03/04 reads either way
+    late = pd.date_range("2024-01-13", periods=12, freq="D")
+    # the sample (every other value of 2,400) holds early days only; the rows between decide: day first
+    mixed = pd.Series(
+        np.ravel(np.column_stack([np.tile(spelled(early, "%d/%m/%Y"), 100), np.tile(spelled(late, "%d/%m/%Y"), 100)]))
+    )
+    assert len(mixed) == 2400 and time_format_of(mixed.iloc[::2]).note  # the sample alone: a tie
+    assert time_format_of(mixed) == TimeFormat("%d/%m/%Y")
+    tie = time_format_of(spelled(early, "%d/%m/%Y"))
+    assert tie.format == "%m/%d/%Y" and tie.note == "read as %m/%d/%Y: every value also reads as %d/%m/%Y"
+    may = time_format_of(pd.Series(["05 May 2024", "06 May 2024", "31 May 2024"] * 20))
+    assert may.format == "%d %b %Y" and may.note == ""  # %d %B %Y reads the same times: nothing to say
+
+
+def test_a_date_format_is_recorded_in_the_spec_and_the_model_reads_the_raw_text_with_it():
+    n = 800
+    rng = np.random.default_rng(3)
+    when = pd.Series(pd.date_range("2023-01-05 06:00", periods=n, freq="11h"))
+    label = np.where((when.dt.day > 15) ^ (when.dt.hour >= 12), "late", "early")
+    native = pd.DataFrame({"when (local)": when, "x": rng.normal(size=n), "y": label})
+    text = native.assign(**{"when (local)": when.dt.strftime("%d/%m/%Y %I:%M %p")})
+    spec = build_feature_spec(text, "y")
+    encoding = spec.encodings["when (local)"]
+    assert spec.datetime == ["when (local)"] and encoding["format"] == "%d/%m/%Y %I:%M %p"
+    assert "text in format %d/%m/%Y %I:%M %p" in encoding["reason"] and spec.time_formats() == {
+        "when (local)": "%d/%m/%Y %I:%M %p"
+    }
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    from_text = build_model(spec, family, family.resolve({}), seed=0).fit(text[spec.input_columns], text["y"])
+    dates = from_text[0].named_transformers_["dates"][0]
+    assert dates.formats_ == {"when (local)": "%d/%m/%Y %I:%M %p"}
+    assert dates.parts_["when (local)"] == ["year", "month", "day", "day_of_week", "hour", "days"]
+    on_native = build_model(build_feature_spec(native, "y"), family, family.resolve({}), seed=0)
+    on_native.fit(native[spec.input_columns], native["y"])
+    # the same parts from the text as from the datetimes: the same model, the same probabilities
+    assert np.array_equal(
+        from_text.predict_proba(text[spec.input_columns]), on_native.predict_proba(native[spec.input_columns])
+    )
+    assert from_text.score(text[spec.input_columns], text["y"]) > 0.95
+    import skops.io
+
+    saved = skops.io.loads(skops.io.dumps(from_text), trusted=list(SKOPS_TRUSTED_TYPES))
+    assert np.array_equal(
+        saved.predict_proba(text[spec.input_columns]), from_text.predict_proba(text[spec.input_columns])
+    )
 
 
 def test_date_parts_keep_what_varies_and_leave_missing_times_missing():

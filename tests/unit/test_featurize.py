@@ -148,11 +148,17 @@ def test_split_sizes_are_checked(mixed_frame, validation_size, test_size):
 # --------------------------------------------------------------------------- splits by time and by group
 
 
-def timed_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
-    """Rows at hourly times (as ISO text, a few missing, many shared by two rows), customers of 3-9 rows each."""
+ISO = "%Y-%m-%dT%H:%M:%S"
+# Day first: sorted as text, or read month first, 02/01 (2 January) would come after 01/02 (1 February).
+DAY_FIRST = "%d/%m/%Y %H:%M"
+
+
+def timed_frame(n: int = 600, seed: int = 0, fmt: str = ISO) -> pd.DataFrame:
+    """Rows at times 7 h apart (as text in `fmt`, a few missing, many shared by two rows), customers of 3-9 rows
+    each."""
     rng = np.random.default_rng(seed)
-    hours = np.sort(rng.integers(0, n // 2, n))
-    times = (pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%dT%H:%M:%S")
+    hours = np.sort(rng.integers(0, n // 2, n)) * 7
+    times = (pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h")).strftime(fmt)
     frame = pd.DataFrame(
         {
             "at": pd.Series(times, dtype=object),
@@ -165,14 +171,16 @@ def timed_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def test_a_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest_equal_times_never_straddle():
-    frame = timed_frame()
+@pytest.mark.parametrize(("fmt", "found"), [(ISO, "ISO8601"), (DAY_FIRST, DAY_FIRST)])
+def test_a_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest_equal_times_never_straddle(fmt, found):
+    frame = timed_frame(fmt=fmt)
     spec = build_feature_spec(frame, "label")
     splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="time", column="at")
-    times = {name: pd.to_datetime(splits[name]["at"]) for name in ("train", "validation", "test")}
+    times = {name: pd.to_datetime(splits[name]["at"], format=fmt) for name in ("train", "validation", "test")}
     assert times["train"].max() < times["validation"].min() and times["validation"].max() < times["test"].min()
     assert sum(len(splits[name]) for name in times) == len(frame) - 7
-    assert spec.split == {"kind": "time", "column": "at", "rows_without_value": 7}
+    assert spec.split == {"kind": "time", "column": "at", "rows_without_value": 7, "format": found}
+    assert spec.time_formats() == {"at": found}  # the same column as a feature: the same format
     assert abs(len(splits.test) / (len(frame) - 7) - 0.2) < 0.02
 
 
@@ -188,13 +196,14 @@ def test_a_group_split_puts_each_group_in_one_split_only():
     assert again.test.equals(splits.test)  # seeded
 
 
-def test_cross_validation_folds_follow_the_split():
+@pytest.mark.parametrize("fmt", [ISO, DAY_FIRST])
+def test_cross_validation_folds_follow_the_split(fmt):
     from steps.lib.splits import cv_folds_of, describe_scoring
 
-    frame = timed_frame()
+    frame = timed_frame(fmt=fmt)
     spec = build_feature_spec(frame, "label")
     splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="time", column="at")
-    train_times = pd.to_datetime(splits.train["at"]).to_numpy()
+    train_times = pd.to_datetime(splits.train["at"], format=fmt).to_numpy()
     folds = cv_folds_of(splits.train, spec, 3, seed=0)
     assert len(folds) == 3
     for fit_rows, score_rows in folds:  # each fold scores later times than it fits on

@@ -236,21 +236,25 @@ def test_monitor_tallies_every_row_in_pieces_and_tests_a_seeded_sample():
     assert sampled.loc["city", "p_value"] == whole.loc["city", "p_value"]
 
 
-def test_a_date_time_column_reports_its_spans_and_values_that_do_not_parse_not_a_distribution_test():
-    """A later batch is no drift (times move on); text the model cannot read as a time is, named with its
-    count; missing values count as in any column; pieces give the whole batch's figures; and the date column
-    takes no share of the other columns' Bonferroni correction."""
+@pytest.mark.parametrize(
+    ("fmt", "found", "other"),
+    [("%Y-%m-%dT%H:%M:%S", "ISO8601", "05/01/2024"), ("%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M", "2024-05-01T00:00:00")],
+)
+def test_a_date_time_column_reports_its_spans_and_values_that_do_not_parse_not_a_distribution_test(fmt, found, other):
+    """A later batch is no drift (times move on); text the model cannot read as a time (in the format featurize
+    found) is, named with its count; missing values count as in any column; pieces give the whole batch's
+    figures; and the date column takes no share of the other columns' Bonferroni correction."""
     from steps.lib.drift import TIMES, BatchProfile
 
     def times(start: str, n: int, seed: int) -> pd.Series:
         hours = np.random.default_rng(seed).integers(0, 24 * 90, n)
-        return (pd.Timestamp(start) + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%dT%H:%M:%S").to_series()
+        return (pd.Timestamp(start) + pd.to_timedelta(hours, unit="h")).strftime(fmt).to_series()
 
     reference = users_rows(3000, 1).assign(**{"signed up": times("2023-01-01", 3000, 1).to_numpy()})
     batch = users_rows(2000, 5).assign(**{"signed up": times("2024-06-01", 2000, 5).to_numpy()})
     numeric, categorical = ["Income ($)", "seniority (years)"], ["plan", "city"]
     plain = drift_table(reference, batch.drop(columns="signed up"), numeric, categorical, DriftRule())
-    table = drift_table(reference, batch, numeric, categorical, DriftRule(), ["signed up"]).set_index("column")
+    table = drift_table(reference, batch, numeric, categorical, DriftRule(), {"signed up": found}).set_index("column")
     row = table.loc["signed up"]
     assert row["kind"] == TIMES and row["test"] == "none (times move on)" and not row["drifted"]
     assert row["span_reference"].startswith("2023-01-01") and row["span_batch"].startswith("2024-06-01")
@@ -258,16 +262,16 @@ def test_a_date_time_column_reports_its_spans_and_values_that_do_not_parse_not_a
     assert plain.set_index("column")["drifted"].equals(table.drop(index="signed up")["drifted"])
     assert plain.attrs["n_tests"] == table.attrs["n_tests"] == 4  # the Bonferroni divisor: tested columns only
 
-    batch.loc[[500, 1500], "signed up"] = "05/01/2024"  # not ISO 8601: the model reads it as missing
+    batch.loc[[500, 1500], "signed up"] = other  # not in the column's format: the model reads it as missing
     batch.loc[batch.index[:400], "signed up"] = None  # 20 % missing now
-    pieces = BatchProfile(reference, numeric, categorical, 5000, seed=0, times=["signed up"])
+    pieces = BatchProfile(reference, numeric, categorical, 5000, seed=0, times={"signed up": found})
     for start in range(0, len(batch), 300):
         pieces.add(batch.iloc[start : start + 300])
     for current in (batch, pieces):
-        row = drift_table(reference, current, numeric, categorical, DriftRule(), ["signed up"]).set_index("column")
-        row = row.loc["signed up"]
+        row = drift_table(reference, current, numeric, categorical, DriftRule(), {"signed up": found})
+        row = row.set_index("column").loc["signed up"]
         assert row["drifted"] and row["missing_change"] == pytest.approx(0.2)
-        message = "2 value(s) do not parse as date/time ('05/01/2024'); the model reads them as missing"
+        message = f"2 value(s) do not parse as date/time ({other!r}); the model reads them as missing"
         assert row["schema_change"] == message
 
 
@@ -388,7 +392,7 @@ def test_monitor_reads_text_and_times_as_the_signature_says_in_every_block(track
     batch.to_csv(tmp_path / "batch.csv", index=False)
     with open(tmp_path / "batch.csv", "rb") as text:  # the late values are past pyarrow's first block (4 MiB)
         assert sum(len(next(text)) for _ in range(110_001)) > 1 << 22
-    profile = BatchProfile(training, spec.numeric, spec.categorical, 1000, seed=0, times=spec.datetime)
+    profile = BatchProfile(training, spec.numeric, spec.categorical, 1000, seed=0, times=spec.time_formats())
     for piece in read_batches(str(tmp_path / "batch.csv"), types, 50_000):
         profile.add(piece)
     assert profile.tallies["signed up"].unparsed == 1 and profile.tallies["plan"].categories["pro"] == 10_000
@@ -447,7 +451,7 @@ def test_a_true_false_column_is_taken_as_true_false_in_every_block(tracking_uri,
     assert str(raised.value) == (
         "column 'member' must be true or false (boolean) as in the model's signature; found 'maybe'"
     )
-    profile = BatchProfile(training, spec.numeric, spec.categorical, 1000, seed=0, times=spec.datetime)
+    profile = BatchProfile(training, spec.numeric, spec.categorical, 1000, seed=0, times=spec.time_formats())
     for piece in read_batches(str(tmp_path / "batch.csv"), read_types(loaded.pyfunc, spec), 7_000):
         profile.add(with_predictions(loaded.sklearn, spec, piece, "p", ("member",)))
     assert profile.tallies["member"].categories["maybe"] == 1
