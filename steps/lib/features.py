@@ -54,6 +54,8 @@ TIME_FORMATS = (
 )
 TIME_SHARE = 0.95
 TIME_SAMPLE = 1000
+# How every value of TIME_FORMATS begins: digits, a separator, digits or a month's name; or a month's name first.
+DATE_SHAPE = re.compile(r"\d{1,4}[-/. ](\d{1,2}|[A-Za-z]{3,9})[-/. ]\d{2,4}|[A-Za-z]{3,9} \d{1,2}, \d{4}")
 
 
 @dataclass
@@ -154,8 +156,10 @@ def time_format_of(present: pd.Series) -> TimeFormat | None:
         return None
     step = max(1, len(present) // TIME_SAMPLE)
     sample = present.iloc[::step].astype(str).str.strip()
-    if sample.str.contains(r"\d", regex=True).mean() < TIME_SHARE:  # too few digits for times: nothing to parse
+    if sample.str.match(DATE_SHAPE).mean() < TIME_SHARE:  # not shaped like dates: no format is tried
         return None
+    if sample.str.match(ISO_TIME).mean() >= TIME_SHARE:  # no other format reads ISO 8601 text
+        return TimeFormat(ISO8601)
     shares = {fmt: parsed(sample, fmt).notna().mean() for fmt in TIME_FORMATS}
     best = max(shares.values())
     if best < TIME_SHARE:
