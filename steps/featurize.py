@@ -132,6 +132,8 @@ def run_featurize(
     )
     for column, encoding in spec.encodings.items():
         logger.info("column %r: %s", column, encoding["reason"])
+        if "note" in encoding:  # day and month could be either way round: month first was taken
+            logger.warning("column %r: %s; pass it as ISO 8601 (2024-05-31) if that is wrong", column, encoding["note"])
     return spec
 
 

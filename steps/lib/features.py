@@ -189,12 +189,8 @@ def date_parts_encoding(values: pd.Series, spelled: TimeFormat, n_unique: int) -
         f"date/time ({written}), {n_unique:,} distinct values: year, month, day, day of week, hour, ... (those that "
         "vary) and the time in days"
     )
-    return {
-        "encoding": DATE_PARTS,
-        "levels": n_unique,
-        "format": spelled.format,
-        "reason": reason + (f"; {spelled.note}" if spelled.note else ""),
-    }
+    encoding = {"encoding": DATE_PARTS, "levels": n_unique, "format": spelled.format, "reason": reason}
+    return encoding | ({"reason": f"{reason}; {spelled.note}", "note": spelled.note} if spelled.note else {})
 
 
 def categorical_encoding(n_levels: int) -> dict[str, Any]:

@@ -203,7 +203,8 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 
-    from steps.lib.transforms import CategoryCodes, DateParts
+    from steps.lib.date_formats import FormattedDateParts
+    from steps.lib.transforms import CategoryCodes
 
     bounded = {"min_frequency": RARE_LEVEL_ROWS, "max_categories": ONE_HOT_MAX_CATEGORIES}
     parts: list[tuple[str, Any, list[str]]] = []
@@ -226,7 +227,7 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
     if spec.datetime:
         dates = Pipeline(
             [
-                ("parts", DateParts(spec.time_formats())),
+                ("parts", FormattedDateParts(spec.time_formats())),
                 ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
                 ("scale", StandardScaler()),
             ]
@@ -340,7 +341,8 @@ def model_pip_requirements() -> list[str]:
 
 
 # The project's modules a logged model may need at prediction time, shipped inside it (MLflow's code_paths).
-SHIPPED_CODE = ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py")
+# transforms.py is as models logged before date formats carry it (tests/unit/test_model_loading.py).
+SHIPPED_CODE = ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py", "steps/lib/date_formats.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -357,8 +359,8 @@ def shipped_code_paths(spec: FeatureSpec, folder: Path) -> list[str] | None:
     return [str(folder / "steps")]
 
 
-# What our pipelines hold beyond skops' default allow-list: numpy and scikit-learn types, and our DateParts and
-# CategoryCodes (their module ships with the model, see SHIPPED_CODE).
+# What our pipelines hold beyond skops' default allow-list: numpy and scikit-learn types, and our DateParts,
+# FormattedDateParts and CategoryCodes (their modules ship with the model, see SHIPPED_CODE).
 SKOPS_TRUSTED_TYPES = (
     "numpy.dtype",
     "numpy.median",  # the numeric imputer's statistic
@@ -370,6 +372,7 @@ SKOPS_TRUSTED_TYPES = (
     "sklearn.utils.validation.check_array",
     "sklearn.model_selection._split.KFold",  # the target encoder's cross-fitting folds
     "sklearn.model_selection._split.StratifiedKFold",
-    "steps.lib.transforms.DateParts",
+    "steps.lib.transforms.DateParts",  # models logged before date formats
+    "steps.lib.date_formats.FormattedDateParts",
     "steps.lib.transforms.CategoryCodes",
 )

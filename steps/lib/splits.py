@@ -111,7 +111,8 @@ def split_frame(
     if split == "random":
         parts = split_at_random(frame[spec.target].iloc[labelled], spec, seed, validation_size, test_size)
     elif split == "time":
-        parts = split_by_time(column_of(frame, column, "time_column").iloc[labelled], spec, validation_size, test_size)
+        values = column_of(frame, column, "time_column").iloc[labelled]
+        parts = split_by_time(values, spec, validation_size, test_size)
     else:
         groups = column_of(frame, column, "group_column").iloc[labelled]
         parts = split_by_group(groups, spec, seed, validation_size, test_size)
@@ -203,7 +204,7 @@ def time_keys(values: pd.Series, time_format: str | None = None) -> tuple[pd.Ser
     column = values.name
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype(float), None
-    from steps.lib.transforms import parse_times  # here: featurize splits at random without scikit-learn
+    from steps.lib.date_formats import parse_times  # here: featurize splits at random without scikit-learn
 
     present = values.notna()
     if time_format is None:
@@ -243,8 +244,9 @@ def cut_by_order(keys: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray
 def split_by_time(
     values: pd.Series, spec: FeatureSpec, validation_size: float, test_size: float
 ) -> tuple[np.ndarray, ...]:
-    """Positions (in `values`, the time column of the labelled rows) of train, validation and test."""
-    keys, time_format = time_keys(values)
+    """Positions (in `values`, the time column of the labelled rows) of train, validation and test. A time column
+    that is also a feature is read in the format featurize found for it on every row."""
+    keys, time_format = time_keys(values, spec.time_formats().get(str(values.name)))
     times = keys.to_numpy()
     timed = np.flatnonzero(~np.isnan(times))
     spec.split["rows_without_value"] = len(times) - len(timed)

@@ -20,23 +20,13 @@ DATE_PARTS = ("year", "month", "day", "day_of_week", "hour", "minute", "second",
 NANOSECONDS_PER_DAY = 86_400 * 10**9
 
 
-def parse_times(values: Any, time_format: str = "ISO8601") -> pd.Series:
-    """Timestamps (UTC) from datetime values, or from text in `time_format` (pandas' "ISO8601", or a strftime
-    format such as "%d/%m/%Y %H:%M"); NaT where a value is missing or does not parse."""
+def parse_times(values: Any) -> pd.Series:
+    """Timestamps (UTC) from datetime values or ISO 8601 text; NaT where a value is missing or does not parse."""
     series = pd.Series(values).reset_index(drop=True)
     if pd.api.types.is_datetime64_any_dtype(series):
         return series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
     text = series.astype(object).where(series.notna(), None)
-    if pd.api.types.infer_dtype(text, skipna=True) in ("string", "empty"):
-        text = text.str.strip()  # as featurize read it (" 2024-05-01 "); other values (a number) as they are
-    if time_format == "ISO8601":
-        return pd.to_datetime(text, errors="coerce", format=time_format, utc=True)
-    # strptime formats: each distinct value read once (pandas' own cache judges by the first values only)
-    codes, distinct = pd.factorize(text)
-    times = pd.DatetimeIndex(
-        pd.to_datetime(pd.Series(distinct, dtype=object), errors="coerce", format=time_format, utc=True)
-    )
-    return pd.Series(times.take(codes, allow_fill=True, fill_value=pd.NaT), index=series.index)
+    return pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
 
 
 def date_part(times: pd.Series, part: str) -> np.ndarray:
@@ -50,21 +40,14 @@ def date_part(times: pd.Series, part: str) -> np.ndarray:
 
 
 class DateParts(TransformerMixin, BaseEstimator):
-    """Each date/time column becomes its parts that vary in the training rows (year, month, ..., hour, days).
-
-    `formats`: how each text column spells its times, by column name (featurize found it; ISO 8601 if not named).
-    """
-
-    def __init__(self, formats: dict[str, str] | None = None):
-        self.formats = formats
+    """Each date/time column becomes its parts that vary in the training rows (year, month, ..., hour, days)."""
 
     def fit(self, X: Any, y: Any = None) -> DateParts:  # noqa: N803 (scikit-learn's argument names)
         frame = pd.DataFrame(X)
         self.columns_ = [str(c) for c in frame.columns]
-        self.formats_ = {name: (self.formats or {}).get(name, "ISO8601") for name in self.columns_}
         self.parts_ = {}
         for name, column in zip(self.columns_, frame.columns, strict=True):
-            times = parse_times(frame[column], self.formats_[name])
+            times = parse_times(frame[column])
             varying = [p for p in DATE_PARTS if pd.Series(date_part(times, p)).nunique(dropna=True) > 1]
             self.parts_[name] = varying or ["days"]
         return self
@@ -73,7 +56,7 @@ class DateParts(TransformerMixin, BaseEstimator):
         frame = pd.DataFrame(X)
         blocks = []
         for name, column in zip(self.columns_, frame.columns, strict=True):
-            times = parse_times(frame[column], self.formats_[name])
+            times = parse_times(frame[column])
             blocks += [date_part(times, part) for part in self.parts_[name]]
         return np.column_stack(blocks) if blocks else np.empty((len(frame), 0))
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse
 
+from steps.lib.date_formats import FormattedDateParts, parse_times
 from steps.lib.features import (
     DATE_PARTS,
     ONE_HOT,
@@ -20,7 +21,7 @@ from steps.lib.features import (
     time_format_of,
 )
 from steps.lib.models import MODEL_FAMILIES, SHIPPED_CODE, SKOPS_TRUSTED_TYPES, build_model, shipped_code_paths
-from steps.lib.transforms import CategoryCodes, DateParts, parse_times
+from steps.lib.transforms import CategoryCodes, DateParts
 from tests.conftest import PROJECT_DIR
 
 
@@ -208,6 +209,25 @@ def test_day_or_month_first_is_decided_by_every_value_and_a_tie_is_said():
     assert may.format == "%d %b %Y" and may.note == ""  # %d %B %Y reads the same times: nothing to say
 
 
+def test_times_are_read_from_stripped_text_whatever_else_the_column_holds():
+    for fmt, text in (("ISO8601", " 2024-05-31 "), ("%d/%m/%Y", " 31/05/2024 ")):
+        read = parse_times(pd.Series([text, 7, None], dtype=object), fmt)
+        assert read.tolist() == [pd.Timestamp("2024-05-31", tz="UTC"), pd.NaT, pd.NaT]
+
+
+def test_fitting_reads_each_column_once_to_the_same_parts_as_fit_then_transform():
+    frame = pd.DataFrame({"at": spelled(YEAR, "%m/%d/%Y %I:%M %p"), "on": spelled(YEAR[::-1], "%Y-%m-%d")})
+    formats = {"at": "%m/%d/%Y %I:%M %p"}
+    together = FormattedDateParts(formats)
+    out = together.fit_transform(frame)
+    apart = FormattedDateParts(formats).fit(frame)
+    assert np.array_equal(out, apart.transform(frame), equal_nan=True) and together.parts_ == apart.parts_
+    assert together.parts_ == {
+        "at": ["year", "month", "day", "day_of_week", "hour", "minute", "days"],
+        "on": ["year", "month", "day", "day_of_week", "days"],
+    }
+
+
 def test_a_date_format_is_recorded_in_the_spec_and_the_model_reads_the_raw_text_with_it():
     n = 800
     rng = np.random.default_rng(3)
@@ -241,9 +261,10 @@ def test_a_date_format_is_recorded_in_the_spec_and_the_model_reads_the_raw_text_
     )
 
 
-def test_date_parts_keep_what_varies_and_leave_missing_times_missing():
+@pytest.mark.parametrize("transformer", [FormattedDateParts, DateParts])  # DateParts: in models logged before formats
+def test_date_parts_keep_what_varies_and_leave_missing_times_missing(transformer):
     times = pd.Series(["2024-05-01T13:45:00Z", "2024-12-24T13:45:00+01:00", None, "not a time", "2025-02-03T13:45:00Z"])
-    parts = DateParts().fit(pd.DataFrame({"at": times}))
+    parts = transformer().fit(pd.DataFrame({"at": times}))
     assert parts.parts_ == {"at": ["year", "month", "day", "day_of_week", "hour", "days"]}  # minute, second: constant
     out = parts.transform(pd.DataFrame({"at": times}))
     assert out.shape == (5, 6)
@@ -279,6 +300,12 @@ def test_the_project_transformers_ship_with_the_model_byte_for_byte(tmp_path):
     assert folder == str(tmp_path / "steps")
     source = (PROJECT_DIR / "steps/lib/transforms.py").read_text()
     assert "from steps" not in source and "import steps" not in source  # self-contained, as shipped
+    project_imports = [
+        line
+        for line in (PROJECT_DIR / "steps/lib/date_formats.py").read_text().splitlines()
+        if " steps" in line and "import" in line
+    ]
+    assert project_imports == ["from steps.lib.transforms import DATE_PARTS, DateParts, date_part"]  # shipped too
     many_levels = build_feature_spec(levels_frame(300).drop(columns="seen at"), "label")  # shop and city: codes
     assert shipped_code_paths(many_levels, tmp_path / "codes") == [str(tmp_path / "codes" / "steps")]
     without = build_feature_spec(levels_frame(300).drop(columns=["seen at", "shop", "city"]), "label")

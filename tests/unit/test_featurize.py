@@ -184,6 +184,25 @@ def test_a_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest_equal_ti
     assert abs(len(splits.test) / (len(frame) - 7) - 0.2) < 0.02
 
 
+def test_a_time_split_reads_its_column_in_the_format_featurize_found_on_every_row():
+    """The labelled rows alone read either way round (days 1-12); two unlabelled ones (31/05) decide: day first,
+    for the model and for the split, so no later row trains."""
+    days = [f"{day:02d}/{month:02d}/2024" for month in range(1, 13) for day in range(1, 13)]
+    frame = pd.DataFrame(
+        {
+            "at": [*days, "31/05/2024", "30/06/2024"],
+            "x": np.arange(len(days) + 2, dtype=float),
+            "y": [float(i % 7) for i in range(len(days))] + [np.nan] * 2,
+        }
+    )
+    spec = build_feature_spec(frame, "y", "regression")
+    assert spec.time_formats() == {"at": "%d/%m/%Y"}
+    splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="time", column="at")
+    assert spec.split["format"] == "%d/%m/%Y"
+    read = {name: pd.to_datetime(splits[name]["at"], format="%d/%m/%Y") for name in ("train", "test")}
+    assert read["train"].max() < read["test"].min()
+
+
 def test_a_group_split_puts_each_group_in_one_split_only():
     frame = timed_frame()
     spec = build_feature_spec(frame, "label")

@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -120,6 +122,47 @@ def test_a_model_train_logs_loads_with_its_signature(genuine):
     assert [c.name for c in loaded.pyfunc.metadata.get_input_schema().inputs] == list(rows.columns)
 
 
+def test_a_model_logged_before_date_formats_still_loads_and_scores_as_it_did(tracking_uri, tmp_path):
+    """Such a model holds transforms.DateParts (ISO 8601 only) and ships the three files of its time, not
+    date_formats.py: this checkout loads it, with the unchanged transforms.py, and it scores as it did."""
+    from steps.lib.features import build_feature_spec
+    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
+    from steps.lib.splits import Splits
+    from steps.lib.transforms import DateParts
+
+    rng = np.random.default_rng(4)
+    when = pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 2 * 365 * 24, 300), unit="h")
+    frame = users_rows(300, 1).assign(**{"signed up": when.strftime("%Y-%m-%dT%H:%M:%S")})
+    spec = build_feature_spec(frame, "income class")
+    family = MODEL_FAMILIES["hist_gradient_boosting"]
+    model = fit_model(Splits(frame, frame.head(50), frame.head(50)), spec, family, family.resolve({}), 0)
+    rows = frame[spec.input_columns]
+    expected = model.predict_proba(rows)
+    dates = model[0].named_transformers_["dates"]
+    old = DateParts()  # the fitted state DateParts had: its columns and the parts that vary
+    old.columns_, old.parts_ = dates[0].columns_, dates[0].parts_
+    dates.steps[0] = ("parts", old)
+    [template] = [pipeline for name, pipeline, _ in model[0].transformers if name == "dates"]
+    template.steps[0] = ("parts", DateParts())  # the unfitted one the column transformer keeps as its parameter
+    for relative in ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py"):
+        (tmp_path / "old" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_DIR / relative, tmp_path / "old" / relative)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=mlflow.models.infer_signature(rows, model.predict(rows)),
+            pip_requirements=model_pip_requirements(),
+            serialization_format="skops",
+            skops_trusted_types=[t for t in SKOPS_TRUSTED_TYPES if "date_formats" not in t],
+            code_paths=[str(tmp_path / "old" / "steps")],
+        )
+    loaded = load_model(info.model_uri)
+    assert type(loaded.sklearn[0].named_transformers_["dates"][0]) is DateParts
+    assert np.array_equal(loaded.sklearn.predict_proba(rows), expected)
+    assert list(loaded.pyfunc.predict(rows)) == list(model.predict(rows))
+
+
 def test_a_model_whose_code_python_cached_in_place_still_loads(genuine, tmp_path):
     """`mlflow models serve` or `mlflow.pyfunc.load_model` of a model in a local store imports its code in place,
     and Python writes its bytecode beside it (unless PYTHONDONTWRITEBYTECODE is set): the champion must still
@@ -157,20 +200,28 @@ def test_a_planted_model_is_refused_in_one_line_and_runs_nothing(genuine, tmp_pa
     assert not marker.exists()
 
 
-# sha256 of steps/lib/transforms.py as models logged since commit 418868d carry it (see the test below)
-SHIPPED_TRANSFORMS_SHA256 = "54ac554ea5a56dd448de88e972f6edd2a23299399047ca36eed5af976aeccdd0"
+# sha256 of each shipped file as models logged since it was last changed carry it (see the test below):
+# transforms.py since commit 418868d; date_formats.py since date formats (models before it do not carry it).
+SHIPPED_SHA256 = {
+    "steps/__init__.py": "738083158059e4e88699bc9005526a366f784253a112bcb54b519b2cf95785ab",
+    "steps/lib/__init__.py": "96d9c01ee5a2813b0e961591bf32ff61e147b843da7ee0a6d86cce82bd3d5f6b",
+    "steps/lib/transforms.py": "54ac554ea5a56dd448de88e972f6edd2a23299399047ca36eed5af976aeccdd0",
+    "steps/lib/date_formats.py": "91102b0ae512067a7230fa3965c7274ca0e1b302b41dad26eb65f8859f91c283",
+}
 
 
-def test_the_transformers_shipped_inside_models_change_only_on_purpose():
-    """A model that uses the project's date or many-level transformers carries a byte-identical copy of
-    steps/lib/transforms.py, and the loader refuses a model whose copy differs from this checkout's. So any edit
-    of that file, even a comment, makes every model logged before it unloadable by the new checkout: its
+def test_the_code_shipped_inside_models_changes_only_on_purpose():
+    """A model that uses the project's date or many-level transformers carries a byte-identical copy of each file
+    of SHIPPED_CODE, and the loader refuses a model whose copy differs from this checkout's. So any edit of one
+    of those files, even a comment, makes every model logged before it unloadable by the new checkout: its
     champion can no longer be scored, compared or served (docs/lifecycle.md, "Promotion gates" and "Restoring a
-    champion"). Edit it only when that is meant; then update the digest here in the same commit and say so in
-    that commit and in the docs, so users know to retrain or keep the old checkout for the old champion."""
+    champion"). Prefer a new shipped module (as date_formats.py was, beside transforms.py). Edit one only when
+    that is meant; then update the digest here in the same commit and say so in that commit and in the docs, so
+    users know to retrain or keep the old checkout for the old champion."""
     import hashlib
 
-    source = Path(__file__).resolve().parents[2] / "steps" / "lib" / "transforms.py"
-    assert hashlib.sha256(source.read_bytes()).hexdigest() == SHIPPED_TRANSFORMS_SHA256, (
-        "steps/lib/transforms.py changed: models logged with the old copy will be refused; see this test's docstring"
-    )
+    assert sorted(SHIPPED_SHA256) == sorted(SHIPPED_CODE)
+    for relative, expected in SHIPPED_SHA256.items():
+        assert hashlib.sha256((PROJECT_DIR / relative).read_bytes()).hexdigest() == expected, (
+            f"{relative} changed: models logged with the old copy will be refused; see this test's docstring"
+        )
