@@ -111,8 +111,7 @@ def split_frame(
     if split == "random":
         parts = split_at_random(frame[spec.target].iloc[labelled], spec, seed, validation_size, test_size)
     elif split == "time":
-        values = column_of(frame, column, "time_column").iloc[labelled]
-        parts = split_by_time(values, spec, validation_size, test_size)
+        parts = split_by_time(column_of(frame, column, "time_column").iloc[labelled], spec, validation_size, test_size)
     else:
         groups = column_of(frame, column, "group_column").iloc[labelled]
         parts = split_by_group(groups, spec, seed, validation_size, test_size)
