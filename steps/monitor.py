@@ -46,6 +46,7 @@ from steps.lib.splits import read_splits
 from steps.lib.step_cards import monitor_card
 from steps.lib.story import code, describe
 from steps.lib.tables import read_batches
+from steps.lib.text_values import to_numbers
 from steps.lib.uris import redact_uri
 
 logger = logging.getLogger("steps.monitor")
@@ -190,6 +191,8 @@ def reference_predictions(model: Any, reference: Reference, batch_rows: int) -> 
     # in pieces, as the batch is: the pipeline's encoded copy of every training row at once cost ~300 MB at 600,000
     pieces = [model.predict(features.iloc[start : start + batch_rows]) for start in range(0, len(features), batch_rows)]
     frame[prediction] = np.concatenate(pieces) if pieces else model.predict(features)
+    for column in spec.numbers_in_text():  # $1,234.50 as the model reads it: tallied as numbers
+        frame[column] = to_numbers(frame[column]).to_numpy()
     return frame, prediction
 
 
@@ -200,7 +203,10 @@ def with_predictions(
     the model's predictions; the predictions missing when a numeric column does not hold numbers (that column and
     those after it stay text) or a true/false column holds another value: the tallies report it."""
     batch = batch.copy()
-    for column in spec.numeric:
+    in_text = spec.numbers_in_text()
+    for column in in_text:  # $1,234.50 as the model reads it (and takes again as numbers); `n/a`: missing
+        batch[column] = to_numbers(batch[column]).to_numpy()
+    for column in (c for c in spec.numeric if c not in in_text):
         numbers = batch[column] if is_numeric(batch[column]) else as_numbers(batch[column])
         if numbers is None:  # a schema change, reported by the drift table
             batch[prediction] = None

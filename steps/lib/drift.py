@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps.lib.date_formats import parse_times
+from steps.lib.text_values import parse_times
 
 PSI_BINS = 10
 PSI_FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite

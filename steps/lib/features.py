@@ -17,7 +17,7 @@ REGRESSION = "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
 # An integer-valued target with at most this many distinct values is treated as class labels.
 MAX_CLASSES_FOR_AUTO_TASK = 20
-ID_NAME = re.compile(r"(^|_)(id|uuid|guid|key|index)$", re.IGNORECASE)
+ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|guid|key|index)$", re.IGNORECASE)  # order_id, Order ID, order-id
 # A text column whose values are nearly all distinct carries no reusable signal.
 ID_UNIQUE_RATIO = 0.95
 MIN_ROWS_PER_CLASS = 3  # one each for train, validation and test
@@ -27,6 +27,7 @@ MIN_ROWS_PER_CLASS = 3  # one each for train, validation and test
 ONE_HOT = "one-hot"
 TARGET_ENCODING = "target"
 DATE_PARTS = "date parts"
+NUMBERS_IN_TEXT = "numbers in text"
 ONE_HOT_MAX_LEVELS = 64
 ONE_HOT_MAX_CATEGORIES = 32
 RARE_LEVEL_ROWS = 5
@@ -54,6 +55,10 @@ TIME_FORMATS = (
 )
 TIME_SHARE = 0.95
 TIME_SAMPLE = 1000
+# Text is numbers ($1,234.50, 45%, (1,200)) when this share of a sample of its values is a number so written; the
+# pattern is steps/lib/text_values.py's, which reads them inside the model (tested to be the same).
+NUMBER_TEXT = re.compile(r"^\(?[-+]?[$€£¥]?[-+]?(\d{1,3}(,\d{3})+(\.\d+)?|\d+(\.\d+)?|\.\d+)%?\)?$")
+NUMBER_SHARE = 0.95
 # How every value of TIME_FORMATS begins: digits, a separator, digits or a month's name; or a month's name first.
 DATE_SHAPE = re.compile(r"\d{1,4}[-/. ](\d{1,2}|[A-Za-z]{3,9})[-/. ]\d{2,4}|[A-Za-z]{3,9} \d{1,2}, \d{4}")
 
@@ -82,6 +87,10 @@ class FeatureSpec:
     def time_formats(self) -> dict[str, str]:
         """Each date/time column's format as text (ISO 8601 where the spec predates formats)."""
         return {column: self.encodings.get(column, {}).get("format", ISO8601) for column in self.datetime}
+
+    def numbers_in_text(self) -> list[str]:
+        """The numeric columns written as text ($1,234.50, 45%): the model reads them as numbers."""
+        return [c for c in self.numeric if self.encodings.get(c, {}).get("encoding") == NUMBERS_IN_TEXT]
 
     def columns_encoded(self, encoding: str) -> list[str]:
         return [c for c in self.categorical if self.encoding(c) == encoding]
@@ -175,6 +184,22 @@ def time_format_of(present: pd.Series) -> TimeFormat | None:
     return TimeFormat(first, f"read as {first}: every value also reads as {', '.join(differ)}" if differ else "")
 
 
+def numbers_in_text(present: pd.Series) -> dict[str, Any] | None:
+    """The encoding of text whose values (a spread sample of them) are nearly all numbers as spreadsheets write
+    them ($1,234.50, 45%, (1,200), or plain numbers among a few words such as `n/a`); None if it is not such text."""
+    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present) or present.empty:
+        return None
+    step = max(1, len(present) // TIME_SAMPLE)
+    sample = present.iloc[::step].astype(str).str.strip()
+    written = sample.str.match(NUMBER_TEXT)
+    if written.mean() < NUMBER_SHARE:
+        return None
+    others = sorted(set(sample[~written]))[:3]
+    reason = "numbers written as text ($, thousands separators, %, brackets for negatives): read as numbers, median-"
+    reason += "imputed and scaled" + (f"; other values ({', '.join(map(repr, others))}) are missing" if others else "")
+    return {"encoding": NUMBERS_IN_TEXT, "reason": reason}
+
+
 def parsed(text: pd.Series, fmt: str) -> pd.Series:
     """`text` as times in format `fmt`, NaT where a value is not one."""
     if fmt == ISO8601:  # the regex too: pandas' ISO parser also takes a bare year ("2024") or month ("2024-05")
@@ -230,6 +255,9 @@ def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] 
             choice.encodings[column] = date_parts_encoding(values, spelled, int(n_unique))
         elif n_unique == n_rows and ID_NAME.search(str(column)):
             choice.dropped[column] = "ID-like (unique per row, named like an identifier)"
+        elif (as_numbers := None if is_numeric else numbers_in_text(present)) is not None:
+            choice.numeric.append(column)
+            choice.encodings[column] = as_numbers | {"levels": int(n_unique)}
         elif not is_numeric and n_rows >= 20 and n_unique >= ID_UNIQUE_RATIO * len(present):
             choice.dropped[column] = "ID-like (text unique per row)"
         elif is_numeric and n_unique == n_rows and _is_row_counter(present):

@@ -203,7 +203,7 @@ def time_keys(values: pd.Series, time_format: str | None = None) -> tuple[pd.Ser
     column = values.name
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype(float), None
-    from steps.lib.date_formats import parse_times  # here: featurize splits at random without scikit-learn
+    from steps.lib.text_values import parse_times  # here: featurize splits at random without scikit-learn
 
     present = values.notna()
     if time_format is None:

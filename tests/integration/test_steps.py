@@ -151,7 +151,8 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
 
 def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process):
     """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, a feature called `prediction`, a text ID, a
-    city of many levels, a sign-up time as ISO text and a last visit as US text (`03/14/2024 01:45 PM`): main
+    city of many levels, a sign-up time as ISO text and a last visit as US text (`03/14/2024 01:45 PM`), a balance
+    as a spreadsheet writes money (`$1,234.50`, `(80.00)` when negative): main
     (load, featurize, tune, train, evaluate) takes them,
     then predict, monitor and a served model do; metric keys are cleaned, the real names stay in the artifacts,
     no output overwrites an input, and the model served from another folder takes the raw rows (the date
@@ -172,6 +173,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
                 "%m/%d/%Y %I:%M %p"
             ),
             "prediction": rng.normal(size=n),  # a column of the user's, as it happens, named like predict's output
+            "balance": [f"${v:,.2f}" if v >= 0 else f"(${-v:,.2f})" for v in rng.normal(800, 2_000, n).round(2)],
             "income class": np.where(income > 50, ">50K", "<=50K"),
         }
     )
@@ -195,6 +197,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert spec["datetime"] == ["signed up", "last visit"]
     assert spec["encodings"]["city"]["levels"] == frame["city"].nunique()
     assert [spec["encodings"][c]["format"] for c in spec["datetime"]] == ["ISO8601", "%m/%d/%Y %I:%M %p"]
+    assert spec["encodings"]["balance"]["encoding"] == "numbers in text" and "balance" in spec["numeric"]
     tune = newest(client, "tune")  # trials' params and metrics under the odd names: keys made valid, none lost
     trials = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{tune.info.run_id}/trials.csv"))
     assert len(trials) == 3 and tune.data.metrics["best_val_f1_macro"] > 0.5
@@ -222,7 +225,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
             f"{monitor.info.artifact_uri}/drift/drift_table.csv", dst_path=str(tmp_path)
         )
     )
-    features = {"Income ($)", "seniority (years)", "plan type", "city", "signed up", "last visit"}
+    features = {"Income ($)", "seniority (years)", "plan type", "city", "signed up", "last visit", "balance"}
     assert features | {"prediction", "prediction_2"} == set(drift["column"])
     signed_up = drift.set_index("column").loc["signed up"]  # every row, training's among them: no drift
     assert signed_up["kind"] == "date/time" and not signed_up["drifted"]
@@ -230,6 +233,8 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert first <= train_first < train_last <= last
     last_visit = drift.set_index("column").loc["last visit"]  # read in its own format: every value parses
     assert last_visit["kind"] == "date/time" and not last_visit["drifted"] and pd.isna(last_visit["schema_change"])
+    balance = drift.set_index("column").loc["balance"]  # read as the model reads it: numbers, tested as numbers
+    assert balance["kind"] == "numeric" and balance["test"] == "ks" and not balance["drifted"]
 
     elsewhere = tmp_path / "elsewhere"  # no steps package here: the model's own copy of the transformer serves
     elsewhere.mkdir()
@@ -237,6 +242,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     rows.loc[rows.index[0], "city"] = "a town never seen"
     rows.loc[rows.index[1], "signed up"] = None
     rows.loc[rows.index[1], "last visit"] = "sometime"
+    rows.loc[rows.index[1], "balance"] = "n/a"
     expected = table["prediction_2"].head(5).tolist()
     with model_server("models:/people@champion", store, elsewhere) as base:
         status, body = post(f"{base}/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split"))})

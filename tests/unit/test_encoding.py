@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import scipy.sparse
 
-from steps.lib.date_formats import FormattedDateParts, parse_times
 from steps.lib.features import (
     DATE_PARTS,
+    NUMBER_TEXT,
+    NUMBERS_IN_TEXT,
     ONE_HOT,
     ONE_HOT_MAX_CATEGORIES,
     ONE_HOT_MAX_LEVELS,
@@ -21,6 +22,7 @@ from steps.lib.features import (
     time_format_of,
 )
 from steps.lib.models import MODEL_FAMILIES, SHIPPED_CODE, SKOPS_TRUSTED_TYPES, build_model, shipped_code_paths
+from steps.lib.text_values import FormattedDateParts, TextNumbers, parse_times, to_numbers
 from steps.lib.transforms import CategoryCodes, DateParts
 from tests.conftest import PROJECT_DIR
 
@@ -302,7 +304,7 @@ def test_the_project_transformers_ship_with_the_model_byte_for_byte(tmp_path):
     assert "from steps" not in source and "import steps" not in source  # self-contained, as shipped
     project_imports = [
         line
-        for line in (PROJECT_DIR / "steps/lib/date_formats.py").read_text().splitlines()
+        for line in (PROJECT_DIR / "steps/lib/text_values.py").read_text().splitlines()
         if " steps" in line and "import" in line
     ]
     assert project_imports == ["from steps.lib.transforms import DATE_PARTS, DateParts, date_part"]  # shipped too
@@ -329,3 +331,76 @@ def test_the_numeric_imputer_fills_the_same_medians_as_scikit_learns_median_stra
     with pytest.warns(RuntimeWarning):  # np.median of no values
         fitted = SimpleImputer(strategy=imputer.strategy).fit(block)
     assert np.array_equal(fitted.transform(block), SimpleImputer(strategy="median").fit(block).transform(block))
+
+
+# --------------------------------------------------------------------------- numbers written as text
+
+
+def money_frame(n: int = 600, seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same table twice: numbers as numbers, and as a spreadsheet exports them ($51,885.95, 17%, (1,200))."""
+    rng = np.random.default_rng(seed)
+    income = rng.normal(50_000, 15_000, n).round(2)
+    share = rng.uniform(0, 100, n).round(0)
+    change = rng.normal(0, 2_000, n).round(0)
+    label = np.where(income / 1_000 + share / 4 + change / 500 + rng.normal(0, 5, n) > 62, "yes", "no")
+    numbers = pd.DataFrame({"Income ($)": income, "share": share, "change": change, "y": label})
+    numbers.loc[::40, "Income ($)"] = np.nan
+    text = numbers.assign(
+        **{
+            "Income ($)": [f"${v:,.2f}" if v == v else "n/a" for v in numbers["Income ($)"]],
+            "share": [f"{v:.0f}%" for v in share],
+            "change": [f"({-v:,.0f})" if v < 0 else f"{v:,.0f}" for v in change],
+        }
+    )
+    return numbers, text
+
+
+def test_numbers_written_as_text_are_read_as_numbers():
+    values = ["$1,234.50", " -3.5 ", "45%", "(1,200)", "n/a", None, "1.234,50", ".5", 7, "-$5", "1,23"]
+    expected = [1234.5, -3.5, 45.0, -1200.0, np.nan, np.nan, np.nan, 0.5, 7.0, -5.0, np.nan]
+    assert np.array_equal(to_numbers(pd.Series(values, dtype=object)).to_numpy(), expected, equal_nan=True)
+    assert to_numbers(pd.Series([1, 2])).tolist() == [1.0, 2.0] and to_numbers(pd.Series([], dtype=object)).empty
+    from steps.lib import text_values
+
+    assert text_values.NUMBER_TEXT.pattern == NUMBER_TEXT.pattern  # featurize finds what the model reads
+
+
+def test_a_column_of_numbers_written_as_text_is_a_numeric_feature_not_an_id_or_levels(tmp_path):
+    _, text = money_frame()
+    words = pd.Series(["about 5", "n/a", "12", "many"] * 150)
+    frame = text.assign(
+        european=[f"{v * 1_000:,.2f}".replace(",", " ").replace(".", ",") for v in np.arange(600) % 50],
+        notes=words,
+        **{"order id": [f"{i:,}" for i in range(1_000, 1_600)]},
+    )
+    choice = choose_columns(frame, "y")
+    assert choice.numeric == ["Income ($)", "share", "change"] and set(choice.categorical) == {"european", "notes"}
+    assert choice.dropped == {"order id": "ID-like (unique per row, named like an identifier)"}
+    income = choice.encodings["Income ($)"]
+    assert income["encoding"] == NUMBERS_IN_TEXT and income["reason"].endswith("; other values ('n/a') are missing")
+    spec = build_feature_spec(frame, "y")
+    assert spec.numbers_in_text() == ["Income ($)", "share", "change"]
+    assert shipped_code_paths(build_feature_spec(text, "y"), tmp_path) == [str(tmp_path / "steps")]  # TextNumbers
+
+
+@pytest.mark.parametrize("family_name", ["logistic_regression", "hist_gradient_boosting"])
+def test_a_model_on_numbers_written_as_text_is_the_model_on_the_numbers(family_name):
+    numbers, text = money_frame()
+    spec = build_feature_spec(text, "y")
+    family = MODEL_FAMILIES[family_name]
+    from_text = build_model(spec, family, family.resolve({}), seed=0).fit(text[spec.input_columns], text["y"])
+    plain = build_feature_spec(numbers, "y")
+    assert plain.numeric == spec.numeric and not plain.numbers_in_text()
+    on_numbers = build_model(plain, family, family.resolve({}), seed=0).fit(numbers[spec.input_columns], numbers["y"])
+    expected = on_numbers.predict_proba(numbers[spec.input_columns])
+    assert np.allclose(from_text.predict_proba(text[spec.input_columns]), expected)
+    assert np.allclose(from_text.predict_proba(numbers[spec.input_columns]), expected)  # numbers are taken too
+    assert from_text.score(text[spec.input_columns], text["y"]) > 0.8
+    import skops.io
+
+    saved = skops.io.loads(skops.io.dumps(from_text), trusted=list(SKOPS_TRUSTED_TYPES))
+    assert np.array_equal(
+        saved.predict_proba(text[spec.input_columns]), from_text.predict_proba(text[spec.input_columns])
+    )
+    reads = from_text[0].named_transformers_["numbers_in_text"]
+    assert isinstance(reads[0], TextNumbers) and list(reads.get_feature_names_out()) == spec.numeric

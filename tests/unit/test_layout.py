@@ -156,7 +156,7 @@ EXPECTED_USERS = {
     "timed_trials": {"tune"},
     "trials": {"tune"},
     "transforms": {"featurize", "tune", "train", "evaluate"},  # and shipped inside the models that use it
-    "date_formats": {"featurize", "tune", "train", "evaluate"},  # and shipped inside the models that use it
+    "text_values": {"featurize", "tune", "train", "evaluate"},  # and shipped inside the models that use it
     "uris": set(CACHED_STEPS),
 }
 

@@ -122,9 +122,9 @@ def test_a_model_train_logs_loads_with_its_signature(genuine):
     assert [c.name for c in loaded.pyfunc.metadata.get_input_schema().inputs] == list(rows.columns)
 
 
-def test_a_model_logged_before_date_formats_still_loads_and_scores_as_it_did(tracking_uri, tmp_path):
+def test_a_model_logged_before_text_values_still_loads_and_scores_as_it_did(tracking_uri, tmp_path):
     """Such a model holds transforms.DateParts (ISO 8601 only) and ships the three files of its time, not
-    date_formats.py: this checkout loads it, with the unchanged transforms.py, and it scores as it did."""
+    text_values.py: this checkout loads it, with the unchanged transforms.py, and it scores as it did."""
     from steps.lib.features import build_feature_spec
     from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
     from steps.lib.splits import Splits
@@ -154,7 +154,7 @@ def test_a_model_logged_before_date_formats_still_loads_and_scores_as_it_did(tra
             signature=mlflow.models.infer_signature(rows, model.predict(rows)),
             pip_requirements=model_pip_requirements(),
             serialization_format="skops",
-            skops_trusted_types=[t for t in SKOPS_TRUSTED_TYPES if "date_formats" not in t],
+            skops_trusted_types=[t for t in SKOPS_TRUSTED_TYPES if "text_values" not in t],
             code_paths=[str(tmp_path / "old" / "steps")],
         )
     loaded = load_model(info.model_uri)
@@ -201,12 +201,12 @@ def test_a_planted_model_is_refused_in_one_line_and_runs_nothing(genuine, tmp_pa
 
 
 # sha256 of each shipped file as models logged since it was last changed carry it (see the test below):
-# transforms.py since commit 418868d; date_formats.py since date formats (models before it do not carry it).
+# transforms.py since commit 418868d; text_values.py since it came (models before it do not carry it).
 SHIPPED_SHA256 = {
     "steps/__init__.py": "738083158059e4e88699bc9005526a366f784253a112bcb54b519b2cf95785ab",
     "steps/lib/__init__.py": "96d9c01ee5a2813b0e961591bf32ff61e147b843da7ee0a6d86cce82bd3d5f6b",
     "steps/lib/transforms.py": "54ac554ea5a56dd448de88e972f6edd2a23299399047ca36eed5af976aeccdd0",
-    "steps/lib/date_formats.py": "91102b0ae512067a7230fa3965c7274ca0e1b302b41dad26eb65f8859f91c283",
+    "steps/lib/text_values.py": "14f18fb2db4998be8e0a7c9eb9a7bdad7050b8a13894be26749c15d92d08e4dc",
 }
 
 
@@ -215,7 +215,7 @@ def test_the_code_shipped_inside_models_changes_only_on_purpose():
     of SHIPPED_CODE, and the loader refuses a model whose copy differs from this checkout's. So any edit of one
     of those files, even a comment, makes every model logged before it unloadable by the new checkout: its
     champion can no longer be scored, compared or served (docs/lifecycle.md, "Promotion gates" and "Restoring a
-    champion"). Prefer a new shipped module (as date_formats.py was, beside transforms.py). Edit one only when
+    champion"). Prefer a new shipped module (as text_values.py was, beside transforms.py). Edit one only when
     that is meant; then update the digest here in the same commit and say so in that commit and in the docs, so
     users know to retrain or keep the old checkout for the old champion."""
     import hashlib

@@ -459,6 +459,60 @@ def test_a_true_false_column_is_taken_as_true_false_in_every_block(tracking_uri,
     assert profile.tallies["member"].categories["True"] == true_rows
 
 
+def test_numbers_written_as_text_are_scored_as_the_model_reads_them_and_tallied_as_numbers(tracking_uri, tmp_path):
+    """`Income ($)` as `$51,885.95` (`?` where missing): predict scores the CSV as the model scores the frame
+    in memory; monitor reads the column as the model does (a number) in the training rows and in the batch, so
+    it gets a distribution test, not a schema change; a batch that writes it another way (`51.885,95`) shows as
+    values gone missing."""
+    import mlflow
+
+    from steps.lib.drift import BatchProfile
+    from steps.lib.model_loading import load_model
+    from steps.lib.tables import read_batches
+    from steps.monitor import read_types, reference_predictions, with_predictions
+    from steps.predict import run_predict
+
+    def as_money(frame: pd.DataFrame) -> pd.DataFrame:
+        income = frame["Income ($)"]
+        return frame.assign(**{"Income ($)": [None if v != v else f"${v:,.2f}" if v % 50 else "?" for v in income]})
+
+    training = as_money(users_rows(1000, 1))
+    model_uri = logged_model_of(training, "income class")
+    loaded = load_model(model_uri)
+    spec = build_feature_spec(training, "income class")
+    assert spec.numbers_in_text() == ["Income ($)"] and read_types(loaded.pyfunc, spec)["Income ($)"] == "string"
+    batch = as_money(users_rows(3000, 2)).drop(columns="income class")
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    expected = loaded.sklearn.predict(batch[spec.input_columns])
+    with mlflow.start_run() as run:
+        run_predict(str(tmp_path / "batch.csv"), model_uri=model_uri, batch_rows=1_000)
+    scored = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions/predictions.parquet")
+    )
+    assert (scored["prediction"].to_numpy() == expected).all() and scored["Income ($)"].equals(batch["Income ($)"])
+
+    class Reference:  # what monitor's find_reference gives: the training rows and their spec
+        train = training
+
+    Reference.spec = spec
+    reference, _ = reference_predictions(loaded.sklearn, Reference, 1_000)
+    unknown = training["Income ($)"].eq("?") | training["Income ($)"].isna()
+    assert reference["Income ($)"].dtype == float and reference["Income ($)"].isna().eq(unknown).all() and unknown.any()
+    numeric, categorical = spec.numeric, spec.categorical
+    for written, drifted in ((batch, False), (batch.assign(**{"Income ($)": "51.885,95"}), True)):
+        written.to_csv(tmp_path / "batch.csv", index=False)
+        profile = BatchProfile(reference, numeric, categorical, 1000, seed=0)
+        pieces = []
+        for piece in read_batches(str(tmp_path / "batch.csv"), read_types(loaded.pyfunc, spec), 1_000):
+            if len(piece):  # as monitor's profile_batch: a reader may end on an empty piece
+                pieces.append(with_predictions(loaded.sklearn, spec, piece, "p"))
+                profile.add(pieces[-1])
+        assert (pd.concat(pieces)["p"].to_numpy() == loaded.sklearn.predict(written[spec.input_columns])).all()
+        row = drift_table(reference, profile, numeric, categorical, DriftRule()).set_index("column").loc["Income ($)"]
+        assert row["test"] == "ks" and not row["schema_change"]
+        assert row["drifted"] == drifted and (row["missing_batch"] == 1.0) == drifted
+
+
 def test_monitor_reads_the_label_as_the_training_rows_had_it():
     """Numbers for numeric classes and for a regression, text for text classes: a label column empty through
     the first block is not read as text when its classes are 0 and 1 (the live metric would mix the two)."""
