@@ -188,7 +188,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     assert [r.info.status for r in children(client, main)] == ["FINISHED"] * 5
     splits_uri = f"runs:/{newest(client, 'featurize').info.run_id}/splits"
     spec = json.loads(mlflow.artifacts.load_text(f"{splits_uri}/feature_spec.json"))
-    assert spec["dropped"] == {"customer id": "ID-like (text unique per row)"}
+    assert spec["dropped"] == {"customer id": "ID-like (unique per row, named like an identifier)"}
     assert [spec["encodings"][c]["encoding"] for c in ("plan type", "city", "signed up")] == [
         "one-hot",
         "target",
@@ -288,7 +288,7 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     assert when["train"].max() < when["validation"].min() and when["validation"].max() < when["test"].min()
     assert sum(len(part) for part in parts.values()) == n - 3
     spec = json.loads((folder / "feature_spec.json").read_text())
-    assert spec["split"] == {"kind": "time", "column": "ordered at", "rows_without_value": 3}
+    assert spec["split"] == {"kind": "time", "column": "ordered at", "rows_without_value": 3, "format": "ISO8601"}
     tune = newest(client, "tune")
     assert tune.data.params["cv_folds"] == "2"
     assert tune.data.tags["scored_on"] == "2 folds in time order on 'ordered at': each scores the next block of time"
