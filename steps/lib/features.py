@@ -17,7 +17,8 @@ REGRESSION = "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
 # An integer-valued target with at most this many distinct values is treated as class labels.
 MAX_CLASSES_FOR_AUTO_TASK = 20
-ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|guid|key|index)$", re.IGNORECASE)  # order_id, Order ID, order-id
+# order_id, row_index, Order ID, order-id (not "Body Mass Index", "UV-Index": measures, not identifiers)
+ID_NAME = re.compile(r"(^|_)(id|uuid|guid|key|index)$|(^|[\s-])(id|uuid|guid)$", re.IGNORECASE)
 # A text column whose values are nearly all distinct carries no reusable signal.
 ID_UNIQUE_RATIO = 0.95
 MIN_ROWS_PER_CLASS = 3  # one each for train, validation and test
@@ -57,7 +58,12 @@ TIME_SHARE = 0.95
 TIME_SAMPLE = 1000
 # Text is numbers ($1,234.50, 45%, (1,200)) when this share of a sample of its values is a number so written; the
 # pattern is steps/lib/text_values.py's, which reads them inside the model (tested to be the same).
-NUMBER_TEXT = re.compile(r"^\(?[-+]?[$€£¥]?[-+]?(\d{1,3}(,\d{3})+(\.\d+)?|\d+(\.\d+)?|\.\d+)%?\)?$")
+NUMBER_DIGITS = r"([0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?|[0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?"  # 1,234.5 .5 1E+05
+MONEY_SIGN = "[$€£¥]"
+NUMBER_TEXT = re.compile(  # ASCII digits and spaces: the same matches in Python's re and in pyarrow's RE2
+    rf"^\(({MONEY_SIGN} ?)?{NUMBER_DIGITS}( ?{MONEY_SIGN})?\)$"  # accounting brackets: negative, no sign inside
+    rf"|^([-+−]?({MONEY_SIGN} ?)?|{MONEY_SIGN} ?[-+−]){NUMBER_DIGITS}( ?{MONEY_SIGN})?%?$"  # -3.5 $1,234.5 -$5 12 € 45%
+)
 NUMBER_SHARE = 0.95
 # How every value of TIME_FORMATS begins: digits, a separator, digits or a month's name; or a month's name first.
 DATE_SHAPE = re.compile(r"\d{1,4}[-/. ](\d{1,2}|[A-Za-z]{3,9})[-/. ]\d{2,4}|[A-Za-z]{3,9} \d{1,2}, \d{4}")
@@ -184,15 +190,20 @@ def time_format_of(present: pd.Series) -> TimeFormat | None:
     return TimeFormat(first, f"read as {first}: every value also reads as {', '.join(differ)}" if differ else "")
 
 
-def numbers_in_text(present: pd.Series) -> dict[str, Any] | None:
+def numbers_in_text(present: pd.Series, nearly_unique: bool = False) -> dict[str, Any] | None:
     """The encoding of text whose values (a spread sample of them) are nearly all numbers as spreadsheets write
-    them ($1,234.50, 45%, (1,200), or plain numbers among a few words such as `n/a`); None if it is not such text."""
+    them ($1,234.50, 45%, (1,200), or plain numbers among a few words such as `n/a`); None if it is not such text.
+
+    Not numbers: codes with leading zeros (`007`, ZIP codes such as `02134`), and whole numbers without any
+    formatting that are nearly all distinct (`nearly_unique`: account numbers; the ID rule drops them)."""
     if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present) or present.empty:
         return None
     step = max(1, len(present) // TIME_SAMPLE)
     sample = present.iloc[::step].astype(str).str.strip()
     written = sample.str.match(NUMBER_TEXT)
-    if written.mean() < NUMBER_SHARE:
+    if written.mean() < NUMBER_SHARE or sample[written].str.match(r"^[-+−]?0[0-9]").any():
+        return None
+    if nearly_unique and sample[written].str.fullmatch(r"[0-9]+").all():
         return None
     others = sorted(set(sample[~written]))[:3]
     reason = "numbers written as text ($, thousands separators, %, brackets for negatives): read as numbers, median-"
@@ -246,6 +257,7 @@ def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] 
         given = (counted or {}).get(str(column))
         plausible = type(given) is int and (0 < given <= len(present) or given == len(present) == 0)
         n_unique = given if plausible else distinct_count(present, column, is_numeric)
+        nearly_unique = n_rows >= 20 and n_unique >= ID_UNIQUE_RATIO * len(present)
         if present.empty:
             choice.dropped[column] = "all values missing"
         elif n_unique <= 1:
@@ -255,10 +267,10 @@ def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] 
             choice.encodings[column] = date_parts_encoding(values, spelled, int(n_unique))
         elif n_unique == n_rows and ID_NAME.search(str(column)):
             choice.dropped[column] = "ID-like (unique per row, named like an identifier)"
-        elif (as_numbers := None if is_numeric else numbers_in_text(present)) is not None:
+        elif (as_numbers := None if is_numeric else numbers_in_text(present, nearly_unique)) is not None:
             choice.numeric.append(column)
             choice.encodings[column] = as_numbers | {"levels": int(n_unique)}
-        elif not is_numeric and n_rows >= 20 and n_unique >= ID_UNIQUE_RATIO * len(present):
+        elif not is_numeric and nearly_unique:
             choice.dropped[column] = "ID-like (text unique per row)"
         elif is_numeric and n_unique == n_rows and _is_row_counter(present):
             choice.dropped[column] = "ID-like (a row counter)"

@@ -226,7 +226,9 @@ def encoders(spec: FeatureSpec, seed: int, native_categories: bool) -> list[tupl
         steps = [("codes", CategoryCodes()), ("target", target), ("scale", StandardScaler())]
         parts.append(("many_levels", Pipeline(steps), many_levels))
     if in_text:
-        read = [("read", TextNumbers()), ("impute", SimpleImputer(strategy=np.median)), ("scale", StandardScaler())]
+        # with an indicator: a value that is not a number (`3+`, `n/a`) is a missing one the model can tell apart
+        impute = SimpleImputer(strategy=np.median, add_indicator=True)
+        read = [("read", TextNumbers()), ("impute", impute), ("scale", StandardScaler())]
         parts.append(("numbers_in_text", Pipeline(read), in_text))
     if spec.datetime:
         dates = Pipeline(

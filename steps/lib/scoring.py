@@ -57,6 +57,18 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
 NUMERIC_TYPES = ("double", "float", "long", "integer")
 
 
+def is_numbers(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def as_text(numbers: pd.Series) -> pd.Series:
+    """Numbers as the text the model's signature asks for (MLflow refuses numbers for a string column): whole
+    numbers without a decimal point (3, not 3.0, as a CSV of them reads), missing ones missing."""
+    return numbers.astype(object).map(
+        lambda v: None if v != v else str(int(v)) if float(v).is_integer() and abs(v) < 2**53 else repr(float(v))
+    )
+
+
 def score_batch(
     frame: pd.DataFrame, pyfunc: Any, sklearn_model: Any, columns: list[tuple[str, str]]
 ) -> tuple[pd.DataFrame, str]:
@@ -67,6 +79,8 @@ def score_batch(
     """
     inputs = frame[[name for name, _ in columns]].copy()
     for name, kind in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked
+        if kind == "string" and is_numbers(inputs[name]):  # and numbers where the model takes text ($1,234.50)
+            inputs[name] = as_text(inputs[name])
         if kind not in NUMERIC_TYPES or pd.api.types.is_numeric_dtype(inputs[name]):
             continue
         numbers = pd.to_numeric(inputs[name], errors="coerce")

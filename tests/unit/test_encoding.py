@@ -336,15 +336,17 @@ def test_the_numeric_imputer_fills_the_same_medians_as_scikit_learns_median_stra
 # --------------------------------------------------------------------------- numbers written as text
 
 
-def money_frame(n: int = 600, seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The same table twice: numbers as numbers, and as a spreadsheet exports them ($51,885.95, 17%, (1,200))."""
+def money_frame(n: int = 600, seed: int = 5, gaps: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same table twice: numbers as numbers, and as a spreadsheet exports them ($51,885.95, 17%, (1,200),
+    `n/a` for a missing income where `gaps`)."""
     rng = np.random.default_rng(seed)
     income = rng.normal(50_000, 15_000, n).round(2)
     share = rng.uniform(0, 100, n).round(0)
     change = rng.normal(0, 2_000, n).round(0)
     label = np.where(income / 1_000 + share / 4 + change / 500 + rng.normal(0, 5, n) > 62, "yes", "no")
     numbers = pd.DataFrame({"Income ($)": income, "share": share, "change": change, "y": label})
-    numbers.loc[::40, "Income ($)"] = np.nan
+    if gaps:
+        numbers.loc[::40, "Income ($)"] = np.nan
     text = numbers.assign(
         **{
             "Income ($)": [f"${v:,.2f}" if v == v else "n/a" for v in numbers["Income ($)"]],
@@ -355,11 +357,36 @@ def money_frame(n: int = 600, seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame
     return numbers, text
 
 
-def test_numbers_written_as_text_are_read_as_numbers():
-    values = ["$1,234.50", " -3.5 ", "45%", "(1,200)", "n/a", None, "1.234,50", ".5", 7, "-$5", "1,23"]
-    expected = [1234.5, -3.5, 45.0, -1200.0, np.nan, np.nan, np.nan, 0.5, 7.0, -5.0, np.nan]
-    assert np.array_equal(to_numbers(pd.Series(values, dtype=object)).to_numpy(), expected, equal_nan=True)
+@pytest.mark.parametrize(
+    ("written", "number"),
+    [
+        ("$1,234.50", 1234.5),
+        (" -3.5 ", -3.5),
+        ("45%", 45.0),
+        ("(1,200)", -1200.0),
+        ("($1,234.50)", -1234.5),
+        ("$ 5", 5.0),
+        ("12 €", 12.0),
+        ("-$5", -5.0),
+        ("$-5", -5.0),
+        ("−5", -5.0),  # the minus sign of typesetting
+        ("1.2E+05", 120000.0),
+        (".5", 0.5),
+        ("1.", 1.0),
+        (7, 7.0),  # a number among text (a served row)
+        (1e-05, 1e-05),
+        *((text, np.nan) for text in ("n/a", None, "?", "3+", "1.234,50", "1,23", "(-5)", "(5", "-−5", "$ -", "")),
+    ],
+)
+def test_numbers_written_as_text_are_read_as_numbers(written, number):
+    read = to_numbers(pd.Series(["$2", written, "$3"], dtype=object))
+    assert np.array_equal(read.to_numpy(), [2.0, number, 3.0], equal_nan=True)
+
+
+def test_numbers_are_read_from_any_kind_of_column_and_both_modules_find_the_same():
     assert to_numbers(pd.Series([1, 2])).tolist() == [1.0, 2.0] and to_numbers(pd.Series([], dtype=object)).empty
+    assert to_numbers(pd.Series(["1,000", None], dtype="str")).tolist()[0] == 1000.0
+    assert to_numbers(pd.Series([None, None])).isna().all()
     from steps.lib import text_values
 
     assert text_values.NUMBER_TEXT.pattern == NUMBER_TEXT.pattern  # featurize finds what the model reads
@@ -367,25 +394,33 @@ def test_numbers_written_as_text_are_read_as_numbers():
 
 def test_a_column_of_numbers_written_as_text_is_a_numeric_feature_not_an_id_or_levels(tmp_path):
     _, text = money_frame()
-    words = pd.Series(["about 5", "n/a", "12", "many"] * 150)
+    rng = np.random.default_rng(0)
     frame = text.assign(
         european=[f"{v * 1_000:,.2f}".replace(",", " ").replace(".", ",") for v in np.arange(600) % 50],
-        notes=words,
-        **{"order id": [f"{i:,}" for i in range(1_000, 1_600)]},
+        notes=["about 5", "n/a", "12", "many"] * 150,
+        zip=[f"{v:05d}" for v in rng.integers(1_000, 3_000, 600)],  # 01234: a code, not a number
+        account=[str(v) for v in rng.permutation(10**6)[:600] + 10**7],  # bare, all distinct: an identifier
+        children=[str(v) for v in rng.integers(0, 3, 600)[:-15]] + ["3+"] * 15,
+        **{"order id": [f"{i:,}" for i in range(1_000, 1_600)], "Body Mass Index": rng.normal(27, 4, 600)},
     )
     choice = choose_columns(frame, "y")
-    assert choice.numeric == ["Income ($)", "share", "change"] and set(choice.categorical) == {"european", "notes"}
-    assert choice.dropped == {"order id": "ID-like (unique per row, named like an identifier)"}
+    assert choice.numeric == ["Income ($)", "share", "change", "children", "Body Mass Index"]
+    assert set(choice.categorical) == {"european", "notes", "zip"}
+    assert choice.dropped == {
+        "account": "ID-like (text unique per row)",
+        "order id": "ID-like (unique per row, named like an identifier)",
+    }
     income = choice.encodings["Income ($)"]
     assert income["encoding"] == NUMBERS_IN_TEXT and income["reason"].endswith("; other values ('n/a') are missing")
+    assert choice.encodings["children"]["reason"].endswith("; other values ('3+') are missing")
     spec = build_feature_spec(frame, "y")
-    assert spec.numbers_in_text() == ["Income ($)", "share", "change"]
+    assert spec.numbers_in_text() == ["Income ($)", "share", "change", "children"]
     assert shipped_code_paths(build_feature_spec(text, "y"), tmp_path) == [str(tmp_path / "steps")]  # TextNumbers
 
 
 @pytest.mark.parametrize("family_name", ["logistic_regression", "hist_gradient_boosting"])
 def test_a_model_on_numbers_written_as_text_is_the_model_on_the_numbers(family_name):
-    numbers, text = money_frame()
+    numbers, text = money_frame(gaps=False)
     spec = build_feature_spec(text, "y")
     family = MODEL_FAMILIES[family_name]
     from_text = build_model(spec, family, family.resolve({}), seed=0).fit(text[spec.input_columns], text["y"])
@@ -404,3 +439,12 @@ def test_a_model_on_numbers_written_as_text_is_the_model_on_the_numbers(family_n
     )
     reads = from_text[0].named_transformers_["numbers_in_text"]
     assert isinstance(reads[0], TextNumbers) and list(reads.get_feature_names_out()) == spec.numeric
+
+
+def test_a_value_that_is_not_a_number_is_missing_with_an_indicator_the_model_can_use():
+    _, text = money_frame()  # `n/a` in every 40th income
+    spec = build_feature_spec(text, "y")
+    family = MODEL_FAMILIES["logistic_regression"]
+    model = build_model(spec, family, family.resolve({}), seed=0).fit(text[spec.input_columns], text["y"])
+    names = list(model[0].named_transformers_["numbers_in_text"].get_feature_names_out())
+    assert names == [*spec.numeric, "missingindicator_Income ($)"]

@@ -206,7 +206,7 @@ SHIPPED_SHA256 = {
     "steps/__init__.py": "738083158059e4e88699bc9005526a366f784253a112bcb54b519b2cf95785ab",
     "steps/lib/__init__.py": "96d9c01ee5a2813b0e961591bf32ff61e147b843da7ee0a6d86cce82bd3d5f6b",
     "steps/lib/transforms.py": "54ac554ea5a56dd448de88e972f6edd2a23299399047ca36eed5af976aeccdd0",
-    "steps/lib/text_values.py": "14f18fb2db4998be8e0a7c9eb9a7bdad7050b8a13894be26749c15d92d08e4dc",
+    "steps/lib/text_values.py": "ef302f9a90dffa89ca7b2cd982691f8a02ca65fc46a4097f480afc3d4205a214",
 }
 
 

@@ -513,6 +513,32 @@ def test_numbers_written_as_text_are_scored_as_the_model_reads_them_and_tallied_
         assert row["drifted"] == drifted and (row["missing_batch"] == 1.0) == drifted
 
 
+def test_a_model_that_reads_numbers_from_text_takes_numbers_from_a_parquet_batch(tracking_uri, tmp_path):
+    """A regressor fitted on `balance` as `$1,234.50` text: its signature says string, and MLflow's pyfunc refuses
+    numbers for a string column. A Parquet batch that holds the balance as numbers is scored all the same, to the
+    predictions of the same rows written as text."""
+    import mlflow
+
+    from steps.lib.model_loading import load_model
+    from steps.predict import run_predict
+
+    rng = np.random.default_rng(7)
+    balance = rng.normal(800, 2_000, 1_000).round(2)
+    rows = users_rows(1_000, 1).assign(balance=[f"${v:,.2f}" if v >= 0 else f"(${-v:,.2f})" for v in balance])
+    rows["seniority (years)"] = (balance / 100 + rng.normal(0, 3, 1_000)).round(1)
+    model_uri = logged_model_of(rows, "seniority (years)")
+    loaded = load_model(model_uri)
+    features = rows.drop(columns="seniority (years)")
+    expected = loaded.sklearn.predict(features[loaded.sklearn.feature_names_in_])
+    features.assign(balance=balance).to_parquet(tmp_path / "batch.parquet")
+    with mlflow.start_run() as run:
+        run_predict(str(tmp_path / "batch.parquet"), model_uri=model_uri, batch_rows=400)
+    scored = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions/predictions.parquet")
+    )
+    assert np.allclose(scored["prediction"].to_numpy(), expected) and (scored["balance"] == balance).all()
+
+
 def test_monitor_reads_the_label_as_the_training_rows_had_it():
     """Numbers for numeric classes and for a regression, text for text classes: a label column empty through
     the first block is not read as text when its classes are 0 and 1 (the live metric would mix the two)."""
