@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -214,17 +215,25 @@ def runs_by_step(client: MlflowClient, step: str) -> list[Run]:
 
 def logged_model_of(frame: pd.DataFrame, target: str, family: str = "hist_gradient_boosting") -> str:
     """A model of the pipeline's own kind on `frame`, logged with its signature as train logs it; its URI."""
-    import mlflow
-
     from steps.lib.features import build_feature_spec
-    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
+    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model
     from steps.lib.splits import Splits
 
     spec = build_feature_spec(frame, target)
     labelled = frame[frame[target].notna()]
     splits = Splits(labelled, labelled.head(50), labelled.head(50))
     model = fit_model(splits, spec, MODEL_FAMILIES[family], MODEL_FAMILIES[family].resolve({}), 0)
-    features = labelled[spec.input_columns]
+    return log_as_train_does(model, labelled[spec.input_columns], SKOPS_TRUSTED_TYPES)
+
+
+def log_as_train_does(
+    model: Any, features: pd.DataFrame, trusted: Sequence[str], code_paths: list[str] | None = None
+) -> str:
+    """`model` logged in a run of its own as train logs one (skops, signature, exact pins); its URI."""
+    import mlflow
+
+    from steps.lib.models import model_pip_requirements
+
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
             model,
@@ -232,7 +241,8 @@ def logged_model_of(frame: pd.DataFrame, target: str, family: str = "hist_gradie
             signature=mlflow.models.infer_signature(features, model.predict(features)),
             pip_requirements=model_pip_requirements(),
             serialization_format="skops",
-            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            skops_trusted_types=list(trusted),
+            code_paths=code_paths,
         )
     return info.model_uri
 

@@ -21,7 +21,7 @@ import yaml
 from steps.lib.errors import PipelineError
 from steps.lib.model_loading import load_model
 from steps.lib.models import SHIPPED_CODE
-from tests.conftest import PROJECT_DIR, logged_model_of, users_rows
+from tests.conftest import PROJECT_DIR, log_as_train_does, logged_model_of, users_rows
 
 
 class Planted:
@@ -126,7 +126,7 @@ def test_a_model_logged_before_text_values_still_loads_and_scores_as_it_did(trac
     """Such a model holds transforms.DateParts (ISO 8601 only) and ships the three files of its time, not
     text_values.py: this checkout loads it, with the unchanged transforms.py, and it scores as it did."""
     from steps.lib.features import build_feature_spec
-    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model, model_pip_requirements
+    from steps.lib.models import MODEL_FAMILIES, SKOPS_TRUSTED_TYPES, fit_model
     from steps.lib.splits import Splits
     from steps.lib.transforms import DateParts
 
@@ -147,17 +147,8 @@ def test_a_model_logged_before_text_values_still_loads_and_scores_as_it_did(trac
     for relative in ("steps/__init__.py", "steps/lib/__init__.py", "steps/lib/transforms.py"):
         (tmp_path / "old" / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_DIR / relative, tmp_path / "old" / relative)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=mlflow.models.infer_signature(rows, model.predict(rows)),
-            pip_requirements=model_pip_requirements(),
-            serialization_format="skops",
-            skops_trusted_types=[t for t in SKOPS_TRUSTED_TYPES if "text_values" not in t],
-            code_paths=[str(tmp_path / "old" / "steps")],
-        )
-    loaded = load_model(info.model_uri)
+    trusted = [t for t in SKOPS_TRUSTED_TYPES if "text_values" not in t]
+    loaded = load_model(log_as_train_does(model, rows, trusted, code_paths=[str(tmp_path / "old" / "steps")]))
     assert type(loaded.sklearn[0].named_transformers_["dates"][0]) is DateParts
     assert np.array_equal(loaded.sklearn.predict_proba(rows), expected)
     assert list(loaded.pyfunc.predict(rows)) == list(model.predict(rows))
