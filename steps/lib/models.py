@@ -343,7 +343,8 @@ def model_pip_requirements() -> list[str]:
     Given explicitly, MLflow skips its requirement inference, which loads the model in a subprocess
     and cost ~6 s per logged model here.
     """
-    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops")]
+    needs = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "pyarrow")  # pyarrow: text_values.py
+    return [f"{name}=={version(name)}" for name in needs]
 
 
 # The project's modules a logged model may need at prediction time, shipped inside it (MLflow's code_paths).
