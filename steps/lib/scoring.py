@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steps.lib.drift import is_numeric
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.model_loading import load_model
@@ -57,10 +58,6 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
 NUMERIC_TYPES = ("double", "float", "long", "integer")
 
 
-def is_numbers(values: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-
-
 def as_text(numbers: pd.Series) -> pd.Series:
     """Numbers as the text the model's signature asks for (MLflow refuses numbers for a string column): whole
     numbers without a decimal point (3, not 3.0, as a CSV of them reads), missing ones missing."""
@@ -79,7 +76,7 @@ def score_batch(
     """
     inputs = frame[[name for name, _ in columns]].copy()
     for name, kind in columns:  # numbers written as text (a CSV read as strings) become numbers, as checked
-        if kind == "string" and is_numbers(inputs[name]):  # and numbers where the model takes text ($1,234.50)
+        if kind == "string" and is_numeric(inputs[name]):  # and numbers where the model takes text ($1,234.50)
             inputs[name] = as_text(inputs[name])
         if kind not in NUMERIC_TYPES or pd.api.types.is_numeric_dtype(inputs[name]):
             continue
