@@ -207,7 +207,8 @@ def numbers_in_text(present: pd.Series, nearly_unique: bool = False) -> dict[str
         return None
     others = sorted(set(sample[~written]))[:3]
     reason = "numbers written as text ($, thousands separators, %, brackets for negatives): read as numbers, median-"
-    reason += "imputed and scaled" + (f"; other values ({', '.join(map(repr, others))}) are missing" if others else "")
+    reason += "imputed with a missing indicator, and scaled"
+    reason += f"; other values ({', '.join(map(repr, others))}) are missing" if others else ""
     return {"encoding": NUMBERS_IN_TEXT, "reason": reason}
 
 
