@@ -357,8 +357,27 @@ def checked_table_file(path: Path, shown: str) -> tuple[str, list[str]]:
         raise
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
+    if kind == "csv":
+        refuse_other_separators(names, shown)
     refuse_duplicate_headers(names, shown)
     return kind, names
+
+
+SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}  # what spreadsheets and databases also export
+
+
+def refuse_other_separators(names: list[str], shown: str) -> None:
+    """A CSV whose header reads as one column holding `;`, tabs or `|`: separated by those, not by commas (a
+    spreadsheet set to a language with decimal commas saves `;`); one line naming the separator, not a table of
+    one column whose name is the whole header."""
+    if len(names) != 1:
+        return
+    found = [words for separator, words in SEPARATORS.items() if separator in names[0]]
+    if found:
+        raise PipelineError(
+            f"'{shown}' is separated by {found[0]}, not commas: its header {names[0][:60]!r} reads as one "
+            "column; save it as comma-separated CSV (decimal points, not commas), or as Parquet"
+        )
 
 
 def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
