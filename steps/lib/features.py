@@ -161,17 +161,22 @@ class TimeFormat:
     note: str = ""
 
 
+def text_sample(present: pd.Series) -> pd.Series | None:
+    """A spread sample of the present values (every k-th: TIME_SAMPLE to twice as many) as stripped text; None
+    for numbers, true/false or no values (no text to read dates or numbers from)."""
+    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present) or present.empty:
+        return None
+    return present.iloc[:: max(1, len(present) // TIME_SAMPLE)].astype(str).str.strip()
+
+
 def time_format_of(present: pd.Series) -> TimeFormat | None:
     """The format in which (a spread sample of) the present values are nearly all dates or timestamps; None if
     there is none. Where two formats read the sample equally well (03/04/2024: month or day first), every value
     decides, and if they still tie, month first, with a note saying so."""
     if pd.api.types.is_datetime64_any_dtype(present):
         return TimeFormat(ISO8601)
-    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present) or present.empty:
-        return None
-    step = max(1, len(present) // TIME_SAMPLE)
-    sample = present.iloc[::step].astype(str).str.strip()
-    if sample.str.match(DATE_SHAPE).mean() < TIME_SHARE:  # not shaped like dates: no format is tried
+    sample = text_sample(present)
+    if sample is None or sample.str.match(DATE_SHAPE).mean() < TIME_SHARE:  # not shaped like dates: no format tried
         return None
     if sample.str.match(ISO_TIME).mean() >= TIME_SHARE:  # no other format reads ISO 8601 text
         return TimeFormat(ISO8601)
@@ -196,10 +201,9 @@ def numbers_in_text(present: pd.Series, nearly_unique: bool = False) -> dict[str
 
     Not numbers: codes with leading zeros (`007`, ZIP codes such as `02134`), and whole numbers without any
     formatting that are nearly all distinct (`nearly_unique`: account numbers; the ID rule drops them)."""
-    if pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present) or present.empty:
+    sample = text_sample(present)
+    if sample is None:
         return None
-    step = max(1, len(present) // TIME_SAMPLE)
-    sample = present.iloc[::step].astype(str).str.strip()
     written = sample.str.match(NUMBER_TEXT)
     if written.mean() < NUMBER_SHARE or sample[written].str.match(r"^[-+−]?0[0-9]").any():
         return None
