@@ -245,10 +245,7 @@ def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
     early in the file stays text, so a different value later is tallied, not a failed read; with_predictions
     turns true/false text into True/False, as the model was fitted on) and the numeric ones (text in one is a
     reported schema change); the label as the training rows had it (numbers or text)."""
-    try:
-        text = [name for name, kind in signature_columns(pyfunc) if kind == "string"]
-    except PipelineError:  # no signature: the first block's types
-        text = []
+    text = [name for name, kind in signature_kinds(pyfunc) if kind == "string"]  # none: the first block's types
     numeric_labels = spec.task != CLASSIFICATION or all(is_number(c) for c in spec.classes or ["?"])
     as_text = dict.fromkeys([*text, *true_false_columns(pyfunc), *spec.numeric], "string")
     return as_text | {spec.target: "double" if numeric_labels else "string"}
@@ -260,10 +257,15 @@ def is_number(value: Any) -> bool:
 
 def true_false_columns(pyfunc: Any) -> tuple[str, ...]:
     """The columns the model's signature types as true/false (monitor reads them as text)."""
+    return tuple(name for name, kind in signature_kinds(pyfunc) if kind == "boolean")
+
+
+def signature_kinds(pyfunc: Any) -> list[tuple[str, str]]:
+    """The model signature's (column, type) pairs; none for a model without a signature."""
     try:
-        return tuple(name for name, kind in signature_columns(pyfunc) if kind == "boolean")
+        return signature_columns(pyfunc)
     except PipelineError:
-        return ()
+        return []
 
 
 def profile_batch(
