@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
 import numpy as np
@@ -550,3 +551,53 @@ def test_a_trial_worker_imports_no_mlflow():
     code = "import sys, steps.lib.trials; sys.exit(sorted({'mlflow', 'hyperopt'} & set(sys.modules)) or None)"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("uri", "over_network"),
+    [
+        ("sqlite:///mlflow.db", False),
+        ("sqlite+pysqlite:////tmp/mlflow.db", False),
+        ("file:///tmp/mlruns", False),
+        ("/tmp/mlruns", False),
+        ("mlruns", False),
+        ("http://127.0.0.1:5000", True),
+        ("https://mlflow.example.com", True),
+        ("postgresql+psycopg2://mlflow@db/mlflow", True),
+        ("databricks", True),
+    ],
+)
+def test_a_trial_logger_process_is_for_stores_across_a_network(uri, over_network):
+    from steps.tune import store_over_network
+
+    assert store_over_network(uri) is over_network
+
+
+@pytest.mark.parametrize(("uri", "processes"), [("sqlite:///{tmp}/mlflow.db", 0), ("http://127.0.0.1:9", 1)])
+def test_a_sequential_search_logs_its_trials_itself_into_a_local_store(iris, monkeypatch, tmp_path, uri, processes):
+    """Into SQLite the tune process logs its trials (a logger process measured the same wall time on iris and
+    ~4 CPU-s more); over HTTP a logger process takes the round trips off the trials' path."""
+    import steps.tune as tune_module
+
+    started = []
+
+    class Recorded:
+        def __init__(self, *args):
+            started.append(args)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tune_module, "TrialLogProcess", Recorded)
+    monkeypatch.setattr(tune_module, "nested_trial_logger", lambda *args: "in this process")
+    monkeypatch.setattr(tune_module, "run_search", lambda splits, spec, config, log_trial, **kw: log_trial)
+    monkeypatch.setattr(
+        tune_module.mlflow, "active_run", lambda: SimpleNamespace(info=SimpleNamespace(experiment_id="0", run_id="r"))
+    )
+    monkeypatch.setattr(tune_module.mlflow, "get_tracking_uri", lambda: uri.format(tmp=tmp_path))
+    monkeypatch.setattr(tune_module, "MlflowClient", lambda: None)
+    inputs = SimpleNamespace(splits=iris[0], spec=iris[1], previous=None)
+    with contextlib.ExitStack() as cleanup:
+        used = tune_module.search(inputs, config(max_evals=20, parallelism=1), None, cleanup)
+    assert len(started) == processes
+    assert (used == "in this process") is (processes == 0)
