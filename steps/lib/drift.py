@@ -255,11 +255,15 @@ def drift_table(
     """One row per column: its test (KS on the sample, chi-square on all counts), PSI over all rows, missing
     shares, schema changes, and whether it drifted; a date/time column (`times`: name -> format of its text) its
     spans instead of a test."""
-    times = times or {}
-    if isinstance(current, BatchProfile):
+    if isinstance(current, BatchProfile):  # its own date/time columns, unless told
         profile = current
+        times = times if times is not None else {n: t.time_format for n, t in profile.tallies.items() if t.times}
     else:
+        times = times or {}
         profile = profile_of(current, reference, numeric, categorical, times)
+    untallied = [name for name in [*numeric, *categorical, *times] if name not in profile.tallies]
+    if untallied:  # a caller's mistake, not the batch's: said plainly rather than as a KeyError
+        raise ValueError(f"the batch profile was built without column(s) {untallied}; build it with them")
     sample = profile.sampled()
     rows = []
     for name in [*numeric, *categorical, *times]:

@@ -273,6 +273,12 @@ def test_a_date_time_column_reports_its_spans_and_values_that_do_not_parse_not_a
         assert row["drifted"] and row["missing_change"] == pytest.approx(0.2)
         message = f"2 value(s) do not parse as date/time ({other!r}); the model reads them as missing"
         assert row["schema_change"] == message
+    # A profile knows its own date/time columns; one built without a column asked for is said plainly.
+    told = drift_table(reference, pieces, numeric, categorical, DriftRule(), {"signed up": found})
+    pd.testing.assert_frame_equal(drift_table(reference, pieces, numeric, categorical, DriftRule()), told)
+    without = BatchProfile(reference, numeric, categorical, 5000, seed=0)
+    with pytest.raises(ValueError, match=r"built without column\(s\) \['signed up'\]"):
+        drift_table(reference, without, numeric, categorical, DriftRule(), {"signed up": found})
 
 
 def test_the_drift_figures_have_a_panel_per_column_drifted_ones_in_red_and_ten_levels_at_most(tmp_path):
@@ -365,6 +371,8 @@ def test_on_a_clusters_storage_spark_gets_the_same_checks_of_names_and_nesting()
     refuse_spark_columns(session('"a,b",a,b'), flat, "hdfs://nn/batch.csv")  # a quoted comma is one name
     with pytest.raises(PipelineError, match="is empty: it has no header and no rows"):
         refuse_spark_columns(session(None), flat, "gs://bucket/batch.csv")
+    with pytest.raises(PipelineError, match="is separated by semicolons: a CSV in a cluster's store is read as comma"):
+        refuse_spark_columns(session("Income ($);city"), flat, "hdfs://nn/batch.csv")
 
 
 def test_monitor_reads_text_and_times_as_the_signature_says_in_every_block(tracking_uri, tmp_path):
