@@ -37,11 +37,13 @@ def cpu_seconds() -> tuple[float, float]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     own, children = cpu_seconds()
-    started = time.monotonic()
+    started, at = time.monotonic(), time.time()
     yield
     own_after, children_after = cpu_seconds()
     record = {
         "test": item.nodeid,
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+        "started": round(at, 3),
         "wall": round(time.monotonic() - started, 3),
         "own": round(own_after - own, 3),
         "children": round(children_after - children, 3),
@@ -67,6 +69,25 @@ def summary(records: list[dict], top: int) -> list[str]:
     lines += [f"{s:6.1f}  {file_wall[f]:6.1f}  {f}" for f, s in by_file.most_common(top)]
     lines += ["", "CPU s   wall s  test"]
     lines += [f"{s:6.1f}  {wall[t]:6.1f}  {t.split('@')[0]}" for t, s in Counter(cpu).most_common(top)]
+    return lines + workers(records)
+
+
+def workers(records: list[dict]) -> list[str]:
+    """Each xdist worker's span (its first test's start to its last test's end), the CPU of its tests, and the
+    time it stood idle at the end while another worker still ran: the suite's packing."""
+    timed = [r for r in records if "started" in r]
+    if not timed:
+        return []
+    ends = {}
+    for r in timed:
+        first, last = ends.get(r["worker"], (r["started"], 0.0))
+        ends[r["worker"]] = (min(first, r["started"]), max(last, r["started"] + r["wall"]))
+    begin, finish = min(first for first, _ in ends.values()), max(last for _, last in ends.values())
+    lines = ["", f"workers: {finish - begin:,.0f} s from the first test's start to the last one's end"]
+    for name, (first, last) in sorted(ends.items()):
+        spent = sum(r["own"] + r["children"] for r in timed if r["worker"] == name)
+        idle = finish - last
+        lines.append(f"  {name}: {last - first:,.0f} s of tests, {spent:,.0f} CPU-s, idle {idle:,.0f} s at the end")
     return lines
 
 
