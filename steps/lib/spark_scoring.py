@@ -9,6 +9,7 @@ as the local backend (`steps.lib.scoring.score_batch`), so the columns are the s
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -19,10 +20,18 @@ from typing import Any
 import pandas as pd
 
 from steps.lib.artifacts import fetched
+from steps.lib.csv_dialect import COMMAS, SEPARATORS, CsvDialect
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.spark import ship_steps_package, spark_session
-from steps.lib.tables import checked_table_file, find_data_file, local_copy, refuse_duplicate_headers, table_format
+from steps.lib.tables import (
+    NUMERIC_TYPES,
+    checked_table_file,
+    find_data_file,
+    local_copy,
+    refuse_duplicate_headers,
+    table_format,
+)
 from steps.lib.uris import redact_uri
 
 # Storage a Spark cluster reads itself: these URIs go to Spark as they are, not through a local copy.
@@ -31,19 +40,26 @@ SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "integer"
 CHECK_ROWS = 100
 
 
-def read_table(session: Any, data_uri: str, path: str, columns: list[tuple[str, str]]) -> Any:
-    """The table as a Spark DataFrame: Parquet as typed; CSV as text, the signature's columns cast to its types."""
+def read_table(
+    session: Any, data_uri: str, path: str, columns: list[tuple[str, str]], dialect: CsvDialect = COMMAS
+) -> Any:
+    """The table as a Spark DataFrame: Parquet as typed; CSV (in `dialect`: its separator, its decimal and
+    thousands marks) as text, the signature's columns cast to its types."""
     kind = table_format(Path(urllib.parse.urlsplit(path).path))
     if kind == "parquet":
         return session.read.parquet(path)
     if kind != "csv":
         raise PipelineError(f"'{data_uri}' is neither .csv nor .parquet; convert it or rename it")
-    frame = session.read.csv(path, header=True, inferSchema=False, enforceSchema=False)
+    frame = session.read.csv(path, header=True, inferSchema=False, enforceSchema=False, sep=dialect.separator)
     from pyspark.sql import functions as F  # noqa: N812 (Spark's own spelling)
 
     for name, kind in columns:
         if name in frame.columns and kind in SPARK_TYPES:
-            frame = frame.withColumn(name, F.col(f"`{name}`").cast(SPARK_TYPES[kind]))
+            column = F.col(f"`{name}`")
+            if kind in NUMERIC_TYPES and dialect.thousands:  # `1.234,50`: without its marks, as Spark reads numbers
+                column = F.regexp_replace(F.trim(column), re.escape(dialect.thousands), "")
+                column = F.regexp_replace(column, re.escape(dialect.decimal), ".")
+            frame = frame.withColumn(name, column.cast(SPARK_TYPES[kind]))
     return frame
 
 
@@ -66,6 +82,12 @@ def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:
     if first is None:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows")
     names = next(csv.reader([first.value]))
+    found = [words for separator, words in SEPARATORS.items() if len(names) == 1 and separator in names[0]]
+    if found:  # read in place by Spark, comma-separated: a local copy would have its dialect read
+        raise PipelineError(
+            f"'{shown}' is separated by {found[0]}: a CSV in a cluster's store is read as comma-separated; save it "
+            "comma-separated or as Parquet, or score a local copy"
+        )
     refuse_duplicate_headers(names, shown)
     if session.conf.get("spark.sql.caseSensitive", "false").lower() != "true":
         refuse_names_equal_but_for_case(names, shown)
@@ -114,15 +136,16 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
     ):
         pyfunc, sklearn_model = load_models(model_uri, local_model)  # checked on the driver, as the local backend
         columns = signature_columns(pyfunc)
-        path = located
+        path, dialect = located, COMMAS
         if isinstance(located, Path):  # the local backend's checks (regular file, header, names), before Spark
             path = find_data_file(located, data_uri)
-            refuse_names_equal_but_for_case(checked_table_file(path, shown)[1], shown)
+            _, names, dialect = checked_table_file(path, shown)
+            refuse_names_equal_but_for_case(names, shown)
         session = spark_session(master)
         ship_steps_package(session)
         session.sparkContext.addFile(str(local_model), recursive=True)
         try:
-            frame = read_table(session, data_uri, str(path), columns)
+            frame = read_table(session, data_uri, str(path), columns, dialect)
             if not isinstance(located, Path):  # a cluster's store, read by Spark alone: the same checks through Spark
                 refuse_spark_columns(session, frame, data_uri)
         except PipelineError:

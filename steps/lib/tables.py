@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import shutil
@@ -22,11 +23,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from steps.lib.csv_dialect import COMMAS, CsvDialect, csv_dialect
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.signing import sha256_file
 from steps.lib.uris import check_uri_credentials, expand_placeholders, redact_uri, split_credentials
 
 DEFAULT_DATA_URI = "sklearn:iris"
+logger = logging.getLogger("steps.tables")
 
 # name -> (scikit-learn loader, label column name, whether labels are class names)
 BUNDLED_DATASETS: dict[str, tuple[str, str, bool]] = {
@@ -119,7 +122,9 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
     with local_copy(data_uri) as local:
         path = find_data_file(local, data_uri)
         shown = redact_uri(data_uri)
-        kind, names = checked_table_file(path, shown)
+        kind, names, dialect = checked_table_file(path, shown)
+        if dialect != COMMAS:
+            logger.info("'%s' is read as %s", shown, dialect.words())
         try:
             if kind == "parquet":
                 import pyarrow.parquet
@@ -130,7 +135,7 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
                 for batch in parquet.iter_batches(batch_size=batch_rows):
                     yield batch.to_pandas()
             else:
-                yield from csv_batches(path, types, batch_rows)
+                yield from csv_batches(path, types, batch_rows, dialect)
         except PipelineError:
             raise
         except Exception as error:  # pyarrow's conversion and parse errors: the column by its name
@@ -155,18 +160,27 @@ def csv_error(text: str, names: list[str], types: dict[str, str], context: str) 
     return f"{context}: {one_line(text.replace(numbered.group(0), f'column {name!r}'), 240)}"
 
 
-def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[pd.DataFrame]:
+def csv_batches(
+    path: Path, types: dict[str, str], batch_rows: int, dialect: CsvDialect = COMMAS
+) -> Iterator[pd.DataFrame]:
     """A CSV file in frames of `batch_rows` rows, every column of one Arrow type throughout the file."""
     import pyarrow as pa
     import pyarrow.csv
 
     def reader(column_types: dict[str, Any]) -> Any:
-        convert = pyarrow.csv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
+        convert = pyarrow.csv.ConvertOptions(
+            column_types=column_types, strings_can_be_null=True, decimal_point=dialect.decimal
+        )
         return pyarrow.csv.open_csv(
-            path, read_options=pyarrow.csv.ReadOptions(block_size=1 << 22), convert_options=convert
+            path,
+            read_options=pyarrow.csv.ReadOptions(block_size=1 << 22),
+            parse_options=pyarrow.csv.ParseOptions(delimiter=dialect.separator),
+            convert_options=convert,
         )
 
     declared = {name: pa.type_for_alias(ARROW_TYPES[kind]) for name, kind in types.items() if kind in ARROW_TYPES}
+    marked = marked_numbers(types, dialect)  # `1.234,50`: read as text, then as numbers here (Arrow reads no marks)
+    declared |= dict.fromkeys(marked, pa.string())
     first = reader(declared)
     fixed = dict(declared)
     for field in first.schema:  # what is not declared: as the first block has it, ints as floats (room for gaps),
@@ -177,7 +191,7 @@ def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[
     pending: list[pd.DataFrame] = []
     rows = 0
     for batch in reader(fixed):
-        pending.append(batch.to_pandas())
+        pending.append(numbers_read(batch.to_pandas(), marked, types, dialect))
         rows += batch.num_rows
         while rows >= batch_rows:
             whole = pd.concat(pending, ignore_index=True)
@@ -187,6 +201,31 @@ def csv_batches(path: Path, types: dict[str, str], batch_rows: int) -> Iterator[
         yield pd.concat(pending, ignore_index=True)
     elif not any(len(frame) for frame in pending):  # a header and no rows: an empty frame, the checks say so
         yield first.schema.empty_table().to_pandas()
+
+
+def marked_numbers(types: dict[str, str], dialect: CsvDialect) -> list[str]:
+    """The signature's numeric columns, when the file may write them with thousands marks."""
+    return [name for name, kind in types.items() if kind in NUMERIC_TYPES] if dialect.thousands else []
+
+
+NUMERIC_TYPES = ("double", "float", "long", "integer")
+
+
+def numbers_read(frame: pd.DataFrame, marked: list[str], types: dict[str, str], dialect: CsvDialect) -> pd.DataFrame:
+    """`marked` columns (text such as `1.234,50`) as the signature's numbers; a value that is not one is an error
+    naming the column, as Arrow's own conversion is."""
+    for name in (name for name in marked if name in frame.columns):
+        text = frame[name]
+        numbers = dialect.number(text)
+        bad = text.notna() & numbers.isna()
+        if bad.any():
+            found = text[bad].iloc[0]
+            raise PipelineError(
+                f"column '{name}' must be numeric ({types[name]}) as in the model's signature; found {found!r}"
+            )
+        whole = types[name] in ("long", "integer") and not numbers.isna().any()
+        frame[name] = numbers.astype("int64" if whole else "float64")
+    return frame
 
 
 def is_remote(uri: str) -> bool:
@@ -342,50 +381,39 @@ def table_format(path: Path) -> str | None:
     return DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
-def checked_table_file(path: Path, shown: str) -> tuple[str, list[str]]:
-    """A file's kind (csv or parquet) and column names, after the checks every reader makes: a regular file,
-    a known format, a header (and no nested Parquet column), no repeated column name."""
+def checked_table_file(path: Path, shown: str) -> tuple[str, list[str], CsvDialect]:
+    """A file's kind (csv or parquet), column names and CSV dialect (separator and decimal mark), after the checks
+    every reader makes: a regular file, a known format, a header (and no nested Parquet column), no repeated
+    column name, one decimal mark."""
     kind = table_format(path)
     refuse_special_file(path, shown)
     if kind is None:
         raise PipelineError(f"'{shown}' is neither .csv nor .parquet; convert it or rename it")
+    dialect = COMMAS
     try:
-        names = header_names(path, kind)
+        if kind == "csv":
+            dialect = csv_dialect(path, shown)
+        names = header_names(path, kind, dialect.separator)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
     except PipelineError:
         raise
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
-    if kind == "csv":
-        refuse_other_separators(names, shown)
     refuse_duplicate_headers(names, shown)
-    return kind, names
-
-
-SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}  # what spreadsheets and databases also export
-
-
-def refuse_other_separators(names: list[str], shown: str) -> None:
-    """A CSV whose header reads as one column holding `;`, tabs or `|`: separated by those, not by commas (a
-    spreadsheet set to a language with decimal commas saves `;`); one line naming the separator, not a table of
-    one column whose name is the whole header."""
-    if len(names) != 1:
-        return
-    found = [words for separator, words in SEPARATORS.items() if separator in names[0]]
-    if found:
-        raise PipelineError(
-            f"'{shown}' is separated by {found[0]}, not commas: its header {names[0][:60]!r} reads as one "
-            "column; save it as comma-separated CSV (decimal points, not commas), or as Parquet"
-        )
+    return kind, names, dialect
 
 
 def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
     """Read one CSV or Parquet file, turning parser failures into a one-line error."""
     shown = redact_uri(shown_uri)
-    kind, _ = checked_table_file(path, shown)
+    kind, _, dialect = checked_table_file(path, shown)
+    if dialect != COMMAS:
+        logger.info("'%s' is read as %s", shown, dialect.words())
     try:
-        return pd.read_csv(path) if kind == "csv" else read_frame(path)
+        if kind == "csv":
+            return dialect.marked_numbers(pd.read_csv(path, **dialect.pandas_options()))
+        return read_frame(path)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
     except Exception as error:
@@ -422,10 +450,10 @@ def write_parquet_digest(frame: pd.DataFrame, path: Path) -> str:
     return sha256_file(path)
 
 
-def header_names(path: Path, kind: str) -> list[str]:
+def header_names(path: Path, kind: str, separator: str = ",") -> list[str]:
     """The column names as the file has them (pandas would rename a repeated CSV header `x` to `x.1`)."""
     if kind == "csv":
-        first_row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+        first_row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, sep=separator).iloc[0]
         return [str(name) for name in first_row]
     import pyarrow.parquet
     import pyarrow.types

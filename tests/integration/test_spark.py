@@ -77,7 +77,8 @@ def _text(client: MlflowClient, run_id: str, path: str) -> str:
 
 def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tmp_path, cli_on, monkeypatch):
     """`predict -P backend=spark` in local[2]: a Parquet dataset with the inputs, `prediction` and `proba_<class>`,
-    the same values as the local backend on the same rows; a bad value fails in one line."""
+    the same values as the local backend on the same rows (a `;`-separated file with decimal commas); a bad value
+    fails in one line."""
     pytest.importorskip("pyspark")
     import pandas as pd
 
@@ -88,7 +89,7 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     mlflow.set_tracking_uri(store)
     model_uri = logged_model_of(users_rows(2000, 1), "income class")
     batch = users_rows(1500, 4).drop(columns="income class")
-    batch.to_csv(tmp_path / "batch.csv", index=False)
+    batch.to_csv(tmp_path / "batch.csv", index=False, sep=";", decimal=",")  # as a German spreadsheet saves it
     outputs = {}
     for backend in ("local", "spark"):
         flags = ["--data-uri", str(tmp_path / "batch.csv"), "--model-uri", model_uri, "--backend", backend]

@@ -21,8 +21,9 @@ from steps.lib.runner import base_temp_dir, step_run
 from tests.integration.conftest import children, mlflow_run, model_server, post, runs_by_step
 
 
-def churn_csv(path) -> pd.DataFrame:
-    """A small churn table: an ID, numeric and categorical columns with gaps, a text label."""
+def churn_csv(path, **written: str) -> pd.DataFrame:
+    """A small churn table: an ID, numeric and categorical columns with gaps, a text label (`written`: how the
+    CSV is written, e.g. `sep=";", decimal=","` as a spreadsheet set to German saves it)."""
     rng = np.random.default_rng(5)
     n = 240
     tenure = rng.integers(1, 72, n)
@@ -40,7 +41,7 @@ def churn_csv(path) -> pd.DataFrame:
     )
     frame.loc[rng.choice(n, 20, replace=False), "plan"] = None
     frame.loc[rng.choice(n, 15, replace=False), "monthly_charges"] = None
-    frame.to_csv(path, index=False)
+    frame.to_csv(path, index=False, **written)
     return frame
 
 
@@ -63,8 +64,9 @@ def in_process(store, cli_on):
 
 def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path, in_process):
     """load, featurize and evaluate by their command lines in-process; train through `mlflow run`, whose
-    undeclared params (-P n_estimators=40) MLflow hands over as extra options."""
-    frame = churn_csv(tmp_path / "churn.csv")
+    undeclared params (-P n_estimators=40) MLflow hands over as extra options. The CSV as a spreadsheet set to
+    German saves it: `;` between values, decimal commas (`49,87`); load reads the numbers as numbers."""
+    frame = churn_csv(tmp_path / "churn.csv", sep=";", decimal=",")
     client = MlflowClient(store)
     in_process("load", "--data-uri", str(tmp_path / "churn.csv"), "--target", "churned")
     load = newest(client, "load")

@@ -121,6 +121,7 @@ EXPECTED_USERS = {
     "cards": set(CACHED_STEPS),  # through runner: a failed step's card
     "charts": {"load", "tune", "evaluate"},  # and monitor: their figures as SVG
     "console": set(CACHED_STEPS),  # through runner: every step's log
+    "csv_dialect": {"load", "featurize", "tune", "train", "evaluate"},  # through tables; and predict, monitor
     "drift": set(),  # monitor's
     "errors": set(CACHED_STEPS),
     "explain": {"evaluate"},

@@ -1,0 +1,129 @@
+"""CSV files as spreadsheets in other languages and databases write them: `;`, tabs or `|` between values, and
+decimal commas (`1.234,50`) where the separator is not a comma."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steps.lib.csv_dialect import COMMAS, CsvDialect, csv_dialect, decimal_evidence
+from steps.lib.errors import PipelineError
+from steps.lib.tables import read_batches, read_data
+
+
+@pytest.mark.parametrize(
+    ("value", "mark"),
+    [
+        ("3,5", ","),
+        ("0,250", ","),  # a leading zero is never a thousands group
+        ("1234,5", ","),
+        ("1.234,50", ","),
+        ("−1,5", ","),
+        ("1.234.567", ","),  # thousands dots: the decimal is the comma
+        ("3.5", "."),
+        ("1,234.50", "."),
+        ("1,234,567", "."),
+        ("1.234", None),  # 1234 or 1.234: decides nothing
+        ("1,234", None),
+        ("12.03.2024", None),  # a date, not thousands
+        ("1.2.3", None),
+        ("2024", None),
+        ("n/a", None),
+        ("13:45", None),
+    ],
+)
+def test_a_number_is_evidence_of_a_decimal_mark_only_when_it_reads_one_way(value, mark):
+    assert decimal_evidence(value) == mark
+
+
+def german(frame: pd.DataFrame) -> str:
+    """The frame as a spreadsheet set to German saves it: `;`, decimal commas, thousands dots, dates d.m.Y."""
+    out = frame.copy()
+    for name in out.select_dtypes("number").columns:
+        out[name] = [
+            "" if pd.isna(v) else f"{v:,.2f}".replace(",", "_").replace(".", ",").replace("_", ".") for v in out[name]
+        ]
+    return out.to_csv(sep=";", index=False)
+
+
+def users(rows: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "Income ($)": rng.gamma(2.0, 20_000, rows).round(2),
+            "share": rng.random(rows).round(2),
+            "city": rng.choice(["Köln", "München", "Berlin"], rows),
+            "joined": (pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 500, rows), unit="D")).strftime(
+                "%d.%m.%Y"
+            ),
+            "y": rng.choice(["<=50K", ">50K"], rows),
+        }
+    )
+    frame.loc[[5, 17], "share"] = np.nan
+    return frame
+
+
+def test_a_german_spreadsheets_csv_reads_as_its_comma_twin(tmp_path, caplog):
+    """`;`, `1.234,50` and `31.05.2024`: the numbers are the numbers, the dates stay text (featurize reads them as
+    dates), in load's whole read and in predict's and monitor's batches alike."""
+    frame = users()
+    (tmp_path / "de.csv").write_text(german(frame), encoding="utf-8")
+    frame.to_csv(tmp_path / "en.csv", index=False)
+    assert csv_dialect(tmp_path / "de.csv", "de.csv") == CsvDialect(";", ",", ".")
+    assert csv_dialect(tmp_path / "en.csv", "en.csv") == COMMAS
+    with caplog.at_level("INFO", logger="steps.tables"):
+        read, twin = read_data(str(tmp_path / "de.csv")), read_data(str(tmp_path / "en.csv"))
+    assert caplog.messages == [f"'{tmp_path / 'de.csv'}' is read as separated by semicolons, decimal commas"]
+    pd.testing.assert_frame_equal(read, twin)
+    assert read["joined"].iloc[0] == frame["joined"].iloc[0] and read["Income ($)"].max() > 1000
+    types = {"Income ($)": "double", "share": "double", "city": "string", "joined": "string"}
+    batches = list(read_batches(str(tmp_path / "de.csv"), types, 150))
+    assert [len(b) for b in batches] == [150, 150, 100]
+    whole = pd.concat(batches, ignore_index=True)
+    pd.testing.assert_frame_equal(whole[list(types)], twin[list(types)], check_dtype=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "dialect", "expected"),
+    [
+        ("a;b;y\n1.5;x;1\n2.25;y;0\n", CsvDialect(";"), {"a": [1.5, 2.25], "b": ["x", "y"], "y": [1, 0]}),
+        ("a\tb\ty\n1.5\tx\t1\n", CsvDialect("\t"), {"a": [1.5], "b": ["x"], "y": [1]}),
+        ("a|b|y\n1,5|x|1\n", CsvDialect("|", ",", "."), {"a": [1.5], "b": ["x"], "y": [1]}),
+        # a name holding a comma: the separator that splits the header into the most columns
+        (
+            "Income ($), net;city;y\n1,5;x;1\n",
+            CsvDialect(";", ",", "."),
+            {"Income ($), net": [1.5], "city": ["x"], "y": [1]},
+        ),
+        ("a;b;y\n1.234;x;1\n", CsvDialect(";"), {"a": [1.234], "b": ["x"], "y": [1]}),  # no evidence: pandas' reading
+        ("a,b;c,y\n1,2,3\n", COMMAS, {"a": [1], "b;c": [2], "y": [3]}),
+    ],
+)
+def test_the_separator_comes_from_the_header_and_the_decimal_mark_from_the_numbers(tmp_path, text, dialect, expected):
+    (tmp_path / "t.csv").write_text(text, encoding="utf-8")
+    assert csv_dialect(tmp_path / "t.csv", "t.csv") == dialect
+    assert read_data(str(tmp_path / "t.csv")).to_dict("list") == expected
+
+
+def test_a_file_with_both_decimal_marks_or_a_value_that_is_no_number_is_one_line(tmp_path):
+    (tmp_path / "both.csv").write_text("a;b;y\n1,5;2.25;1\n", encoding="utf-8")
+    message = (
+        "'{}' (separated by semicolons) writes numbers with decimal commas ('1,5') and with decimal points ('2.25')"
+    )
+    with pytest.raises(PipelineError, match=re.escape(message.format(tmp_path / "both.csv"))):
+        read_data(str(tmp_path / "both.csv"))
+    (tmp_path / "lots.csv").write_text("Income ($);city\n1.234,50;Köln\nlots;Berlin\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=re.escape("column 'Income ($)' must be numeric (double) as in the model")):
+        list(read_batches(str(tmp_path / "lots.csv"), {"Income ($)": "double", "city": "string"}, 10))
+    # read whole (load), a column with text among its numbers stays text: featurize decides what it is
+    assert read_data(str(tmp_path / "lots.csv"))["Income ($)"].tolist() == ["1.234,50", "lots"]
+
+
+def test_integers_with_thousands_marks_are_the_signatures_integers(tmp_path):
+    Path(tmp_path / "n.csv").write_text("count;city\n1.234;Köln\n7;Berlin\n0,5;Bonn\n", encoding="utf-8")
+    [batch] = read_batches(str(tmp_path / "n.csv"), {"count": "double", "city": "string"}, 10)
+    assert batch["count"].tolist() == [1234.0, 7.0, 0.5]
