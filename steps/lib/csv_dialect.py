@@ -47,25 +47,36 @@ class CsvDialect:
 
     def number(self, text: pd.Series) -> pd.Series:
         """Numbers written in this dialect (`1.234,50`, `-3,5`) as floats; NaN where missing or not such a number
-        (`31.05.2024`, `n/a`)."""
-        text = text.astype(object).where(text.notna(), None).str.strip().str.replace("−", "-", regex=False)
+        (`31.05.2024`, `n/a`). In Arrow (RE2), each value once: a million values in well under a second."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        words = pa.array(text.astype(object).where(text.notna(), None), type=pa.string(), from_pandas=True)
+        words = pc.replace_substring(pc.utf8_trim_whitespace(words), "−", "-")
+        whole = rf"(\d{{1,3}}({re.escape(self.thousands)}\d{{3}})+|\d+)" if self.thousands else r"\d+"
+        pattern = rf"^[-+]?{whole}({re.escape(self.decimal)}\d+)?$"
+        words = pc.if_else(pc.match_substring_regex(words, pattern), words, pa.scalar(None, pa.string()))
         if self.thousands:
-            pattern = rf"[-+]?(\d{{1,3}}(\{self.thousands}\d{{3}})+|\d+)(\{self.decimal}\d+)?"
-            text = text.where(text.str.fullmatch(pattern).fillna(False).astype(bool), None)
-            text = text.str.replace(self.thousands, "", regex=False)
-        return pd.to_numeric(text.str.replace(self.decimal, ".", regex=False), errors="coerce").astype(float)
+            words = pc.replace_substring(words, self.thousands, "")
+        numbers = pc.cast(pc.replace_substring(words, self.decimal, "."), pa.float64())
+        return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index)
 
     def marked_numbers(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Text columns whose every value is a number with thousands marks (`1.234,50`) as numbers; pandas read
-        the rest (`3,5` is 3.5 already; `31.05.2024` stays text, for featurize to find it is a date)."""
+        the rest (`3,5` is 3.5 already; `31.05.2024` stays text, for featurize to find it is a date). A column
+        whose first values are not all such numbers is passed over without reading the rest."""
         if not self.thousands:
             return frame
         for name in frame.columns:
             values = frame[name]
-            if pd.api.types.is_string_dtype(values) or values.dtype == object:
-                numbers = self.number(values)
-                if values.notna().any() and numbers.notna().sum() == values.notna().sum():
-                    frame[name] = numbers
+            if not (pd.api.types.is_string_dtype(values) or values.dtype == object):
+                continue
+            present = values.dropna()
+            if present.empty or self.number(present.head(SNIFF_ROWS)).isna().any():
+                continue
+            numbers = self.number(values)
+            if numbers.notna().sum() == len(present):
+                frame[name] = numbers
         return frame
 
 
