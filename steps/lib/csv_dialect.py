@@ -5,16 +5,23 @@ like `1.234,50`; databases and other tools export tab- or `|`-separated text. Th
 header: the one of commas, `;`, tabs and `|` that splits it into the most columns (commas on a tie). The
 decimal mark is then read from the numbers of the first rows, only on evidence: `3,5`, `0,25`, `1234,5` or
 `1.234,50` are decimal commas; `3.5`, `0.25` or `1,234.50` decimal points; `1.234` alone could be either and
-decides nothing (read as pandas reads it, a decimal point). A file with both is refused: no reading of it is
-safe. Comma-separated files are read as pandas reads them, decimal points.
+decides nothing: a `;`-separated file is then read with decimal commas (the separator of the languages that
+write them, and how a batch with no telling value reads as its training file did), any other with points. A
+file with both is refused: no reading of it is safe. Comma-separated files are read as pandas reads them.
 """
 
 from __future__ import annotations
 
+import bz2
+import codecs
+import gzip
+import lzma
 import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -22,6 +29,7 @@ from steps.lib.errors import PipelineError
 
 SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}  # what spreadsheets and databases also export
 SNIFF_ROWS = 2_000  # rows whose numbers decide the decimal mark
+EVIDENCE_VALUES = 200  # distinct values of a column looked at for it (3,000 columns: seconds, not minutes)
 
 NUMBER_LIKE = re.compile(r"[-+−]?\d[\d.,]*")  # digits with dots and commas: the candidates for a decimal mark
 EITHER_WAY = re.compile(r"[1-9]\d{0,2}[.,]\d{3}")  # 1.234 or 1,234: a thousands group or a decimal, who knows
@@ -34,32 +42,61 @@ class CsvDialect:
     separator: str = ","
     decimal: str = "."
     thousands: str | None = None
+    encoding: str = "utf-8"  # or cp1252: what Excel saves as "CSV" in Western European languages
 
     def pandas_options(self) -> dict[str, str]:
         """`pd.read_csv`'s keywords for this dialect. Not its `thousands`: pandas drops that mark from anything
         of digits, so `31.05.2024` would be 31052024; numbers with marks are read by `marked_numbers` instead."""
-        return {"sep": self.separator, "decimal": self.decimal}
+        return {"sep": self.separator, "decimal": self.decimal, "encoding": self.encoding}
 
     def words(self) -> str:
         """The dialect in words, for logs and errors: 'separated by semicolons, decimal commas'."""
         marks = "decimal commas" if self.decimal == "," else "decimal points"
-        return f"separated by {SEPARATORS.get(self.separator, 'commas')}, {marks}"
+        text = "" if self.encoding == "utf-8" else ", Windows-1252 text (not UTF-8)"
+        return f"separated by {SEPARATORS.get(self.separator, 'commas')}, {marks}{text}"
 
-    def number(self, text: pd.Series) -> pd.Series:
-        """Numbers written in this dialect (`1.234,50`, `-3,5`) as floats; NaN where missing or not such a number
-        (`31.05.2024`, `n/a`). In Arrow (RE2), each value once: a million values in well under a second."""
+    def pattern(self) -> str:
+        """A number as this dialect writes it (RE2, Java's regex alike): sign, digits in groups of three or not,
+        a decimal part, an exponent (`1,5E-05`, as R's write.csv2 has it); `,5` too."""
+        whole = rf"(\d{{1,3}}({re.escape(self.thousands)}\d{{3}})+|\d+)" if self.thousands else r"\d+"
+        decimal = re.escape(self.decimal)
+        return rf"^[-+]?({whole}({decimal}\d*)?|{decimal}\d+)([eE][-+]?\d+)?$"
+
+    def plain(self, text: pd.Series) -> Any:
+        """The values as Arrow text with decimal points and no thousands marks (`1.234,50` -> `1234.50`); null
+        where missing or not a number so written (`31.05.2024`, `n/a`)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         words = pa.array(text.astype(object).where(text.notna(), None), type=pa.string(), from_pandas=True)
         words = pc.replace_substring(pc.utf8_trim_whitespace(words), "−", "-")
-        whole = rf"(\d{{1,3}}({re.escape(self.thousands)}\d{{3}})+|\d+)" if self.thousands else r"\d+"
-        pattern = rf"^[-+]?{whole}({re.escape(self.decimal)}\d+)?$"
-        words = pc.if_else(pc.match_substring_regex(words, pattern), words, pa.scalar(None, pa.string()))
+        words = pc.if_else(pc.match_substring_regex(words, self.pattern()), words, pa.scalar(None, pa.string()))
         if self.thousands:
             words = pc.replace_substring(words, self.thousands, "")
-        numbers = pc.cast(pc.replace_substring(words, self.decimal, "."), pa.float64())
-        return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index)
+        return pc.replace_substring(words, self.decimal, ".")
+
+    def number(self, text: pd.Series, kind: str = "double") -> pd.Series:
+        """Numbers written in this dialect as `kind` (MLflow's: double, float, long, integer); NaN where missing
+        or not such a number. Whole kinds are read as whole numbers, exactly (not through a float): a value with
+        a fraction is NaN there. In Arrow (RE2), a million values in well under a second."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        words = self.plain(text)
+        if kind in ("long", "integer"):
+            whole = pc.match_substring_regex(words, r"^[-+]?\d+$")
+            numbers = pc.cast(pc.if_else(whole, words, pa.scalar(None, pa.string())), pa.int64())
+            if pc.all(whole).as_py() is not False and numbers.null_count == 0:
+                return pd.Series(numbers.to_numpy(), index=text.index, dtype="int32" if kind == "integer" else "int64")
+            return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index, dtype="float64")
+        numbers = pc.cast(words, pa.float64()).to_numpy(zero_copy_only=False)
+        return pd.Series(numbers, index=text.index, dtype="float32" if kind == "float" else "float64")
+
+    def with_points(self, text: pd.Series) -> pd.Series:
+        """The values as text, numbers in this dialect rewritten with decimal points (`1.234,50` -> `1234.50`),
+        anything else as it was: what a reader of comma-and-point CSV then takes as it would."""
+        plain = pd.Series(self.plain(text).to_numpy(zero_copy_only=False), index=text.index, dtype=object)
+        return plain.where(plain.notna(), text.astype(object))
 
     def marked_numbers(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Text columns whose every value is a number with thousands marks (`1.234,50`) as numbers; pandas read
@@ -88,6 +125,8 @@ def decimal_evidence(value: str) -> str | None:
     if not NUMBER_LIKE.fullmatch(value):
         return None
     digits = value.lstrip("-+−")
+    if re.match(r"0\d", digits):  # 05.2024, 007: a code or a date, not a number
+        return None
     if "," in digits and "." in digits:  # 1.234,50 or 1,234.50: the mark that comes last is the decimal
         return "," if digits.rfind(",") > digits.rfind(".") else "."
     for mark, other in ((",", "."), (".", ",")):
@@ -114,20 +153,44 @@ def decimal_mark(values: Iterable[str], shown: str, separator: str) -> str | Non
     return next(iter(seen), None)
 
 
-def header_columns(path: Path, separator: str) -> int:
+def header_columns(path: Path, separator: str, encoding: str) -> int:
     """How many columns the header has when read with `separator`."""
-    return pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, sep=separator).shape[1]
+    read = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, sep=separator, encoding=encoding)
+    return read.shape[1]
+
+
+OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+ENCODING_BYTES = 1 << 20  # the first MiB decides between UTF-8 and Windows-1252
+
+
+def text_encoding(path: Path) -> str:
+    """utf-8, or cp1252 when the file's first MiB is not UTF-8 (`K\xf6ln`: Excel's "CSV" in German, French,
+    Spanish, ...). Every byte is some Windows-1252 character but five; a file that is neither fails its read."""
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as member:
+            head = member.read(ENCODING_BYTES)
+    else:
+        with OPENERS.get(suffix, open)(path, "rb") as handle:
+            head = handle.read(ENCODING_BYTES)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
 
 
 def csv_dialect(path: Path, shown: str) -> CsvDialect:
     """The file's dialect (see the module's docstring): the separator that splits the header into the most
     columns, commas on a tie (`Income ($), net;city;y` is three columns separated by semicolons)."""
-    counts = {separator: header_columns(path, separator) for separator in (",", *SEPARATORS)}
+    encoding = text_encoding(path)
+    counts = {separator: header_columns(path, separator, encoding) for separator in (",", *SEPARATORS)}
     separator = max(counts, key=lambda each: (counts[each], each == ","))
     if separator == ",":
-        return COMMAS
-    sample = pd.read_csv(path, sep=separator, nrows=SNIFF_ROWS, dtype=str, keep_default_na=False)
-    values = (value for column in sample.columns for value in sample[column].unique())
-    if decimal_mark(values, shown, separator) == ",":
-        return CsvDialect(separator, decimal=",", thousands=".")
-    return CsvDialect(separator)
+        return CsvDialect(encoding=encoding)
+    sample = pd.read_csv(path, sep=separator, nrows=SNIFF_ROWS, dtype=str, keep_default_na=False, encoding=encoding)
+    values = (value for column in sample.columns for value in sample[column].unique()[:EVIDENCE_VALUES])
+    mark = decimal_mark(values, shown, separator)
+    if mark == "," or (mark is None and separator == ";"):  # `;` is how decimal-comma locales separate
+        return CsvDialect(separator, decimal=",", thousands=".", encoding=encoding)
+    return CsvDialect(separator, encoding=encoding)

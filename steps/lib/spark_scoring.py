@@ -50,17 +50,29 @@ def read_table(
         return session.read.parquet(path)
     if kind != "csv":
         raise PipelineError(f"'{data_uri}' is neither .csv nor .parquet; convert it or rename it")
-    frame = session.read.csv(path, header=True, inferSchema=False, enforceSchema=False, sep=dialect.separator)
+    options = {"sep": dialect.separator, "encoding": dialect.encoding}
+    frame = session.read.csv(path, header=True, inferSchema=False, enforceSchema=False, **options)
     from pyspark.sql import functions as F  # noqa: N812 (Spark's own spelling)
 
     for name, kind in columns:
         if name in frame.columns and kind in SPARK_TYPES:
             column = F.col(f"`{name}`")
             if kind in NUMERIC_TYPES and dialect.thousands:  # `1.234,50`: without its marks, as Spark reads numbers
-                column = F.regexp_replace(F.trim(column), re.escape(dialect.thousands), "")
-                column = F.regexp_replace(column, re.escape(dialect.decimal), ".")
+                column = marked_number(
+                    F, column, dialect, f"column '{name}' must be numeric ({kind}) as in the model's"
+                )
             frame = frame.withColumn(name, column.cast(SPARK_TYPES[kind]))
     return frame
+
+
+def marked_number(F: Any, column: Any, dialect: CsvDialect, refusal: str) -> Any:  # noqa: N803 (Spark's F)
+    """A Spark column of text in `dialect` (`1.234,50`) as text with decimal points (`1234.50`), by the same
+    pattern as the local backend (`31.05.2024` or `1.5` in a decimal-comma file is no number there either): a
+    value that does not match fails the job, naming the column and the value."""
+    text = F.regexp_replace(F.trim(column), "−", "-")
+    plain = F.regexp_replace(F.regexp_replace(text, re.escape(dialect.thousands), ""), re.escape(dialect.decimal), ".")
+    found = F.raise_error(F.concat(F.lit(f"{refusal} signature; found '"), text, F.lit("'")))
+    return F.when(text.isNull() | (text == ""), F.lit(None)).when(text.rlike(dialect.pattern()), plain).otherwise(found)
 
 
 def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:
@@ -148,11 +160,11 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
             frame = read_table(session, data_uri, str(path), columns, dialect)
             if not isinstance(located, Path):  # a cluster's store, read by Spark alone: the same checks through Spark
                 refuse_spark_columns(session, frame, data_uri)
+            head = frame.limit(CHECK_ROWS).toPandas()
         except PipelineError:
             raise
         except Exception as error:  # e.g. Spark's AnalysisException: a path it cannot read, repeated Parquet names
-            raise PipelineError(f"Spark cannot read '{shown}': {one_line(str(error), 240)}") from None
-        head = frame.limit(CHECK_ROWS).toPandas()
+            raise PipelineError(f"Spark cannot read '{shown}': {spark_message(error)}") from None
         check_batch(head, columns)
         table, prediction = score_batch(head, pyfunc, sklearn_model, columns)
         schema = from_arrow_schema(pa.Schema.from_pandas(table, preserve_index=False))
@@ -160,13 +172,19 @@ def score_on_spark(data_uri: str, model_uri: str, out: Path, master: str | None)
         try:
             scored.write.mode("overwrite").parquet(str(out))
         except Exception as error:  # an executor's PipelineError arrives wrapped in Spark's own
-            message = str(error)
-            cause = message.split("PipelineError: ")[-1] if "PipelineError: " in message else message
-            raise PipelineError(f"scoring on Spark failed: {one_line(cause, 300)}") from None
+            raise PipelineError(f"scoring on Spark failed: {spark_message(error)}") from None
     written = session.read.parquet(str(out))
     return prediction, spark_metrics(written, prediction, sklearn_model is not None) | {
         "n_input_columns": len(frame.columns)
     }
+
+
+def spark_message(error: Exception) -> str:
+    """Spark's error in one line: ours where an executor raised one (a PipelineError, a refused value)."""
+    message = str(error)
+    for ours in ("PipelineError: ", "[USER_RAISED_EXCEPTION] "):
+        message = message.split(ours)[-1] if ours in message else message
+    return one_line(message, 300)
 
 
 def spark_metrics(scored: Any, prediction: str, classifier: bool) -> dict[str, float]:

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,12 +109,15 @@ ARROW_TYPES = {
 }
 
 
-def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Iterator[pd.DataFrame]:
+def read_batches(
+    data_uri: str, types: dict[str, str], batch_rows: int, text_numbers: Collection[str] = ()
+) -> Iterator[pd.DataFrame]:
     """The table in frames of at most `batch_rows` rows, memory bounded by the batch, not the file.
 
     `types`: column -> MLflow signature type; a CSV reads those columns as that type in every block (a
     value that does not convert is an error naming the column), the others as the first block has them.
-    A bundled set is small: one frame.
+    `text_numbers`: columns read as text that hold numbers (monitor's numeric features): in a CSV written with
+    decimal commas, their numbers come with decimal points. A bundled set is small: one frame.
     """
     if data_uri.startswith("sklearn:"):
         yield read_data(data_uri)
@@ -135,7 +138,7 @@ def read_batches(data_uri: str, types: dict[str, str], batch_rows: int) -> Itera
                 for batch in parquet.iter_batches(batch_size=batch_rows):
                     yield batch.to_pandas()
             else:
-                yield from csv_batches(path, types, batch_rows, dialect)
+                yield from csv_batches(path, types, batch_rows, dialect, text_numbers)
         except PipelineError:
             raise
         except Exception as error:  # pyarrow's conversion and parse errors: the column by its name
@@ -161,7 +164,7 @@ def csv_error(text: str, names: list[str], types: dict[str, str], context: str) 
 
 
 def csv_batches(
-    path: Path, types: dict[str, str], batch_rows: int, dialect: CsvDialect = COMMAS
+    path: Path, types: dict[str, str], batch_rows: int, dialect: CsvDialect = COMMAS, text_numbers: Collection[str] = ()
 ) -> Iterator[pd.DataFrame]:
     """A CSV file in frames of `batch_rows` rows, every column of one Arrow type throughout the file."""
     import pyarrow as pa
@@ -173,7 +176,7 @@ def csv_batches(
         )
         return pyarrow.csv.open_csv(
             path,
-            read_options=pyarrow.csv.ReadOptions(block_size=1 << 22),
+            read_options=pyarrow.csv.ReadOptions(block_size=1 << 22, encoding=dialect.encoding),
             parse_options=pyarrow.csv.ParseOptions(delimiter=dialect.separator),
             convert_options=convert,
         )
@@ -191,7 +194,7 @@ def csv_batches(
     pending: list[pd.DataFrame] = []
     rows = 0
     for batch in reader(fixed):
-        pending.append(numbers_read(batch.to_pandas(), marked, types, dialect))
+        pending.append(numbers_read(batch.to_pandas(), marked, types, dialect, text_numbers))
         rows += batch.num_rows
         while rows >= batch_rows:
             whole = pd.concat(pending, ignore_index=True)
@@ -211,20 +214,24 @@ def marked_numbers(types: dict[str, str], dialect: CsvDialect) -> list[str]:
 NUMERIC_TYPES = ("double", "float", "long", "integer")
 
 
-def numbers_read(frame: pd.DataFrame, marked: list[str], types: dict[str, str], dialect: CsvDialect) -> pd.DataFrame:
-    """`marked` columns (text such as `1.234,50`) as the signature's numbers; a value that is not one is an error
-    naming the column, as Arrow's own conversion is."""
+def numbers_read(
+    frame: pd.DataFrame, marked: list[str], types: dict[str, str], dialect: CsvDialect, text_numbers: Collection[str]
+) -> pd.DataFrame:
+    """`marked` columns (text such as `1.234,50`) as the signature's numbers, a value that is not one an error
+    naming the column, as Arrow's own conversion is; `text_numbers` columns (read as text) with their numbers
+    written with decimal points, the rest of their values as they are."""
     for name in (name for name in marked if name in frame.columns):
-        text = frame[name]
-        numbers = dialect.number(text)
+        text, kind = frame[name], types[name]
+        numbers = dialect.number(text, kind)
         bad = text.notna() & numbers.isna()
         if bad.any():
             found = text[bad].iloc[0]
-            raise PipelineError(
-                f"column '{name}' must be numeric ({types[name]}) as in the model's signature; found {found!r}"
-            )
-        whole = types[name] in ("long", "integer") and not numbers.isna().any()
-        frame[name] = numbers.astype("int64" if whole else "float64")
+            fraction = kind in ("long", "integer") and dialect.number(text[bad].head(1)).notna().all()
+            what = "a whole number" if fraction else "numeric"
+            raise PipelineError(f"column '{name}' must be {what} ({kind}) as in the model's signature; found {found!r}")
+        frame[name] = numbers
+    for name in (name for name in text_numbers if name in frame.columns and dialect.thousands):
+        frame[name] = dialect.with_points(frame[name])
     return frame
 
 
@@ -393,7 +400,7 @@ def checked_table_file(path: Path, shown: str) -> tuple[str, list[str], CsvDiale
     try:
         if kind == "csv":
             dialect = csv_dialect(path, shown)
-        names = header_names(path, kind, dialect.separator)
+        names = header_names(path, kind, dialect)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
     except PipelineError:
@@ -450,10 +457,11 @@ def write_parquet_digest(frame: pd.DataFrame, path: Path) -> str:
     return sha256_file(path)
 
 
-def header_names(path: Path, kind: str, separator: str = ",") -> list[str]:
+def header_names(path: Path, kind: str, dialect: CsvDialect = COMMAS) -> list[str]:
     """The column names as the file has them (pandas would rename a repeated CSV header `x` to `x.1`)."""
     if kind == "csv":
-        first_row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, sep=separator).iloc[0]
+        options = {"sep": dialect.separator, "encoding": dialect.encoding}
+        first_row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options).iloc[0]
         return [str(name) for name in first_row]
     import pyarrow.parquet
     import pyarrow.types

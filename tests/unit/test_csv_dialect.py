@@ -99,7 +99,15 @@ def test_a_german_spreadsheets_csv_reads_as_its_comma_twin(tmp_path, caplog):
             CsvDialect(";", ",", "."),
             {"Income ($), net": [1.5], "city": ["x"], "y": [1]},
         ),
-        ("a;b;y\n1.234;x;1\n", CsvDialect(";"), {"a": [1.234], "b": ["x"], "y": [1]}),  # no evidence: pandas' reading
+        # no evidence either way: `;` is how decimal-comma languages separate, any other separator reads points
+        ("a;b;y\n1.234;x;1\n", CsvDialect(";", ",", "."), {"a": [1234.0], "b": ["x"], "y": [1]}),
+        ("a|b|y\n1.234|x|1\n", CsvDialect("|"), {"a": [1.234], "b": ["x"], "y": [1]}),
+        # R's write.csv2: exponents with decimal commas; `05.2024` is a month, no evidence of decimal points
+        (
+            "a;m;y\n1,5E-05;05.2024;1\n3,5;06.2024;0\n",
+            CsvDialect(";", ",", "."),
+            {"a": [1.5e-05, 3.5], "m": ["05.2024", "06.2024"], "y": [1, 0]},
+        ),
         ("a,b;c,y\n1,2,3\n", COMMAS, {"a": [1], "b;c": [2], "y": [3]}),
     ],
 )
@@ -127,3 +135,42 @@ def test_integers_with_thousands_marks_are_the_signatures_integers(tmp_path):
     Path(tmp_path / "n.csv").write_text("count;city\n1.234;Köln\n7;Berlin\n0,5;Bonn\n", encoding="utf-8")
     [batch] = read_batches(str(tmp_path / "n.csv"), {"count": "double", "city": "string"}, 10)
     assert batch["count"].tolist() == [1234.0, 7.0, 0.5]
+
+
+def test_batches_read_the_signatures_types_exactly_and_refuse_a_fraction_in_a_whole_number(tmp_path):
+    """Whole numbers exactly (not through a float: 2^53 + 1 stays itself), float32 and int32 as the signature
+    says (MLflow will not narrow float64 for a regressor), a fraction in a whole-number column refused."""
+    (tmp_path / "n.csv").write_text("id;n;f;i\n9.007.199.254.740.993;1.234;2,5;7\n2;7;0,25;-3\n", encoding="utf-8")
+    types = {"id": "long", "n": "long", "f": "float", "i": "integer"}
+    [batch] = read_batches(str(tmp_path / "n.csv"), types, 10)
+    assert batch["id"].tolist() == [9_007_199_254_740_993, 2] and batch["n"].tolist() == [1234, 7]
+    assert batch.dtypes.astype(str).to_dict() == {"id": "int64", "n": "int64", "f": "float32", "i": "int32"}
+    (tmp_path / "fraction.csv").write_text("n;c\n1;x\n2,7;y\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=re.escape("column 'n' must be a whole number (long) as in the model's")):
+        list(read_batches(str(tmp_path / "fraction.csv"), {"n": "long"}, 10))
+    (tmp_path / "gaps.csv").write_text("n;c\n1.234;x\n;y\n", encoding="utf-8")
+    [batch] = read_batches(str(tmp_path / "gaps.csv"), {"n": "long"}, 10)
+    assert batch["n"].tolist()[0] == 1234 and np.isnan(batch["n"].tolist()[1])  # missing: a float column, as Arrow
+
+
+def test_monitors_numeric_columns_read_as_text_come_with_decimal_points(tmp_path):
+    """monitor reads numeric features as text (text there is a reported schema change): in a decimal-comma file
+    their numbers are rewritten with decimal points, the rest left as it is for the drift table to name."""
+    (tmp_path / "m.csv").write_text("a;b;y\n3,5;x;1,5\n1.234,5;y;2,5\nlots;z;3\n", encoding="utf-8")
+    [batch] = read_batches(str(tmp_path / "m.csv"), {"a": "string", "b": "string", "y": "double"}, 10, ["a"])
+    assert batch["a"].tolist() == ["3.5", "1234.5", "lots"] and batch["y"].tolist() == [1.5, 2.5, 3.0]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_excels_csv_in_windows_1252_reads_as_written(tmp_path, suffix, caplog):
+    """Excel's "CSV" in German saves Windows-1252 (`K\\xf6ln`), not UTF-8: read as such, whole and in batches."""
+    frame = users(50)
+    path = tmp_path / f"de{suffix}"
+    frame.to_csv(path, sep=";", decimal=",", index=False, encoding="cp1252")
+    assert csv_dialect(path, "de") == CsvDialect(";", ",", ".", "cp1252")
+    with caplog.at_level("INFO", logger="steps.tables"):
+        read = read_data(str(path))
+    assert "Windows-1252 text (not UTF-8)" in caplog.messages[0]
+    pd.testing.assert_frame_equal(read, frame)
+    [batch] = read_batches(str(path), {"city": "string", "Income ($)": "double"}, 100)
+    assert set(batch["city"]) == {"Köln", "München", "Berlin"} and np.allclose(batch["Income ($)"], frame["Income ($)"])
