@@ -158,6 +158,8 @@ def run_load(data_uri: str, target: str | None = None, data_copy: Path | None = 
             "n_columns": len(frame.columns),
             "n_unique": profile["n_unique"],  # for featurize's choice of columns: counted once
         }
+        if "csv_dialect" in frame.attrs:  # separator, decimal mark, encoding: featurize reads text numbers by it
+            meta["csv"] = frame.attrs["csv_dialect"]
         write_json(data_dir / DATA_META, meta)
         write_json(profile_dir / "profile.json", profile)
         columns = column_table(profile)

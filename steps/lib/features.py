@@ -195,12 +195,16 @@ def time_format_of(present: pd.Series) -> TimeFormat | None:
     return TimeFormat(first, f"read as {first}: every value also reads as {', '.join(differ)}" if differ else "")
 
 
-def numbers_in_text(present: pd.Series, nearly_unique: bool = False) -> dict[str, Any] | None:
+def numbers_in_text(
+    present: pd.Series, nearly_unique: bool = False, decimal_comma: bool = False
+) -> dict[str, Any] | None:
     """The encoding of text whose values (a spread sample of them) are nearly all numbers as spreadsheets write
     them ($1,234.50, 45%, (1,200), or plain numbers among a few words such as `n/a`); None if it is not such text.
 
     Not numbers: codes with leading zeros (`007`, ZIP codes such as `02134`), and whole numbers without any
-    formatting that are nearly all distinct (`nearly_unique`: account numbers; the ID rule drops them)."""
+    formatting that are nearly all distinct (`nearly_unique`: account numbers; the ID rule drops them); and, in a
+    file written with decimal commas (`decimal_comma`), text with a comma, which the model would read as a
+    thousands mark (`1,799 €` is 1.799 there, not 1799): it stays text."""
     sample = text_sample(present)
     if sample is None:
         return None
@@ -208,6 +212,8 @@ def numbers_in_text(present: pd.Series, nearly_unique: bool = False) -> dict[str
     if written.mean() < NUMBER_SHARE or sample[written].str.match(r"^[-+−]?0[0-9]").any():
         return None
     if nearly_unique and sample[written].str.fullmatch(r"[0-9]+").all():
+        return None
+    if decimal_comma and sample[written].str.contains(",", regex=False).any():
         return None
     others = sorted(set(sample[~written]))[:3]
     reason = "numbers written as text ($, thousands separators, %, brackets for negatives): read as numbers, median-"
@@ -246,10 +252,13 @@ def categorical_encoding(n_levels: int) -> dict[str, Any]:
     return {"encoding": TARGET_ENCODING, "levels": n_levels, "reason": reason}
 
 
-def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] | None = None) -> ColumnChoice:
+def choose_columns(
+    frame: pd.DataFrame, target: str, counted: Mapping[str, Any] | None = None, decimal_comma: bool = False
+) -> ColumnChoice:
     """Split the non-target columns into numeric, categorical and date/time features, and those to drop.
 
-    `counted`: distinct values per column as load counted them (its profile), where they are plausible."""
+    `counted`: distinct values per column as load counted them (its profile), where they are plausible;
+    `decimal_comma`: the table came from a CSV written with decimal commas (see `numbers_in_text`)."""
     choice = ColumnChoice()
     n_rows = len(frame)
     for column in frame.columns:
@@ -272,7 +281,7 @@ def choose_columns(frame: pd.DataFrame, target: str, counted: Mapping[str, Any] 
             choice.encodings[column] = date_parts_encoding(values, spelled, int(n_unique))
         elif n_unique == n_rows and ID_NAME.search(str(column)):
             choice.dropped[column] = "ID-like (unique per row, named like an identifier)"
-        elif (as_numbers := None if is_numeric else numbers_in_text(present, nearly_unique)) is not None:
+        elif (as_numbers := None if is_numeric else numbers_in_text(present, nearly_unique, decimal_comma)) is not None:
             choice.numeric.append(column)
             choice.encodings[column] = as_numbers | {"levels": int(n_unique)}
         elif not is_numeric and nearly_unique:
@@ -306,10 +315,14 @@ def _is_row_counter(values: pd.Series) -> bool:
 
 
 def build_feature_spec(
-    frame: pd.DataFrame, target: str, task: str | None = None, counted: Mapping[str, Any] | None = None
+    frame: pd.DataFrame,
+    target: str,
+    task: str | None = None,
+    counted: Mapping[str, Any] | None = None,
+    decimal_comma: bool = False,
 ) -> FeatureSpec:
     """Validate the table and decide task (None: detected from the label) and features (`counted`: load's
-    distinct values per column, not counted again)."""
+    distinct values per column, not counted again; `decimal_comma`: load read a CSV with decimal commas)."""
     validate_target(frame, target, task)
     labels = frame[target].dropna()
     task = task or detect_task(labels)
@@ -317,7 +330,7 @@ def build_feature_spec(
         raise PipelineError(
             f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification"
         )
-    choice = choose_columns(frame, target, counted)
+    choice = choose_columns(frame, target, counted, decimal_comma)
     if not choice.numeric and not choice.categorical and not choice.datetime:
         raise PipelineError(
             f"no usable feature columns (dropped: {choice.dropped}); the data needs informative columns"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import re
@@ -419,7 +420,9 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
         logger.info("'%s' is read as %s", shown, dialect.words())
     try:
         if kind == "csv":
-            return dialect.marked_numbers(pd.read_csv(path, **dialect.pandas_options()))
+            frame = dialect.marked_numbers(pd.read_csv(path, **dialect.pandas_options()))
+            frame.attrs["csv_dialect"] = dataclasses.asdict(dialect)  # for load's metadata (featurize reads it)
+            return frame
         return read_frame(path)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None

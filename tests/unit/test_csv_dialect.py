@@ -174,3 +174,29 @@ def test_excels_csv_in_windows_1252_reads_as_written(tmp_path, suffix, caplog):
     pd.testing.assert_frame_equal(read, frame)
     [batch] = read_batches(str(path), {"city": "string", "Income ($)": "double"}, 100)
     assert set(batch["city"]) == {"Köln", "München", "Berlin"} and np.allclose(batch["Income ($)"], frame["Income ($)"])
+
+
+def test_money_text_with_commas_from_a_decimal_comma_file_stays_text():
+    """`1,799 €` is 1.799 in a file written with decimal commas: the model's reader of numbers in text (commas as
+    thousands marks) would make it 1799, so featurize leaves such a column text; load records the file's dialect
+    in its metadata for featurize to know."""
+    from steps.lib.features import numbers_in_text
+
+    prices = pd.Series(["1,799 €", "12 €", "2,350 €", "27 €"] * 50)
+    assert numbers_in_text(prices) is not None
+    assert numbers_in_text(prices, decimal_comma=True) is None
+    assert numbers_in_text(pd.Series(["12 €", "27 €", "45%"] * 50), decimal_comma=True) is not None
+
+
+def test_load_records_how_its_csv_was_written(tmp_path, tracking_uri):
+    import json
+
+    import mlflow
+
+    from steps.load import run_load
+
+    (tmp_path / "de.csv").write_text(german(users()), encoding="utf-8")
+    with mlflow.start_run() as run:
+        run_load(str(tmp_path / "de.csv"), "y")
+    meta = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/data/meta.json"))
+    assert meta["csv"] == {"separator": ";", "decimal": ",", "thousands": ".", "encoding": "utf-8"}
