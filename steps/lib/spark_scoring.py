@@ -184,6 +184,8 @@ def spark_message(error: Exception) -> str:
     message = str(error)
     for ours in ("PipelineError: ", "[USER_RAISED_EXCEPTION] "):
         message = message.split(ours)[-1] if ours in message else message
+    if "[USER_RAISED_EXCEPTION] " in str(error):  # our words, then Spark's code and its stack: ours alone
+        message = message.split(" SQLSTATE: ")[0]
     return one_line(message, 300)
 
 

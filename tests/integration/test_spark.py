@@ -115,9 +115,9 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     assert spark_run.data.tags["mlflow.note.content"].startswith("**predict** scored 1,500 rows")
     assert "card.html" in {a.path for a in MlflowClient(store).list_artifacts(spark_run.info.run_id)}
 
-    bad = batch.astype({"Income ($)": object})
-    bad.loc[700, "Income ($)"] = "lots"
-    bad.to_csv(tmp_path / "bad.csv", index=False)
+    lines = (tmp_path / "batch.csv").read_text().splitlines()  # the German file, one income written `lots`
+    lines[701] = "lots;" + lines[701].split(";", 1)[1]
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
     code, stderr = cli_on(
         store,
         "predict",
@@ -131,4 +131,5 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
         "local[2]",
     )
     errors = [line for line in stderr.splitlines() if line.startswith("error: predict: ")]
-    assert code == 1 and len(errors) == 1 and "lots" in errors[0], stderr[-3000:]
+    refused = "column 'Income ($)' must be numeric (double) as in the model's signature; found 'lots'"
+    assert code == 1 and errors == [f"error: predict: scoring on Spark failed: {refused}"], stderr[-3000:]
