@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from collections import Counter
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -420,12 +421,20 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
         logger.info("'%s' is read as %s", shown, dialect.words())
     try:
         if kind == "csv":
-            frame = dialect.marked_numbers(pd.read_csv(path, **dialect.pandas_options()))
+            with warnings.catch_warnings():  # a row longer than the header: an error, as batches have it
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, index_col=False, **dialect.pandas_options())
+            frame = dialect.marked_numbers(frame)
             frame.attrs["csv_dialect"] = dataclasses.asdict(dialect)  # for load's metadata (featurize reads it)
             return frame
         return read_frame(path)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
+    except pd.errors.ParserWarning:  # pandas would take the first values as an index and shift the rest
+        raise PipelineError(
+            f"'{shown}' has rows with more values than its header has columns (a value holding the separator "
+            "without quotes, or a separator at the end of each row); quote such values or fix those rows"
+        ) from None
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
 

@@ -200,3 +200,22 @@ def test_load_records_how_its_csv_was_written(tmp_path, tracking_uri):
         run_load(str(tmp_path / "de.csv"), "y")
     meta = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/data/meta.json"))
     assert meta["csv"] == {"separator": ";", "decimal": ",", "thousands": ".", "encoding": "utf-8"}
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [
+        ("a,b\n1,2,3\n", None),  # pandas took `1` for an index and shifted the rest: a = [2], b = [3]
+        ("a\n1,5\n2,5\n", None),  # one column whose values hold a comma: a = [5, 5] indexed 1, 2
+        ("a;b\n1;2;\n3;4;\n", {"a": [1, 3], "b": [2, 4]}),  # a separator ending each row (the header's aside)
+        ("a,b,c\n1,2\n", {"a": [1], "b": [2], "c": [None]}),  # a short row: a missing value, as pandas has it
+    ],
+)
+def test_a_row_longer_than_the_header_is_refused_not_shifted(tmp_path, text, read):
+    (tmp_path / "t.csv").write_text(text, encoding="utf-8")
+    if read is None:
+        with pytest.raises(PipelineError, match="has rows with more values than its header has columns"):
+            read_data(str(tmp_path / "t.csv"))
+    else:
+        frame = read_data(str(tmp_path / "t.csv"))
+        assert frame.astype(object).where(frame.notna(), None).to_dict("list") == read
