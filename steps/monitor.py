@@ -288,7 +288,8 @@ def profile_batch(
         reference.train_with_predictions, numeric, categorical, sample_rows, seed=0, times=spec.time_formats()
     )
     labelled = False
-    for piece in read_batches(data_uri, types, batch_rows, text_numbers=spec.numeric):
+    plain = [c for c in spec.numeric if c not in spec.numbers_in_text()]  # those the model reads as it finds them
+    for piece in read_batches(data_uri, types, batch_rows, text_numbers=plain):
         if piece.empty and profile.rows:
             continue
         labelled = check_columns(piece, spec) or labelled

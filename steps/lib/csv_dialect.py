@@ -16,6 +16,7 @@ import bz2
 import codecs
 import gzip
 import lzma
+import numbers
 import re
 import zipfile
 from collections.abc import Iterable
@@ -85,7 +86,8 @@ class CsvDialect:
         words = self.plain(text)
         if kind in ("long", "integer"):
             whole = pc.match_substring_regex(words, r"^[-+]?\d+$")
-            numbers = pc.cast(pc.if_else(whole, words, pa.scalar(None, pa.string())), pa.int64())
+            digits = pc.replace_substring_regex(words, r"^\+", "")  # Arrow's integer cast takes no `+`
+            numbers = pc.cast(pc.if_else(whole, digits, pa.scalar(None, pa.string())), pa.int64())
             if pc.all(whole).as_py() is not False and numbers.null_count == 0:
                 return pd.Series(numbers.to_numpy(), index=text.index, dtype="int32" if kind == "integer" else "int64")
             return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index, dtype="float64")
@@ -98,6 +100,12 @@ class CsvDialect:
         plain = pd.Series(self.plain(text).to_numpy(zero_copy_only=False), index=text.index, dtype=object)
         return plain.where(plain.notna(), text.astype(object))
 
+    def written(self, value: Any) -> Any:
+        """A value pandas already read as a number, written back in this dialect (3.5 -> `3,5`); text as it is."""
+        if isinstance(value, (str, bool)) or not isinstance(value, numbers.Real):
+            return value
+        return str(value).replace(".", self.decimal)
+
     def marked_numbers(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Text columns whose every value is a number with thousands marks (`1.234,50`) as numbers; pandas read
         the rest (`3,5` is 3.5 already; `31.05.2024` stays text, for featurize to find it is a date). A column
@@ -108,6 +116,8 @@ class CsvDialect:
             values = frame[name]
             if not (pd.api.types.is_string_dtype(values) or values.dtype == object):
                 continue
+            if values.dtype == object:  # pandas' chunks typed apart: 3.5 read in one, `1.234,5` left in another
+                values = values.map(self.written, na_action="ignore")
             present = values.dropna()
             if present.empty or self.number(present.head(SNIFF_ROWS)).isna().any():
                 continue

@@ -203,8 +203,8 @@ def numbers_in_text(
 
     Not numbers: codes with leading zeros (`007`, ZIP codes such as `02134`), and whole numbers without any
     formatting that are nearly all distinct (`nearly_unique`: account numbers; the ID rule drops them); and, in a
-    file written with decimal commas (`decimal_comma`), text with a comma, which the model would read as a
-    thousands mark (`1,799 €` is 1.799 there, not 1799): it stays text."""
+    file written with decimal commas (`decimal_comma`), text with a comma or a dot, which the model would read
+    with decimal points (`1,799 €` is 1.799 there, not 1799; `1.299 €` is 1299, not 1.299): it stays text."""
     sample = text_sample(present)
     if sample is None:
         return None
@@ -213,7 +213,7 @@ def numbers_in_text(
         return None
     if nearly_unique and sample[written].str.fullmatch(r"[0-9]+").all():
         return None
-    if decimal_comma and sample[written].str.contains(",", regex=False).any():
+    if decimal_comma and sample[written].str.contains(r"[,.]").any():  # 1.234 is 1234 there, 1,5 is 1.5
         return None
     others = sorted(set(sample[~written]))[:3]
     reason = "numbers written as text ($, thousands separators, %, brackets for negatives): read as numbers, median-"

@@ -69,10 +69,16 @@ def marked_number(F: Any, column: Any, dialect: CsvDialect, refusal: str) -> Any
     """A Spark column of text in `dialect` (`1.234,50`) as text with decimal points (`1234.50`), by the same
     pattern as the local backend (`31.05.2024` or `1.5` in a decimal-comma file is no number there either): a
     value that does not match fails the job, naming the column and the value."""
-    text = F.regexp_replace(F.trim(column), "−", "-")
+    text = F.regexp_replace(F.regexp_replace(column, r"^[\s\u00a0]+|[\s\u00a0]+$", ""), "−", "-")
     plain = F.regexp_replace(F.regexp_replace(text, re.escape(dialect.thousands), ""), re.escape(dialect.decimal), ".")
     found = F.raise_error(F.concat(F.lit(f"{refusal} signature; found '"), text, F.lit("'")))
-    return F.when(text.isNull() | (text == ""), F.lit(None)).when(text.rlike(dialect.pattern()), plain).otherwise(found)
+    missing = text.isNull() | text.isin(*MISSING_TEXT)  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
+    return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern()), plain).otherwise(found)
+
+
+# What pandas' and Arrow's CSV readers take for a missing value (Spark's reader: only the empty field).
+MISSING_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>")
+MISSING_TEXT += ("N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
 def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:

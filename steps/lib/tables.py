@@ -433,7 +433,7 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
     except pd.errors.ParserWarning:  # pandas would take the first values as an index and shift the rest
         raise PipelineError(
             f"'{shown}' has rows with more values than its header has columns (a value holding the separator "
-            "without quotes, or a separator at the end of each row); quote such values or fix those rows"
+            "without quotes?); quote such values or fix those rows"
         ) from None
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None

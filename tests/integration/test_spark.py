@@ -90,6 +90,9 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     model_uri = logged_model_of(users_rows(2000, 1), "income class")
     batch = users_rows(1500, 4).drop(columns="income class")
     batch.to_csv(tmp_path / "batch.csv", index=False, sep=";", decimal=",")  # as a German spreadsheet saves it
+    lines = (tmp_path / "batch.csv").read_text().splitlines()
+    lines[11] = "NA;" + lines[11].split(";", 1)[1]  # a missing income as R's write.csv2 writes it
+    (tmp_path / "batch.csv").write_text("\n".join(lines) + "\n")
     outputs = {}
     for backend in ("local", "spark"):
         flags = ["--data-uri", str(tmp_path / "batch.csv"), "--model-uri", model_uri, "--backend", backend]

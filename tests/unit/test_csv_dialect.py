@@ -219,3 +219,19 @@ def test_a_row_longer_than_the_header_is_refused_not_shifted(tmp_path, text, rea
     else:
         frame = read_data(str(tmp_path / "t.csv"))
         assert frame.astype(object).where(frame.notna(), None).to_dict("list") == read
+
+
+def test_what_pandas_read_in_one_chunk_and_left_as_text_in_another_is_read_alike():
+    """pandas types a long file chunk by chunk: `3,5` read as 3.5 in one, `1.234,5` left as text in another make
+    one object column of both; it is read as the numbers it holds, and `+5` is a whole number."""
+    dialect = CsvDialect(";", ",", ".")
+    mixed = pd.DataFrame({"a": pd.Series([5, 3.5, "1.234,5", None, np.int64(7)], dtype=object)})
+    assert dialect.marked_numbers(mixed)["a"].tolist()[:3] == [5.0, 3.5, 1234.5]
+    assert dialect.number(pd.Series(["+5", "-3", "1.234"]), "long").tolist() == [5, -3, 1234]
+
+
+def test_in_a_decimal_comma_file_money_text_with_a_dot_stays_text_too():
+    from steps.lib.features import numbers_in_text
+
+    prices = pd.Series(["1.299 €", "999 €", "12.500 €", "27 €"] * 50)  # 1299 and 12500 there, not 1.299 and 12.5
+    assert numbers_in_text(prices) is not None and numbers_in_text(prices, decimal_comma=True) is None
