@@ -56,10 +56,13 @@ class CsvDialect:
         text = "" if self.encoding == "utf-8" else ", Windows-1252 text (not UTF-8)"
         return f"separated by {SEPARATORS.get(self.separator, 'commas')}, {marks}{text}"
 
-    def pattern(self) -> str:
+    def pattern(self, whole_only: bool = False) -> str:
         """A number as this dialect writes it (RE2, Java's regex alike): sign, digits in groups of three or not,
-        a decimal part, an exponent (`1,5E-05`, as R's write.csv2 has it); `,5` too."""
+        a decimal part, an exponent (`1,5E-05`, as R's write.csv2 has it); `,5` too. `whole_only`: a whole
+        number, sign and digits alone (`1.234`, `-7`)."""
         whole = rf"(\d{{1,3}}({re.escape(self.thousands)}\d{{3}})+|\d+)" if self.thousands else r"\d+"
+        if whole_only:
+            return rf"^[-+]?{whole}$"
         decimal = re.escape(self.decimal)
         return rf"^[-+]?({whole}({decimal}\d*)?|{decimal}\d+)([eE][-+]?\d+)?$"
 

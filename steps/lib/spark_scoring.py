@@ -58,22 +58,24 @@ def read_table(
         if name in frame.columns and kind in SPARK_TYPES:
             column = F.col(f"`{name}`")
             if kind in NUMERIC_TYPES and dialect.thousands:  # `1.234,50`: without its marks, as Spark reads numbers
-                column = marked_number(
-                    F, column, dialect, f"column '{name}' must be numeric ({kind}) as in the model's"
-                )
+                column = marked_number(F, column, dialect, name, kind)
             frame = frame.withColumn(name, column.cast(SPARK_TYPES[kind]))
     return frame
 
 
-def marked_number(F: Any, column: Any, dialect: CsvDialect, refusal: str) -> Any:  # noqa: N803 (Spark's F)
+def marked_number(F: Any, column: Any, dialect: CsvDialect, name: str, kind: str) -> Any:  # noqa: N803 (Spark's F)
     """A Spark column of text in `dialect` (`1.234,50`) as text with decimal points (`1234.50`), by the same
-    pattern as the local backend (`31.05.2024` or `1.5` in a decimal-comma file is no number there either): a
-    value that does not match fails the job, naming the column and the value."""
+    pattern as the local backend (`31.05.2024` or `1.5` in a decimal-comma file is no number there either; `1,5`
+    is no whole number for a long or integer column): a value that does not match fails the job, naming the
+    column and the value."""
+    whole_only = kind in ("long", "integer")
+    what = "a whole number" if whole_only else "numeric"
+    refusal = f"column '{name}' must be {what} ({kind}) as in the model's"
     text = F.regexp_replace(F.regexp_replace(column, r"^[\s\u00a0]+|[\s\u00a0]+$", ""), "−", "-")
     plain = F.regexp_replace(F.regexp_replace(text, re.escape(dialect.thousands), ""), re.escape(dialect.decimal), ".")
     found = F.raise_error(F.concat(F.lit(f"{refusal} signature; found '"), text, F.lit("'")))
     missing = text.isNull() | text.isin(*MISSING_TEXT)  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
-    return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern()), plain).otherwise(found)
+    return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern(whole_only)), plain).otherwise(found)
 
 
 # What pandas' and Arrow's CSV readers take for a missing value (Spark's reader: only the empty field).

@@ -235,3 +235,25 @@ def test_in_a_decimal_comma_file_money_text_with_a_dot_stays_text_too():
 
     prices = pd.Series(["1.299 €", "999 €", "12.500 €", "27 €"] * 50)  # 1299 and 12500 there, not 1.299 and 12.5
     assert numbers_in_text(prices) is not None and numbers_in_text(prices, decimal_comma=True) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "number", "whole"),
+    [
+        ("1.234,50", True, False),
+        ("1.234", True, True),
+        ("-7", True, True),
+        ("+5", True, True),
+        ("1,5", True, False),
+        (",5", True, False),
+        ("1,5E-05", True, False),
+        ("31.05.2024", False, False),
+        ("1.5", False, False),
+        ("12.34.567", False, False),
+    ],
+)
+def test_one_pattern_for_the_local_backend_and_spark(value, number, whole):
+    """The pattern is plain enough for Python's re, Arrow's RE2 and Java's regex to read alike (Spark uses it)."""
+    dialect = CsvDialect(";", ",", ".")
+    assert bool(re.fullmatch(dialect.pattern(), value)) is number
+    assert bool(re.fullmatch(dialect.pattern(whole_only=True), value)) is whole
