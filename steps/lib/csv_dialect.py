@@ -30,6 +30,7 @@ from steps.lib.errors import PipelineError
 
 SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}  # what spreadsheets and databases also export
 SNIFF_ROWS = 2_000  # rows whose numbers decide the decimal mark
+WHOLE_TYPES = ("long", "integer")  # MLflow's signature types of whole numbers
 EVIDENCE_VALUES = 200  # distinct values of a column looked at for it (3,000 columns: seconds, not minutes)
 
 NUMBER_LIKE = re.compile(r"[-+−]?\d[\d.,]*")  # digits with dots and commas: the candidates for a decimal mark
@@ -87,7 +88,7 @@ class CsvDialect:
         import pyarrow.compute as pc
 
         words = self.plain(text)
-        if kind in ("long", "integer"):
+        if kind in WHOLE_TYPES:
             whole = pc.match_substring_regex(words, r"^[-+]?\d+$")
             digits = pc.replace_substring_regex(words, r"^\+", "")  # Arrow's integer cast takes no `+`
             numbers = pc.cast(pc.if_else(whole, digits, pa.scalar(None, pa.string())), pa.int64())

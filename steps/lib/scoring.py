@@ -12,6 +12,7 @@ from steps.lib.drift import is_numeric
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.model_loading import load_model
+from steps.lib.tables import NUMERIC_TYPES, not_as_signed
 
 
 def load_models(model_uri: str, folder: Path | None = None) -> tuple[Any, Any]:
@@ -49,13 +50,7 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
         if kind in NUMERIC_TYPES and not pd.api.types.is_numeric_dtype(frame[name]):
             bad = frame[name][pd.to_numeric(frame[name], errors="coerce").isna() & frame[name].notna()]
             if len(bad):
-                raise PipelineError(
-                    f"column '{name}' must be numeric ({kind}) as in the model's signature; "
-                    f"found {bad.iloc[0]!r} in row {first_row + bad.index[0]}"
-                )
-
-
-NUMERIC_TYPES = ("double", "float", "long", "integer")
+                raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r} in row {first_row + bad.index[0]}")
 
 
 def as_text(numbers: pd.Series) -> pd.Series:

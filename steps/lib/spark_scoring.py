@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from steps.lib.artifacts import fetched
-from steps.lib.csv_dialect import COMMAS, SEPARATORS, CsvDialect
+from steps.lib.csv_dialect import COMMAS, SEPARATORS, WHOLE_TYPES, CsvDialect
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
 from steps.lib.spark import ship_steps_package, spark_session
@@ -29,6 +29,7 @@ from steps.lib.tables import (
     checked_table_file,
     find_data_file,
     local_copy,
+    not_as_signed,
     refuse_duplicate_headers,
     table_format,
 )
@@ -68,12 +69,11 @@ def marked_number(F: Any, column: Any, dialect: CsvDialect, name: str, kind: str
     pattern as the local backend (`31.05.2024` or `1.5` in a decimal-comma file is no number there either; `1,5`
     is no whole number for a long or integer column): a value that does not match fails the job, naming the
     column and the value."""
-    whole_only = kind in ("long", "integer")
-    what = "a whole number" if whole_only else "numeric"
-    refusal = f"column '{name}' must be {what} ({kind}) as in the model's"
+    whole_only = kind in WHOLE_TYPES
+    refusal = not_as_signed(name, kind, "a whole number" if whole_only else "numeric")
     text = F.regexp_replace(F.regexp_replace(column, r"^[\s\u00a0]+|[\s\u00a0]+$", ""), "−", "-")
     plain = F.regexp_replace(F.regexp_replace(text, re.escape(dialect.thousands), ""), re.escape(dialect.decimal), ".")
-    found = F.raise_error(F.concat(F.lit(f"{refusal} signature; found '"), text, F.lit("'")))
+    found = F.raise_error(F.concat(F.lit(f"{refusal}'"), text, F.lit("'")))
     missing = text.isNull() | text.isin(*MISSING_TEXT)  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
     return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern(whole_only)), plain).otherwise(found)
 

@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from steps.lib.csv_dialect import COMMAS, CsvDialect, csv_dialect
+from steps.lib.csv_dialect import COMMAS, WHOLE_TYPES, CsvDialect, csv_dialect
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.signing import sha256_file
 from steps.lib.uris import check_uri_credentials, expand_placeholders, redact_uri, split_credentials
@@ -100,6 +100,14 @@ def read_data(data_uri: str, copy: Path | None = None) -> pd.DataFrame:
         return read_table_file(find_data_file(local, data_uri), data_uri)
 
 
+NUMERIC_TYPES = ("double", "float", *WHOLE_TYPES)  # MLflow's signature types of numbers
+
+
+def not_as_signed(name: str, kind: str, what: str = "numeric") -> str:
+    """The start of the one line for a value the model's signature does not take; the value follows."""
+    return f"column '{name}' must be {what} ({kind}) as in the model's signature; found "
+
+
 # Signature types (MLflow's names) -> the Arrow type a CSV column is read as, the same in every block.
 ARROW_TYPES = {
     "double": "float64",
@@ -128,8 +136,6 @@ def read_batches(
         path = find_data_file(local, data_uri)
         shown = redact_uri(data_uri)
         kind, names, dialect = checked_table_file(path, shown)
-        if dialect != COMMAS:
-            logger.info("'%s' is read as %s", shown, dialect.words())
         try:
             if kind == "parquet":
                 import pyarrow.parquet
@@ -155,13 +161,11 @@ def csv_error(text: str, names: list[str], types: dict[str, str], context: str) 
         return f"{context}: {one_line(text, 240)}"
     name = names[int(numbered.group(1))]
     invalid = re.search(r"conversion error to \w+: invalid value '(.*?)'", text)
-    if invalid and types.get(name) in ("double", "float", "long", "integer"):
-        return (
-            f"column '{name}' must be numeric ({types[name]}) as in the model's signature; found {invalid.group(1)!r}"
-        )
+    if invalid and types.get(name) in NUMERIC_TYPES:
+        return not_as_signed(name, types[name]) + repr(invalid.group(1))
     if invalid and types.get(name) == "boolean":
         found = invalid.group(1)
-        return f"column '{name}' must be true or false (boolean) as in the model's signature; found {found!r}"
+        return not_as_signed(name, "boolean", "true or false") + repr(found)
     return f"{context}: {one_line(text.replace(numbered.group(0), f'column {name!r}'), 240)}"
 
 
@@ -184,7 +188,7 @@ def csv_batches(
         )
 
     declared = {name: pa.type_for_alias(ARROW_TYPES[kind]) for name, kind in types.items() if kind in ARROW_TYPES}
-    marked = marked_numbers(types, dialect)  # `1.234,50`: read as text, then as numbers here (Arrow reads no marks)
+    marked = marked_columns(types, dialect)  # `1.234,50`: read as text, then as numbers here (Arrow reads no marks)
     declared |= dict.fromkeys(marked, pa.string())
     first = reader(declared)
     fixed = dict(declared)
@@ -208,12 +212,9 @@ def csv_batches(
         yield first.schema.empty_table().to_pandas()
 
 
-def marked_numbers(types: dict[str, str], dialect: CsvDialect) -> list[str]:
+def marked_columns(types: dict[str, str], dialect: CsvDialect) -> list[str]:
     """The signature's numeric columns, when the file may write them with thousands marks."""
     return [name for name, kind in types.items() if kind in NUMERIC_TYPES] if dialect.thousands else []
-
-
-NUMERIC_TYPES = ("double", "float", "long", "integer")
 
 
 def numbers_read(
@@ -228,9 +229,8 @@ def numbers_read(
         bad = text.notna() & numbers.isna()
         if bad.any():
             found = text[bad].iloc[0]
-            fraction = kind in ("long", "integer") and dialect.number(text[bad].head(1)).notna().all()
-            what = "a whole number" if fraction else "numeric"
-            raise PipelineError(f"column '{name}' must be {what} ({kind}) as in the model's signature; found {found!r}")
+            fraction = kind in WHOLE_TYPES and dialect.number(text[bad].head(1)).notna().all()
+            raise PipelineError(not_as_signed(name, kind, "a whole number" if fraction else "numeric") + repr(found))
         frame[name] = numbers
     for name in (name for name in text_numbers if name in frame.columns and dialect.thousands):
         frame[name] = dialect.with_points(frame[name])
@@ -410,6 +410,8 @@ def checked_table_file(path: Path, shown: str) -> tuple[str, list[str], CsvDiale
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
     refuse_duplicate_headers(names, shown)
+    if dialect != COMMAS:
+        logger.info("'%s' is read as %s", shown, dialect.words())
     return kind, names, dialect
 
 
@@ -417,8 +419,6 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
     """Read one CSV or Parquet file, turning parser failures into a one-line error."""
     shown = redact_uri(shown_uri)
     kind, _, dialect = checked_table_file(path, shown)
-    if dialect != COMMAS:
-        logger.info("'%s' is read as %s", shown, dialect.words())
     try:
         if kind == "csv":
             with warnings.catch_warnings():  # a row longer than the header: an error, as batches have it
