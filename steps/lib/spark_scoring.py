@@ -74,13 +74,16 @@ def marked_number(F: Any, column: Any, dialect: CsvDialect, name: str, kind: str
     text = F.regexp_replace(F.regexp_replace(column, r"^[\s\u00a0]+|[\s\u00a0]+$", ""), "−", "-")
     plain = F.regexp_replace(F.regexp_replace(text, re.escape(dialect.thousands), ""), re.escape(dialect.decimal), ".")
     found = F.raise_error(F.concat(F.lit(f"{refusal}'"), text, F.lit("'")))
-    missing = text.isNull() | text.isin(*MISSING_TEXT)  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
+    missing = text.isNull() | text.isin(*missing_text())  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
     return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern(whole_only)), plain).otherwise(found)
 
 
-# What pandas' and Arrow's CSV readers take for a missing value (Spark's reader: only the empty field).
-MISSING_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>")
-MISSING_TEXT += ("N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+def missing_text() -> tuple[str, ...]:
+    """What the local backend's readers take for a missing value: Arrow's defaults (its batches), and pandas'
+    two more (load's reading of the training file). Spark's CSV reader takes only the empty field."""
+    import pyarrow.csv
+
+    return (*pyarrow.csv.ConvertOptions().null_values, "<NA>", "None")
 
 
 def refuse_spark_columns(session: Any, frame: Any, data_uri: str) -> None:
