@@ -160,9 +160,8 @@ def search(
     network (an `mlflow server`, a database server), a logger process logs them on the other core (it lives
     until `cleanup` ends); into a local store (SQLite, files) this process logs them, ~36 ms a trial. Trials
     side by side (parallelism > 1: one on a thread here, the others in worker processes; or trial_timeout: all
-    in workers): this process's main thread only
-    waits, so it logs them itself (~36 ms a trial on SQLite, beside one trial's fit); a logger process
-    would take a core's worth of start-up (MLflow) from the trials.
+    in workers): this process's main thread only waits, so it logs them itself (~36 ms a trial on SQLite,
+    beside one trial's fit); a logger process would take a core's worth of start-up (MLflow) from the trials.
     """
     if config.options.backend == "spark":
         from steps.lib.spark_search import run_spark_search
