@@ -67,15 +67,16 @@ class CsvDialect:
         decimal = re.escape(self.decimal)
         return rf"^[-+]?({whole}({decimal}\d*)?|{decimal}\d+)([eE][-+]?\d+)?$"
 
-    def plain(self, text: pd.Series) -> Any:
+    def plain(self, text: pd.Series, whole_only: bool = False) -> Any:
         """The values as Arrow text with decimal points and no thousands marks (`1.234,50` -> `1234.50`); null
-        where missing or not a number so written (`31.05.2024`, `n/a`)."""
+        where missing or not a number so written (`31.05.2024`, `n/a`; with `whole_only`, `1,5` too)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         words = pa.array(text.astype(object).where(text.notna(), None), type=pa.string(), from_pandas=True)
         words = pc.replace_substring(pc.utf8_trim_whitespace(words), "−", "-")
-        words = pc.if_else(pc.match_substring_regex(words, self.pattern()), words, pa.scalar(None, pa.string()))
+        matches = pc.match_substring_regex(words, self.pattern(whole_only))
+        words = pc.if_else(matches, words, pa.scalar(None, pa.string()))
         if self.thousands:
             words = pc.replace_substring(words, self.thousands, "")
         return pc.replace_substring(words, self.decimal, ".")
@@ -87,12 +88,10 @@ class CsvDialect:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        words = self.plain(text)
+        words = self.plain(text, whole_only=kind in WHOLE_TYPES)
         if kind in WHOLE_TYPES:
-            whole = pc.match_substring_regex(words, r"^[-+]?\d+$")
-            digits = pc.replace_substring_regex(words, r"^\+", "")  # Arrow's integer cast takes no `+`
-            numbers = pc.cast(pc.if_else(whole, digits, pa.scalar(None, pa.string())), pa.int64())
-            if pc.all(whole).as_py() is not False and numbers.null_count == 0:
+            numbers = pc.cast(pc.replace_substring_regex(words, r"^\+", ""), pa.int64())  # Arrow's cast takes no `+`
+            if numbers.null_count == 0:
                 return pd.Series(numbers.to_numpy(), index=text.index, dtype="int32" if kind == "integer" else "int64")
             return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index, dtype="float64")
         numbers = pc.cast(words, pa.float64()).to_numpy(zero_copy_only=False)
