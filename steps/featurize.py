@@ -109,7 +109,8 @@ def run_featurize(
     options = SplitOptions(split, time_column, group_column).check()
     check_shares(validation_size, test_size)
     frame, meta = read_raw_data(raw_data_uri)
-    decimal_comma = (meta.get("csv") or {}).get("decimal") == ","  # load's reading of a CSV, if it was one
+    read_as = meta.get("csv")  # load's reading of a CSV, if it was one (meta.json: anyone on the team can write)
+    decimal_comma = isinstance(read_as, dict) and read_as.get("decimal") == ","
     spec = build_feature_spec(frame, meta["target"], task, counted=meta.get("n_unique"), decimal_comma=decimal_comma)
     splits = split_frame(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
     split_words = describe_split(spec.split)
