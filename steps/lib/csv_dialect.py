@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
+import csv
 import gzip
+import io
 import lzma
 import numbers
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -207,3 +211,58 @@ def csv_dialect(path: Path, shown: str) -> CsvDialect:
     if mark == "," or (mark is None and separator == ";"):  # `;` is how decimal-comma locales separate
         return CsvDialect(separator, decimal=",", thousands=".", encoding=encoding)
     return CsvDialect(separator, encoding=encoding)
+
+
+EXTRA_FIELD = "\x00separator at the end of the row"  # Arrow's name for the empty field after a row's last separator
+
+
+def unnamed(names: list[str]) -> list[str]:
+    """The header's names as pandas reads them: an empty one is `Unnamed: <position>` (Arrow would name it '')."""
+    return [name or f"Unnamed: {position}" for position, name in enumerate(names)]
+
+
+def rows_end_with_separator(path: Path, dialect: CsvDialect, columns: int) -> bool:
+    """Whether the first row after the header ends with a separator the header does not have (`1,2,yes,` under
+    `a,b,y`), as some exports write every row: pandas reads it as if the separator were not there (load's read
+    of the file), Arrow would count one column too many."""
+    with opened_text(path, dialect.encoding) as text:
+        rows = csv.reader(text, delimiter=dialect.separator)
+        next(rows, None)
+        first = next(rows, [])
+    return len(first) == columns + 1 and first[-1] == ""
+
+
+@contextmanager
+def opened_text(path: Path, encoding: str) -> Iterator[IO[str]]:
+    """The file as text, compressed or not (the first member of a zip, as pandas reads it)."""
+    suffix = path.suffix.lower()
+    with contextlib.ExitStack() as stack:
+        if suffix == ".zip":
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            binary = stack.enter_context(archive.open(archive.namelist()[0]))
+        else:
+            binary = stack.enter_context(OPENERS.get(suffix, open)(path, "rb"))
+        yield io.TextIOWrapper(binary, encoding=encoding, newline="")
+
+
+def arrow_columns(
+    path: Path, dialect: CsvDialect, names: list[str], keep: Iterable[str]
+) -> tuple[list[str], list[str], int]:
+    """What Arrow is told of the file: a name for every field of a row, the columns to read of them, and the lines
+    the header takes (Arrow skips lines, not rows: a header name may hold a quoted line break, as Excel writes
+    one). Named as pandas names them (load's read, which the model's signature took), without the field after a
+    separator ending every row (given a name, not read), and without an unnamed last column unless `keep` has it
+    (a separator ending the header too: load drops that column, empty in every row, see
+    `without_trailing_column`)."""
+    named = unnamed(names)
+    fields = [*named, EXTRA_FIELD] if rows_end_with_separator(path, dialect, len(names)) else named
+    trailing = bool(names) and not names[-1] and named[-1] not in set(keep)
+    return fields, named[:-1] if trailing else named, 1 + sum(name.count("\n") for name in names)
+
+
+def without_trailing_column(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """`frame` (read by pandas from a CSV with the header `names`) without its last column when that has no name
+    and no value: the column a separator ending every row (the header's too) makes, not a column of the table."""
+    if len(names) > 1 and not names[-1] and frame.iloc[:, -1].isna().all():
+        return frame.iloc[:, :-1]
+    return frame

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,9 @@ def read_table(
     if kind != "csv":
         raise PipelineError(f"'{data_uri}' is neither .csv nor .parquet; convert it or rename it")
     options = {"sep": dialect.separator, "encoding": dialect.encoding}
-    frame = session.read.csv(path, header=True, inferSchema=False, enforceSchema=False, **options)
+    frame = without_trailing_field(
+        session.read.csv(path, header=True, inferSchema=False, enforceSchema=False, **options), (n for n, _ in columns)
+    )
     from pyspark.sql import functions as F  # noqa: N812 (Spark's own spelling)
 
     for name, kind in columns:
@@ -62,6 +64,16 @@ def read_table(
                 column = marked_number(F, column, dialect, name, kind)
             frame = frame.withColumn(name, column.cast(SPARK_TYPES[kind]))
     return frame
+
+
+def without_trailing_field(frame: Any, keep: Iterable[str]) -> Any:
+    """A CSV read by Spark with its unnamed columns named as pandas names them (Spark: `_c<position>`, pandas:
+    `Unnamed: <position>`), and without an unnamed last column the signature does not have: the one a separator
+    ending the header and every row makes, which load drops (Spark already drops a field after a separator
+    ending only the rows)."""
+    renamed = frame.toDF(*(f"Unnamed: {i}" if name == f"_c{i}" else name for i, name in enumerate(frame.columns)))
+    last = renamed.columns[-1] if renamed.columns else None
+    return renamed.drop(last) if last == f"Unnamed: {len(renamed.columns) - 1}" and last not in set(keep) else renamed
 
 
 def marked_number(F: Any, column: Any, dialect: CsvDialect, name: str, kind: str) -> Any:  # noqa: N803 (Spark's F)

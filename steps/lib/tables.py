@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from steps.lib.csv_dialect import COMMAS, WHOLE_TYPES, CsvDialect, csv_dialect
+from steps.lib.csv_dialect import COMMAS, WHOLE_TYPES, CsvDialect, arrow_columns, csv_dialect, without_trailing_column
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.signing import sha256_file
 from steps.lib.uris import check_uri_credentials, expand_placeholders, redact_uri, split_credentials
@@ -176,13 +176,17 @@ def csv_batches(
     import pyarrow as pa
     import pyarrow.csv
 
+    fields, columns, header_lines = arrow_columns(path, dialect, header_names(path, "csv", dialect), types)
+
     def reader(column_types: dict[str, Any]) -> Any:
         convert = pyarrow.csv.ConvertOptions(
-            column_types=column_types, strings_can_be_null=True, decimal_point=dialect.decimal
+            column_types=column_types, strings_can_be_null=True, decimal_point=dialect.decimal, include_columns=columns
         )
         return pyarrow.csv.open_csv(
             path,
-            read_options=pyarrow.csv.ReadOptions(block_size=1 << 22, encoding=dialect.encoding),
+            read_options=pyarrow.csv.ReadOptions(
+                block_size=1 << 22, encoding=dialect.encoding, column_names=fields, skip_rows=header_lines
+            ),
             parse_options=pyarrow.csv.ParseOptions(delimiter=dialect.separator),
             convert_options=convert,
         )
@@ -418,13 +422,13 @@ def checked_table_file(path: Path, shown: str) -> tuple[str, list[str], CsvDiale
 def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
     """Read one CSV or Parquet file, turning parser failures into a one-line error."""
     shown = redact_uri(shown_uri)
-    kind, _, dialect = checked_table_file(path, shown)
+    kind, names, dialect = checked_table_file(path, shown)
     try:
         if kind == "csv":
             with warnings.catch_warnings():  # a row longer than the header: an error, as batches have it
                 warnings.simplefilter("error", pd.errors.ParserWarning)
                 frame = pd.read_csv(path, index_col=False, **dialect.pandas_options())
-            frame = dialect.marked_numbers(frame)
+            frame = dialect.marked_numbers(without_trailing_column(frame, names))
             frame.attrs["csv_dialect"] = dataclasses.asdict(dialect)  # for load's metadata (featurize reads it)
             return frame
         return read_frame(path)

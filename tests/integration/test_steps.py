@@ -154,7 +154,7 @@ def test_tune_exactly_as_typed_on_a_fresh_store(project, store, in_process):
 def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process):
     """`Income ($)`, `seniority (years)`, labels `<=50K` / `>50K`, a feature called `prediction`, a text ID, a
     city of many levels, a sign-up time as ISO text and a last visit as US text (`03/14/2024 01:45 PM`), a balance
-    as a spreadsheet writes money (`$1,234.50`, `(80.00)` when negative): main
+    as a spreadsheet writes money (`$1,234.50`, `(80.00)` when negative), a separator ending every line: main
     (load, featurize, tune, train, evaluate) takes them,
     then predict, monitor and a served model do; metric keys are cleaned, the real names stay in the artifacts,
     no output overwrites an input, and the model served from another folder takes the raw rows (the date
@@ -179,7 +179,7 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
             "income class": np.where(income > 50, ">50K", "<=50K"),
         }
     )
-    frame.to_csv(tmp_path / "people.csv", index=False)
+    frame.assign(**{"": None}).to_csv(tmp_path / "people.csv", index=False)  # as some exports: `,` ends every line
     client = MlflowClient(store)
     in_process(
         "main",
@@ -215,9 +215,11 @@ def test_column_names_and_labels_as_users_write_them(store, tmp_path, in_process
     table = pd.read_parquet(mlflow.artifacts.download_artifacts(scored, dst_path=str(tmp_path)))
     assert (table["prediction"] == frame["prediction"]).all()  # the input column, untouched
     assert set(table["prediction_2"]) <= {"<=50K", ">50K"} and {"proba_<=50K", "proba_>50K"} <= set(table.columns)
+    assert not table.columns.str.startswith("Unnamed").any()  # the separator ending each line made no column
 
     batch = frame.drop(columns="income class")
-    batch.to_csv(tmp_path / "batch.csv", index=False)
+    header, *rows = batch.to_csv(index=False).splitlines()
+    (tmp_path / "batch.csv").write_text("\n".join([header, *(row + "," for row in rows)]) + "\n")  # the rows' only
     in_process("monitor", "--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "people")
     monitor = newest(client, "monitor")
     keys = {"drift.Income ___.psi", "drift.seniority _years_.psi", "drift.prediction.psi", "drift.prediction_2.psi"}

@@ -3,6 +3,7 @@ decimal commas (`1.234,50`) where the separator is not a comma."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 
@@ -219,6 +220,41 @@ def test_a_row_longer_than_the_header_is_refused_not_shifted(tmp_path, text, rea
     else:
         frame = read_data(str(tmp_path / "t.csv"))
         assert frame.astype(object).where(frame.notna(), None).to_dict("list") == read
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+@pytest.mark.parametrize(
+    ("lines", "types", "columns"),
+    [
+        (["a,b,y,", "1,2.5,yes,", "3,,no,"], {"a": "long", "b": "double"}, ["a", "b", "y"]),  # every line
+        (["a,b,y", "1,2.5,yes,", "3,,no,"], {"a": "long", "b": "double"}, ["a", "b", "y"]),  # the rows only
+        (["a;b;y;", "1;2,5;yes;", "3;;no;"], {"a": "long", "b": "double"}, ["a", "b", "y"]),  # German Excel's
+        # a header name with a line break in it (Alt+Enter in Excel): Arrow skips lines, not rows
+        (['a,"b', 'in 2 lines",y,', "1,2.5,yes,", "3,,no,"], {"a": "long"}, ["a", "b\nin 2 lines", "y"]),
+        (["a,,y", "1,2.5,yes", "3,,no"], {"a": "long", "Unnamed: 1": "double"}, ["a", "Unnamed: 1", "y"]),
+        # an unnamed last column that holds a value in a row: a column of the table, which the model then has
+        (["a,b,y,", "1,2.5,yes,7", "3,,no,"], {"a": "long", "Unnamed: 3": "double"}, ["a", "b", "y", "Unnamed: 3"]),
+    ],
+)
+def test_a_separator_ending_every_line_makes_no_column_whole_or_in_batches(tmp_path, suffix, lines, types, columns):
+    """Some exports end every line (or every row) with a separator: load read such a file, then predict and monitor
+    refused the same file (Arrow counted one column too many, and named the header's empty last one `` where load
+    had `Unnamed: 3`, which the model's signature then asked for). Whole and in batches, the same columns now."""
+    path = tmp_path / f"t{suffix}"
+    with (gzip.open if suffix.endswith(".gz") else open)(path, "wt", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    whole = read_data(str(path))
+    assert whole.columns.tolist() == columns
+    [batch] = read_batches(str(path), types, 10)
+    assert batch.columns.tolist() == columns
+    pd.testing.assert_frame_equal(batch[["a", "y"]], whole[["a", "y"]], check_dtype=False)
+    assert batch[columns[1]].tolist()[0] == 2.5 and batch[columns[1]].isna().tolist() == [False, True]
+
+
+def test_rows_that_end_with_a_separator_only_some_of_the_time_are_refused_in_one_line(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b\n1,2,\n3,4\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"^cannot read '.*t.csv' as csv: CSV parse error: Expected 3 columns"):
+        list(read_batches(str(tmp_path / "t.csv"), {"a": "long", "b": "long"}, 10))
 
 
 def test_what_pandas_read_in_one_chunk_and_left_as_text_in_another_is_read_alike():
