@@ -80,6 +80,13 @@ def log_splits(splits: Splits, spec: FeatureSpec, meta: dict[str, Any]) -> None:
         mlflow.set_tag(OUTPUT_DIGEST_TAG, digest_json(files))
 
 
+def written_with_decimal_commas(meta: dict[str, Any]) -> bool:
+    """Whether load read a CSV written with decimal commas (its `csv` record, when the table was one): meta.json
+    comes from a store anyone on the team can write to, so anything but a mapping saying so is no."""
+    read_as = meta.get("csv")
+    return isinstance(read_as, dict) and read_as.get("decimal") == ","
+
+
 def describe_split(split: dict[str, Any]) -> str:
     """The split in words, for the run's tag and the model card."""
     kind, column, dropped = split["kind"], split.get("column"), split.get("rows_without_value", 0)
@@ -109,9 +116,9 @@ def run_featurize(
     options = SplitOptions(split, time_column, group_column).check()
     check_shares(validation_size, test_size)
     frame, meta = read_raw_data(raw_data_uri)
-    read_as = meta.get("csv")  # load's reading of a CSV, if it was one (meta.json: anyone on the team can write)
-    decimal_comma = isinstance(read_as, dict) and read_as.get("decimal") == ","
-    spec = build_feature_spec(frame, meta["target"], task, counted=meta.get("n_unique"), decimal_comma=decimal_comma)
+    spec = build_feature_spec(
+        frame, meta["target"], task, counted=meta.get("n_unique"), decimal_comma=written_with_decimal_commas(meta)
+    )
     splits = split_frame(frame, spec, seed, validation_size, test_size, split=split, column=options.column)
     split_words = describe_split(spec.split)
     mlflow.set_tag("split", split_words)

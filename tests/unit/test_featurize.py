@@ -321,3 +321,21 @@ def test_featurize_takes_loads_distinct_counts_and_counts_again_what_is_implausi
     for impossible in ("2", 2.0, True, 0, -1, present + 1, None):
         again = build_feature_spec(mixed_frame, "label", counted=counted | {"colour": impossible})
         assert "colour" in again.categorical and again.encodings["colour"]["levels"] == 2
+
+
+@pytest.mark.parametrize(
+    ("record", "commas"),
+    [
+        ({"separator": ";", "decimal": ",", "thousands": ".", "encoding": "utf-8"}, True),
+        ({"separator": ",", "decimal": ".", "thousands": None, "encoding": "utf-8"}, False),
+        (None, False),  # not a CSV: no record
+        ("decimal=,", False),  # planted in the store: a string, not load's mapping (was an AttributeError)
+        ([",", "decimal"], False),
+        ({"decimal": [","]}, False),
+    ],
+)
+def test_featurize_reads_loads_csv_record_only_as_load_writes_it(record, commas):
+    from steps.featurize import written_with_decimal_commas
+
+    meta = {"name": "t", "target": "y"} | ({} if record is None else {"csv": record})
+    assert written_with_decimal_commas(meta) is commas
