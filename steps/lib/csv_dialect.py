@@ -48,7 +48,7 @@ class CsvDialect:
     separator: str = ","
     decimal: str = "."
     thousands: str | None = None
-    encoding: str = "utf-8"  # or cp1252: what Excel saves as "CSV" in Western European languages
+    encoding: str = "utf-8"  # or cp1252 (Excel's "CSV" in Western European languages), utf-16 or utf-32 (a BOM says)
 
     def pandas_options(self) -> dict[str, str]:
         """`pd.read_csv`'s keywords for this dialect. Not its `thousands`: pandas drops that mark from anything
@@ -58,7 +58,9 @@ class CsvDialect:
     def words(self) -> str:
         """The dialect in words, for logs and errors: 'separated by semicolons, decimal commas'."""
         marks = "decimal commas" if self.decimal == "," else "decimal points"
-        text = "" if self.encoding == "utf-8" else ", Windows-1252 text (not UTF-8)"
+        text = {"utf-8": "", "cp1252": ", Windows-1252 text (not UTF-8)"}.get(
+            self.encoding, f", {self.encoding.upper()} text"
+        )
         return f"separated by {SEPARATORS.get(self.separator, 'commas')}, {marks}{text}"
 
     def pattern(self, whole_only: bool = False) -> str:
@@ -180,9 +182,14 @@ OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 ENCODING_BYTES = 1 << 20  # the first MiB decides between UTF-8 and Windows-1252
 
 
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+UTF32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+
+
 def text_encoding(path: Path) -> str:
     """utf-8, or cp1252 when the file's first MiB is not UTF-8 (`K\xf6ln`: Excel's "CSV" in German, French,
-    Spanish, ...). Every byte is some Windows-1252 character but five; a file that is neither fails its read."""
+    Spanish, ...): every byte is some Windows-1252 character but five, and a file that is neither fails its read;
+    utf-16 or utf-32 where a byte-order mark says so; `binary` for a NUL byte (see `csv_dialect`)."""
     suffix = path.suffix.lower()
     if suffix == ".zip":
         with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as member:
@@ -190,6 +197,11 @@ def text_encoding(path: Path) -> str:
     else:
         with OPENERS.get(suffix, open)(path, "rb") as handle:
             head = handle.read(ENCODING_BYTES)
+    for encoding, marks in (("utf-32", UTF32_BOMS), ("utf-16", UTF16_BOMS)):  # UTF-32's little-endian BOM first:
+        if head.startswith(marks):  # it begins as UTF-16's does (PowerShell's Out-File and Notepad save UTF-16)
+            return encoding
+    if b"\x00" in head:  # no text has a NUL: UTF-16 or UTF-32 without a byte-order mark, or not text at all
+        return "binary"
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
     except UnicodeDecodeError:
@@ -201,6 +213,11 @@ def csv_dialect(path: Path, shown: str) -> CsvDialect:
     """The file's dialect (see the module's docstring): the separator that splits the header into the most
     columns, commas on a tie (`Income ($), net;city;y` is three columns separated by semicolons)."""
     encoding = text_encoding(path)
+    if encoding == "binary":
+        raise PipelineError(
+            f"'{shown}' has NUL bytes, which no text has: UTF-16 without a byte-order mark, or not a CSV file; "
+            "save it as CSV UTF-8"
+        )
     counts = {separator: header_columns(path, separator, encoding) for separator in (",", *SEPARATORS)}
     separator = max(counts, key=lambda each: (counts[each], each == ","))
     if separator == ",":

@@ -177,6 +177,27 @@ def test_excels_csv_in_windows_1252_reads_as_written(tmp_path, suffix, caplog):
     assert set(batch["city"]) == {"Köln", "München", "Berlin"} and np.allclose(batch["Income ($)"], frame["Income ($)"])
 
 
+@pytest.mark.parametrize(("encoding", "suffix"), [("utf-16", ".csv"), ("utf-16-be", ".csv.gz"), ("utf-32", ".csv")])
+def test_utf_16_with_a_byte_order_mark_reads_as_written(tmp_path, encoding, suffix, caplog):
+    """PowerShell's `Out-File` and Notepad's "Unicode" save UTF-16 with a byte-order mark: read as such (it was read
+    as Windows-1252, every name and value full of NULs), whole and in batches; without the mark, one line."""
+    frame = users(50)
+    path = tmp_path / f"u{suffix}"
+    text = frame.to_csv(sep=";", decimal=",", index=False)
+    data = ("\ufeff" + text).encode(encoding) if encoding.endswith("-be") else text.encode(encoding)
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)  # utf-16/-32 write their own mark
+    assert csv_dialect(path, "u").encoding == encoding.removesuffix("-be")
+    with caplog.at_level("INFO", logger="steps.tables"):
+        read = read_data(str(path))
+    assert f"{encoding.removesuffix('-be').upper()} text" in caplog.messages[0]
+    pd.testing.assert_frame_equal(read, frame)
+    [batch] = read_batches(str(path), {"city": "string", "Income ($)": "double"}, 100)
+    assert batch["city"].tolist() == frame["city"].tolist() and np.allclose(batch["Income ($)"], frame["Income ($)"])
+    (tmp_path / "no-mark.csv").write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(PipelineError, match=r"^'.*/no-mark.csv' has NUL bytes, .* save it as CSV UTF-8$"):
+        read_data(str(tmp_path / "no-mark.csv"))
+
+
 def test_money_text_with_commas_from_a_decimal_comma_file_stays_text():
     """`1,799 €` is 1.799 in a file written with decimal commas: the model's reader of numbers in text (commas as
     thousands marks) would make it 1799, so featurize leaves such a column text; load records the file's dialect
