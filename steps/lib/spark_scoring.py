@@ -51,9 +51,13 @@ def read_table(
         return session.read.parquet(path)
     if kind != "csv":
         raise PipelineError(f"'{data_uri}' is neither .csv nor .parquet; convert it or rename it")
-    options = {"sep": dialect.separator, "encoding": dialect.encoding}
+    # Each file's header checked against the first's (enforceSchema=False: a folder of CSVs in another column order
+    # fails); but for UTF-16 and UTF-32, which Spark reads whole (multiLine: it splits lines as bytes, and `\n` is
+    # more than one byte there), where that check fails on an empty header name (`a;b;`).
+    wide = dialect.encoding in ("utf-16", "utf-32")
+    options = {"sep": dialect.separator, "encoding": dialect.encoding, "multiLine": wide, "enforceSchema": wide}
     frame = without_trailing_field(
-        session.read.csv(path, header=True, inferSchema=False, enforceSchema=False, **options), (n for n, _ in columns)
+        session.read.csv(path, header=True, inferSchema=False, **options), (n for n, _ in columns)
     )
     from pyspark.sql import functions as F  # noqa: N812 (Spark's own spelling)
 

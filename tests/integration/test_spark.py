@@ -78,7 +78,7 @@ def _text(client: MlflowClient, run_id: str, path: str) -> str:
 def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tmp_path, cli_on, monkeypatch):
     """`predict -P backend=spark` in local[2]: a Parquet dataset with the inputs, `prediction` and `proba_<class>`,
     the same values as the local backend on the same rows (a `;`-separated file with decimal commas, a `;` ending
-    each line); a bad value fails in one line."""
+    each line, in UTF-16); a bad value fails in one line."""
     pytest.importorskip("pyspark")
     import pandas as pd
 
@@ -89,11 +89,11 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     mlflow.set_tracking_uri(store)
     model_uri = logged_model_of(users_rows(2000, 1), "income class")
     batch = users_rows(1500, 4).drop(columns="income class")
-    # As a German spreadsheet saves it, and a `;` ending every line as some exports write (Spark names that `_c9`)
-    batch.assign(**{"": None}).to_csv(tmp_path / "batch.csv", index=False, sep=";", decimal=",")
-    lines = (tmp_path / "batch.csv").read_text().splitlines()
+    # As a German spreadsheet saves it, a `;` ending every line as some exports write (Spark names that `_c9`), in
+    # UTF-16 as PowerShell's Out-File saves text
+    lines = batch.assign(**{"": None}).to_csv(index=False, sep=";", decimal=",").splitlines()
     lines[11] = "NA;" + lines[11].split(";", 1)[1]  # a missing income as R's write.csv2 writes it
-    (tmp_path / "batch.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "batch.csv").write_text("\n".join(lines) + "\n", encoding="utf-16")
     outputs = {}
     for backend in ("local", "spark"):
         flags = ["--data-uri", str(tmp_path / "batch.csv"), "--model-uri", model_uri, "--backend", backend]
@@ -119,7 +119,7 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     assert spark_run.data.tags["mlflow.note.content"].startswith("**predict** scored 1,500 rows")
     assert "card.html" in {a.path for a in MlflowClient(store).list_artifacts(spark_run.info.run_id)}
 
-    lines = (tmp_path / "batch.csv").read_text().splitlines()  # the German file, one income written `lots`
+    lines = (tmp_path / "batch.csv").read_text(encoding="utf-16").splitlines()  # one income written `lots`
     lines[701] = "lots;" + lines[701].split(";", 1)[1]
     (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
     code, stderr = cli_on(
