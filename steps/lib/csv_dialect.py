@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bz2
 import codecs
-import contextlib
 import csv
 import gzip
 import io
@@ -190,13 +189,8 @@ def text_encoding(path: Path) -> str:
     """utf-8, or cp1252 when the file's first MiB is not UTF-8 (`K\xf6ln`: Excel's "CSV" in German, French,
     Spanish, ...): every byte is some Windows-1252 character but five, and a file that is neither fails its read;
     utf-16 or utf-32 where a byte-order mark says so; `binary` for a NUL byte (see `csv_dialect`)."""
-    suffix = path.suffix.lower()
-    if suffix == ".zip":
-        with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as member:
-            head = member.read(ENCODING_BYTES)
-    else:
-        with OPENERS.get(suffix, open)(path, "rb") as handle:
-            head = handle.read(ENCODING_BYTES)
+    with opened_bytes(path) as handle:
+        head = handle.read(ENCODING_BYTES)
     for encoding, marks in (("utf-32", UTF32_BOMS), ("utf-16", UTF16_BOMS)):  # UTF-32's little-endian BOM first:
         if head.startswith(marks):  # it begins as UTF-16's does (PowerShell's Out-File and Notepad save UTF-16)
             return encoding
@@ -251,15 +245,20 @@ def rows_end_with_separator(path: Path, dialect: CsvDialect, columns: int) -> bo
 
 @contextmanager
 def opened_text(path: Path, encoding: str) -> Iterator[IO[str]]:
-    """The file as text, compressed or not (the first member of a zip, as pandas reads it)."""
-    suffix = path.suffix.lower()
-    with contextlib.ExitStack() as stack:
-        if suffix == ".zip":
-            archive = stack.enter_context(zipfile.ZipFile(path))
-            binary = stack.enter_context(archive.open(archive.namelist()[0]))
-        else:
-            binary = stack.enter_context(OPENERS.get(suffix, open)(path, "rb"))
+    """The file as text (see `opened_bytes`)."""
+    with opened_bytes(path) as binary:
         yield io.TextIOWrapper(binary, encoding=encoding, newline="")
+
+
+@contextmanager
+def opened_bytes(path: Path) -> Iterator[IO[bytes]]:
+    """The file's bytes, uncompressed (the first member of a zip, as pandas reads it)."""
+    if path.suffix.lower() != ".zip":
+        with OPENERS.get(path.suffix.lower(), open)(path, "rb") as handle:
+            yield handle
+        return
+    with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as member:
+        yield member
 
 
 def arrow_columns(
