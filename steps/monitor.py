@@ -212,6 +212,12 @@ def with_predictions(
             batch[prediction] = None
             return batch
         batch[column] = numbers  # parsed once: the tallies take them as they are
+    for column in spec.numeric:  # as predict refuses them (featurize refused to train on them)
+        if np.isinf(pd.to_numeric(batch[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)).any():
+            raise PipelineError(
+                f"column '{column}' holds infinite values; the model takes numbers and missing values: replace them "
+                "with numbers, or leave the cells empty"
+            )
     clean = True
     for column in true_false:
         batch[column], only_flags = as_true_false(batch[column])

@@ -141,6 +141,22 @@ def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -
         raise PipelineError(f"unknown task '{task}'; use auto, classification or regression")
 
 
+def refuse_infinities(frame: pd.DataFrame, columns: list[str]) -> None:
+    """No model here takes an infinite number (`inf`, as pandas writes one, or `Inf`, R's: read as numbers):
+    scikit-learn refused it in every trial of tune. The first such column named in one line, with the fix."""
+    for name in columns:
+        values = frame[name]
+        if not pd.api.types.is_float_dtype(values):  # whole numbers and numbers in text hold no infinity
+            continue
+        infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+        if infinite.any():
+            raise PipelineError(
+                f"column '{name}' holds infinite values ({int(infinite.sum()):,} rows, the first in row "
+                f"{int(np.argmax(infinite))}); no model takes them: replace them with numbers, or leave the cells "
+                "empty (missing)"
+            )
+
+
 @dataclass
 class ColumnChoice:
     """Which non-target columns feed the model, how, and which are dropped (with why)."""
@@ -331,6 +347,7 @@ def build_feature_spec(
             f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification"
         )
     choice = choose_columns(frame, target, counted, decimal_comma)
+    refuse_infinities(frame, [*choice.numeric, *([target] if task == "regression" else [])])
     if not choice.numeric and not choice.categorical and not choice.datetime:
         raise PipelineError(
             f"no usable feature columns (dropped: {choice.dropped}); the data needs informative columns"

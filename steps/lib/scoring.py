@@ -46,11 +46,18 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             + f"; expected columns: {', '.join(name for name, _ in columns)}"
         )
-    for name, kind in columns:
-        if kind in NUMERIC_TYPES and not pd.api.types.is_numeric_dtype(frame[name]):
-            bad = frame[name][pd.to_numeric(frame[name], errors="coerce").isna() & frame[name].notna()]
-            if len(bad):
-                raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r} in row {first_row + bad.index[0]}")
+    for name, kind in (column for column in columns if column[1] in NUMERIC_TYPES):
+        values = frame[name]
+        numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
+        bad = values[numbers.isna() & values.notna()]
+        if len(bad):
+            raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r} in row {first_row + bad.index[0]}")
+        infinite = np.isinf(numbers.to_numpy(dtype=float, na_value=np.nan))  # featurize refuses to train on them
+        if infinite.any():
+            raise PipelineError(
+                f"column '{name}' holds an infinite value in row {first_row + int(np.argmax(infinite))}; the model "
+                "takes numbers and missing values: replace it with a number, or leave the cell empty"
+            )
 
 
 def as_text(numbers: pd.Series) -> pd.Series:

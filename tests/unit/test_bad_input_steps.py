@@ -142,3 +142,34 @@ def test_featurize_refuses_a_split_it_cannot_make(tracking_uri, capsys, csv, arg
     assert code == 0, stderr
     raw = f"runs:/{newest_run('load').info.run_id}/data"
     assert_failed_cleanly(capsys, "featurize", ["--raw-data-uri", raw, *args], message)
+
+
+@pytest.mark.parametrize(
+    ("target", "task", "planted", "message"),
+    [
+        (
+            "y",
+            "auto",
+            {4: "3,inf,1.5,b", 11: "10,-Inf,1.5,a"},
+            "column 'ratio' holds infinite values (2 rows, the first",
+        ),
+        (
+            "amount",
+            "regression",
+            {8: "7,0.5,inf,b"},
+            "column 'amount' holds infinite values (1 rows, the first in row 7)",
+        ),
+    ],
+)
+def test_featurize_refuses_infinite_numbers(tracking_uri, capsys, tmp_path, target, task, planted, message):
+    """`inf` (as pandas writes an infinite number) and `-Inf` (R's) read as numbers: scikit-learn refused them in
+    every trial of tune; featurize names the column, a feature's or a regression target's."""
+    frame = pd.DataFrame({"x": range(30), "ratio": [0.5] * 30, "amount": [1.5, 2.5] * 15, "y": ["a", "b"] * 15})
+    lines = frame.to_csv(index=False).splitlines()
+    for number, line in planted.items():
+        lines[number] = line
+    (tmp_path / "inf.csv").write_text("\n".join(lines) + "\n")
+    code, stderr = run_step_cli(capsys, "load", "--data-uri", str(tmp_path / "inf.csv"), "--target", target)
+    assert code == 0, stderr
+    raw = f"runs:/{newest_run('load').info.run_id}/data"
+    assert_failed_cleanly(capsys, "featurize", ["--raw-data-uri", raw, "--task", task], message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,6 +104,9 @@ def test_predict_checks_the_batch_against_the_signature():
         check_batch(pd.DataFrame({"a": ["abc"], "b": ["x"]}), columns)
     with pytest.raises(PipelineError, match="no rows"):
         check_batch(pd.DataFrame({"a": [], "b": []}), columns)
+    for infinite in ([1.0, np.nan, -np.inf], ["1.5", None, "inf"]):  # read as a number, or as text that is one
+        with pytest.raises(PipelineError, match=r"^column 'a' holds an infinite value in row 12; the model takes"):
+            check_batch(pd.DataFrame({"a": infinite, "b": ["x"] * 3}), columns, first_row=10)
     shares = prediction_summary(pd.Series(["x", "y", "y", "y"]), classifier=True)
     assert shares == {"pred_share_x": 0.25, "pred_share_y": 0.75}
     spread = prediction_summary(pd.Series([1.0, 2.0, 3.0]), classifier=False)
@@ -578,3 +583,24 @@ def test_a_column_with_no_value_in_the_first_block_is_read_as_text_in_every_bloc
     read = pd.concat(read_batches(str(tmp_path / "batch.csv"), {}, 10_000), ignore_index=True)
     assert read["remark"].iloc[early:].tolist() == remark.iloc[early:].tolist()
     assert read["remark"].iloc[:early].isna().all()
+
+
+def test_monitor_refuses_infinite_numbers_as_predict_does():
+    """An `inf` in a batch reached the model's predict, and monitor ended in scikit-learn's traceback."""
+    from steps.monitor import with_predictions
+
+    training = users_rows(300, 1)
+    spec = build_feature_spec(training, "income class")
+    column = spec.numeric[0]
+
+    class Constant:
+        def predict(self, rows: pd.DataFrame) -> np.ndarray:
+            return np.zeros(len(rows))
+
+    batch = users_rows(50, 2).drop(columns="income class")
+    assert (with_predictions(Constant(), spec, batch, "p")["p"] == 0).all()
+    for infinite in (np.inf, "-inf"):  # read as a number, or as text in a batch whose column is text
+        planted = batch.astype({column: object}) if isinstance(infinite, str) else batch.copy()
+        planted.loc[7, column] = infinite
+        with pytest.raises(PipelineError, match=rf"^column '{re.escape(column)}' holds infinite values; the model"):
+            with_predictions(Constant(), spec, planted, "p")
