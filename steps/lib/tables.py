@@ -146,7 +146,7 @@ def read_batches(
                 for batch in parquet.iter_batches(batch_size=batch_rows):
                     yield batch.to_pandas()
             else:
-                yield from csv_batches(path, types, batch_rows, dialect, text_numbers)
+                yield from csv_batches(path, names, types, batch_rows, dialect, text_numbers)
         except PipelineError:
             raise
         except Exception as error:  # pyarrow's conversion and parse errors: the column by its name
@@ -170,13 +170,13 @@ def csv_error(text: str, names: list[str], types: dict[str, str], context: str) 
 
 
 def csv_batches(
-    path: Path, types: dict[str, str], batch_rows: int, dialect: CsvDialect = COMMAS, text_numbers: Collection[str] = ()
+    path: Path, names: list[str], types: dict[str, str], batch_rows: int, dialect: CsvDialect, in_text: Collection[str]
 ) -> Iterator[pd.DataFrame]:
-    """A CSV file in frames of `batch_rows` rows, every column of one Arrow type throughout the file."""
+    """A CSV file (its header `names`) in frames of `batch_rows` rows, every column of one Arrow type throughout."""
     import pyarrow as pa
     import pyarrow.csv
 
-    fields, columns, header_lines = arrow_columns(path, dialect, header_names(path, "csv", dialect), types)
+    fields, columns, header_lines = arrow_columns(path, dialect, names, types)
 
     def reader(column_types: dict[str, Any]) -> Any:
         convert = pyarrow.csv.ConvertOptions(
@@ -204,7 +204,7 @@ def csv_batches(
     pending: list[pd.DataFrame] = []
     rows = 0
     for batch in reader(fixed):
-        pending.append(numbers_read(batch.to_pandas(), marked, types, dialect, text_numbers))
+        pending.append(numbers_read(batch.to_pandas(), marked, types, dialect, in_text))
         rows += batch.num_rows
         while rows >= batch_rows:
             whole = pd.concat(pending, ignore_index=True)
