@@ -33,7 +33,7 @@ from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg
 from steps.lib.console import say
 from steps.lib.drift import MISSING_CHANGE, TIMES, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
-from steps.lib.features import CLASSIFICATION, FeatureSpec
+from steps.lib.features import CLASSIFICATION, FeatureSpec, infinite_rows
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.metrics import greater_is_better
 from steps.lib.model_loading import load_model
@@ -212,8 +212,8 @@ def with_predictions(
             batch[prediction] = None
             return batch
         batch[column] = numbers  # parsed once: the tallies take them as they are
-    for column in spec.numeric:  # as predict refuses them (featurize refused to train on them)
-        if np.isinf(pd.to_numeric(batch[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)).any():
+    for column in spec.numeric:  # numbers by now; infinities refused as predict refuses them
+        if infinite_rows(batch[column]).size:
             raise PipelineError(
                 f"column '{column}' holds infinite values; the model takes numbers and missing values: replace them "
                 "with numbers, or leave the cells empty"

@@ -144,17 +144,19 @@ def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -
 def refuse_infinities(frame: pd.DataFrame, columns: list[str]) -> None:
     """No model here takes an infinite number (`inf`, as pandas writes one, or `Inf`, R's: read as numbers):
     scikit-learn refused it in every trial of tune. The first such column named in one line, with the fix."""
-    for name in columns:
-        values = frame[name]
-        if not pd.api.types.is_float_dtype(values):  # whole numbers and numbers in text hold no infinity
-            continue
-        infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
-        if infinite.any():
+    for name in (name for name in columns if pd.api.types.is_float_dtype(frame[name])):  # others hold no infinity
+        rows = infinite_rows(frame[name])
+        if rows.size:
             raise PipelineError(
-                f"column '{name}' holds infinite values ({int(infinite.sum()):,} rows, the first in row "
-                f"{int(np.argmax(infinite))}); no model takes them: replace them with numbers, or leave the cells "
-                "empty (missing)"
+                f"column '{name}' holds infinite values ({rows.size:,} rows, the first in row {rows[0]}); no model "
+                "takes them: replace them with numbers, or leave the cells empty (missing)"
             )
+
+
+def infinite_rows(numbers: pd.Series) -> np.ndarray:
+    """The positions of `numbers`' infinite values (featurize refuses to train on them, predict and monitor to
+    score them)."""
+    return np.flatnonzero(np.isinf(numbers.to_numpy(dtype=float, na_value=np.nan)))
 
 
 @dataclass

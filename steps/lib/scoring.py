@@ -10,6 +10,7 @@ import pandas as pd
 
 from steps.lib.drift import is_numeric
 from steps.lib.errors import PipelineError, one_line
+from steps.lib.features import infinite_rows
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.model_loading import load_model
 from steps.lib.tables import NUMERIC_TYPES, not_as_signed
@@ -47,16 +48,17 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
             + f"; expected columns: {', '.join(name for name, _ in columns)}"
         )
     for name, kind in (column for column in columns if column[1] in NUMERIC_TYPES):
-        values = frame[name]
-        numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
-        bad = values[numbers.isna() & values.notna()]
-        if len(bad):
-            raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r} in row {first_row + bad.index[0]}")
-        infinite = np.isinf(numbers.to_numpy(dtype=float, na_value=np.nan))  # featurize refuses to train on them
-        if infinite.any():
+        numbers = frame[name]
+        if not pd.api.types.is_numeric_dtype(numbers):  # numbers as text are fine; other text is not
+            numbers = pd.to_numeric(frame[name], errors="coerce")
+            bad = frame[name][numbers.isna() & frame[name].notna()]
+            if len(bad):
+                raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r} in row {first_row + bad.index[0]}")
+        infinite = infinite_rows(numbers)
+        if infinite.size:
             raise PipelineError(
-                f"column '{name}' holds an infinite value in row {first_row + int(np.argmax(infinite))}; the model "
-                "takes numbers and missing values: replace it with a number, or leave the cell empty"
+                f"column '{name}' holds an infinite value in row {first_row + infinite[0]}; the model takes numbers "
+                "and missing values: replace it with a number, or leave the cell empty"
             )
 
 
