@@ -22,7 +22,7 @@ import mlflow
 from steps.lib.console import LOG_DIR, LOG_FOLDER_PREFIX, StepLog, output_into_log, terminal
 from steps.lib.errors import PipelineError, TrackingUnreachableError, one_line
 from steps.lib.names import ERROR_TAG, PROCESS_TAG, RUN_NAME_TAG, STEP_TAG, WARNINGS_TAG
-from steps.lib.process import process_identity, small_pages_for_arrays
+from steps.lib.process import no_collection_at_exit, process_identity, small_pages_for_arrays
 from steps.lib.story import NOTE_TAG
 from steps.lib.uris import move_tracking_credentials, redact_uri
 
@@ -251,6 +251,7 @@ def run_cli(command: click.Command, step: str) -> None:
     """Run a step's click command; a bad option value gets the same one-line error and FAILED run."""
     move_tracking_credentials()
     small_pages_for_arrays()
+    no_collection_at_exit()
     try:
         command.main(standalone_mode=False)
     except click.exceptions.Exit as done:  # --help

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from steps.lib.console import route_child_logs
 from steps.lib.errors import PipelineError, TrackingUnreachableError
 from steps.lib.names import PARENT_TAG, RUN_NAME_TAG, STEP_TAG, TRIAL_TAG
-from steps.lib.process import main_module_unseen_by_children
+from steps.lib.process import main_module_unseen_by_children, no_collection_at_exit
 from steps.lib.runner import tracking_unreachable
 
 TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
@@ -70,6 +70,7 @@ def no_run_links() -> Iterator[None]:
 def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any, outbox: Any, parent: int) -> None:
     """The logger process: log each trial it is sent; exit on STOP or if its parent is gone."""
     route_child_logs()  # into tune's log; MLflow's retries show (urllib3 warns "Retrying ..." when the server is away)
+    no_collection_at_exit()
     log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
     outbox.put(("ready", None))
     while True:

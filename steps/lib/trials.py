@@ -22,6 +22,7 @@ from steps.lib.errors import one_line
 from steps.lib.features import FeatureSpec
 from steps.lib.metrics import metric_loss
 from steps.lib.models import MODEL_FAMILIES, ModelFamily, fit_model, score_model
+from steps.lib.process import no_collection_at_exit
 from steps.lib.splits import Splits, cv_folds_of
 
 STATUS_OK, STATUS_FAIL = "ok", "fail"  # hyperopt's STATUS_OK and STATUS_FAIL
@@ -101,6 +102,7 @@ def start_worker(data_file: str, parent: int) -> None:
     file; a file holding None means the search never started, and the worker ends.
     """
     route_child_logs()  # a library's warnings go to tune's log, not the console
+    no_collection_at_exit()  # tune waits for its workers to exit
     while not os.path.exists(data_file):
         if os.getppid() != parent:
             os._exit(1)
