@@ -33,11 +33,16 @@ def signature_columns(pyfunc: Any) -> list[tuple[str, str]]:
     return [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in schema.inputs]
 
 
-def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: int = 0) -> None:
+def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: int | None = 0) -> None:
     """Every signature column present, and of a type the model can take; a clear error naming the column.
 
-    `first_row`: the batch's first row in the whole table, to name the row of a bad value.
+    `first_row`: the batch's first row in the whole table, to name the row of a bad value (None: a piece on a
+    Spark executor, which does not know its place in the table).
     """
+
+    def row(position: int) -> str:
+        return "" if first_row is None else f" in row {first_row + position}"
+
     if frame.empty:
         raise PipelineError("the batch has no rows; pass a table with at least one row")
     missing = [name for name, _ in columns if name not in frame.columns]
@@ -53,11 +58,11 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
             numbers = pd.to_numeric(frame[name], errors="coerce")
             bad = frame[name][numbers.isna() & frame[name].notna()]
             if len(bad):
-                raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r} in row {first_row + bad.index[0]}")
+                raise PipelineError(not_as_signed(name, kind) + f"{bad.iloc[0]!r}{row(bad.index[0])}")
         infinite = infinite_rows(numbers)
         if infinite.size:
             raise PipelineError(
-                f"column '{name}' holds an infinite value in row {first_row + infinite[0]}; the model takes numbers "
+                f"column '{name}' holds an infinite value{row(infinite[0])}; the model takes numbers "
                 "and missing values: replace it with a number, or leave the cell empty"
             )
 

@@ -154,6 +154,9 @@ def scorer(model_file: str, columns: list[tuple[str, str]], schema: Any) -> Any:
         pyfunc, sklearn_model = load_models(SparkFiles.get(model_file))
         dtypes = {field.name: field.dataType.simpleString() for field in schema.fields}
         for piece in pieces:
+            if piece.empty:  # nothing to score (scikit-learn refuses an empty frame)
+                continue
+            check_batch(piece, columns, first_row=None)  # as the driver checked the first rows: a bad value named
             table, _ = score_batch(piece, pyfunc, sklearn_model, columns)
             for name in table.columns:  # a piece of all-missing values must still fit the declared type
                 if dtypes.get(name) in ("double", "float") and not pd.api.types.is_float_dtype(table[name]):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ import pytest
 from steps.lib.drift import DriftRule, as_numbers, categorical_drift, drift_table, numeric_drift, psi
 from steps.lib.errors import PipelineError
 from steps.lib.features import build_feature_spec
-from steps.lib.scoring import check_batch, prediction_summary
+from steps.lib.scoring import check_batch, prediction_summary, signature_columns
 from steps.lib.tables import load_bundled_frame
 from steps.monitor import check_columns
 from tests.conftest import logged_model_of, users_rows
@@ -604,3 +606,26 @@ def test_monitor_refuses_infinite_numbers_as_predict_does():
         planted.loc[7, column] = infinite
         with pytest.raises(PipelineError, match=rf"^column '{re.escape(column)}' holds infinite values; the model"):
             with_predictions(Constant(), spec, planted, "p")
+
+
+def test_a_spark_executor_refuses_an_infinite_value_its_pieces_hold(tracking_uri, monkeypatch):
+    """The driver checks the first rows; a piece scored on an executor is checked the same way, so an `inf` in
+    row 5,000,000 is refused naming its column (its row is not known there), not with scikit-learn's traceback."""
+    pytest.importorskip("pyspark")
+    import mlflow
+    from pyspark import SparkFiles
+
+    from steps.lib.spark_scoring import scorer
+
+    model_uri = logged_model_of(users_rows(300, 1), "income class")
+    local_model = mlflow.artifacts.download_artifacts(model_uri)
+    monkeypatch.setattr(SparkFiles, "_is_running_on_worker", True)  # as on an executor: addFile's folder
+    monkeypatch.setattr(SparkFiles, "_root_directory", str(Path(local_model).parent))
+    columns = signature_columns(mlflow.pyfunc.load_model(model_uri))
+    batch = users_rows(40, 2).drop(columns="income class")
+    score_pieces = scorer(Path(local_model).name, columns, schema=SimpleNamespace(fields=[]))
+    assert [len(table) for table in score_pieces(iter([batch.head(20), batch.iloc[:0], batch.tail(20)]))] == [20, 20]
+    planted = batch.copy()
+    planted.loc[33, "Income ($)"] = -np.inf
+    with pytest.raises(PipelineError, match=r"^column 'Income \(\$\)' holds an infinite value; the model takes"):
+        list(score_pieces(iter([planted.head(20), planted.tail(20)])))
