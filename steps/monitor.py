@@ -35,14 +35,14 @@ from steps.lib.drift import MISSING_CHANGE, TIMES, BatchProfile, DriftRule, as_n
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec, infinite_rows
 from steps.lib.keys import key_parts, unused_name
-from steps.lib.metrics import greater_is_better
+from steps.lib.metrics import among_classes, greater_is_better
 from steps.lib.model_loading import load_model
-from steps.lib.models import score_model
+from steps.lib.models import metrics_on
 from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, model_version_of, resolve_model_uri
 from steps.lib.runner import INT, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.scoring import signature_columns
-from steps.lib.splits import read_splits
+from steps.lib.splits import features_and_target, read_splits
 from steps.lib.step_cards import monitor_card
 from steps.lib.story import code, describe
 from steps.lib.tables import read_batches
@@ -306,17 +306,30 @@ def profile_batch(
 def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> dict[str, Any]:
     """The metric on the batch's labelled rows (of the sample) beside the evaluated one; empty if it cannot be
     computed."""
-    if reference.spec.target not in batch.columns:
+    spec = reference.spec
+    if spec.target not in batch.columns:
         return {}
-    rows = batch[batch[reference.spec.target].notna()]
-    if rows.empty:
-        return {}
-    live = score_model(model, rows, reference.spec).get(reference.metric) if reference.metric else None
+    rows = batch[batch[spec.target].notna()]
+    known = among_classes(rows[spec.target], spec.classes) if spec.task == CLASSIFICATION and spec.classes else None
+    unseen = {} if known is None or known.all() else {"n_rows_of_unseen_classes": int((~known).sum())}
+    if unseen:  # a class the model was never trained on: no score can count its rows
+        new = sorted(map(str, rows.loc[~known, spec.target].unique()))
+        shown = ", ".join(map(repr, new[:5])) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        logger.warning(
+            "the batch's labels include class(es) the model was not trained on (%s: %d rows); the live %s is on the "
+            "other %d labelled rows",
+            *(shown, unseen["n_rows_of_unseen_classes"], reference.metric, int(known.sum())),
+        )
+        rows = rows[known]
+    if rows.empty or not reference.metric:
+        return unseen
+    features, labels = features_and_target(rows, spec)
+    live = metrics_on(model, features, labels, spec.task, only=reference.metric).get(reference.metric)
     if live is None:
-        return {}
+        return unseen
     change = live - reference.evaluated if reference.evaluated is not None else math.nan
     worse = -change if greater_is_better(reference.metric) else change
-    return {
+    return unseen | {
         "metric": reference.metric,
         f"live_{reference.metric}": live,
         f"evaluated_{reference.metric}": reference.evaluated,
@@ -341,7 +354,7 @@ def drift_metrics(table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, flo
     return metrics | {
         k: float(v)
         for k, v in summary.items()
-        if k.startswith(("live_", "evaluated_", "performance_")) and v is not None
+        if k.startswith(("live_", "evaluated_", "performance_", "n_rows_of_unseen_")) and v is not None
     }
 
 

@@ -629,3 +629,34 @@ def test_a_spark_executor_refuses_an_infinite_value_its_pieces_hold(tracking_uri
     planted.loc[33, "Income ($)"] = -np.inf
     with pytest.raises(PipelineError, match=r"^column 'Income \(\$\)' holds an infinite value; the model takes"):
         list(score_pieces(iter([planted.head(20), planted.tail(20)])))
+
+
+@pytest.mark.parametrize("labels", ["text", "numbers"])
+def test_a_labelled_batch_with_a_class_the_model_never_saw_keeps_its_report(labels, caplog):
+    """A monitored batch whose labels hold a new class ('=50K', or 2 beside 0 and 1) ended monitor in
+    scikit-learn's traceback (log loss: 'y_true contains values not belonging to the passed labels'). The live
+    metric is now on the rows of known classes, the rows of the new ones counted and named in a warning."""
+    from steps.lib.metrics import compute_metrics
+    from steps.lib.models import MODEL_FAMILIES, fit_model
+    from steps.lib.splits import Splits
+    from steps.monitor import Reference, live_performance
+
+    training = users_rows(400, 1)
+    if labels == "numbers":
+        training["income class"] = (training["income class"] == ">50K").astype(float)
+    spec = build_feature_spec(training, "income class")
+    family = MODEL_FAMILIES["logistic_regression"]
+    model = fit_model(Splits(training, training.head(50), training.head(50)), spec, family, family.resolve({}), 0)
+    batch = users_rows(120, 2)
+    if labels == "numbers":
+        batch["income class"] = (batch["income class"] == ">50K").astype(float)
+    batch.loc[[3, 40, 41, 90], "income class"] = "=50K" if labels == "text" else 2.0
+    reference = Reference("models:/m/1", "1", training, spec, "f1_macro", 0.8)
+    with caplog.at_level("WARNING", logger="steps.monitor"):
+        found = live_performance(model, reference, batch)
+    kept = batch.drop(index=[3, 40, 41, 90])
+    expected = compute_metrics(spec.task, kept["income class"], model.predict(kept), None, None, only="f1_macro")
+    assert found["n_rows_of_unseen_classes"] == 4 and found["live_f1_macro"] == expected["f1_macro"]
+    new = "'=50K'" if labels == "text" else "'2.0'"
+    said = f"class(es) the model was not trained on ({new}: 4 rows); the live f1_macro is on the other 116"
+    assert said in caplog.text
