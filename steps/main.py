@@ -45,7 +45,7 @@ from steps.lib.runner import INT, as_param, clean_up_after, flag, parse_bool, ru
 from steps.lib.search_options import TuneOptions, tune_options
 from steps.lib.split_options import SplitOptions, split_options
 from steps.lib.step_cards import main_card
-from steps.lib.story import NOTE_TAG, main_story
+from steps.lib.story import NOTE_TAG, four_places, main_story
 from steps.lib.tables import DEFAULT_DATA_URI
 from steps.lib.uris import artifact_uri, check_uri_credentials, redact_uri
 
@@ -81,9 +81,8 @@ def key_metric(step: str, run: Any, metric_hint: str) -> str:
     if name not in metrics:
         return ""
     value = metrics[name]
-    return (
-        f"{name}={int(value)}" if float(value).is_integer() and step in ("load", "featurize") else f"{name}={value:.4f}"
-    )
+    whole = float(value).is_integer() and step in ("load", "featurize")
+    return f"{name}={int(value)}" if whole else f"{name}={four_places(value)}"
 
 
 def launch_step(

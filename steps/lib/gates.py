@@ -6,6 +6,7 @@ lines that take them (evaluate's and main's); `none` becomes None at the command
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,8 +153,17 @@ def threshold_gate(scores: dict[str, float], thresholds: dict[str, float]) -> Ga
 def better_than_gate(
     name: str, metric: str, scores: dict[str, float], reference: dict[str, float], min_delta: float, what: str
 ) -> Gate:
-    """The decision metric beats `reference` on the same test rows by at least min_delta (or at all)."""
+    """The decision metric beats `reference` on the same test rows by at least min_delta (or at all). A score
+    that is no finite number (an rmse whose squares overflow: labels near 1e300) beats nothing and is beaten by
+    nothing: MLflow's check passed `inf` against `inf` (their difference is NaN)."""
     from mlflow.models import MetricThreshold
+
+    infinite = [
+        (who, s[metric]) for who, s in (("the model", scores), (what, reference)) if not math.isfinite(s[metric])
+    ]
+    if infinite:
+        listed = " and ".join(f"{who}'s is {value}" for who, value in infinite)
+        return Gate(name, False, f"{metric} cannot be compared on these test rows: {listed}; rescale the label")
 
     check = MetricThreshold(
         min_absolute_change=max(min_delta, STRICTLY_BETTER), greater_is_better=greater_is_better(metric)

@@ -43,7 +43,13 @@ def code(text: Any) -> str:
 def figure(scores: dict[str, float], metric: str) -> str:
     """A score to 4 places, or 'n/a' where it could not be computed (e.g. AUC with a class absent)."""
     value = scores.get(metric)
-    return "n/a" if value is None or value != value else f"{value:.4f}"
+    return "n/a" if value is None or value != value else four_places(value)
+
+
+def four_places(value: float) -> str:
+    """A figure to 4 places, and to 4 significant digits from a million on (an rmse of labels near 1e300 printed
+    309 digits)."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def listed(items: Iterable[str], none: str = "none") -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -326,3 +328,31 @@ def test_permutation_importance_scores_fewer_rows_per_shuffle_on_a_wide_table():
     assert importance_rows(5) == importance_rows(30) == IMPORTANCE_ROWS  # up to 30 columns: 10,000 rows
     assert importance_rows(100) == 3_000 and importance_rows(100) * 100 == importance_rows(30) * 30
     assert importance_rows(1_000) == MIN_IMPORTANCE_ROWS
+
+
+def test_a_score_that_is_no_finite_number_passes_no_gate(tracking_uri, iris):
+    """Labels near 1e300 overflow the rmse of the model and of the dummy baseline alike: MLflow's check passed
+    `inf` against `inf` (their difference is NaN) and such a model became champion with every gate passed."""
+    splits, spec = iris
+    client = MlflowClient()
+
+    def decide_on(model: float, baseline: float):
+        return decide_champion(
+            client,
+            "m",
+            metric="rmse",
+            scores={"rmse": model},
+            baseline_scores={"rmse": baseline},
+            thresholds={},
+            min_delta=0.0,
+            test=splits.test,
+            spec=spec,
+        )
+
+    both = decide_on(math.inf, math.inf)
+    assert not both.promote
+    assert both.reason == (
+        "baseline: rmse cannot be compared on these test rows: the model's is inf and the dummy baseline's is inf; "
+        "rescale the label"
+    )
+    assert not decide_on(1.5, math.nan).promote and decide_on(1.5, 2.0).promote

@@ -227,3 +227,17 @@ def test_main_digests_a_bundled_data_set_without_importing_scikit_learn():
     code += "print(d, 'sklearn' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == [f"sklearn:iris@scikit-learn=={sklearn.__version__}", "False"], done.stderr[-2000:]
+
+
+def test_the_summary_shows_a_huge_figure_in_four_digits():
+    """An rmse of labels near 1e300 filled the summary's line with 309 digits."""
+    from types import SimpleNamespace
+
+    from steps.main import key_metric
+
+    def run(metrics: dict[str, float]) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(metrics=metrics, tags={}))
+
+    assert key_metric("tune", run({"best_val_rmse": 1.7976931348623157e308}), "rmse") == "best_val_rmse=1.798e+308"
+    assert key_metric("evaluate", run({"test_rmse": 12345.678}), "rmse") == "test_rmse=12345.6780"
+    assert key_metric("load", run({"n_rows": 150.0}), "f1_macro") == "n_rows=150"
