@@ -342,11 +342,12 @@ def record_outcome(pipeline: Pipeline, evaluate: Run) -> dict[str, str]:
 
 def print_summary(pipeline: Pipeline, registered: dict[str, str], decision: str) -> None:
     """The human-readable end of main: the step table, the version, how to load it and see the runs."""
-    alias = f"@{registered['alias']}" if registered["alias"] else f" (not champion: {decision})"
+    name, version = registered["name"], registered["version"]
     say("\n" + format_summary(pipeline.results))
-    say(f"\nregistered model: {registered['name']} version {registered['version']}{alias}")
-    say(f"  {decision}")
-    say(f"  load it: mlflow.pyfunc.load_model('models:/{registered['name']}@champion')")
+    alias = f"@{CHAMPION}" if registered["alias"] else " (not champion)"
+    say(f"\nregistered model: {name} version {version}{alias}\n  {decision}")
+    where = f"{name}@{CHAMPION}" if registered["alias"] else f"{name}/{version}"  # no champion may exist yet
+    say(f"  load it: mlflow.pyfunc.load_model('models:/{where}')")
     say(f"main run: {pipeline.main_run_id}")
     say(f"open the UI: {ui_hint(mlflow.get_tracking_uri())}")
 

@@ -362,6 +362,9 @@ def test_a_failing_gate_leaves_the_champion_where_it_was(registry):
     evaluate = newest(registry, "evaluate")
     version = evaluate.data.tags["registered_model.version"]
     assert version != str(champion.version)
+    # the summary loads what this run registered (no champion may exist), and says why once
+    assert f"load it: mlflow.pyfunc.load_model('models:/{NAME}/{version}')" in result.stdout
+    assert result.stdout.count("thresholds: min_accuracy=1.01") == 1, result.stdout[-2000:]
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == version
     tags = client.get_model_version(NAME, version).tags
