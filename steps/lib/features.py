@@ -141,6 +141,13 @@ def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -
         raise PipelineError(f"unknown task '{task}'; use auto, classification or regression")
 
 
+def listed(values: Any, shown: int = 5) -> str:
+    """The first values, quoted, and how many more: an error of one line, not thousands of labels."""
+    values = list(values)
+    more = f" and {len(values) - shown:,} more" if len(values) > shown else ""
+    return ", ".join(map(repr, values[:shown])) + more
+
+
 def refuse_infinities(frame: pd.DataFrame, columns: list[str]) -> None:
     """No model here takes an infinite number (`inf`, as pandas writes one, or `Inf`, R's: read as numbers):
     scikit-learn refused it in every trial of tune. The first such column named in one line, with the fix."""
@@ -345,8 +352,11 @@ def build_feature_spec(
     labels = frame[target].dropna()
     task = task or detect_task(labels)
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
+        words = labels[pd.to_numeric(labels, errors="coerce").isna()]
         raise PipelineError(
-            f"target '{target}' is not numeric, so it cannot be a regression target; use -P task=classification"
+            f"target '{target}' is not numeric, so it cannot be a regression target: {len(words):,} of "
+            f"{len(labels):,} labels are not numbers ({listed(words.unique())}); clean them (an empty cell is an "
+            "unlabelled row), or use -P task=classification"
         )
     choice = choose_columns(frame, target, counted, decimal_comma)
     refuse_infinities(frame, [*choice.numeric, *([target] if task == "regression" else [])])
@@ -359,9 +369,11 @@ def build_feature_spec(
         counts = labels.value_counts()
         rare = counts[counts < MIN_ROWS_PER_CLASS]
         if not rare.empty:
+            numbers = len(rare) > 5 and pd.to_numeric(labels, errors="coerce").notna().mean() >= 0.5
             raise PipelineError(
-                f"class(es) {', '.join(map(repr, rare.index.tolist()))} have fewer than {MIN_ROWS_PER_CLASS} rows, "
-                "too few for a stratified train/validation/test split; drop or merge them"
+                f"class(es) {listed(rare.index)} have fewer than {MIN_ROWS_PER_CLASS} rows, too few for a stratified "
+                "train/validation/test split; drop or merge them"
+                + ("; the label is mostly numbers: pass -P task=regression (and clean the rest)" if numbers else "")
             )
         classes = sorted(labels.unique().tolist(), key=lambda v: (str(type(v)), v))
         classes = [c.item() if hasattr(c, "item") else c for c in classes]

@@ -339,3 +339,23 @@ def test_featurize_reads_loads_csv_record_only_as_load_writes_it(record, commas)
 
     meta = {"name": "t", "target": "y"} | ({} if record is None else {"csv": record})
     assert written_with_decimal_commas(meta) is commas
+
+
+def test_a_number_label_with_a_few_words_is_told_in_one_short_line():
+    """Sales figures with three `—` in them read as text: every figure became a class of one row, and the error
+    listed them all (cut at 500 characters before its advice); as a regression target they were 'not numeric'
+    with the advice to classify."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "sales": rng.gamma(2, 10, 300).round(2).astype(str)})
+    frame.loc[[4, 90, 200], "sales"] = "—"
+    with pytest.raises(PipelineError) as refused:
+        build_feature_spec(frame, "sales")
+    message = str(refused.value)
+    assert len(message) < 300 and "more have fewer than 3 rows" in message, message
+    assert message.endswith("; the label is mostly numbers: pass -P task=regression (and clean the rest)")
+    with pytest.raises(PipelineError) as refused:
+        build_feature_spec(frame, "sales", "regression")
+    assert str(refused.value) == (
+        "target 'sales' is not numeric, so it cannot be a regression target: 3 of 300 labels are not numbers ('—'); "
+        "clean them (an empty cell is an unlabelled row), or use -P task=classification"
+    )
