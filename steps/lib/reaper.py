@@ -8,7 +8,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps.lib.errors import one_line
-from steps.lib.names import ERROR_TAG, EVALUATE_RUN_TAG, GATES_PASSED_TAG, PROCESS_TAG, STEP_TAG
+from steps.lib.names import ERROR_TAG, EVALUATE_RUN_TAG, GATES_PASSED_TAG, PARENT_TAG, PROCESS_TAG, STEP_TAG
 from steps.lib.process import process_alive
 from steps.lib.runner import clean_up_after
 
@@ -46,8 +46,37 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
             logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
             continue
         reaped.append(run.info.run_id)
+    reaped += reap_trials_of_ended_tunes(client, experiment_id, main_run_id, me)
     if reaped:
         logger.warning("marked %d run(s) of dead processes KILLED: %s", len(reaped), ", ".join(reaped))
+    return reaped
+
+
+def reap_trials_of_ended_tunes(client: MlflowClient, experiment_id: str, main_run_id: str, me: str | None) -> list[str]:
+    """Mark KILLED the RUNNING trial runs of a tune run that is over: their logger process was killed between
+    opening a trial's run and closing it (kill -9 of the whole process group). A trial run names no process of
+    its own; its tune run (KILLED by now, above, or by Ctrl-C) says it cannot still be logging."""
+    reaped, status_of = [], {}
+    found = f"attributes.status = 'RUNNING' and tags.`{STEP_TAG}` = 'trial'"
+    for run in client.search_runs([experiment_id], filter_string=found, max_results=1000):
+        tune = run.data.tags.get(PARENT_TAG, "")
+        if not tune or me is None or run.data.tags.get("mlflow.user", run.info.user_id) != me:
+            continue
+        if tune not in status_of:
+            try:
+                status_of[tune] = client.get_run(tune).info.status
+            except MlflowException:  # deleted, or not readable: nothing is known
+                status_of[tune] = None
+        if status_of[tune] in (None, "RUNNING"):
+            continue
+        try:
+            why = f"its tune run {tune} ended ({status_of[tune]}) before it was logged whole"
+            client.set_tag(run.info.run_id, ERROR_TAG, f"{why}; marked KILLED by main run {main_run_id}")
+            client.set_terminated(run.info.run_id, status="KILLED")
+        except MlflowException as error:
+            logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
+            continue
+        reaped.append(run.info.run_id)
     return reaped
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ TrialLogger = Callable[[int | None, dict[str, str], dict[str, float], str], str]
 
 STOP = None
 POLL_SECONDS = 1.0
+TRIAL_GRACE_SECONDS = 10.0  # how long tune's exit waits for the trial being logged
 QUIET_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
@@ -68,12 +71,26 @@ def no_run_links() -> Iterator[None]:
 
 
 def _serve(tracking_uri: str, experiment_id: str, parent_run_id: str, inbox: Any, outbox: Any, parent: int) -> None:
-    """The logger process: log each trial it is sent; exit on STOP or if its parent is gone."""
+    """The logger process: log each trial it is sent; exit on STOP or if its parent is gone.
+
+    A trial's run is logged whole or not at all, so none is left RUNNING: Ctrl-C (SIGINT, sent to every process
+    of the terminal's group) is the tune process's to handle, and the SIGTERM with which multiprocessing ends this
+    daemon as tune exits stops it after the trial at hand (at most TRIAL_GRACE_SECONDS later)."""
     route_child_logs()  # into tune's log; MLflow's retries show (urllib3 warns "Retrying ..." when the server is away)
     no_collection_at_exit()
+    ended = threading.Event()
+
+    def end_after_the_trial(*_: Any) -> None:  # within a bound: a store that does not answer is retried for minutes
+        ended.set()
+        limit = threading.Timer(TRIAL_GRACE_SECONDS, os._exit, args=(1,))
+        limit.daemon = True
+        limit.start()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, end_after_the_trial)
     log_trial = nested_trial_logger(MlflowClient(tracking_uri), experiment_id, parent_run_id)
     outbox.put(("ready", None))
-    while True:
+    while not ended.is_set():
         try:
             message = inbox.get(timeout=POLL_SECONDS)
         except queue.Empty:

@@ -438,3 +438,25 @@ def test_a_dataset_insert_that_clashes_with_another_run_is_tried_once_more():
         errors = [MlflowException("RESOURCE_DOES_NOT_EXIST")]
         once_more_on_a_clash(lambda: log(errors))
     assert len(calls) == 1
+
+
+def test_trial_runs_left_running_by_a_tune_that_is_over_are_marked_killed(tracking_uri):
+    """kill -9 of the whole process group can end tune's trial logger between opening a trial's run and closing
+    it: that run stayed RUNNING for good (its tune KILLED). The next main marks it KILLED; a trial of a tune still
+    running, and another user's, are left alone."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("Default").experiment_id
+    ended = client.create_run(experiment, tags={"pipeline.step": "tune"} | MINE).info.run_id
+    client.set_terminated(ended, status="KILLED")
+    running = client.create_run(experiment, tags={"pipeline.step": "tune", PROCESS_TAG: process_identity()} | MINE)
+
+    def trial(tune: str, user: dict[str, str] = MINE) -> str:
+        tags = {"pipeline.step": "trial", "mlflow.parentRunId": tune} | user
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    orphan, live, theirs = trial(ended), trial(running.info.run_id), trial(ended, {"mlflow.user": "another-user"})
+    main_run = client.create_run(experiment, tags=MINE).info.run_id
+    assert reap_dead_runs(client, experiment, main_run) == [orphan]
+    assert [client.get_run(r).info.status for r in (orphan, live, theirs)] == ["KILLED", "RUNNING", "RUNNING"]
+    said = f"its tune run {ended} ended (KILLED) before it was logged whole; marked KILLED by main run {main_run}"
+    assert client.get_run(orphan).data.tags[ERROR_TAG] == said

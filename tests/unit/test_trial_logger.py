@@ -87,3 +87,24 @@ def test_the_logger_process_does_not_import_the_main_module_of_tune(tmp_path, st
     )
     assert done.returncode == 0 and done.stdout.split() == ["1"], done.stderr[-2000:]
     assert not marker.exists()
+
+
+def test_ctrl_c_is_left_to_tune_and_tunes_exit_stops_the_logger_between_trials(tmp_path, store_template):
+    """Ctrl-C reaches every process of the terminal's group: the logger, ended mid-trial by it (or by the SIGTERM
+    with which multiprocessing ends a daemon as tune exits), left that trial's run RUNNING for good. It now
+    ignores SIGINT (tune handles it) and ends on SIGTERM once the trial at hand is logged."""
+    import signal
+
+    uri = fresh_store(store_template, tmp_path)
+    client = MlflowClient(uri)
+    parent = client.create_run("0").info.run_id
+    logger = TrialLogProcess(uri, "0", parent)
+    logger(1, {"model_family": "ridge"}, {"val_rmse": 1.0}, "FINISHED")
+    logger.finish()  # it is up, its signal handlers set
+    os.kill(logger._process.pid, signal.SIGINT)
+    logger(2, {"model_family": "ridge"}, {"val_rmse": 0.5}, "FINISHED")
+    [second] = logger.finish().values()
+    assert client.get_run(second).info.status == "FINISHED"
+    os.kill(logger._process.pid, signal.SIGTERM)
+    logger._process.join(timeout=10)
+    assert logger._process.exitcode == 0
