@@ -65,11 +65,12 @@ class CsvDialect:
     def pattern(self, whole_only: bool = False) -> str:
         """A number as this dialect writes it (RE2, Java's regex alike): sign, digits in groups of three or not,
         a decimal part, an exponent (`1,5E-05`, as R's write.csv2 has it); `,5` too. `whole_only`: a whole
-        number, sign and digits alone (`1.234`, `-7`)."""
+        number, sign and digits alone (`1.234`, `-7`), or with a fraction of zeros (`70.0`: pandas writes a column
+        of whole numbers so once one of its values is missing)."""
         whole = rf"(\d{{1,3}}({re.escape(self.thousands)}\d{{3}})+|\d+)" if self.thousands else r"\d+"
-        if whole_only:
-            return rf"^[-+]?{whole}$"
         decimal = re.escape(self.decimal)
+        if whole_only:
+            return rf"^[-+]?{whole}({decimal}0*)?$"
         return rf"^[-+]?({whole}({decimal}\d*)?|{decimal}\d+)([eE][-+]?\d+)?$"
 
     def plain(self, text: pd.Series, whole_only: bool = False) -> Any:
@@ -95,7 +96,8 @@ class CsvDialect:
 
         words = self.plain(text, whole_only=kind in WHOLE_TYPES)
         if kind in WHOLE_TYPES:
-            numbers = pc.cast(pc.replace_substring_regex(words, r"^\+", ""), pa.int64())  # Arrow's cast takes no `+`
+            words = pc.replace_substring_regex(words, r"^\+|\.0*$", "")  # Arrow's cast takes no `+`, no `.0`
+            numbers = pc.cast(words, pa.int64())
             if numbers.null_count == 0:
                 return pd.Series(numbers.to_numpy(), index=text.index, dtype="int32" if kind == "integer" else "int64")
             return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index, dtype="float64")

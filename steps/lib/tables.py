@@ -217,8 +217,9 @@ def csv_batches(
 
 
 def marked_columns(types: dict[str, str], dialect: CsvDialect) -> list[str]:
-    """The signature's numeric columns, when the file may write them with thousands marks."""
-    return [name for name, kind in types.items() if kind in NUMERIC_TYPES] if dialect.thousands else []
+    """The signature's numeric columns read as text first: all of them when the file may write them with thousands
+    marks, its whole-number ones always (Arrow's int64 refuses `70.0`, as pandas writes them beside a gap)."""
+    return [name for name, kind in types.items() if kind in (NUMERIC_TYPES if dialect.thousands else WHOLE_TYPES)]
 
 
 def numbers_read(

@@ -660,3 +660,26 @@ def test_a_labelled_batch_with_a_class_the_model_never_saw_keeps_its_report(labe
     new = "'=50K'" if labels == "text" else "'2.0'"
     said = f"class(es) the model was not trained on ({new}: 4 rows); the live f1_macro is on the other 116"
     assert said in caplog.text
+
+
+def test_a_whole_number_column_takes_a_zero_fraction_as_pandas_writes_it_beside_a_gap(tmp_path):
+    """A batch saved by pandas with one age missing writes every age as `70.0`: Arrow's int64 refused it
+    ("must be numeric (long) ... found '70.0'"). Whole numbers are read exactly (an ID of 19 digits too); a real
+    fraction and a word are still refused, each naming the column."""
+    from steps.lib.tables import read_batches
+
+    def read(ages: list[str]) -> pd.DataFrame:
+        lines = ["age,id", *[f"{age},1234567890123456789" for age in ages]]
+        (tmp_path / "batch.csv").write_text("\n".join(lines) + "\n")
+        batches = read_batches(str(tmp_path / "batch.csv"), {"age": "long", "id": "long"}, 2)
+        return pd.concat([batch for batch in batches if len(batch)], ignore_index=True)  # as predict takes them
+
+    read_back = read(["70.0", "", "71", "+3.00"])
+    assert read_back["age"].tolist()[:1] + read_back["age"].tolist()[2:] == [70, 71, 3]
+    assert read_back["age"].isna().tolist() == [False, True, False, False]
+    assert read_back["id"].tolist() == [1234567890123456789] * 4 and read_back["id"].dtype == "int64"
+    assert read(["70", "71"])["age"].dtype == "int64"
+    with pytest.raises(PipelineError, match=r"^column 'age' must be a whole number \(long\) as in the model's signa"):
+        read(["70.0", "70.5"])
+    with pytest.raises(PipelineError, match=r"^column 'age' must be numeric \(long\) as in the model's signature; fou"):
+        read(["70.0", "old"])
