@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -146,6 +147,21 @@ def listed(values: Any, shown: int = 5) -> str:
     values = list(values)
     more = f" and {len(values) - shown:,} more" if len(values) > shown else ""
     return ", ".join(map(repr, values[:shown])) + more
+
+
+def warn_of_alike_classes(target: str, classes: list[Any]) -> None:
+    """Labels that differ only in case or spaces (`' yes'`, `'Yes'`, `'YES '`) are separate classes to a model,
+    and a spreadsheet typed by hand is full of them: said in a warning (counted on the run), not merged."""
+    groups: dict[str, list[str]] = {}
+    for label in (c for c in classes if isinstance(c, str)):
+        groups.setdefault(" ".join(label.split()).casefold(), []).append(label)
+    alike = [" = ".join(map(repr, group)) for group in groups.values() if len(group) > 1]
+    if alike:
+        logging.getLogger("steps.features").warning(
+            "label '%s' has classes that differ only in case or spaces, each a class of its own: %s; if they are "
+            "one class, write them alike",
+            *(target, "; ".join(alike[:3]) + (f"; and {len(alike) - 3} more" if len(alike) > 3 else "")),
+        )
 
 
 def refuse_infinities(frame: pd.DataFrame, columns: list[str]) -> None:
@@ -377,6 +393,7 @@ def build_feature_spec(
             )
         classes = sorted(labels.unique().tolist(), key=lambda v: (str(type(v)), v))
         classes = [c.item() if hasattr(c, "item") else c for c in classes]
+        warn_of_alike_classes(target, classes)
     input_columns = [str(c) for c in frame.columns if c != target]
     return FeatureSpec(
         target,
