@@ -121,13 +121,26 @@ def detect_task(target: pd.Series) -> str:
     return REGRESSION
 
 
+def same_but_for_case(name: str, columns: Any) -> list[str]:
+    """The columns that are `name` but for case and spaces (`' label '` for `label`)."""
+    wanted = " ".join(name.split()).casefold()
+    return [str(c) for c in columns if " ".join(str(c).split()).casefold() == wanted]
+
+
+def not_in_data(what: str, name: str, columns: Any, fix: str) -> PipelineError:
+    """A column that is not there, the columns quoted (a space ending a header shows), and the one meant where a
+    column is the same name but for case and spaces (`' label '` for `label`)."""
+    alike = same_but_for_case(name, columns)
+    meant = f"; {alike[0]!r} differs only in case or spaces" if alike else ""
+    return PipelineError(f"{what} '{name}' is not in the data (columns: {listed(map(str, columns), 20)}{meant}); {fix}")
+
+
 def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -> None:
     """The checks every step that sees the raw table makes on its label column."""
     if frame.empty or len(frame.columns) == 0:
         raise PipelineError("the data has no rows; point data_uri at a table with data")
     if target not in frame.columns:
-        shown = ", ".join(map(str, frame.columns[:20]))
-        raise PipelineError(f"target column '{target}' is not in the data (columns: {shown}); pass -P target=<column>")
+        raise not_in_data("target column", target, frame.columns, "pass -P target=<column>")
     labels = frame[target].dropna()
     if labels.empty:
         raise PipelineError(f"target column '{target}' has no values; choose another -P target")

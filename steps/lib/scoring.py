@@ -10,7 +10,7 @@ import pandas as pd
 
 from steps.lib.drift import is_numeric
 from steps.lib.errors import PipelineError, one_line
-from steps.lib.features import infinite_rows
+from steps.lib.features import infinite_rows, same_but_for_case
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.model_loading import load_model
 from steps.lib.tables import NUMERIC_TYPES, not_as_signed
@@ -47,10 +47,12 @@ def check_batch(frame: pd.DataFrame, columns: list[tuple[str, str]], first_row: 
         raise PipelineError("the batch has no rows; pass a table with at least one row")
     missing = [name for name, _ in columns if name not in frame.columns]
     if missing:
+        alike = same_but_for_case(missing[0], frame.columns)[:1]
         raise PipelineError(
             f"the batch lacks column '{missing[0]}' that the model's signature needs"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + f"; expected columns: {', '.join(name for name, _ in columns)}"
+            + "".join(f"; the batch's {c!r} differs only in case or spaces" for c in alike)
+            + f"; expected columns: {', '.join(repr(name) for name, _ in columns)}"
         )
     for name, kind in (column for column in columns if column[1] in NUMERIC_TYPES):
         numbers = frame[name]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from steps.lib.errors import PipelineError
-from steps.lib.features import CLASSIFICATION, ISO8601, FeatureSpec, time_format_of
+from steps.lib.features import CLASSIFICATION, ISO8601, FeatureSpec, not_in_data, time_format_of
 from steps.lib.names import FEATURE_SPEC
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -187,8 +187,7 @@ def split_at_random(
 
 def column_of(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
     if column not in frame.columns:
-        shown = ", ".join(map(str, frame.columns[:20]))
-        raise PipelineError(f"{what} '{column}' is not in the data (columns: {shown}); pass an existing column")
+        raise not_in_data(what, column, frame.columns, "pass an existing column")
     return frame[column]
 
 

@@ -173,3 +173,28 @@ def test_featurize_refuses_infinite_numbers(tracking_uri, capsys, tmp_path, targ
     assert code == 0, stderr
     raw = f"runs:/{newest_run('load').info.run_id}/data"
     assert_failed_cleanly(capsys, "featurize", ["--raw-data-uri", raw, "--task", task], message)
+
+
+def test_a_column_that_is_not_there_shows_the_names_as_they_are_and_the_one_meant():
+    """A header ` label ` printed as `label ` in the list of columns could not be told from `label`; the names
+    are quoted now, and a name that is the one asked for but for case and spaces is pointed at."""
+    from steps.lib.errors import PipelineError
+    from steps.lib.features import validate_target
+    from steps.lib.scoring import check_batch
+    from steps.lib.splits import column_of
+
+    frame = pd.DataFrame({"age ": [30, 40], " label ": ["a", "b"]})
+    with pytest.raises(PipelineError) as refused:
+        validate_target(frame, "label")
+    assert str(refused.value) == (
+        "target column 'label' is not in the data (columns: 'age ', ' label '; ' label ' differs only in case or "
+        "spaces); pass -P target=<column>"
+    )
+    with pytest.raises(PipelineError, match=r"\(columns: 'age ', ' label '\); pass an existing column$"):
+        column_of(frame, "when", "time_column")
+    with pytest.raises(PipelineError) as refused:
+        check_batch(frame, [("Age", "long"), (" label ", "string")])
+    assert str(refused.value) == (
+        "the batch lacks column 'Age' that the model's signature needs; the batch's 'age ' differs only in case or "
+        "spaces; expected columns: 'Age', ' label '"
+    )
