@@ -303,6 +303,8 @@ def run_steps(
         | split.as_params(),
         {"raw_data": output_digest(load)},
     )
+    if featurize.data.tags.get("task") in ("classification", "regression"):  # a bound of the other task: said now
+        gates.thresholds(featurize.data.tags["task"])
     splits_uri = artifact_uri(featurize.info.run_id, SPLITS_DIR)
     splits = {"splits": output_digest(featurize)}
     tuned = pipeline.step("tune", {"splits_uri": splits_uri, "seed": seed, **tune.as_params()}, splits)

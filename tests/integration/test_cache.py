@@ -134,6 +134,19 @@ def test_a_comment_in_load_reruns_load_only_as_its_output_is_the_same(workspace)
     assert after["ids"]["load"] != before["load"] and after["ids"]["tune"] == before["tune"]
 
 
+def test_a_bound_of_the_other_task_fails_main_before_tune(workspace):
+    """`max_rmse` on iris was refused by evaluate, after the whole tune and train: main checks the bounds as
+    soon as featurize has told the task."""
+    failed = run_main(workspace, "max_rmse=0.5", expect_ok=False)
+    errors = [line for line in failed["result"].stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: main: max_rmse does not fit a classification task; use min_accuracy, min_f1_macro, "
+        "min_roc_auc_ovr, max_log_loss"
+    ], failed["result"].stderr[-2000:]
+    assert failed["main"].info.status == "FAILED"
+    assert failed["cached"] == {"load": "true", "featurize": "true", "tune": None, "train": None, "evaluate": None}
+
+
 def test_a_failed_step_fails_main_in_one_line_and_resumes_after_the_fix(workspace):
     # Only tune can tell that rmse does not fit iris: the task is known once featurize has run.
     failed = run_main(workspace, "metric=rmse", expect_ok=False)
