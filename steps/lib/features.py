@@ -223,6 +223,24 @@ def text_sample(present: pd.Series) -> pd.Series | None:
     return present.iloc[:: max(1, len(present) // TIME_SAMPLE)].astype(str).str.strip()
 
 
+def unread_numbers_or_dates(column: str, present: pd.Series) -> str:
+    """Why a unique text column that is nearly all digits and marks (`7 106,23`, dates in two formats) was not read
+    as numbers or dates: the end of its reason for being dropped, and a warning, as it may be the column that
+    matters; '' for text that is not such."""
+    sample = text_sample(present)
+    if sample is None or sample.str.fullmatch(r"[\d\s.,:/%€$£+\-−()']+").mean() < NUMBER_SHARE:
+        return ""
+    if sample.str.fullmatch(r"[0-9]+").mean() >= NUMBER_SHARE:  # digits alone: account numbers, IDs as they are
+        return ""
+    words = f"; nearly all digits and marks, such as {listed(sample.head(2))}: numbers or dates not read as such"
+    logging.getLogger("steps.features").warning(
+        "column '%s' dropped as ID-like (text unique per row)%s; if it matters, write it as plain numbers (1234.5) "
+        "or ISO dates (2024-05-31)",
+        *(column, words),
+    )
+    return words
+
+
 def time_format_of(present: pd.Series) -> TimeFormat | None:
     """The format in which (a spread sample of) the present values are nearly all dates or timestamps; None if
     there is none. Where two formats read the sample equally well (03/04/2024: month or day first), every value
@@ -339,7 +357,7 @@ def choose_columns(
             choice.numeric.append(column)
             choice.encodings[column] = as_numbers | {"levels": int(n_unique)}
         elif not is_numeric and nearly_unique:
-            choice.dropped[column] = "ID-like (text unique per row)"
+            choice.dropped[column] = "ID-like (text unique per row)" + unread_numbers_or_dates(str(column), present)
         elif is_numeric and n_unique == n_rows and _is_row_counter(present):
             choice.dropped[column] = "ID-like (a row counter)"
         elif is_numeric:

@@ -377,3 +377,23 @@ def test_classes_that_differ_only_in_case_or_spaces_are_warned_of(caplog):
     with caplog.at_level("WARNING", logger="steps.features"):
         build_feature_spec(frame.assign(answer=np.where(labels == "maybe", "maybe", "no")), "answer")
     assert not caplog.records
+
+
+def test_a_unique_column_of_numbers_or_dates_not_read_is_dropped_with_a_warning_saying_why(caplog):
+    """`7 106,23` (a space for thousands) and dates in two formats are read neither as numbers nor as dates, and
+    unique per row they were dropped as IDs without a word: the only predictive column of a table, once."""
+    rng = np.random.default_rng(0)
+    amounts = [f"{v:,.2f}".replace(",", " ").replace(".", ",") for v in rng.uniform(1_000, 9_000, 400)]
+    days = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.permutation(400), unit="D")
+    signed = [d.strftime("%Y-%m-%d" if i % 3 else "%d/%m/%Y") for i, d in enumerate(days)]
+    frame = pd.DataFrame({"amount": amounts, "signed": signed, "code": [f"C-{i:05d}x" for i in range(400)]})
+    frame["label"] = rng.choice(["a", "b"], 400)
+    frame["x"] = rng.normal(size=400)
+    with caplog.at_level("WARNING", logger="steps.features"):
+        spec = build_feature_spec(frame, "label", decimal_comma=True)
+    assert spec.dropped["code"] == "ID-like (text unique per row)"  # an ID as IDs are: no warning
+    for column in ("amount", "signed"):
+        assert spec.dropped[column].startswith("ID-like (text unique per row); nearly all digits and marks, such as ")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and warned[0].startswith("column 'amount' dropped as ID-like (text unique per row); ")
+    assert warned[0].endswith("if it matters, write it as plain numbers (1234.5) or ISO dates (2024-05-31)")
