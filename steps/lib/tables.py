@@ -204,7 +204,9 @@ def csv_batches(
     pending: list[pd.DataFrame] = []
     rows = 0
     for batch in reader(fixed):
-        pending.append(numbers_read(batch.to_pandas(), marked, types, dialect, in_text))
+        pending.append(
+            numbers_read(dialect.plain_whole_numbers(batch, types).to_pandas(), marked, types, dialect, in_text)
+        )
         rows += batch.num_rows
         while rows >= batch_rows:
             whole = pd.concat(pending, ignore_index=True)
@@ -217,8 +219,7 @@ def csv_batches(
 
 
 def marked_columns(types: dict[str, str], dialect: CsvDialect) -> list[str]:
-    """The signature's numeric columns read as text first: all of them when the file may write them with thousands
-    marks, its whole-number ones always (Arrow's int64 refuses `70.0`, as pandas writes them beside a gap)."""
+    """The signature's numbers read as text first: all with thousands marks, else the whole ones (`70.0`)."""
     return [name for name, kind in types.items() if kind in (NUMERIC_TYPES if dialect.thousands else WHOLE_TYPES)]
 
 
@@ -228,7 +229,7 @@ def numbers_read(
     """`marked` columns (text such as `1.234,50`) as the signature's numbers, a value that is not one an error
     naming the column, as Arrow's own conversion is; `text_numbers` columns (read as text) with their numbers
     written with decimal points, the rest of their values as they are."""
-    for name in (name for name in marked if name in frame.columns):
+    for name in (n for n in marked if n in frame.columns and not pd.api.types.is_numeric_dtype(frame[n])):
         text, kind = frame[name], types[name]
         numbers = dialect.number(text, kind)
         bad = text.notna() & numbers.isna()
