@@ -231,6 +231,13 @@ def csv_dialect(path: Path, shown: str) -> CsvDialect:
             f"'{shown}' has NUL bytes, which no text has: UTF-16 without a byte-order mark, or not a CSV file; "
             "save it as CSV UTF-8"
         )
+    with opened_text(path, encoding) as text:
+        first = text.readline(200).strip().lstrip("\ufeff")
+    if re.fullmatch(r"(?i)sep=.", first):  # Excel's hint, which Excel alone reads: every other reader takes a header
+        raise PipelineError(
+            f"'{shown}' starts with Excel's separator line `{first}`: delete that line (the header "
+            "must come first; the separator is found without it)"
+        )
     counts = {separator: header_columns(path, separator, encoding) for separator in (",", *SEPARATORS)}
     separator = max(counts, key=lambda each: (counts[each], each == ","))
     if separator == ",":

@@ -198,3 +198,14 @@ def test_a_column_that_is_not_there_shows_the_names_as_they_are_and_the_one_mean
         "the batch lacks column 'Age' that the model's signature needs; the batch's 'age ' differs only in case or "
         "spaces; expected columns: 'Age', ' label '"
     )
+
+
+@pytest.mark.parametrize("hint", ["sep=;", "\ufeffSEP=,"])
+def test_excels_separator_line_is_named_in_one_line(tracking_uri, capsys, tmp_path, hint):
+    """Excel writes (and reads) `sep=;` above the header; every other reader takes that line for the header, and
+    load said the rows had more values than the header has columns."""
+    separator = hint[-1]
+    lines = [hint, separator.join(["Income ($)", "city", "y"]), separator.join(["1", "Oslo", "a"])]
+    (tmp_path / "excel.csv").write_text("\n".join(lines * 1 + lines[2:] * 20) + "\n", encoding="utf-8")
+    message = f"starts with Excel's separator line `{hint.lstrip(chr(0xFEFF))}`: delete that line"
+    assert_failed_cleanly(capsys, "load", ["--data-uri", str(tmp_path / "excel.csv"), "--target", "y"], message)
