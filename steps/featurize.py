@@ -148,7 +148,7 @@ def run_featurize(
 
 @click.command()
 @click.option("--raw-data-uri", required=True, help="load's artifact URI, e.g. runs:/<load run>/data.")
-@click.option("--task", default="auto", type=click.Choice(["auto", *TASKS]), callback=unset_is_none)
+@click.option("--task", default="auto", type=click.Choice(["auto", *TASKS], False), callback=unset_is_none)
 @click.option("--seed", default=42, type=INT)
 @click.option("--validation-size", default=0.2, type=float)
 @click.option("--test-size", default=0.2, type=float)

@@ -35,11 +35,14 @@ class SplitOptions:
         }
 
 
+SPLIT_CHOICE = click.Choice(SPLIT_KINDS, case_sensitive=False)  # `-P split=Time` is meant as time
+
+
 def split_options(command: Any) -> Any:
     """featurize's and main's --split, --time-column and --group-column (`none`: not given)."""
     for option in reversed(
         (
-            click.option("--split", default="random", type=click.Choice(SPLIT_KINDS), help="random, time or group."),
+            click.option("--split", default="random", type=SPLIT_CHOICE, help="random, time or group."),
             click.option("--time-column", default="none", callback=unset_is_none, help="split=time: the time."),
             click.option("--group-column", default="none", callback=unset_is_none, help="split=group: the group."),
         )
