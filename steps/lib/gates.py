@@ -162,8 +162,8 @@ def better_than_gate(
         (who, s[metric]) for who, s in (("the model", scores), (what, reference)) if not math.isfinite(s[metric])
     ]
     if infinite:
-        listed = " and ".join(f"{who}'s is {value}" for who, value in infinite)
-        return Gate(name, False, f"{metric} cannot be compared on these test rows: {listed}; rescale the label")
+        scores_said = " and ".join(f"{who}'s is {value}" for who, value in infinite)
+        return Gate(name, False, f"{metric} cannot be compared on these test rows: {scores_said}; rescale the label")
 
     check = MetricThreshold(
         min_absolute_change=max(min_delta, STRICTLY_BETTER), greater_is_better=greater_is_better(metric)
