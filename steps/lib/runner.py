@@ -74,8 +74,8 @@ def step_run(step: str, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
                     raise
                 print(f"error: {step}: {message}", file=sys.stderr, flush=True)
                 sys.exit(1)
-            except KeyboardInterrupt:
-                record_failure(step, "interrupted (Ctrl-C)", log, "KILLED")
+            except KeyboardInterrupt as stop:
+                record_failure(step, interruption(stop), log, "KILLED")
                 raise
             except Exception as error:
                 record_unexpected(step, error, log)
@@ -247,17 +247,56 @@ def tracking_unreachable(error: BaseException) -> str:
     )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM (`kill`, `timeout`, MLflow cancelling a run): the step ends its run KILLED."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+def terminated(stop: BaseException) -> bool:
+    return isinstance(stop, Interrupted) and stop.signal == "SIGTERM"
+
+
+def interruption(stop: BaseException) -> str:
+    return "interrupted (SIGTERM)" if terminated(stop) else "interrupted (Ctrl-C)"
+
+
+def end_on_signals() -> None:
+    """SIGTERM ends a step as Ctrl-C does (its run KILLED, saying which), not in the middle of a write with its
+    run left RUNNING; the first of the two ends it, and the rest are ignored so that ending is not cut short (a
+    terminal's Ctrl-C reaches main, and then `mlflow run` terminates it). A signal ignored as the process started
+    (a background job's SIGINT) stays ignored."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    for each, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(each) is default:
+            signal.signal(each, stop)
+
+
 def run_cli(command: click.Command, step: str) -> None:
     """Run a step's click command; a bad option value gets the same one-line error and FAILED run."""
     move_tracking_credentials()
     small_pages_for_arrays()
     no_collection_at_exit()
+    end_on_signals()
     try:
         command.main(standalone_mode=False)
     except click.exceptions.Exit as done:  # --help
         sys.exit(done.exit_code)
-    except (click.ClickException, click.Abort) as error:
-        message = one_line(error.format_message() if isinstance(error, click.ClickException) else "aborted")
+    except click.Abort as error:  # click's name for a KeyboardInterrupt: step_run ended the run KILLED, said why
+        if isinstance(error.__context__, KeyboardInterrupt):
+            print(f"error: {step}: {interruption(error.__context__)}", file=sys.stderr, flush=True)
+            sys.exit(143 if terminated(error.__context__) else 130)  # 128 + the signal's number, as shells say
+        raise
+    except click.ClickException as error:
+        message = one_line(error.format_message())
         log = StepLog.start(step)
         try:
             with mlflow.start_run():

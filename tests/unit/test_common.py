@@ -324,3 +324,44 @@ def test_a_step_leaves_what_it_imported_out_of_the_collections_at_its_exit():
     ran = subprocess.run([sys.executable, "-c", step], capture_output=True, text=True, cwd=PROJECT_DIR)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.splitlines()[-2:] == ["frozen before exit: False", "frozen at exit: True"], ran.stdout
+
+
+@pytest.mark.parametrize("sent", ["SIGTERM", "SIGINT"])
+def test_a_step_ended_by_a_signal_ends_its_run_killed_and_says_which(sent, tmp_path, store_template):
+    """SIGTERM (`kill`, `timeout`, MLflow cancelling a run) killed a step on the spot, its run left RUNNING; and a
+    terminal's Ctrl-C reaches main, which `mlflow run` then terminates: main died mid-way without a word. Either
+    signal now ends the run KILLED saying which, and a second one does not cut that short."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import fresh_store
+
+    uri = fresh_store(store_template, tmp_path)
+    ready = tmp_path / "ready"
+    step = (
+        "import pathlib, time, click; from steps.lib.runner import run_cli, step_run\n"
+        "def work():\n"
+        "    with step_run('noop'):\n"
+        f"        pathlib.Path({str(ready)!r}).touch(); time.sleep(60)\n"
+        "run_cli(click.Command('noop', callback=work), 'noop')\n"
+    )
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    child = subprocess.Popen([sys.executable, "-c", step], cwd=PROJECT_DIR, env=env, text=True, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), child.communicate()[1][-2000:]
+    child.send_signal(getattr(signal, sent))
+    time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)  # as `mlflow run` terminates main after a Ctrl-C
+    _, stderr = child.communicate(timeout=60)
+    said = "interrupted (SIGTERM)" if sent == "SIGTERM" else "interrupted (Ctrl-C)"
+    assert child.returncode == (143 if sent == "SIGTERM" else 130), stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"error: noop: {said}"
+    [run] = MlflowClient(uri).search_runs(["0"])
+    assert (run.info.status, run.data.tags["pipeline.error"]) == ("KILLED", said)
