@@ -39,7 +39,7 @@ from steps.lib.names import (
     WARNINGS_TAG,
 )
 from steps.lib.profiles import DEFAULTS, UNSET, read_profile, resolve, write_resolved
-from steps.lib.reaper import reap_dead_runs
+from steps.lib.reaper import killed_as_recorded, reap_dead_runs
 from steps.lib.registry import CHAMPION, DEFAULT_REGISTERED_MODEL_NAME, check_model_name
 from steps.lib.runner import INT, as_param, clean_up_after, flag, parse_bool, run_cli, step_run, unset_is_none
 from steps.lib.search_options import TuneOptions, tune_options
@@ -108,17 +108,18 @@ def launch_step(
             synchronous=True,
         )
         run_id = submitted.run_id
-    except ExecutionException:
+    except (ExecutionException, KeyboardInterrupt) as stop:
         children = client.search_runs(
             [experiment_id],
             filter_string=(f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ENTRY_POINT_TAG}` = '{entry_point}'"),
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        if not children:
+        killed_as_recorded(client, children[0] if children else None)
+        if not children or isinstance(stop, KeyboardInterrupt):
             raise
         run_id = children[0].info.run_id
-    run = said_why(client, client.get_run(run_id), entry_point)
+    run = killed_as_recorded(client, said_why(client, client.get_run(run_id), entry_point))
     return StepResult(
         entry_point,
         run_id,

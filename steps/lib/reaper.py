@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -96,3 +97,16 @@ def delete_undecided_versions(client: MlflowClient, evaluate_run_id: str) -> Non
         if GATES_PASSED_TAG not in version.tags:
             logger.warning("deleting %s v%s: its evaluate died before deciding", version.name, version.version)
             client.delete_model_version(version.name, version.version)
+
+
+def killed_as_recorded(client: MlflowClient, run: Run | None) -> Run | None:
+    """A step run that ended itself KILLED (Ctrl-C or SIGTERM: `pipeline.error` `interrupted (...)`) set KILLED
+    again: MLflow 3.17's `mlflow.projects` writes FAILED over it as it waits for or cancels the step (its
+    `_maybe_set_run_terminated` compares the run's status, text, with `RunStatus`' numbers). The run, as it is now."""
+    if run is None or run.info.status != "FAILED" or not run.data.tags.get(ERROR_TAG, "").startswith("interrupted ("):
+        return run
+    try:
+        client.set_terminated(run.info.run_id, status="KILLED")
+        return client.get_run(run.info.run_id)
+    except MlflowException:  # the store is away: the reason is in pipeline.error all the same
+        return run
