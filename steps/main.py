@@ -115,8 +115,8 @@ def launch_step(
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        killed_as_recorded(client, children[0] if children else None)
         if not children or isinstance(stop, KeyboardInterrupt):
+            killed_as_recorded(client, children[0] if children else None)
             raise
         run_id = children[0].info.run_id
     run = killed_as_recorded(client, said_why(client, client.get_run(run_id), entry_point))

@@ -33,7 +33,7 @@ from steps.lib.charts import BLUE, INK, ORANGE, RED, Panel, Series, bar_rows_svg
 from steps.lib.console import say
 from steps.lib.drift import MISSING_CHANGE, TIMES, BatchProfile, DriftRule, as_numbers, drift_table, is_numeric
 from steps.lib.errors import PipelineError
-from steps.lib.features import CLASSIFICATION, FeatureSpec, infinite_rows, listed
+from steps.lib.features import CLASSIFICATION, FeatureSpec, infinite_rows, quoted
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.metrics import among_classes, greater_is_better
 from steps.lib.model_loading import load_model
@@ -313,7 +313,7 @@ def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> d
     known = among_classes(rows[spec.target], spec.classes) if spec.task == CLASSIFICATION and spec.classes else None
     unseen = {} if known is None or known.all() else {"n_rows_of_unseen_classes": int((~known).sum())}
     if unseen:  # a class the model was never trained on: no score can count its rows
-        new = listed(sorted(map(str, rows.loc[~known, spec.target].unique())))
+        new = quoted(sorted(map(str, rows.loc[~known, spec.target].unique())))
         logger.warning(
             "the batch's labels include class(es) the model was not trained on (%s: %d rows); the live %s is on the "
             "other %d labelled rows",

@@ -132,7 +132,7 @@ def not_in_data(what: str, name: str, columns: Any, fix: str) -> PipelineError:
     column is the same name but for case and spaces (`' label '` for `label`)."""
     alike = same_but_for_case(name, columns)
     meant = f"; {alike[0]!r} differs only in case or spaces" if alike else ""
-    return PipelineError(f"{what} '{name}' is not in the data (columns: {listed(map(str, columns), 20)}{meant}); {fix}")
+    return PipelineError(f"{what} '{name}' is not in the data (columns: {quoted(map(str, columns), 20)}{meant}); {fix}")
 
 
 def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -> None:
@@ -155,7 +155,7 @@ def validate_target(frame: pd.DataFrame, target: str, task: str | None = None) -
         raise PipelineError(f"unknown task '{task}'; use auto, classification or regression")
 
 
-def listed(values: Any, shown: int = 5) -> str:
+def quoted(values: Any, shown: int = 5) -> str:
     """The first values, quoted, and how many more: an error of one line, not thousands of labels."""
     values = list(values)
     more = f" and {len(values) - shown:,} more" if len(values) > shown else ""
@@ -232,7 +232,7 @@ def unread_numbers_or_dates(column: str, present: pd.Series) -> str:
         return ""
     if sample.str.fullmatch(r"[0-9]+").mean() >= NUMBER_SHARE:  # digits alone: account numbers, IDs as they are
         return ""
-    words = f"; nearly all digits and marks, such as {listed(sample.head(2))}: numbers or dates not read as such"
+    words = f"; nearly all digits and marks, such as {quoted(sample.head(2))}: numbers or dates not read as such"
     logging.getLogger("steps.features").warning(
         "column '%s' dropped as ID-like (text unique per row)%s; if it matters, write it as plain numbers (1234.5) "
         "or ISO dates (2024-05-31)",
@@ -402,7 +402,7 @@ def build_feature_spec(
         words = labels[pd.to_numeric(labels, errors="coerce").isna()]
         raise PipelineError(
             f"target '{target}' is not numeric, so it cannot be a regression target: {len(words):,} of "
-            f"{len(labels):,} labels are not numbers ({listed(words.unique())}); clean them (an empty cell is an "
+            f"{len(labels):,} labels are not numbers ({quoted(words.unique())}); clean them (an empty cell is an "
             "unlabelled row), or use -P task=classification"
         )
     choice = choose_columns(frame, target, counted, decimal_comma)
@@ -418,7 +418,7 @@ def build_feature_spec(
         if not rare.empty:
             numbers = len(rare) > 5 and pd.to_numeric(labels, errors="coerce").notna().mean() >= 0.5
             raise PipelineError(
-                f"class(es) {listed(rare.index)} have fewer than {MIN_ROWS_PER_CLASS} rows, too few for a stratified "
+                f"class(es) {quoted(rare.index)} have fewer than {MIN_ROWS_PER_CLASS} rows, too few for a stratified "
                 "train/validation/test split; drop or merge them"
                 + ("; the label is mostly numbers: pass -P task=regression (and clean the rest)" if numbers else "")
             )
