@@ -120,8 +120,10 @@ def split_frame(
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:
-    """The labels as integer codes 0..k-1, in sorted label order (without sorting a million strings)."""
-    return pd.factorize(labels.to_numpy(), sort=True)[0]
+    """The labels as integer codes 0..k-1, in sorted label order (without sorting a million strings). Factorized
+    as the Series they are: text labels stay in Arrow (its dictionary encoding), where `to_numpy()` made a
+    million Python strings first (0.11-0.29 s of featurize's 0.4-0.8 s split at a million rows, against 0.02-0.04 s)."""
+    return pd.factorize(labels, sort=True)[0]
 
 
 def shared_out(total: int, counts: np.ndarray) -> np.ndarray:
