@@ -77,12 +77,15 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 def frame_schema(frame: pd.DataFrame) -> Schema | None:
     """MLflow's inferred schema of `frame` (see `table_dataset`); None where MLflow could not infer one."""
-    from mlflow.types.utils import _infer_schema  # the function PandasDataset.schema calls
+    from mlflow.types.utils import _infer_numpy_dtype, _infer_schema  # what PandasDataset.schema calls, and it
 
     specs = []
     try:
         for column in frame.columns:
             values = frame[column]
+            if values.dtype.kind != "O":  # numbers, true/false, times: MLflow types them by the dtype alone
+                specs.append(ColSpec(_infer_numpy_dtype(values.dtype), column, required=not values.hasnans))
+                continue
             sample = values.head(10 * SCHEMA_SAMPLE_ROWS).dropna().head(SCHEMA_SAMPLE_ROWS)
             if sample.empty:  # missing in every early row: look further (not copying a million rows otherwise)
                 present = values.dropna()
