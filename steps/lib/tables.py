@@ -202,19 +202,19 @@ def csv_batches(
             if pa.types.is_null(field.type):
                 fixed[field.name] = pa.string()
     pending: list[pd.DataFrame] = []
-    rows = 0
+    rows = read = 0
     for batch in reader(fixed):
         pending.append(
             numbers_read(dialect.plain_whole_numbers(batch, types).to_pandas(), marked, types, dialect, in_text)
         )
-        rows += batch.num_rows
+        rows, read = rows + batch.num_rows, read + batch.num_rows
         while rows >= batch_rows:
             whole = pd.concat(pending, ignore_index=True)
             yield whole.iloc[:batch_rows]
             pending, rows = [whole.iloc[batch_rows:]], len(whole) - batch_rows
     if rows:
         yield pd.concat(pending, ignore_index=True)
-    elif not any(len(frame) for frame in pending):  # a header and no rows: an empty frame, the checks say so
+    elif not read:  # a header and no rows: an empty frame, the checks say so
         yield first.schema.empty_table().to_pandas()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -207,6 +208,20 @@ def test_reading_in_batches_holds_a_batch_not_the_file(tmp_path):
     writer.close()
     held = [pa.total_allocated_bytes() for frame in read_batches(str(tmp_path / "big.parquet"), {}, 20_000)]
     assert len(held) == 20 and max(held) <= 1.05 * held[0]
+
+
+@pytest.mark.parametrize("rows, sizes", [(30, [10, 10, 10]), (25, [10, 10, 5]), (0, [0])])
+def test_a_csv_in_batches_is_its_rows_and_no_empty_frame_after_them(tmp_path, rows, sizes):
+    """Batches of exactly `batch_rows`, the rest last; an empty frame only for a file of no rows (the checks
+    then say so), not after a file whose rows fill its batches exactly."""
+    from steps.lib.tables import read_batches
+
+    pd.DataFrame({"x": np.arange(rows, dtype=float), "y": ["a"] * rows}).to_csv(tmp_path / "t.csv", index=False)
+    frames = list(read_batches(str(tmp_path / "t.csv"), {"x": "double"}, 10))
+    assert [len(frame) for frame in frames] == sizes
+    assert list(frames[0].columns) == ["x", "y"]
+    if rows:
+        assert pd.concat(frames)["x"].tolist() == list(range(rows))
 
 
 def test_reading_in_batches_makes_the_checks_reading_whole_makes(tmp_path):
