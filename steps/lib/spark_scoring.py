@@ -64,7 +64,7 @@ def read_table(
     for name, kind in columns:
         if name in frame.columns and kind in SPARK_TYPES:
             column = F.col(f"`{name}`")
-            if kind in NUMERIC_TYPES and dialect.thousands:  # `1.234,50`: without its marks, as Spark reads numbers
+            if kind in NUMERIC_TYPES and (dialect.thousands or kind in WHOLE_TYPES):  # `1.234,50`, `70.0`: by pattern
                 column = marked_number(F, column, dialect, name, kind)
             frame = frame.withColumn(name, column.cast(SPARK_TYPES[kind]))
     return frame
@@ -84,11 +84,14 @@ def marked_number(F: Any, column: Any, dialect: CsvDialect, name: str, kind: str
     """A Spark column of text in `dialect` (`1.234,50`) as text with decimal points (`1234.50`), by the same
     pattern as the local backend (`31.05.2024` or `1.5` in a decimal-comma file is no number there either; `1,5`
     is no whole number for a long or integer column): a value that does not match fails the job, naming the
-    column and the value."""
+    column and the value. A whole number may end in a fraction of zeros (`70.0`, as pandas writes a column of
+    whole numbers with a gap), as the local backend reads it: Spark's cast (ANSI, Spark 4's default) refuses it."""
     whole_only = kind in WHOLE_TYPES
     refusal = not_as_signed(name, kind, "a whole number" if whole_only else "numeric")
     text = F.regexp_replace(F.regexp_replace(column, r"^[\s\u00a0]+|[\s\u00a0]+$", ""), "−", "-")
-    plain = F.regexp_replace(F.regexp_replace(text, re.escape(dialect.thousands), ""), re.escape(dialect.decimal), ".")
+    unmarked = F.regexp_replace(text, re.escape(dialect.thousands), "") if dialect.thousands else text
+    plain = F.regexp_replace(unmarked, re.escape(dialect.decimal), ".")
+    plain = F.regexp_replace(plain, r"^\+|\.0*$", "") if whole_only else plain
     found = F.raise_error(F.concat(F.lit(f"{refusal}'"), text, F.lit("'")))
     missing = text.isNull() | text.isin(*missing_text())  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
     return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern(whole_only)), plain).otherwise(found)
