@@ -66,6 +66,8 @@ def read_table(
             column = F.col(f"`{name}`")
             if kind in NUMERIC_TYPES and (dialect.thousands or kind in WHOLE_TYPES):  # `1.234,50`, `70.0`: by pattern
                 column = marked_number(F, column, dialect, name, kind)
+            elif kind in NUMERIC_TYPES:
+                column = named_cast(F, column, name, kind)
             frame = frame.withColumn(name, column.cast(SPARK_TYPES[kind]))
     return frame
 
@@ -95,6 +97,15 @@ def marked_number(F: Any, column: Any, dialect: CsvDialect, name: str, kind: str
     found = F.raise_error(F.concat(F.lit(f"{refusal}'"), text, F.lit("'")))
     missing = text.isNull() | text.isin(*missing_text())  # as pandas and Arrow read them: `NA` (R's write.csv2), ...
     return F.when(missing, F.lit(None)).when(text.rlike(dialect.pattern(whole_only)), plain).otherwise(found)
+
+
+def named_cast(F: Any, column: Any, name: str, kind: str) -> Any:  # noqa: N803 (Spark's F)
+    """A Spark column of text cast to the signature's number type, where a value that is no number fails the
+    job naming the column and the value, as the local backend says it (Spark's own cast names neither)."""
+    typed = column.try_cast(SPARK_TYPES[kind])
+    missing = column.isNull() | column.isin(*missing_text())
+    found = F.raise_error(F.concat(F.lit(f"{not_as_signed(name, kind)}'"), column, F.lit("'")))
+    return F.when(missing, F.lit(None)).when(typed.isNull(), found).otherwise(typed)
 
 
 def missing_text() -> tuple[str, ...]:

@@ -142,6 +142,15 @@ def test_predict_on_spark_writes_the_local_backends_columns_and_values(store, tm
     refused = "column 'Income ($)' must be numeric (double) as in the model's signature; found 'lots'"
     assert code == 1 and errors == [f"error: predict: scoring on Spark failed: {refused}"], stderr[-3000:]
 
+    wordy = batch.astype({"Income ($)": object})  # a word past the rows the driver checks, in a plain CSV
+    wordy.loc[1300, "Income ($)"] = "lots"
+    wordy.to_csv(tmp_path / "wordy.csv", index=False)
+    flags = ["--data-uri", str(tmp_path / "wordy.csv"), "--model-uri", model_uri, "--backend", "spark"]
+    code, stderr = cli_on(store, "predict", *flags, "--spark-master", "local[2]")
+    errors = [line for line in stderr.splitlines() if line.startswith("error: predict: ")]
+    refused = "column 'Income ($)' must be numeric (double) as in the model's signature; found 'lots'"
+    assert code == 1 and errors == [f"error: predict: scoring on Spark failed: {refused}"], stderr[-3000:]
+
     infinite = batch.copy()  # an infinity past the rows the driver checks, in a plain CSV: Spark reads it as one
     infinite.loc[1200, "Income ($)"] = np.inf
     infinite.to_csv(tmp_path / "infinite.csv", index=False)
