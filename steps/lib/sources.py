@@ -13,7 +13,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.digest_utils import MAX_ROWS, get_normalized_md5_digest
 from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.exceptions import MlflowException
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, DataType, Schema
 
 from steps.lib.errors import is_unique_key_clash
 from steps.lib.tables import fetch_local
@@ -85,6 +85,9 @@ def frame_schema(frame: pd.DataFrame) -> Schema | None:
             values = frame[column]
             if values.dtype.kind != "O":  # numbers, true/false, times: MLflow types them by the dtype alone
                 specs.append(ColSpec(_infer_numpy_dtype(values.dtype), column, required=not values.hasnans))
+                continue
+            if isinstance(values.dtype, pd.StringDtype) and not values.isna().all():  # text in every present row
+                specs.append(ColSpec(DataType.string, column, required=not values.hasnans))
                 continue
             sample = values.head(10 * SCHEMA_SAMPLE_ROWS).dropna().head(SCHEMA_SAMPLE_ROWS)
             if sample.empty:  # missing in every early row: look further (not copying a million rows otherwise)

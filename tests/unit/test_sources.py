@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.types.utils import _infer_schema
 
@@ -38,6 +39,25 @@ def test_digest_and_schema_equal_mlflows_own():
     schema = frame_schema(frame)
     assert schema == _infer_schema(frame)
     assert not schema.input_dict()["score"].required and schema.input_dict()["seniority (years)"].required
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(["a", None, "b"], dtype="str"),
+        pd.Series([None, None], dtype="str"),  # no text to type it by: MLflow's Any
+        pd.Series(["a", None], dtype="string[pyarrow]"),
+        pd.Series(["a", None], dtype="string[python]"),
+        pd.Series(["a", "b"], dtype="category"),
+        pd.Series([1, None], dtype="Int64"),
+        pd.Series([True, None], dtype=object),
+        pd.Series(np.array(["2024-05-31", "NaT"], dtype="datetime64[ns]")),
+    ],
+)
+def test_each_kind_of_column_is_typed_as_mlflow_types_it(values):
+    """Numbers, true/false and times by their dtype, text by its dtype, the rest from a sample: MLflow's types."""
+    frame = pd.DataFrame({"column": values})
+    assert frame_schema(frame) == _infer_schema(frame)
 
 
 def test_the_dataset_logs_them():
