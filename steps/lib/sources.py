@@ -76,8 +76,10 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 
 def frame_schema(frame: pd.DataFrame) -> Schema | None:
-    """MLflow's inferred schema of `frame` (see `table_dataset`); None where MLflow could not infer one."""
-    from mlflow.types.utils import _infer_numpy_dtype, _infer_schema  # what PandasDataset.schema calls, and it
+    """MLflow's inferred schema of `frame` (see `table_dataset`); None where MLflow could not infer one. MLflow
+    types a column of numbers, true/false or times by its dtype, and text by every value: here a string dtype
+    with a value is text, and only object columns are typed from a sample of their values."""
+    from mlflow.types.utils import _infer_numpy_dtype, _infer_schema  # PandasDataset.schema's, and its dtype map
 
     specs = []
     try:
