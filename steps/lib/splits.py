@@ -120,10 +120,12 @@ def split_frame(
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:
-    """The labels as integer codes 0..k-1, in sorted label order (without sorting a million strings). Factorized
-    as the Series they are: text labels stay in Arrow (its dictionary encoding), where `to_numpy()` made a
-    million Python strings first (0.11-0.29 s of featurize's 0.4-0.8 s split at a million rows, against 0.02-0.04 s)."""
-    return pd.factorize(labels, sort=True)[0]
+    """The labels as integer codes 0..k-1, in sorted label order (without sorting a million strings). Text labels
+    are factorized in Arrow (its dictionary encoding; the same codes): `to_numpy()` made a million Python strings
+    first (0.11-0.29 s of featurize's 0.4-0.8 s split at a million rows, against 0.02-0.04 s). Any other labels
+    as values (a categorical's own order of categories would change the codes, and so a seed's split)."""
+    text = isinstance(labels.dtype, pd.StringDtype)
+    return pd.factorize(labels if text else labels.to_numpy(), sort=True)[0]
 
 
 def shared_out(total: int, counts: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, REGRESSION, build_feature_spec, choose_columns
-from steps.lib.splits import SPLIT_NAMES, drawn_parts, split_frame
+from steps.lib.splits import SPLIT_NAMES, drawn_parts, label_strata, split_frame
 from tests.conftest import PROJECT_DIR
 
 
@@ -100,6 +100,21 @@ def test_a_random_split_with_fewer_rows_than_classes_is_refused_in_one_line():
         "cannot split 12 rows into 7 train, 3 validation and 2 test rows (a split of fewer rows than the 3 classes); "
         "use more data, or raise the smallest of validation_size and test_size"
     )
+
+
+def test_the_strata_are_the_labels_codes_in_sorted_order_whatever_their_dtype():
+    """Text labels are coded in Arrow, the rest as values: the codes (and so a seed's split) as before, a
+    categorical's own order of categories notwithstanding."""
+    words = np.random.default_rng(0).choice(["b", "A", "a", "é", "Z", "<=50K", ">50K"], 2_000)
+    for labels in (
+        pd.Series(words, dtype="str"),
+        pd.Series(pd.Categorical(words, categories=["Z", "b", "a", "A", "é", "<=50K", ">50K"])),
+        pd.Series(words, dtype=object),
+        pd.Series(np.arange(2_000) % 3 == 0),
+    ):
+        codes = label_strata(labels)
+        assert codes.tolist() == pd.factorize(labels.to_numpy(), sort=True)[0].tolist()
+        assert set(labels.to_numpy()[codes == 0]) == {min(labels.to_numpy())}  # the first label in sorted order
 
 
 def test_drawn_parts_share_out_each_class_by_largest_remainders():
