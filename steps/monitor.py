@@ -250,11 +250,12 @@ def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
     model's signature types as text or true/false (a category or a time that looks numeric, or like a date,
     early in the file stays text, so a different value later is tallied, not a failed read; with_predictions
     turns true/false text into True/False, as the model was fitted on) and the numeric ones (text in one is a
-    reported schema change); the label as the training rows had it (numbers or text)."""
+    reported schema change); the label as the training rows had it (numbers, true/false or text)."""
     text = [name for name, kind in signature_kinds(pyfunc) if kind == "string"]  # none: the first block's types
     numeric_labels = spec.task != CLASSIFICATION or all(is_number(c) for c in spec.classes or ["?"])
+    true_false = spec.task == CLASSIFICATION and all(isinstance(c, (bool, np.bool_)) for c in spec.classes or ["?"])
     as_text = dict.fromkeys([*text, *true_false_columns(pyfunc), *spec.numeric], "string")
-    return as_text | {spec.target: "double" if numeric_labels else "string"}
+    return as_text | {spec.target: "double" if numeric_labels else "boolean" if true_false else "string"}
 
 
 def is_number(value: Any) -> bool:
@@ -323,6 +324,7 @@ def live_performance(model: Any, reference: Reference, batch: pd.DataFrame) -> d
     if rows.empty or not reference.metric:
         return unseen
     features, labels = features_and_target(rows, spec)
+    labels = labels.infer_objects()  # True/False read beside gaps arrive as objects: scikit-learn's "unknown" type
     live = metrics_on(model, features, labels, spec.task, only=reference.metric).get(reference.metric)
     if live is None:
         return unseen

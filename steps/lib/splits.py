@@ -116,7 +116,18 @@ def split_frame(
         groups = column_of(frame, column, "group_column").iloc[labelled]
         parts = split_by_group(groups, spec, seed, validation_size, test_size)
     with ThreadPoolExecutor(len(parts)) as pool:  # Arrow's take lets go of the GIL: three at once
-        return Splits(*pool.map(lambda rows: frame.take(labelled[rows]).reset_index(drop=True), parts))
+        taken = pool.map(lambda rows: plain_labels(frame.take(labelled[rows]).reset_index(drop=True), spec), parts)
+        return Splits(*taken)
+
+
+def plain_labels(part: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """A split's labels (all present) in numpy's type where they were pandas' nullable one (`boolean`, `Int64`,
+    as a Parquet column with gaps reads): scikit-learn turned those into floats, and the model predicted 1.0
+    and 0.0 for True and False (`proba_1.0`), where the feature spec says [False, True]."""
+    labels = part[spec.target]
+    if isinstance(labels.dtype, pd.api.extensions.ExtensionDtype) and labels.dtype.kind in "biuf":
+        part[spec.target] = labels.to_numpy(dtype=labels.dtype.numpy_dtype)
+    return part
 
 
 def label_strata(labels: pd.Series) -> np.ndarray:

@@ -25,6 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from steps.lib.column_types import pandas_names, plain_columns
 from steps.lib.csv_dialect import COMMAS, WHOLE_TYPES, CsvDialect, arrow_columns, csv_dialect, without_trailing_column
 from steps.lib.errors import PipelineError, one_line
 from steps.lib.signing import sha256_file
@@ -140,11 +141,10 @@ def read_batches(
             if kind == "parquet":
                 import pyarrow.parquet
 
-                # pre_buffer (the default) keeps every column chunk read so far: memory grew with the file
-                # (3,000,000 rows: 144 -> 397 MB of Arrow memory over 30 batches; without it, flat at 105 MB).
+                # pre_buffer (the default) kept each chunk read: 3,000,000 rows, 144 -> 397 MB; without, 105 MB
                 parquet = pyarrow.parquet.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
                 for batch in parquet.iter_batches(batch_size=batch_rows):
-                    yield batch.to_pandas()
+                    yield pandas_names(batch.to_pandas(), shown)
             else:
                 yield from csv_batches(path, names, types, batch_rows, dialect, text_numbers)
         except PipelineError:
@@ -433,7 +433,7 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
             frame = dialect.marked_numbers(without_trailing_column(frame, names))
             frame.attrs["csv_dialect"] = dataclasses.asdict(dialect)  # for load's metadata (featurize reads it)
             return frame
-        return read_frame(path)
+        frame = read_frame(path)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"'{shown}' is empty: it has no header and no rows") from None
     except pd.errors.ParserWarning:  # pandas would take the first values as an index and shift the rest
@@ -443,14 +443,14 @@ def read_table_file(path: Path, shown_uri: str) -> pd.DataFrame:
         ) from None
     except Exception as error:
         raise PipelineError(f"cannot read '{shown}' as {kind}: {one_line(str(error), 200)}") from None
+    return plain_columns(frame, shown)
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """A Parquet file as a frame equal to pandas' `read_parquet`, for every read of a whole table (load's of a
-    user's file, featurize's of load's, each step's of its splits): each column its own block (pandas copies the
-    floats into one 2-D block) and Arrow's memory freed as each column is converted (a million rows of 29 columns
-    in a new process: 0.38-0.45 s, ~110 MB less peak, against 0.72-1.05 s); each column chunk read from the file
-    as it is decoded (`pre_buffer`, for object stores, first reads the whole file: ~160 MB more, no faster)."""
+    """A Parquet file as a frame equal to pandas' `read_parquet`, for every read of a whole table (load's, each
+    step's of its splits): each column its own block (pandas copies the floats into one 2-D block) and Arrow's
+    memory freed as each is converted (a million rows of 29 columns: 0.38-0.45 s, ~110 MB less peak, against
+    0.72-1.05 s); each column chunk read as it is decoded (`pre_buffer` first reads the file: ~160 MB more)."""
     return pd.read_parquet(path, pre_buffer=False, to_pandas_kwargs={"split_blocks": True, "self_destruct": True})
 
 

@@ -96,6 +96,61 @@ def test_steps_chained_by_hand_on_your_own_csv(project, store, tmp_path, in_proc
     assert set(model.predict(raw_rows)) <= {"yes", "no"}
 
 
+def test_parquet_types_mlflow_refuses_are_read_plain_through_to_a_champion(store, tmp_path, in_process):
+    """A Parquet file of times with a time zone, a categorical, unsigned 64-bit integers, decimals, a column
+    without a name and a nullable true/false label with gaps: evaluate's check of the registered model failed
+    with a traceback (MLflow refused the time zone and the categorical), the signature became `Any` (uint64),
+    train's input example failed (decimals), and the model predicted 1.0/0.0. Now a champion that predicts
+    True/False, and monitor of a labelled CSV batch of it (its labels read as true/false, not as text)."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    n = 400
+    x = rng.normal(size=n)
+    label = pd.array(x + rng.normal(scale=0.5, size=n) > 0, dtype="boolean")
+    label[rng.choice(n, 20, replace=False)] = pd.NA
+    table = pa.table(
+        {
+            "x": x,
+            "seen at": pa.array(pd.date_range("2024-01-01", periods=n, freq="h", tz="Europe/Berlin")),
+            "region": pa.array(rng.choice(["north", "south", "east"], n)).dictionary_encode(),
+            "count": pa.array(rng.integers(0, 100, n).astype(np.uint64)),
+            "price": pa.array([decimal.Decimal(f"{v:.2f}") for v in rng.normal(100, 10, n)], pa.decimal128(10, 2)),
+            "": rng.normal(size=n),
+            "member": pa.array(label),
+        }
+    )
+    pq.write_table(table, tmp_path / "types.parquet")
+    client = MlflowClient(store)
+    in_process("load", "--data-uri", str(tmp_path / "types.parquet"), "--target", "member")
+    load = newest(client, "load")
+    in_process("featurize", "--raw-data-uri", f"runs:/{load.info.run_id}/data")
+    featurize = newest(client, "featurize")
+    spec = json.loads(mlflow.artifacts.load_text(f"runs:/{featurize.info.run_id}/splits/feature_spec.json"))
+    assert spec["classes"] == [False, True] and "Unnamed: 5" in spec["input_columns"]
+    splits_uri = f"runs:/{featurize.info.run_id}/splits"
+    in_process("train", "--splits-uri", splits_uri, "--model", "hist_gradient_boosting", "--threads", "1")
+    train = newest(client, "train")
+    signature = mlflow.models.get_model_info(train.data.tags["model_uri"]).signature.inputs.to_dict()
+    assert {column["name"]: column["type"] for column in signature} == {
+        "x": "double", "seen at": "datetime", "region": "string", "count": "long", "price": "double",
+        "Unnamed: 5": "double",
+    }  # fmt: skip
+    flags = ["--model-uri", train.data.tags["model_uri"], "--splits-uri", splits_uri]
+    in_process("evaluate", *flags, "--registered-model-name", "types")
+    assert newest(client, "evaluate").data.tags["registered_model.alias"] == "champion"
+    rows = pd.read_parquet(tmp_path / "types.parquet").head(60)
+    rows.to_csv(tmp_path / "batch.csv", index=False)  # times as text with their offset, True/False, empty labels
+    in_process("predict", "--data-uri", str(tmp_path / "batch.csv"), "--model-uri", "models:/types@champion")
+    predicted = mlflow.artifacts.load_text(f"runs:/{newest(client, 'predict').info.run_id}/predictions/predictions.csv")
+    assert "proba_True" in predicted.splitlines()[0] and "proba_1.0" not in predicted
+    in_process("monitor", "--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "types")
+    assert any(key.startswith("live_") for key in newest(client, "monitor").data.metrics)  # the labels were read
+
+
 def test_regression_data_set_trains_its_regression_families(store, in_process):
     client = MlflowClient(store)
     in_process("load", "--data-uri", "sklearn:diabetes")

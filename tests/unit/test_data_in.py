@@ -440,3 +440,36 @@ def test_a_table_written_with_its_digest_is_listed_in_the_manifest_as_hashed_aft
     assert file_manifest(folder, known={"raw.parquet": digest}) == file_manifest(folder)
     told = file_manifest(folder, known={"raw.parquet": "0" * 64})  # taken as given: not hashed again
     assert told == {"raw.parquet": "0" * 64, "meta.json": sha256_file(folder / "meta.json")}
+
+
+def test_a_parquet_files_types_mlflow_refuses_are_read_plain(tmp_path):
+    """Times with a time zone as UTC times, a categorical as its values, unsigned 64-bit integers as int64 (floats
+    past int64), decimals as floats; a column without a name as pandas names an empty CSV header, in batches too."""
+    import decimal
+
+    from steps.lib.tables import read_batches
+
+    table = pa.table(
+        {
+            "seen at": pa.array(pd.to_datetime(["2024-01-01 01:00", None]).tz_localize("Europe/Berlin")),
+            "region": pa.array(["north", None]).dictionary_encode(),
+            "level": pd.Categorical([3, None]),
+            "count": pa.array([7, 9], pa.uint64()),
+            "huge": pa.array([2**63 + 5, 1], pa.uint64()),
+            "price": pa.array([decimal.Decimal("12.50"), None], pa.decimal128(10, 2)),
+            "": [1.5, 2.5],
+        }
+    )
+    pq.write_table(table, tmp_path / "types.parquet")
+    frame = read_data(str(tmp_path / "types.parquet"))
+    assert list(frame.columns) == ["seen at", "region", "level", "count", "huge", "price", "Unnamed: 6"]
+    assert frame["seen at"].tolist()[0] == pd.Timestamp("2024-01-01 00:00") and frame["seen at"].dt.tz is None
+    assert frame["region"].tolist()[0] == "north" and pd.api.types.is_string_dtype(frame["region"])
+    assert frame["level"].dtype == "float64" and frame["level"].tolist()[0] == 3.0
+    assert frame["count"].dtype == "int64" and frame["huge"].dtype == "float64"
+    assert frame["price"].dtype == "float64" and frame["price"].tolist()[0] == 12.5
+    [batch] = list(read_batches(str(tmp_path / "types.parquet"), {}, 10))
+    assert list(batch.columns) == list(frame.columns)
+    pq.write_table(pa.table({"": [1], "Unnamed: 0": [2]}), tmp_path / "clash.parquet")
+    with pytest.raises(PipelineError, match=re.escape("has a column without a name and another named 'Unnamed: 0'")):
+        read_data(str(tmp_path / "clash.parquet"))

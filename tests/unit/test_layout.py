@@ -120,6 +120,7 @@ EXPECTED_USERS = {
     "cache": set(),
     "cards": set(CACHED_STEPS),  # through runner: a failed step's card
     "charts": {"load", "tune", "evaluate"},  # and monitor: their figures as SVG
+    "column_types": {"load", "featurize", "tune", "train", "evaluate"},  # through tables; and predict, monitor
     "console": set(CACHED_STEPS),  # through runner: every step's log
     "csv_dialect": {"load", "featurize", "tune", "train", "evaluate"},  # through tables; and predict, monitor
     "drift": set(),  # monitor's
