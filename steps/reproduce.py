@@ -181,16 +181,34 @@ def rerun(project: Path, params: dict[str, str], env_manager: str, tracking_uri:
     return subprocess.run(command, cwd=project, env=env, stdout=console, stderr=console)
 
 
-def step_metrics(client: MlflowClient, main_run: Run) -> dict[str, dict[str, float]]:
-    """Every step's metrics, by step, as recorded on a main run's tags."""
-    metrics = {}
+def step_runs(client: MlflowClient, main_run: Run) -> dict[str, Run]:
+    """The step runs a main run records (tags steps.<step>.run_id), by step. A tag is anyone's to write: one
+    that names no run of the store, or no load run at all (the data's digest is load's), is refused in one line."""
+    runs, run_id = {}, main_run.info.run_id
     for step in PIPELINE_STEPS:
-        run_id = main_run.data.tags.get(f"steps.{step}.run_id")
-        if run_id:
-            metrics[step] = {
-                k: v for k, v in client.get_run(run_id).data.metrics.items() if not k.endswith(VOLATILE_SUFFIXES)
-            }
-    return metrics
+        step_run_id = main_run.data.tags.get(f"steps.{step}.run_id")
+        if step_run_id:
+            try:
+                runs[step] = client.get_run(step_run_id)
+            except MlflowException:
+                raise PipelineError(
+                    f"main run '{run_id}' records {step} run {step_run_id[:40]!r}, which is not in this store; "
+                    "it cannot be compared: reproduce another main run, or run main again"
+                ) from None
+    if "load" not in runs:
+        raise PipelineError(
+            f"main run '{run_id}' records no load run (tag steps.load.run_id), so no data to compare; reproduce "
+            "another main run, or run main again"
+        )
+    return runs
+
+
+def step_metrics(runs: dict[str, Run]) -> dict[str, dict[str, float]]:
+    """Every step's metrics, by step (`step_runs`), without the volatile ones (times, memory)."""
+    return {
+        step: {k: v for k, v in run.data.metrics.items() if not k.endswith(VOLATILE_SUFFIXES)}
+        for step, run in runs.items()
+    }
 
 
 def compare_metrics(original: dict[str, dict[str, float]], reproduced: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -216,8 +234,8 @@ def format_comparison(table: pd.DataFrame) -> str:
     lines = [f"{'step':<10} {'metric':<28} {'original':>14} {'reproduced':>14}  match"]
     for row in table.itertuples():
 
-        def show(value: Any) -> str:
-            return "-" if value is None or pd.isna(value) else f"{value:.6g}"
+        def show(value: Any) -> str:  # a number, or a digest (its first characters)
+            return "-" if value is None or pd.isna(value) else value[:12] if isinstance(value, str) else f"{value:.6g}"
 
         lines.append(
             f"{row.step:<10} {row.metric:<28} {show(row.original):>14} {show(row.reproduced):>14}  "
@@ -230,6 +248,7 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
     """The whole step inside the active run; returns the comparison table."""
     client = MlflowClient()
     original = read_original(client, run_id, source)
+    recorded = step_runs(client, original.run)  # before anything is re-run
     if original.dirty:
         message = (
             f"run {run_id} was made from a working tree with uncommitted changes; "
@@ -261,12 +280,10 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
         )
         if result.returncode != 0 or not runs or runs[0].info.status != "FINISHED":
             raise PipelineError(f"the re-run of commit {original.commit[:12]} failed; see its output above")
-        table = compare_metrics(step_metrics(client, original.run), step_metrics(fresh, runs[0]))
-        digests = [
-            client.get_run(original.run.data.tags["steps.load.run_id"]).data.tags.get("data.digest"),
-            fresh.get_run(runs[0].data.tags["steps.load.run_id"]).data.tags.get("data.digest"),
-        ]
-    table.loc[len(table)] = ["load", "data.digest (tag)", None, None, digests[0] == digests[1]]
+        rerun_steps = step_runs(fresh, runs[0])
+        table = compare_metrics(step_metrics(recorded), step_metrics(rerun_steps))
+        digests = [steps["load"].data.tags.get("data.digest") for steps in (recorded, rerun_steps)]
+    table.loc[len(table)] = ["load", "data.digest (tag)", *digests, digests[0] is not None and digests[0] == digests[1]]
     say(format_comparison(table))
     mismatches = int((~table["match"]).sum())
     with tempfile.TemporaryDirectory() as tmp:

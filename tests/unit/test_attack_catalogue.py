@@ -190,10 +190,13 @@ def model_name_breaking_uris(store: Store, marker: Path, undo: Callable) -> Atte
     return Attempt("predict", args, "registered_model_name 'planted@champion' cannot be used in a models:/ URI")
 
 
-def planted_main_run(source: str, commit: str, why: str) -> Callable[[Store, Path, Callable], Attempt]:
+def planted_main_run(
+    source: str, commit: str, why: str, tags: dict[str, str] | None = None
+) -> Callable[[Store, Path, Callable], Attempt]:
     def attack(store: Store, marker: Path, undo: Callable) -> Attempt:
         with mlflow.start_run(run_name="main") as run:
             mlflow.set_tags({"pipeline.step": "main", "mlflow.source.name": source, "mlflow.source.git.commit": commit})
+            mlflow.set_tags(tags or {})
         return Attempt("reproduce", ["--run-id", run.info.run_id, "--env-manager", "local"], why)
 
     return attack
@@ -223,6 +226,13 @@ CATALOGUE: dict[str, Callable[[Store, Path, Callable], Attempt]] = {
     ),
     "reproduce a commit that is an option": planted_main_run(
         str(PROJECT_DIR), "--upload-pack=touch /tmp/x", "which is not a 40-hex git commit"
+    ),
+    # checked before anything is re-run (a KeyError after the whole pipeline had run again)
+    "reproduce a run that records no load run": planted_main_run(
+        str(PROJECT_DIR), "b" * 40, "records no load run (tag steps.load.run_id), so no data to compare"
+    ),
+    "reproduce a run whose step tag names no run": planted_main_run(
+        str(PROJECT_DIR), "b" * 40, "records load run 'ffffffff", {"steps.load.run_id": "f" * 32}
     ),
 }
 

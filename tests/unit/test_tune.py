@@ -601,3 +601,18 @@ def test_a_sequential_search_logs_its_trials_itself_into_a_local_store(iris, mon
         used = tune_module.search(inputs, config(max_evals=20, parallelism=1), None, cleanup)
     assert len(started) == processes
     assert (used == "in this process") is (processes == 0)
+
+
+def test_reproduces_table_shows_both_data_digests():
+    """The data's row shows what load recorded in each run, so a changed file is seen as such."""
+    import pandas as pd
+
+    from steps.reproduce import format_comparison
+
+    table = pd.DataFrame(
+        [["load", "n_rows", 150.0, 150.0, True], ["load", "data.digest (tag)", "0a1b2c3d4e5f6789", "ffee", False]],
+        columns=["step", "metric", "original", "reproduced", "match"],
+    )
+    assert format_comparison(table).splitlines()[-1].split() == [
+        "load", "data.digest", "(tag)", "0a1b2c3d4e5f", "ffee", "NO"
+    ]  # fmt: skip
