@@ -32,7 +32,7 @@ from steps.lib.explain import (
     plot_importance,
 )
 from steps.lib.features import CLASSIFICATION, FeatureSpec
-from steps.lib.gates import ChampionDecision, GateOptions, decide_champion, gate_options
+from steps.lib.gates import Challenger, ChampionDecision, GateOptions, decide_champion, gate_options
 from steps.lib.keys import unused_name
 from steps.lib.metrics import is_better, resolve_metric
 from steps.lib.model_card import build_card, card_summary, log_card
@@ -141,6 +141,7 @@ class Scored:
     comparison: pd.DataFrame
     test_dataset: Any
     evaluation: Any  # mlflow.models.evaluate's result
+    splits_uri: str = ""  # what the model was trained on: the champion gate tells the test rows new to the champion
 
 
 # --------------------------------------------------------------------------- the phases
@@ -193,6 +194,7 @@ def score(
         comparison,
         test_dataset,
         evaluation,
+        splits_uri,
     )
 
 
@@ -239,6 +241,7 @@ def register_and_decide(
                 min_delta=min_delta,
                 test=scored.splits.test,
                 spec=scored.spec,
+                challenger=Challenger(scored.model, scored.splits_uri),
             )
             gate_tags = {GATES_PASSED_TAG: str(decision.promote).lower()} | {
                 f"gate.{gate.name}": gate.reason if gate.passed else f"failed: {gate.reason}" for gate in decision.gates

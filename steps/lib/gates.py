@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -20,8 +21,10 @@ from steps.lib.features import FeatureSpec
 from steps.lib.metrics import METRICS, greater_is_better
 from steps.lib.model_loading import ModelRefusedError, load_model
 from steps.lib.models import score_model
+from steps.lib.names import OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHAMPION
 from steps.lib.runner import as_param, parse_bool, unset_is_none
+from steps.lib.uris import run_of_uri
 
 # Threshold params: metric -> the param that bounds it. Each is checked only when given.
 THRESHOLD_PARAMS = {
@@ -171,8 +174,19 @@ def better_than_gate(
     gate = run_gate(name, {metric: check}, {metric: scores[metric]}, {metric: reference[metric]})
     by = f" by at least {min_delta:g}" if min_delta > 0 else ""
     verdict = "beats" if gate.passed else "does not beat"
-    gate.reason = f"{metric} {scores[metric]:.4f} {verdict} {what}'s {reference[metric]:.4f}{by} on the same test rows"
+    ours, theirs = two_scores(scores[metric], reference[metric])
+    gate.reason = f"{metric} {ours} {verdict} {what}'s {theirs}{by} on the same test rows"
     return gate
+
+
+def two_scores(first: float, second: float) -> tuple[str, str]:
+    """Two scores with 4 decimals, or as many more as it takes to tell them apart (0.77171 against 0.77166,
+    not 0.7717 against 0.7717), up to 10."""
+    for decimals in range(4, 11):
+        shown = f"{first:.{decimals}f}", f"{second:.{decimals}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 @dataclass
@@ -184,16 +198,18 @@ class ChampionDecision:
 
 
 def champion_gate(
-    name: str,
-    version: str,
+    current: Any,
     metric: str,
     scores: dict[str, float],
     min_delta: float,
     test: pd.DataFrame,
     spec: FeatureSpec,
+    challenger: Challenger,
 ) -> Gate:
-    """The candidate against the current champion re-scored on the same rows; a champion this checkout will not
-    load, or that cannot score these rows, is never replaced blindly (and the reason says which, and what to do)."""
+    """The candidate against the current champion (its ModelVersion), both scored on the test rows the champion
+    was not trained on; a champion this checkout will not load, that cannot score these rows, or that was trained
+    on nearly all of them, is never replaced blindly (and the reason says which, and what to do)."""
+    name, version = current.name, current.version
     try:
         champion_model = load_model(f"models:/{name}@{CHAMPION}").sklearn
     except TrackingUnreachableError:
@@ -208,8 +224,18 @@ def champion_gate(
             False,
             f"champion v{version} could not be fetched ({one_line(str(error), 160)}); run evaluate again",
         )
+    rows, how = rows_unseen_by(current.run_id, test, spec, challenger.splits_uri)
+    if rows is None:
+        return Gate("champion", False, f"champion v{version}: {how}; compare the two by hand (docs/lifecycle.md)")
+    if len(rows) < min(MIN_UNSEEN_ROWS, len(test)):
+        return Gate(
+            "champion",
+            False,
+            f"champion v{version} was trained on {len(test) - len(rows):,} of these {len(test):,} test rows: no "
+            "fair comparison; compare the two on new rows by hand, or split as its run did (seed, sizes)",
+        )
     try:
-        champion_scores = score_model(champion_model, test, spec)
+        champion_scores = score_model(champion_model, rows, spec)
     except Exception as error:  # e.g. the champion was trained on another data set's columns
         return Gate(
             "champion",
@@ -217,7 +243,77 @@ def champion_gate(
             f"champion v{version} cannot score these test rows ({one_line(str(error), 120)}); "
             "use another registered_model_name for a different data set",
         )
-    return better_than_gate("champion", metric, scores, champion_scores, min_delta, f"champion v{version}")
+    if len(rows) < len(test):
+        scores = score_model(challenger.model, rows, spec)
+    gate = better_than_gate("champion", metric, scores, champion_scores, min_delta, f"champion v{version}")
+    if how.startswith("on the "):  # some of the test rows: which
+        gate.reason = gate.reason.replace(" on the same test rows", f" {how}")
+    elif how:
+        gate.reason += f" ({how})"
+    return gate
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """The version at the gates: its model (to score it on fewer rows) and the splits it was trained on."""
+
+    model: Any = None
+    splits_uri: str = ""
+
+
+MIN_UNSEEN_ROWS = 30  # fewer test rows than this unseen by the champion: no comparison
+
+
+def rows_unseen_by(champion_run_id: str, test: pd.DataFrame, spec: FeatureSpec, splits_uri: str) -> tuple[Any, str]:
+    """The test rows the champion (its train run) was neither trained nor tuned on, and how they were told: all
+    when it was trained on the same splits (the same featurize output); else those whose values (features and
+    label) are in none of its training and validation rows, read from its run's splits (a champion trained on
+    another seed's split, or before rows were added, had most of these test rows in its training rows, and its
+    score on them looked far better than it is)."""
+    from steps.lib.splits import read_splits
+
+    client = MlflowClient()
+    try:
+        recorded = client.get_run(champion_run_id).data.tags.get("splits_uri", "") if champion_run_id else ""
+    except mlflow.exceptions.MlflowException:  # its run was deleted
+        recorded = ""
+    if not recorded:
+        return test, "its run records no training rows: they may include these"
+    digest = output_digest(client, recorded)
+    if recorded == splits_uri or (digest is not None and digest == output_digest(client, splits_uri)):
+        return test, ""  # the same splits: every test row is new to both
+    try:
+        seen, _ = read_splits(recorded, parts=("train", "validation"))
+    except PipelineError as error:
+        return (
+            None,
+            f"its training rows cannot be read to tell which test rows are new to it ({one_line(str(error), 160)})",
+        )
+    columns = [*spec.input_columns, spec.target]
+    if not set(columns) <= set(seen.train.columns):  # trained on other columns: it saw none of these rows
+        return test, ""
+    trained = row_keys(pd.concat([seen.train[columns], seen.validation[columns]], ignore_index=True))
+    unseen = test[~np.isin(row_keys(test[columns]), trained)]
+    return unseen, f"on the {len(unseen):,} of {len(test):,} test rows it was not trained on"
+
+
+def output_digest(client: MlflowClient, splits_uri: str) -> str | None:
+    """What the featurize run of a runs:/ splits URI recorded of its output (tag outputs.digest); None if none."""
+    run_id = run_of_uri(splits_uri)
+    try:
+        return client.get_run(run_id).data.tags.get(OUTPUT_DIGEST_TAG) if run_id else None
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def row_keys(frame: pd.DataFrame) -> Any:
+    """A hash of each row's values, the same for the same values whatever the column types (numbers as floats,
+    the rest as text): a column read as int in one split and float in another still matches."""
+    canonical = {
+        column: values.astype("float64") if pd.api.types.is_numeric_dtype(values) else values.astype("str")
+        for column, values in frame.items()
+    }
+    return pd.util.hash_pandas_object(pd.DataFrame(canonical), index=False).to_numpy()
 
 
 def decide_champion(
@@ -232,6 +328,7 @@ def decide_champion(
     test: pd.DataFrame,
     spec: FeatureSpec,
     strong_scores: dict[str, float] | None = None,
+    challenger: Challenger | None = None,
 ) -> ChampionDecision:
     """The gates: thresholds, the dummy baseline, the strong baseline (only if `strong_scores` are given),
     then the current champion (if any). All must pass."""
@@ -249,7 +346,7 @@ def decide_champion(
     if current is None:
         gates.append(Gate("champion", True, "no champion yet"))
     else:
-        gates.append(champion_gate(name, current.version, metric, scores, min_delta, test, spec))
+        gates.append(champion_gate(current, metric, scores, min_delta, test, spec, challenger or Challenger()))
     failed = [g for g in gates if not g.passed]
     reason = "; ".join(f"{g.name}: {g.reason}" for g in failed) if failed else "all gates passed"
     return ChampionDecision(not failed, reason, gates, current.version if current else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -149,6 +150,33 @@ def test_parquet_types_mlflow_refuses_are_read_plain_through_to_a_champion(store
     assert "proba_True" in predicted.splitlines()[0] and "proba_1.0" not in predicted
     in_process("monitor", "--data-uri", str(tmp_path / "batch.csv"), "--registered-model-name", "types")
     assert any(key.startswith("live_") for key in newest(client, "monitor").data.metrics)  # the labels were read
+
+
+def test_the_champion_is_scored_only_on_test_rows_it_was_not_trained_on(store, tmp_path, in_process):
+    """A champion trained on another seed's split had most of the new test rows among its training rows: a random
+    forest scored 0.955 there against 0.737 on its own test rows, and no better model could beat it. Both are now
+    scored on the test rows new to the champion, and the reason says how many."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 4))
+    label = np.where(x[:, 0] + x[:, 1] + rng.normal(scale=1.2, size=1500) > 0, "pos", "neg")
+    pd.DataFrame(x, columns=["a", "b", "c", "d"]).assign(label=label).to_csv(tmp_path / "noisy.csv", index=False)
+    client = MlflowClient(store)
+    in_process("load", "--data-uri", str(tmp_path / "noisy.csv"), "--target", "label")
+    raw = f"runs:/{newest(client, 'load').info.run_id}/data"
+    reasons = []
+    for seed in ("1", "2"):
+        in_process("featurize", "--raw-data-uri", raw, "--seed", seed)
+        splits_uri = f"runs:/{newest(client, 'featurize').info.run_id}/splits"
+        flags = ["--model", "random_forest", "--n_estimators", "40", "--threads", "1", "--refit", "train"]
+        in_process("train", "--splits-uri", splits_uri, *flags)
+        model_uri = newest(client, "train").data.tags["model_uri"]
+        flags = ["--model-uri", model_uri, "--splits-uri", splits_uri, "--registered-model-name", "noisy"]
+        in_process("evaluate", *flags, "--metric", "accuracy")
+        reasons.append(client.get_model_version("noisy", str(len(reasons) + 1)).tags["gate.champion"])
+    assert reasons[0] == "no champion yet"
+    found = re.search(r"champion v1's (0\.\d+) on the ([\d,]+) of 300 test rows it was not trained on$", reasons[1])
+    assert found, reasons[1]
+    assert int(found.group(2).replace(",", "")) < 300 and float(found.group(1)) < 0.85  # not the memorised rows
 
 
 def test_regression_data_set_trains_its_regression_families(store, in_process):

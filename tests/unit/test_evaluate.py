@@ -356,3 +356,32 @@ def test_a_score_that_is_no_finite_number_passes_no_gate(tracking_uri, iris):
         "rescale the label"
     )
     assert not decide_on(1.5, math.nan).promote and decide_on(1.5, 2.0).promote
+
+
+def test_two_scores_are_shown_with_the_decimals_that_tell_them_apart():
+    from steps.lib.gates import two_scores
+
+    assert two_scores(0.91, 0.8) == ("0.9100", "0.8000")
+    assert two_scores(0.771712, 0.771707) == ("0.771712", "0.771707")  # 0.7717 against 0.7717 said nothing
+    assert two_scores(0.5, 0.5) == ("0.5000000000", "0.5000000000")
+
+
+def test_a_champion_whose_run_records_no_splits_is_compared_on_every_test_row_and_the_reason_says_so(
+    tracking_uri, iris
+):
+    client = MlflowClient()
+    champion = register(*iris, "logistic_regression", {"C": "0.0001"}, "m")
+    client.set_registered_model_alias("m", "champion", champion)
+    reason = decide(client, {"accuracy": 1.0}, iris=iris).gates[2].reason
+    assert reason.endswith("on the same test rows (its run records no training rows: they may include these)")
+
+
+def test_row_keys_match_the_same_values_whatever_their_column_types():
+    import pandas as pd
+
+    from steps.lib.gates import row_keys
+
+    ints = pd.DataFrame({"n": [1, 2, 3], "city": ["Lyon", "Oslo", None]})
+    floats = pd.DataFrame({"n": [1.0, 2.0, 3.5], "city": pd.Series(["Lyon", "Oslo", None], dtype=object)})
+    same = row_keys(ints) == row_keys(floats)
+    assert same.tolist() == [True, True, False]
