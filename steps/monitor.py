@@ -93,7 +93,10 @@ def check_columns(batch: pd.DataFrame, spec: FeatureSpec) -> bool:
         raise PipelineError("the batch has no rows; pass a table with at least one row")
     missing = [c for c in spec.input_columns if c not in batch.columns]
     if missing:
-        raise PipelineError(f"the batch lacks column(s) {', '.join(map(repr, missing))} that the model was trained on")
+        raise PipelineError(
+            f"the batch lacks column(s) {', '.join(map(repr, missing))} that the model was trained on; add them "
+            "(empty where the values are unknown: monitor reports the gaps as drift)"
+        )
     extra = [c for c in batch.columns if c not in (*spec.input_columns, spec.target)]
     if extra:
         raise PipelineError(
