@@ -21,7 +21,7 @@ from steps.lib.errors import PipelineError
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
 from steps.lib.runner import INT, run_cli, step_run, unset_is_none
-from steps.lib.scoring import PredictionTally, check_batch, load_models, score_batch, signature_columns
+from steps.lib.scoring import PredictionTally, TimeReadings, check_batch, load_models, score_batch, signature_columns
 from steps.lib.step_cards import predict_card
 from steps.lib.story import code, describe
 from steps.lib.tables import ARROW_TYPES, DEFAULT_DATA_URI, read_batches
@@ -137,6 +137,7 @@ def run_predict(
     pyfunc, sklearn_model = load_models(uri)
     columns = signature_columns(pyfunc)
     tally = PredictionTally(sklearn_model is not None and hasattr(sklearn_model, "classes_"))
+    times = TimeReadings(sklearn_model)
     n_columns, prediction = 0, "prediction"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, PREDICTIONS_DIR)
@@ -149,12 +150,14 @@ def run_predict(
                 check_batch(frame, columns, first_row=tally.rows)
                 table, prediction = score_batch(frame, pyfunc, sklearn_model, columns)
                 tally.add(table[prediction])
+                times.add(frame)
                 writer.write(table)
                 n_columns = len(frame.columns)
         finally:
             writer.close()
         if tally.rows == 0:
             raise PipelineError("the batch has no rows; pass a table with at least one row")
+        times.warn()
         metrics = {"n_rows": tally.rows, "n_input_columns": n_columns} | tally.metrics()
         if not writer.wrote_csv and csv_rows:
             logger.info("no predictions.csv: %d rows, more than a spreadsheet opens (csv=true writes it)", tally.rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from steps.lib.features import infinite_rows, same_but_for_case
 from steps.lib.keys import key_parts, unused_name
 from steps.lib.model_loading import load_model
 from steps.lib.tables import NUMERIC_TYPES, not_as_signed
+
+logger = logging.getLogger("steps.scoring")
 
 
 def load_models(model_uri: str, folder: Path | None = None) -> tuple[Any, Any]:
@@ -146,3 +149,56 @@ def prediction_summary(predictions: pd.Series, classifier: bool) -> dict[str, fl
     tally = PredictionTally(classifier)
     tally.add(predictions)
     return tally.metrics()
+
+
+TIME_CHECK_ROWS = 1_000  # present values of each date/time column read per batch, to tell a format the model misses
+
+
+class TimeReadings:
+    """How many of a batch's date/time values the model reads in the format it learned, per column (a sample of
+    each batch). A column written another way (ISO dates for a model that learned 31/05/2024) is read as missing
+    times by the model: scored without a word, where monitor saw drift. predict warns of it."""
+
+    def __init__(self, model: Any) -> None:
+        self.formats = learned_time_formats(model)
+        self.checked: dict[str, int] = dict.fromkeys(self.formats, 0)
+        self.unread: dict[str, int] = dict.fromkeys(self.formats, 0)
+
+    def add(self, frame: pd.DataFrame) -> None:
+        from steps.lib.text_values import parse_times
+
+        for column, time_format in self.formats.items():
+            if column in frame.columns:
+                present = frame[column].dropna().head(TIME_CHECK_ROWS)
+                self.checked[column] += len(present)
+                self.unread[column] += int(parse_times(present, time_format).isna().sum())
+
+    def warn(self) -> None:
+        for column, unread in self.unread.items():
+            if unread and unread >= 0.01 * self.checked[column]:
+                logger.warning(
+                    "column '%s': %d of %d values checked do not read as %s, the format the model learned: it takes "
+                    "them as missing times; write them as the training rows did",
+                    *(column, unread, self.checked[column], self.formats[column]),
+                )
+
+
+def learned_time_formats(model: Any) -> dict[str, str]:
+    """The date/time columns a pipeline model reads (its DateParts) and the format of each (ISO 8601 for a model
+    logged before formats were recorded); {} for a model without one, or no scikit-learn model at all."""
+    from steps.lib.text_values import ISO8601, FormattedDateParts
+    from steps.lib.transforms import DateParts
+
+    found: dict[str, str] = {}
+    for part in parts_of(model):
+        if isinstance(part, FormattedDateParts):
+            found |= dict(getattr(part, "formats_", {}))
+        elif isinstance(part, DateParts):
+            found |= dict.fromkeys(getattr(part, "columns_", []), ISO8601)
+    return found
+
+
+def parts_of(model: Any) -> list[Any]:
+    """Every estimator inside a scikit-learn Pipeline or ColumnTransformer, nested ones too."""
+    inner = [*getattr(model, "steps", []), *getattr(model, "transformers_", [])]
+    return [model, *(part for item in inner for part in parts_of(item[1]))]

@@ -683,3 +683,27 @@ def test_a_whole_number_column_takes_a_zero_fraction_as_pandas_writes_it_beside_
         read(["70.0", "70.5"])
     with pytest.raises(PipelineError, match=r"^column 'age' must be numeric \(long\) as in the model's signature; fou"):
         read(["70.0", "old"])
+
+
+def test_predict_warns_of_times_not_written_as_the_model_learned_them(tracking_uri, tmp_path, caplog):
+    """A model that learned `31/05/2024` reads ISO dates as missing times: predict scored them without a word."""
+    import mlflow
+
+    from steps.predict import run_predict
+
+    rng = np.random.default_rng(0)
+    days = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400, 300), unit="D")
+    frame = pd.DataFrame(
+        {"x": rng.normal(size=300), "when": days.strftime("%d/%m/%Y"), "y": rng.choice(["a", "b"], 300)}
+    )
+    model_uri = logged_model_of(frame, "y")
+    frame.drop(columns="y").head(40).to_csv(tmp_path / "same.csv", index=False)
+    frame.drop(columns="y").head(40).assign(when=days[:40].strftime("%Y-%m-%d")).to_csv(
+        tmp_path / "iso.csv", index=False
+    )
+    for name, said in (("same", False), ("iso", True)):
+        caplog.clear()
+        with mlflow.start_run():
+            run_predict(str(tmp_path / f"{name}.csv"), model_uri=model_uri)
+        warned = "column 'when': 40 of 40 values checked do not read as %d/%m/%Y, the format the model learned"
+        assert (warned in caplog.text) is said, caplog.text[-2000:]
