@@ -248,7 +248,6 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
     """The whole step inside the active run; returns the comparison table."""
     client = MlflowClient()
     original = read_original(client, run_id, source)
-    recorded = step_runs(client, original.run)  # before anything is re-run
     if original.dirty:
         message = (
             f"run {run_id} was made from a working tree with uncommitted changes; "
@@ -272,6 +271,7 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
         project = checkout(original.source, original.commit, Path(tmp) / "checkout")
         if original.subdirectory:
             project = project / original.subdirectory
+        recorded = step_runs(client, original.run)  # before anything is re-run
         tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         result = rerun(project, original.params, env_manager, tracking_uri)
         fresh = MlflowClient(tracking_uri)

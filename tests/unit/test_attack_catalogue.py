@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -202,6 +203,9 @@ def planted_main_run(
     return attack
 
 
+# A commit the checkout has (reproduce clones it before it reads the step runs): HEAD, or none outside git.
+HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True).stdout.strip()
+
 CATALOGUE: dict[str, Callable[[Store, Path, Callable], Attempt]] = {
     "a pickle model made champion, scored": planted_champion("pickle", "predict"),
     "a pickle model made champion, monitored": planted_champion("pickle", "monitor"),
@@ -229,10 +233,10 @@ CATALOGUE: dict[str, Callable[[Store, Path, Callable], Attempt]] = {
     ),
     # checked before anything is re-run (a KeyError after the whole pipeline had run again)
     "reproduce a run that records no load run": planted_main_run(
-        str(PROJECT_DIR), "b" * 40, "records no load run (tag steps.load.run_id), so no data to compare"
+        str(PROJECT_DIR), HEAD, "records no load run (tag steps.load.run_id), so no data to compare"
     ),
     "reproduce a run whose step tag names no run": planted_main_run(
-        str(PROJECT_DIR), "b" * 40, "records load run 'ffffffff", {"steps.load.run_id": "f" * 32}
+        str(PROJECT_DIR), HEAD, "records load run 'ffffffff", {"steps.load.run_id": "f" * 32}
     ),
 }
 

@@ -409,7 +409,8 @@ def test_a_table_written_for_the_steps_reads_back_as_it_was(tmp_path):
 
 def test_a_users_parquet_file_reads_as_pandas_reads_it_a_block_per_column(tmp_path):
     """load reads a user's Parquet file as every step reads a table: pandas' own result (a stored index, nullable
-    integers, categories, zoned times), each column its own block."""
+    integers), each column its own block; categories as their values and zoned times as UTC times, as MLflow's
+    signatures take them (column_types.py)."""
     frame = pd.DataFrame(
         {
             "Income ($)": [1.5, None, 3.25],
@@ -422,8 +423,14 @@ def test_a_users_parquet_file_reads_as_pandas_reads_it_a_block_per_column(tmp_pa
     )
     frame.to_parquet(tmp_path / "users.parquet")
     read = read_data(str(tmp_path / "users.parquet"))
-    pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "users.parquet"))
-    pd.testing.assert_frame_equal(read, frame)
+    as_pandas_reads = pd.read_parquet(tmp_path / "users.parquet")
+    plain = as_pandas_reads.assign(
+        **{"class": pd.Series(["<=50K", ">50K", None], dtype="str", index=frame.index)},
+        when=as_pandas_reads["when"].dt.tz_convert("UTC").dt.tz_localize(None),
+    )
+    pd.testing.assert_frame_equal(read, plain)
+    pd.testing.assert_frame_equal(read.drop(columns=["class", "when"]), frame.drop(columns=["class", "when"]))
+    assert read["when"].tolist()[0] == pd.Timestamp("2023-12-31 23:00")  # midnight in Paris
     assert len(read._mgr.blocks) == len(frame.columns)
 
 
