@@ -55,9 +55,9 @@ def plain_values(values: pd.Series) -> tuple[pd.Series, str]:
         if values.hasnans and levels.kind in "iub":  # whole numbers or true/false with gaps: as numbers with NaN
             levels = np.dtype("float64")
         return values.astype(levels), "categorical: read as its values"
-    if dtype == np.uint64:
-        fits = values.empty or int(values.max()) <= INT64_MAX
-        kind = "int64" if fits else "float64"
+    if str(dtype) in ("uint64", "UInt64"):  # numpy's, or pandas' nullable one (MLflow types neither)
+        fits = values.dropna().empty or int(values.max()) <= INT64_MAX
+        kind = ("int64" if fits else "float64") if dtype == np.uint64 else ("Int64" if fits else "Float64")
         return values.astype(kind), f"unsigned 64-bit integers: read as {kind}" + ("" if fits else " (past int64)")
     if dtype.kind == "O" and not isinstance(dtype, pd.StringDtype) and decimals(values):
         return pd.to_numeric(values).astype("float64"), "decimals: read as floating-point numbers"

@@ -474,6 +474,9 @@ def test_a_parquet_files_types_mlflow_refuses_are_read_plain(tmp_path):
     assert frame["region"].tolist()[0] == "north" and pd.api.types.is_string_dtype(frame["region"])
     assert frame["level"].dtype == "float64" and frame["level"].tolist()[0] == 3.0
     assert frame["count"].dtype == "int64" and frame["huge"].dtype == "float64"
+    nullable = pd.DataFrame({"n": pd.array([1, None], dtype="UInt64"), "y": ["a", "b"]})
+    nullable.to_parquet(tmp_path / "nullable.parquet")
+    assert str(read_data(str(tmp_path / "nullable.parquet"))["n"].dtype) == "Int64"
     assert frame["price"].dtype == "float64" and frame["price"].tolist()[0] == 12.5
     [batch] = list(read_batches(str(tmp_path / "types.parquet"), {}, 10))
     assert list(batch.columns) == list(frame.columns)
