@@ -241,7 +241,9 @@ def register_and_decide(
                 min_delta=min_delta,
                 test=scored.splits.test,
                 spec=scored.spec,
-                challenger=Challenger(scored.model, scored.splits_uri),
+                challenger=Challenger(
+                    scored.model, scored.splits_uri, pd.concat([scored.splits.train, scored.splits.validation])
+                ),
             )
             gate_tags = {GATES_PASSED_TAG: str(decision.promote).lower()} | {
                 f"gate.{gate.name}": gate.reason if gate.passed else f"failed: {gate.reason}" for gate in decision.gates

@@ -17,6 +17,7 @@ import mlflow
 import pandas as pd
 
 from steps.lib.artifacts import digest_path, publish_artifacts
+from steps.lib.console import say
 from steps.lib.errors import PipelineError
 from steps.lib.names import OUTPUT_DIGEST_TAG, PREDICTIONS_DIR
 from steps.lib.registry import DEFAULT_REGISTERED_MODEL_NAME, resolve_model_uri
@@ -157,7 +158,9 @@ def run_predict(
             writer.close()
         if tally.rows == 0:
             raise PipelineError("the batch has no rows; pass a table with at least one row")
-        times.warn()
+        unread_times = times.warnings()
+        for line in unread_times:  # where the person who typed the command sees it, not only in the step's log
+            say(f"warning: predict: {line}", err=True)
         metrics = {"n_rows": tally.rows, "n_input_columns": n_columns} | tally.metrics()
         if not writer.wrote_csv and csv_rows:
             logger.info("no predictions.csv: %d rows, more than a spreadsheet opens (csv=true writes it)", tally.rows)
@@ -172,6 +175,7 @@ def run_predict(
         f"**predict** scored {tally.rows:,} rows of {code(redact_uri(data_uri))} with {code(uri)}.",
         "Predictions (the input columns, then `prediction` and one `proba_<class>` per class) are under "
         "`predictions/`.",
+        *[f"**Warning:** {line}." for line in unread_times],
     )
     predict_card(tally.rows, data_uri, uri, metrics)
     return metrics

@@ -189,12 +189,16 @@ def step_runs(client: MlflowClient, main_run: Run) -> dict[str, Run]:
         step_run_id = main_run.data.tags.get(f"steps.{step}.run_id")
         if step_run_id:
             try:
-                runs[step] = client.get_run(step_run_id)
+                found: Run | None = client.get_run(step_run_id)
             except MlflowException:
+                found = None
+            if found is not None and found.data.tags.get(STEP_TAG) == step:
+                runs[step] = found
+            else:  # absent, or another step's run
                 raise PipelineError(
-                    f"main run '{run_id}' records {step} run {step_run_id[:40]!r}, which is not in this store; "
-                    "it cannot be compared: reproduce another main run, or run main again"
-                ) from None
+                    f"main run '{run_id}' records {step} run {step_run_id[:40]!r}, which is no {step} run of this "
+                    "store; it cannot be compared: reproduce another main run, or run main again"
+                )
     if "load" not in runs:
         raise PipelineError(
             f"main run '{run_id}' records no load run (tag steps.load.run_id), so no data to compare; reproduce "

@@ -397,6 +397,11 @@ def build_feature_spec(
     distinct values per column, not counted again; `decimal_comma`: load read a CSV with decimal commas)."""
     validate_target(frame, target, task)
     labels = frame[target].dropna()
+    if pd.api.types.is_datetime64_any_dtype(labels) or isinstance(labels.dtype, pd.PeriodDtype):
+        raise PipelineError(
+            f"target '{target}' holds dates/times: a model here predicts classes or numbers; pass another "
+            "-P target=, or turn the time into a number (days since an event) in the data"
+        )
     task = task or detect_task(labels)
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
         words = labels[pd.to_numeric(labels, errors="coerce").isna()]

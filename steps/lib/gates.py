@@ -224,15 +224,16 @@ def champion_gate(
             False,
             f"champion v{version} could not be fetched ({one_line(str(error), 160)}); run evaluate again",
         )
-    rows, how = rows_unseen_by(current.run_id, test, spec, challenger.splits_uri)
+    rows, how = rows_unseen_by(current.run_id, test, spec, challenger)
     if rows is None:
         return Gate("champion", False, f"champion v{version}: {how}; compare the two by hand (docs/lifecycle.md)")
     if len(rows) < min(MIN_UNSEEN_ROWS, len(test)):
         return Gate(
             "champion",
             False,
-            f"champion v{version} was trained on {len(test) - len(rows):,} of these {len(test):,} test rows: no "
-            "fair comparison; compare the two on new rows by hand, or split as its run did (seed, sizes)",
+            f"champion v{version} was trained on {len(test) - len(rows):,} of these {len(test):,} test rows that the "
+            f"new model was not, leaving fewer than {MIN_UNSEEN_ROWS} to compare on: no fair comparison; compare "
+            "the two on new rows by hand, or split as its run did (seed, sizes)",
         )
     try:
         champion_scores = score_model(champion_model, rows, spec)
@@ -259,17 +260,21 @@ class Challenger:
 
     model: Any = None
     splits_uri: str = ""
+    trained: pd.DataFrame | None = None  # its training and validation rows: values both models saw count as new
 
 
 MIN_UNSEEN_ROWS = 30  # fewer test rows than this unseen by the champion: no comparison
 
 
-def rows_unseen_by(champion_run_id: str, test: pd.DataFrame, spec: FeatureSpec, splits_uri: str) -> tuple[Any, str]:
+def rows_unseen_by(
+    champion_run_id: str, test: pd.DataFrame, spec: FeatureSpec, challenger: Challenger
+) -> tuple[Any, str]:
     """The test rows the champion (its train run) was neither trained nor tuned on, and how they were told: all
     when it was trained on the same splits (the same featurize output); else those whose values (features and
-    label) are in none of its training and validation rows, read from its run's splits (a champion trained on
-    another seed's split, or before rows were added, had most of these test rows in its training rows, and its
-    score on them looked far better than it is)."""
+    label) are in none of its training and validation rows, read from its run's splits, unless the challenger's
+    training or validation rows hold them too (both saw them: a table of few distinct rows, a data refresh). A
+    champion trained on another seed's split, or before rows were added, had most of these test rows in its
+    training rows, and its score on them looked far better than it is."""
     from steps.lib.splits import read_splits
 
     client = MlflowClient()
@@ -280,6 +285,7 @@ def rows_unseen_by(champion_run_id: str, test: pd.DataFrame, spec: FeatureSpec, 
     if not recorded:
         return test, "its run records no training rows: they may include these"
     digest = output_digest(client, recorded)
+    splits_uri = challenger.splits_uri
     if recorded == splits_uri or (digest is not None and digest == output_digest(client, splits_uri)):
         return test, ""  # the same splits: every test row is new to both
     try:
@@ -293,8 +299,10 @@ def rows_unseen_by(champion_run_id: str, test: pd.DataFrame, spec: FeatureSpec, 
     if not set(columns) <= set(seen.train.columns):  # trained on other columns: it saw none of these rows
         return test, ""
     trained = row_keys(pd.concat([seen.train[columns], seen.validation[columns]], ignore_index=True))
+    if challenger.trained is not None and set(columns) <= set(challenger.trained.columns):
+        trained = np.setdiff1d(trained, row_keys(challenger.trained[columns]))  # seen by both: a fair row
     unseen = test[~np.isin(row_keys(test[columns]), trained)]
-    return unseen, f"on the {len(unseen):,} of {len(test):,} test rows it was not trained on"
+    return unseen, f"on the {len(unseen):,} of {len(test):,} test rows it was not trained on (or both were)"
 
 
 def output_digest(client: MlflowClient, splits_uri: str) -> str | None:

@@ -173,14 +173,18 @@ class TimeReadings:
                 self.checked[column] += len(present)
                 self.unread[column] += int(parse_times(present, time_format).isna().sum())
 
-    def warn(self) -> None:
-        for column, unread in self.unread.items():
-            if unread and unread >= 0.01 * self.checked[column]:
-                logger.warning(
-                    "column '%s': %d of %d values checked do not read as %s, the format the model learned: it takes "
-                    "them as missing times; write them as the training rows did",
-                    *(column, unread, self.checked[column], self.formats[column]),
-                )
+    def warnings(self) -> list[str]:
+        """One line per column of which 1 % or more of the values checked did not read, each logged as a warning."""
+        said = [
+            f"column '{column}': {unread:,} of {self.checked[column]:,} values checked do not read as "
+            f"{self.formats[column]}, the format the model learned: it takes them as missing times; write them as "
+            "the training rows did"
+            for column, unread in self.unread.items()
+            if unread and unread >= 0.01 * self.checked[column]
+        ]
+        for line in said:
+            logger.warning(line)
+        return said
 
 
 def learned_time_formats(model: Any) -> dict[str, str]:

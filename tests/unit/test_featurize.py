@@ -412,3 +412,12 @@ def test_a_unique_column_of_numbers_or_dates_not_read_is_dropped_with_a_warning_
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2 and warned[0].startswith("column 'amount' dropped as ID-like (text unique per row); ")
     assert warned[0].endswith("if it matters, write it as plain numbers (1234.5) or ISO dates (2024-05-31)")
+
+
+def test_a_target_of_dates_is_refused_in_one_line_naming_what_to_do():
+    """A time as the label sent the user in a loop: 'not numeric ... 0 of 400 are not numbers' with
+    task=regression, 'mostly numbers: pass -P task=regression' without."""
+    frame = pd.DataFrame({"x": np.arange(40.0), "when": pd.date_range("2024-01-01", periods=40, tz="Asia/Tokyo")})
+    for task in (None, REGRESSION, CLASSIFICATION):
+        with pytest.raises(PipelineError, match="target 'when' holds dates/times: a model here predicts classes or"):
+            build_feature_spec(frame, "when", task)

@@ -685,7 +685,7 @@ def test_a_whole_number_column_takes_a_zero_fraction_as_pandas_writes_it_beside_
         read(["70.0", "old"])
 
 
-def test_predict_warns_of_times_not_written_as_the_model_learned_them(tracking_uri, tmp_path, caplog):
+def test_predict_warns_of_times_not_written_as_the_model_learned_them(tracking_uri, tmp_path, caplog, capsys):
     """A model that learned `31/05/2024` reads ISO dates as missing times: predict scored them without a word."""
     import mlflow
 
@@ -703,7 +703,10 @@ def test_predict_warns_of_times_not_written_as_the_model_learned_them(tracking_u
     )
     for name, said in (("same", False), ("iso", True)):
         caplog.clear()
-        with mlflow.start_run():
+        with mlflow.start_run() as run:
             run_predict(str(tmp_path / f"{name}.csv"), model_uri=model_uri)
         warned = "column 'when': 40 of 40 values checked do not read as %d/%m/%Y, the format the model learned"
         assert (warned in caplog.text) is said, caplog.text[-2000:]
+        described = mlflow.get_run(run.info.run_id).data.tags["mlflow.note.content"]
+        assert (f"**Warning:** {warned}" in described) is said  # and on stderr, where the command was typed
+    assert f"warning: predict: {warned}" in capsys.readouterr().err

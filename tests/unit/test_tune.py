@@ -616,3 +616,25 @@ def test_reproduces_table_shows_both_data_digests():
     assert format_comparison(table).splitlines()[-1].split() == [
         "load", "data.digest", "(tag)", "0a1b2c3d4e5f", "ffee", "NO"
     ]  # fmt: skip
+
+
+def test_reproduce_takes_a_recorded_step_run_only_if_it_is_that_steps_run(tracking_uri):
+    """A tag is anyone's to write: a load tag naming the main run's evaluate run re-ran everything, then blamed
+    the metrics."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from steps.lib.errors import PipelineError
+    from steps.reproduce import step_runs
+
+    with mlflow.start_run() as load:
+        mlflow.set_tag("pipeline.step", "load")
+    with mlflow.start_run() as evaluate:
+        mlflow.set_tag("pipeline.step", "evaluate")
+    with mlflow.start_run() as main:
+        mlflow.set_tags({"pipeline.step": "main", "steps.load.run_id": load.info.run_id})
+    client = MlflowClient()
+    assert step_runs(client, client.get_run(main.info.run_id))["load"].info.run_id == load.info.run_id
+    client.set_tag(main.info.run_id, "steps.load.run_id", evaluate.info.run_id)
+    with pytest.raises(PipelineError, match=f"records load run '{evaluate.info.run_id}', which is no load run"):
+        step_runs(client, client.get_run(main.info.run_id))
