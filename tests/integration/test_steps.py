@@ -181,6 +181,28 @@ def test_the_champion_is_scored_only_on_test_rows_it_was_not_trained_on(store, t
     assert int(found.group(2).replace(",", "")) < 300 and float(found.group(1)) < 0.85  # not the memorised rows
 
 
+def test_a_refresh_of_a_table_of_few_distinct_rows_can_replace_the_champion(store, tmp_path, in_process):
+    """Four columns of three levels: 81 distinct feature rows. After rows were appended, nearly every new test row
+    had values in the champion's training rows, and the gate refused every retrain ("trained on 499 of these 500
+    test rows"); the new model's training rows hold those values too, so both are scored on them."""
+    rng = np.random.default_rng(4)
+    n = 1500
+    frame = pd.DataFrame({name: rng.choice(["lo", "mid", "hi"], n) for name in ("plan", "region", "tier", "usage")})
+    frame["churn"] = np.where((frame["plan"] == "lo") ^ (rng.random(n) < 0.2), "yes", "no")
+    frame.head(1200).to_csv(tmp_path / "first.csv", index=False)
+    frame.to_csv(tmp_path / "refreshed.csv", index=False)
+    client = MlflowClient(store)
+    for name in ("first", "refreshed"):
+        in_process("load", "--data-uri", str(tmp_path / f"{name}.csv"), "--target", "churn")
+        in_process("featurize", "--raw-data-uri", f"runs:/{newest(client, 'load').info.run_id}/data", "--seed", "1")
+        splits_uri = f"runs:/{newest(client, 'featurize').info.run_id}/splits"
+        in_process("train", "--splits-uri", splits_uri, "--model", "logistic_regression", "--threads", "1")
+        flags = ["--model-uri", newest(client, "train").data.tags["model_uri"], "--splits-uri", splits_uri]
+        in_process("evaluate", *flags, "--registered-model-name", "few", "--metric", "accuracy")
+    reason = client.get_model_version("few", "2").tags["gate.champion"]
+    assert "no fair comparison" not in reason and "of 300 test rows it was not trained on (or both were)" in reason
+
+
 def test_regression_data_set_trains_its_regression_families(store, in_process):
     client = MlflowClient(store)
     in_process("load", "--data-uri", "sklearn:diabetes")
