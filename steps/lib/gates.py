@@ -24,6 +24,7 @@ from steps.lib.models import score_model
 from steps.lib.names import OUTPUT_DIGEST_TAG
 from steps.lib.registry import CHAMPION
 from steps.lib.runner import as_param, parse_bool, unset_is_none
+from steps.lib.story import four_places
 from steps.lib.uris import run_of_uri
 
 # Threshold params: metric -> the param that bounds it. Each is checked only when given.
@@ -180,10 +181,10 @@ def better_than_gate(
 
 
 def two_scores(first: float, second: float) -> tuple[str, str]:
-    """Two scores with 4 decimals, or as many more as it takes to tell them apart (0.77171 against 0.77166,
-    not 0.7717 against 0.7717), up to 10."""
-    for decimals in range(4, 11):
-        shown = f"{first:.{decimals}f}", f"{second:.{decimals}f}"
+    """Two scores as the summary shows a figure (`story.four_places`), or with as many more places as it takes to
+    tell them apart (0.77171 against 0.77166, not 0.7717 against 0.7717), up to 10."""
+    for places in range(4, 11):
+        shown = four_places(first, places), four_places(second, places)
         if shown[0] != shown[1]:
             break
     return shown

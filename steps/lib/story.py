@@ -46,10 +46,10 @@ def figure(scores: dict[str, float], metric: str) -> str:
     return "n/a" if value is None or value != value else four_places(value)
 
 
-def four_places(value: float) -> str:
-    """A figure to 4 places, and to 4 significant digits from a million on (an rmse of labels near 1e300 printed
-    309 digits)."""
-    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
+def four_places(value: float, places: int = 4) -> str:
+    """A figure to 4 places (or `places`), and to as many significant digits from a million on (an rmse of labels
+    near 1e300 printed 309 digits)."""
+    return f"{value:.{places}f}" if abs(value) < 1e6 else f"{value:.{places}g}"
 
 
 def listed(items: Iterable[str], none: str = "none") -> str:

@@ -364,6 +364,7 @@ def test_two_scores_are_shown_with_the_decimals_that_tell_them_apart():
     assert two_scores(0.91, 0.8) == ("0.9100", "0.8000")
     assert two_scores(0.771712, 0.771707) == ("0.771712", "0.771707")  # 0.7717 against 0.7717 said nothing
     assert two_scores(0.5, 0.5) == ("0.5000000000", "0.5000000000")
+    assert two_scores(3.2e300, 1.5e300) == ("3.2e+300", "1.5e+300")  # not 301 digits, as the summary shows them
 
 
 def test_a_champion_whose_run_records_no_splits_is_compared_on_every_test_row_and_the_reason_says_so(
