@@ -35,7 +35,7 @@ from steps.lib.drift import MISSING_CHANGE, TIMES, BatchProfile, DriftRule, as_n
 from steps.lib.errors import PipelineError
 from steps.lib.features import CLASSIFICATION, FeatureSpec, infinite_rows, quoted
 from steps.lib.keys import key_parts, unused_name
-from steps.lib.metrics import among_classes, greater_is_better
+from steps.lib.metrics import among_classes, greater_is_better, is_number
 from steps.lib.model_loading import load_model
 from steps.lib.models import metrics_on
 from steps.lib.names import DRIFT_DIR, EVALUATE_RUN_TAG, FIGURES_DIR
@@ -259,10 +259,6 @@ def read_types(pyfunc: Any, spec: FeatureSpec) -> dict[str, str]:
     true_false = spec.task == CLASSIFICATION and all(isinstance(c, (bool, np.bool_)) for c in spec.classes or ["?"])
     as_text = dict.fromkeys([*text, *true_false_columns(pyfunc), *spec.numeric], "string")
     return as_text | {spec.target: "double" if numeric_labels else "boolean" if true_false else "string"}
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def true_false_columns(pyfunc: Any) -> tuple[str, ...]:

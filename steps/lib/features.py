@@ -121,10 +121,14 @@ def detect_task(target: pd.Series) -> str:
     return REGRESSION
 
 
+def folded(text: str) -> str:
+    """Text without its case and with its spaces as one (`' Yes  no'` -> `yes no`): what tells alike names apart."""
+    return " ".join(text.split()).casefold()
+
+
 def same_but_for_case(name: str, columns: Any) -> list[str]:
     """The columns that are `name` but for case and spaces (`' label '` for `label`)."""
-    wanted = " ".join(name.split()).casefold()
-    return [str(c) for c in columns if " ".join(str(c).split()).casefold() == wanted]
+    return [str(c) for c in columns if folded(str(c)) == folded(name)]
 
 
 def not_in_data(what: str, name: str, columns: Any, fix: str) -> PipelineError:
@@ -167,7 +171,7 @@ def warn_of_alike_classes(target: str, classes: list[Any]) -> None:
     and a spreadsheet typed by hand is full of them: said in a warning (counted on the run), not merged."""
     groups: dict[str, list[str]] = {}
     for label in (c for c in classes if isinstance(c, str)):
-        groups.setdefault(" ".join(label.split()).casefold(), []).append(label)
+        groups.setdefault(folded(label), []).append(label)
     alike = [" = ".join(map(repr, group)) for group in groups.values() if len(group) > 1]
     if alike:
         logging.getLogger("steps.features").warning(

@@ -129,10 +129,14 @@ def label_codes(y_true: Any, y_pred: Any, classes: list[Any] | None) -> tuple[An
     return true_codes, pred_codes, class_codes
 
 
+def is_number(value: Any) -> bool:
+    """A class label that is a number (not True/False, which Python counts as one)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def among_classes(labels: pd.Series, classes: list[Any]) -> pd.Series:
     """Which labels are among a model's classes: numbers compared as numbers (`1.0` is class 1), text as text."""
-    numbers = [c for c in classes if isinstance(c, (int, float, np.integer, np.floating)) and not isinstance(c, bool)]
-    if len(numbers) == len(classes):
+    if all(is_number(c) for c in classes):
         return pd.to_numeric(labels, errors="coerce").isin([float(c) for c in classes])
     return labels.astype(str).isin([str(c) for c in classes])
 
