@@ -31,7 +31,7 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
         identity = run.data.tags.get(PROCESS_TAG, "")
         if not identity or run.info.run_id == main_run_id or process_alive(identity) is not False:
             continue
-        if me is None or run.data.tags.get("mlflow.user", run.info.user_id) != me:  # never another user's runs
+        if not is_mine(run, me):  # never another user's runs
             continue
         try:
             if run.data.tags.get(STEP_TAG) == "evaluate":
@@ -61,7 +61,7 @@ def reap_trials_of_ended_tunes(client: MlflowClient, experiment_id: str, main_ru
     found = f"attributes.status = 'RUNNING' and tags.`{STEP_TAG}` = 'trial'"
     for run in client.search_runs([experiment_id], filter_string=found, max_results=1000):
         tune = run.data.tags.get(PARENT_TAG, "")
-        if not tune or me is None or run.data.tags.get("mlflow.user", run.info.user_id) != me:
+        if not tune or not is_mine(run, me):
             continue
         if tune not in status_of:
             try:
@@ -79,6 +79,11 @@ def reap_trials_of_ended_tunes(client: MlflowClient, experiment_id: str, main_ru
             continue
         reaped.append(run.info.run_id)
     return reaped
+
+
+def is_mine(run: Run, me: str | None) -> bool:
+    """Whether this user (`current_user`) made the run: unknown is not mine."""
+    return me is not None and run.data.tags.get("mlflow.user", run.info.user_id) == me
 
 
 def current_user() -> str | None:
