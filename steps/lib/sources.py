@@ -88,15 +88,16 @@ def frame_schema(frame: pd.DataFrame) -> Schema | None:
             if values.dtype.kind != "O":  # numbers, true/false, times: MLflow types them by the dtype alone
                 specs.append(ColSpec(_infer_numpy_dtype(values.dtype), column, required=not values.hasnans))
                 continue
-            if isinstance(values.dtype, pd.StringDtype) and not values.isna().all():  # text in every present row
-                specs.append(ColSpec(DataType.string, column, required=not values.hasnans))
+            missing = values.isna()
+            if isinstance(values.dtype, pd.StringDtype) and not missing.all():  # text in every present row
+                specs.append(ColSpec(DataType.string, column, required=not missing.any()))
                 continue
             sample = values.head(10 * SCHEMA_SAMPLE_ROWS).dropna().head(SCHEMA_SAMPLE_ROWS)
             if sample.empty:  # missing in every early row: look further (not copying a million rows otherwise)
                 present = values.dropna()
                 sample = (present if len(present) else values).head(SCHEMA_SAMPLE_ROWS)
             inferred = _infer_schema(pd.DataFrame({column: sample}, copy=False)).inputs[0]
-            specs.append(ColSpec(inferred.type, inferred.name, required=not bool(values.isna().any())))
+            specs.append(ColSpec(inferred.type, inferred.name, required=not bool(missing.any())))
     except Exception:
         return None
     return Schema(specs)
