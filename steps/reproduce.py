@@ -207,6 +207,19 @@ def step_runs(client: MlflowClient, main_run: Run) -> dict[str, Run]:
     return runs
 
 
+def deleted_words(main_run: Run, runs: dict[str, Run]) -> str | None:
+    """What of the run being reproduced is deleted (in the store's trash: `mlflow gc` removes its artifacts), with
+    how to restore it; None when nothing is. The comparison still runs on what the store holds."""
+    named = {"main": main_run, **runs}
+    deleted = [run.info.run_id for run in named.values() if run.info.lifecycle_stage == "deleted"]
+    if not deleted:
+        return None
+    which = ", ".join(f"{step} run {run.info.run_id}" for step, run in named.items() if run.info.run_id in deleted)
+    restore = " and ".join(f"`mlflow runs restore --run-id {run_id}`" for run_id in deleted)
+    verb = "is" if len(deleted) == 1 else "are"
+    return f"{which} {verb} deleted (compared as the store holds it): restore with {restore} before `mlflow gc` runs"
+
+
 def step_metrics(runs: dict[str, Run]) -> dict[str, dict[str, float]]:
     """Every step's metrics, by step (`step_runs`), without the volatile ones (times, memory)."""
     return {
@@ -276,6 +289,9 @@ def run_reproduce(run_id: str, env_manager: str = "uv", source: str | None = Non
         if original.subdirectory:
             project = project / original.subdirectory
         recorded = step_runs(client, original.run)  # before anything is re-run
+        deleted = deleted_words(original.run, recorded)
+        if deleted:
+            warn(deleted)
         tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         result = rerun(project, original.params, env_manager, tracking_uri)
         fresh = MlflowClient(tracking_uri)

@@ -638,3 +638,25 @@ def test_reproduce_takes_a_recorded_step_run_only_if_it_is_that_steps_run(tracki
     client.set_tag(main.info.run_id, "steps.load.run_id", evaluate.info.run_id)
     with pytest.raises(PipelineError, match=f"records load run '{evaluate.info.run_id}', which is no load run"):
         step_runs(client, client.get_run(main.info.run_id))
+
+
+def test_reproduce_says_when_a_run_it_compares_is_deleted(tracking_uri):
+    """A soft-deleted step run was reproduced without a word, though `mlflow gc` may remove its artifacts."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from steps.reproduce import deleted_words, step_runs
+
+    with mlflow.start_run() as load:
+        mlflow.set_tag("pipeline.step", "load")
+    with mlflow.start_run() as main:
+        mlflow.set_tags({"pipeline.step": "main", "steps.load.run_id": load.info.run_id})
+    client = MlflowClient()
+    main_run = client.get_run(main.info.run_id)
+    assert deleted_words(main_run, step_runs(client, main_run)) is None
+    client.delete_run(load.info.run_id)
+    words = deleted_words(main_run, step_runs(client, main_run))
+    assert words == (
+        f"load run {load.info.run_id} is deleted (compared as the store holds it): restore with `mlflow runs restore "
+        f"--run-id {load.info.run_id}` before `mlflow gc` runs"
+    )
