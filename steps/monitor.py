@@ -419,7 +419,15 @@ def run_monitor(
     profile, labelled = profile_batch(
         data_uri, model, reference, columns, sizes, types, true_false_columns(loaded.pyfunc)
     )
-    table = drift_table(reference.train_with_predictions, profile, numeric, categorical, rule, spec.time_formats())
+    table = drift_table(
+        reference.train_with_predictions,
+        profile,
+        numeric,
+        categorical,
+        rule,
+        spec.time_formats(),
+        spec.missing_before_split(),
+    )
     drifted = table.loc[table["drifted"], "column"].tolist()
     sample = profile.sampled()
     summary: dict[str, Any] = {

@@ -251,10 +251,13 @@ def drift_table(
     categorical: list[str],
     rule: DriftRule,
     times: Mapping[str, str] | None = None,
+    missing_before_split: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """One row per column: its test (KS on the sample, chi-square on all counts), PSI over all rows, missing
     shares, schema changes, and whether it drifted; a date/time column (`times`: name -> format of its text) its
-    spans instead of a test."""
+    spans instead of a test. `missing_before_split`: a column's missing share in the data before the reference
+    lost the rows without it (a time or group split's column: `FeatureSpec.missing_before_split`)."""
+    missing_before_split = missing_before_split or {}
     if isinstance(current, BatchProfile):  # its own date/time columns, unless told
         profile = current
         times = times if times is not None else {n: t.time_format for n, t in profile.tallies.items() if t.times}
@@ -288,7 +291,7 @@ def drift_table(
             row |= {"test": "chi2"} | result
             if unseen:
                 schema_change = f"unseen categories: {', '.join(map(str, unseen[:5]))}"
-        ref_missing = float(reference[name].isna().mean())
+        ref_missing = missing_before_split.get(name, float(reference[name].isna().mean()))
         cur_missing = tally.missing / max(tally.rows, 1)
         row |= {
             "missing_reference": ref_missing,

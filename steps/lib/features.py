@@ -84,7 +84,8 @@ class FeatureSpec:
     datetime: list[str] = field(default_factory=list)
     # column -> {"encoding": one-hot | target | date parts, "levels": distinct values, "reason": why}
     encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # how featurize split the rows: {"kind": random | time | group, "column": ..., "rows_without_value": n}
+    # how featurize split the rows: {"kind": random | time | group, "column": ..., "rows_without_value": n,
+    # "labelled_rows": the labelled rows it split, before those without a time or group were dropped}
     split: dict[str, Any] = field(default_factory=dict)
 
     def encoding(self, column: str) -> str:
@@ -94,6 +95,16 @@ class FeatureSpec:
     def time_formats(self) -> dict[str, str]:
         """Each date/time column's format as text (ISO 8601 where the spec predates formats)."""
         return {column: self.encodings.get(column, {}).get("format", ISO8601) for column in self.datetime}
+
+    def missing_before_split(self) -> dict[str, float]:
+        """The time or group column's share of missing values among the labelled rows, before featurize dropped
+        the rows without one: the training split has none, and monitor compares a batch with this share instead.
+        Empty where nothing was dropped, or the record is not two counts that fit (the spec is anyone's to write)."""
+        column, dropped, rows = (self.split.get(key) for key in ("column", "rows_without_value", "labelled_rows"))
+        counts = all(isinstance(n, int) and not isinstance(n, bool) for n in (dropped, rows))
+        if not isinstance(column, str) or not counts or not 0 < dropped <= rows:
+            return {}
+        return {column: dropped / rows}
 
     def numbers_in_text(self) -> list[str]:
         """The numeric columns written as text ($1,234.50, 45%): the model reads them as numbers."""

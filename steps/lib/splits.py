@@ -262,7 +262,7 @@ def split_by_time(
     keys, time_format = time_keys(values, spec.time_formats().get(str(values.name)))
     times = keys.to_numpy()
     timed = np.flatnonzero(~np.isnan(times))
-    spec.split["rows_without_value"] = len(times) - len(timed)
+    spec.split |= {"rows_without_value": len(times) - len(timed), "labelled_rows": len(times)}
     if time_format is not None:
         spec.split["format"] = time_format  # cross-validation folds cut the training rows' times the same way
     empty = (
@@ -290,7 +290,7 @@ def split_by_group(
     """Positions (in `groups`, the group column of the labelled rows) of train, validation and test."""
     column = groups.name
     grouped = np.flatnonzero(groups.notna().to_numpy())
-    spec.split["rows_without_value"] = len(groups) - len(grouped)
+    spec.split |= {"rows_without_value": len(groups) - len(grouped), "labelled_rows": len(groups)}
     keys = groups.iloc[grouped].astype(str)
     n_groups = keys.nunique()
     if n_groups < 3:

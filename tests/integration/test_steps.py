@@ -399,7 +399,9 @@ def test_main_splits_by_time_and_by_group(store, tmp_path, in_process):
     assert when["train"].max() < when["validation"].min() and when["validation"].max() < when["test"].min()
     assert sum(len(part) for part in parts.values()) == n - 3
     spec = json.loads((folder / "feature_spec.json").read_text())
-    assert spec["split"] == {"kind": "time", "column": "ordered at", "rows_without_value": 3, "format": "ISO8601"}
+    assert spec["split"] == {
+        "kind": "time", "column": "ordered at", "rows_without_value": 3, "labelled_rows": n, "format": "ISO8601"
+    }  # fmt: skip
     tune = newest(client, "tune")
     assert tune.data.params["cv_folds"] == "2"
     assert tune.data.tags["scored_on"] == "2 folds in time order on 'ordered at': each scores the next block of time"

@@ -194,7 +194,9 @@ def test_a_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest_equal_ti
     times = {name: pd.to_datetime(splits[name]["at"], format=fmt) for name in ("train", "validation", "test")}
     assert times["train"].max() < times["validation"].min() and times["validation"].max() < times["test"].min()
     assert sum(len(splits[name]) for name in times) == len(frame) - 7
-    assert spec.split == {"kind": "time", "column": "at", "rows_without_value": 7, "format": found}
+    assert spec.split == {
+        "kind": "time", "column": "at", "rows_without_value": 7, "labelled_rows": len(frame), "format": found
+    }  # fmt: skip
     assert spec.time_formats() == {"at": found}  # the same column as a feature: the same format
     assert abs(len(splits.test) / (len(frame) - 7) - 0.2) < 0.02
 

@@ -66,6 +66,51 @@ def test_drift_table_flags_the_shifted_columns_missing_values_and_type_changes()
     assert not table.loc["petal_width_cm", "drifted"]
 
 
+def test_a_time_splits_column_is_compared_with_its_missing_share_before_the_split():
+    """featurize drops the rows without a time from a time split, so the training split (monitor's reference) has
+    none missing: a batch from the same file, a fifth of its times missing, was always reported as drift."""
+    from steps.lib.splits import split_frame
+    from tests.unit.test_featurize import timed_frame
+
+    frame = timed_frame(n=1000)
+    frame.loc[frame.index[:200], "at"] = None  # a fifth of the times missing, in the file and in the batch
+    spec = build_feature_spec(frame, "label")
+    splits = split_frame(frame, spec, seed=0, validation_size=0.2, test_size=0.2, split="time", column="at")
+    assert spec.missing_before_split() == {"at": 0.2} and splits.train["at"].notna().all()
+    times = spec.time_formats()
+    was = drift_table(splits.train, frame, spec.numeric, spec.categorical, DriftRule(), times).set_index("column")
+    assert was.loc["at", "drifted"] and was.loc["at", "missing_reference"] == 0.0  # the bug
+    table = drift_table(
+        splits.train, frame, spec.numeric, spec.categorical, DriftRule(), times, spec.missing_before_split()
+    ).set_index("column")
+    assert table.loc["at", "missing_reference"] == 0.2 and table.loc["at", "missing_change"] == 0.0
+    assert not table.loc["at", "drifted"]
+    frame.loc[frame.index[200:600], "at"] = None  # 60 % missing now: drift still shows
+    table = drift_table(
+        splits.train, frame, spec.numeric, spec.categorical, DriftRule(), times, spec.missing_before_split()
+    ).set_index("column")
+    assert table.loc["at", "drifted"] and table.loc["at", "missing_change"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        {"kind": "random", "column": None, "rows_without_value": 0},
+        {"kind": "time", "column": "at", "rows_without_value": 0, "labelled_rows": 10},
+        {"kind": "time", "column": "at", "rows_without_value": 3},  # a spec from before labelled_rows
+        {"kind": "time", "column": "at", "rows_without_value": 11, "labelled_rows": 10},
+        {"kind": "time", "column": "at", "rows_without_value": "3", "labelled_rows": 10},
+        {"kind": "time", "column": "at", "rows_without_value": True, "labelled_rows": 10},
+        {"kind": "time", "column": ["at"], "rows_without_value": 3, "labelled_rows": 10},
+    ],
+)
+def test_a_split_record_that_does_not_add_up_changes_no_reference(split):
+    """feature_spec.json is anyone's to write: only two counts that fit move a reference share."""
+    spec = build_feature_spec(*load_bundled_frame("iris"))
+    spec.split = split
+    assert spec.missing_before_split() == {}
+
+
 def test_columns_are_checked_against_the_training_spec():
     frame, target = load_bundled_frame("iris")
     spec = build_feature_spec(frame, target)
