@@ -309,6 +309,21 @@ def numbers_in_text(
     return {"encoding": NUMBERS_IN_TEXT, "reason": reason}
 
 
+def numbers_written_as_text(labels: pd.Series, decimal_comma: bool = False) -> str | None:
+    """What to do with a label of numbers written as text (`$1,234.50`, `45%`): a feature of them is read as
+    numbers inside the model, but a label is read as written (a class each); None if the labels are not such text."""
+    if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return None
+    if pd.to_numeric(labels, errors="coerce").notna().mean() >= NUMBER_SHARE:  # plain numbers among a few words
+        return None
+    if numbers_in_text(labels, decimal_comma=decimal_comma) is None:
+        return None
+    return (
+        "they are numbers written as text (a currency sign, thousands separators, %), which a label is not read "
+        "as: to predict the amount, write them as plain numbers (1234.5) in the data"
+    )
+
+
 def parsed(text: pd.Series, fmt: str) -> pd.Series:
     """`text` as times in format `fmt`, NaT where a value is not one."""
     if fmt == ISO8601:  # the regex too: pandas' ISO parser also takes a bare year ("2024") or month ("2024-05")
@@ -419,11 +434,12 @@ def build_feature_spec(
         )
     task = task or detect_task(labels)
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
+        formatted = numbers_written_as_text(labels, decimal_comma)
         words = labels[pd.to_numeric(labels, errors="coerce").isna()]
         raise PipelineError(
             f"target '{target}' is not numeric, so it cannot be a regression target: {len(words):,} of "
-            f"{len(labels):,} labels are not numbers ({quoted(words.unique())}); clean them (an empty cell is an "
-            "unlabelled row), or use -P task=classification"
+            f"{len(labels):,} labels are not numbers ({quoted(words.unique())}); "
+            + (formatted or "clean them (an empty cell is an unlabelled row), or use -P task=classification")
         )
     choice = choose_columns(frame, target, counted, decimal_comma)
     refuse_infinities(frame, [*choice.numeric, *([target] if task == "regression" else [])])
@@ -437,10 +453,17 @@ def build_feature_spec(
         rare = counts[counts < MIN_ROWS_PER_CLASS]
         if not rare.empty:
             numbers = len(rare) > 5 and pd.to_numeric(labels, errors="coerce").notna().mean() >= 0.5
+            formatted = len(rare) > 5 and not numbers and numbers_written_as_text(labels, decimal_comma)
             raise PipelineError(
                 f"class(es) {quoted(rare.index)} have fewer than {MIN_ROWS_PER_CLASS} rows, too few for a stratified "
-                "train/validation/test split; drop or merge them"
-                + ("; the label is mostly numbers: pass -P task=regression (and clean the rest)" if numbers else "")
+                "train/validation/test split; "
+                + (
+                    "drop or merge them; the label is mostly numbers: pass -P task=regression (and clean the rest)"
+                    if numbers
+                    else f"{formatted}, or merge them into classes"
+                    if formatted
+                    else "drop or merge them"
+                )
             )
         classes = sorted(labels.unique().tolist(), key=lambda v: (str(type(v)), v))
         classes = [c.item() if hasattr(c, "item") else c for c in classes]

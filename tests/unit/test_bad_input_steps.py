@@ -175,6 +175,17 @@ def test_featurize_refuses_infinite_numbers(tracking_uri, capsys, tmp_path, targ
     assert_failed_cleanly(capsys, "featurize", ["--raw-data-uri", raw, "--task", task], message)
 
 
+@pytest.mark.parametrize("task", ["auto", "regression"])
+def test_featurize_tells_a_label_of_amounts_written_as_text_to_be_written_as_numbers(tracking_uri, capsys, csv, task):
+    prices = [f"${1000 + 37.5 * i:,.2f}" for i in range(60)]  # $1,000.00, $1,037.50, ...
+    frame = pd.DataFrame({"x": [i % 7 * 0.5 for i in range(60)], "price": prices})
+    code, stderr = run_step_cli(capsys, "load", "--data-uri", csv(frame), "--target", "price")
+    assert code == 0, stderr
+    raw = f"runs:/{newest_run('load').info.run_id}/data"
+    told = "they are numbers written as text (a currency sign, thousands separators, %), which a label is not read as"
+    assert_failed_cleanly(capsys, "featurize", ["--raw-data-uri", raw, "--task", task], told)
+
+
 def test_a_column_that_is_not_there_shows_the_names_as_they_are_and_the_one_meant():
     """A header ` label ` printed as `label ` in the list of columns could not be told from `label`; the names
     are quoted now, and a name that is the one asked for but for case and spaces is pointed at."""

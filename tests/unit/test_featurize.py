@@ -378,6 +378,34 @@ def test_a_number_label_with_a_few_words_is_told_in_one_short_line():
     )
 
 
+def test_a_label_of_amounts_written_as_text_is_told_to_be_written_as_numbers():
+    """Prices as `$1,019.70`: a feature of them is read as numbers, but as the label every price became a class of
+    one row and the error said 'drop or merge them'; with task=regression, 'clean them ... or classify'."""
+    rng = np.random.default_rng(0)
+    prices = (1000 + 300 * rng.normal(size=300)).round(2)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "price": [f"${p:,.2f}" for p in prices]})
+    told = (
+        "they are numbers written as text (a currency sign, thousands separators, %), which a label is not read "
+        "as: to predict the amount, write them as plain numbers (1234.5) in the data"
+    )
+    with pytest.raises(PipelineError) as refused:
+        build_feature_spec(frame, "price")
+    message = str(refused.value)
+    assert "more have fewer than 3 rows" in message and message.endswith(f"; {told}, or merge them into classes")
+    assert len(message) < 400, message
+    with pytest.raises(PipelineError) as refused:
+        build_feature_spec(frame, "price", REGRESSION)
+    assert str(refused.value).startswith("target 'price' is not numeric, so it cannot be a regression target: 300 of")
+    assert str(refused.value).endswith(f"; {told}")
+    # Classes that happen to be amounts, enough rows each: a classification, as written.
+    tiers = frame.assign(price=rng.choice(["$10", "$20", "$50"], 300))
+    assert build_feature_spec(tiers, "price").classes == ["$10", "$20", "$50"]
+    # A few rare classes among amounts: the usual advice (they may be classes).
+    tiers.loc[[0, 1], "price"] = ["$1,000", "$2,000"]
+    with pytest.raises(PipelineError, match=r"too few for a stratified .*; drop or merge them$"):
+        build_feature_spec(tiers, "price")
+
+
 def test_classes_that_differ_only_in_case_or_spaces_are_warned_of(caplog):
     """' yes', 'Yes', 'YES ' and 'yes' were four classes without a word (test f1 0.19, promoted all the same)."""
     rng = np.random.default_rng(0)
