@@ -36,12 +36,7 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str, main_run_id: str) -
         try:
             if run.data.tags.get(STEP_TAG) == "evaluate":
                 delete_undecided_versions(client, run.info.run_id)
-            client.set_tag(
-                run.info.run_id,
-                ERROR_TAG,
-                f"its process ({identity}) ended without closing the run; marked KILLED by main run {main_run_id}",
-            )
-            client.set_terminated(run.info.run_id, status="KILLED")
+            mark_killed(client, run.info.run_id, f"its process ({identity}) ended without closing the run", main_run_id)
             clean_up_after(client, run.info.run_id)  # its log so far logged, its temporary files removed
         except MlflowException as error:  # e.g. no permission on another user's run: not main's to fail over
             logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
@@ -72,13 +67,18 @@ def reap_trials_of_ended_tunes(client: MlflowClient, experiment_id: str, main_ru
             continue
         try:
             why = f"its tune run {tune} ended ({status_of[tune]}) before it was logged whole"
-            client.set_tag(run.info.run_id, ERROR_TAG, f"{why}; marked KILLED by main run {main_run_id}")
-            client.set_terminated(run.info.run_id, status="KILLED")
+            mark_killed(client, run.info.run_id, why, main_run_id)
         except MlflowException as error:
             logger.warning("could not mark run %s KILLED: %s", run.info.run_id, one_line(str(error), 200))
             continue
         reaped.append(run.info.run_id)
     return reaped
+
+
+def mark_killed(client: MlflowClient, run_id: str, why: str, main_run_id: str) -> None:
+    """End a run KILLED, saying why and which main run marked it (`pipeline.error`)."""
+    client.set_tag(run_id, ERROR_TAG, f"{why}; marked KILLED by main run {main_run_id}")
+    client.set_terminated(run_id, status="KILLED")
 
 
 def is_mine(run: Run, me: str | None) -> bool:
