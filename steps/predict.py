@@ -232,7 +232,13 @@ def main(
     csv: str,
 ) -> None:
     with step_run("predict"):
-        run_predict(data_uri, registered_model_name, model_uri, batch_rows, backend, spark_master, csv)
+        metrics = run_predict(data_uri, registered_model_name, model_uri, batch_rows, backend, spark_master, csv)
+        run_id = mlflow.active_run().info.run_id
+        uri = resolve_model_uri(model_uri, registered_model_name)
+        say(
+            f"predict: {int(metrics['n_rows']):,} rows scored with {uri}; the predictions: "
+            f"mlflow artifacts download -r {run_id} -a {PREDICTIONS_DIR} -d ."
+        )
 
 
 if __name__ == "__main__":

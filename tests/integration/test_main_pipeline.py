@@ -263,6 +263,16 @@ def test_predict_writes_predictions_and_probabilities_next_to_the_inputs(registr
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     assert list(table["prediction"]) == list(pyfunc.predict(held_out[FEATURES]))
     assert len(pd.read_csv(f"{folder}/predictions.csv")) == len(held_out)
+    # The one line predict prints says what was scored and how to get it; the command works as printed.
+    command = f"mlflow artifacts download -r {run.info.run_id} -a predictions -d ."
+    assert f"predict: {len(held_out):,} rows scored with models:/{NAME}@champion; the predictions: {command}" in (
+        result.stdout.splitlines()
+    )
+    (tmp_path / "got").mkdir()
+    env = mlflow_env(registry["store"])
+    got = subprocess.run([sys.executable, "-m", *command.split()], cwd=tmp_path / "got", env=env, capture_output=True)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert pd.read_parquet(tmp_path / "got" / "predictions" / "predictions.parquet").equals(table)
 
 
 @pytest.mark.parametrize(
