@@ -309,14 +309,11 @@ def numbers_in_text(
     return {"encoding": NUMBERS_IN_TEXT, "reason": reason}
 
 
-def numbers_written_as_text(labels: pd.Series, decimal_comma: bool = False) -> str | None:
+def numbers_written_as_text(labels: pd.Series, plain_share: float, decimal_comma: bool = False) -> str | None:
     """What to do with a label of numbers written as text (`$1,234.50`, `45%`): a feature of them is read as
-    numbers inside the model, but a label is read as written (a class each); None if the labels are not such text."""
-    if pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
-        return None
-    if pd.to_numeric(labels, errors="coerce").notna().mean() >= NUMBER_SHARE:  # plain numbers among a few words
-        return None
-    if numbers_in_text(labels, decimal_comma=decimal_comma) is None:
+    numbers inside the model, but a label is read as written (a class each); None if the labels are not such text
+    (`plain_share`: the share of them pandas reads as plain numbers; plain numbers among a few words are not)."""
+    if plain_share >= NUMBER_SHARE or numbers_in_text(labels, decimal_comma=decimal_comma) is None:
         return None
     return (
         "they are numbers written as text (a currency sign, thousands separators, %), which a label is not read "
@@ -434,8 +431,9 @@ def build_feature_spec(
         )
     task = task or detect_task(labels)
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
-        formatted = numbers_written_as_text(labels, decimal_comma)
-        words = labels[pd.to_numeric(labels, errors="coerce").isna()]
+        plain = pd.to_numeric(labels, errors="coerce").notna()
+        formatted = numbers_written_as_text(labels, plain.mean(), decimal_comma)
+        words = labels[~plain]
         raise PipelineError(
             f"target '{target}' is not numeric, so it cannot be a regression target: {len(words):,} of "
             f"{len(labels):,} labels are not numbers ({quoted(words.unique())}); "
@@ -452,18 +450,16 @@ def build_feature_spec(
         counts = labels.value_counts()
         rare = counts[counts < MIN_ROWS_PER_CLASS]
         if not rare.empty:
-            numbers = len(rare) > 5 and pd.to_numeric(labels, errors="coerce").notna().mean() >= 0.5
-            formatted = len(rare) > 5 and not numbers and numbers_written_as_text(labels, decimal_comma)
+            advice = "drop or merge them"
+            if len(rare) > 5:  # many one-off classes: maybe numbers
+                plain_share = pd.to_numeric(labels, errors="coerce").notna().mean()
+                if plain_share >= 0.5:
+                    advice += "; the label is mostly numbers: pass -P task=regression (and clean the rest)"
+                elif formatted := numbers_written_as_text(labels, plain_share, decimal_comma):
+                    advice = f"{formatted}, or merge them into classes"
             raise PipelineError(
                 f"class(es) {quoted(rare.index)} have fewer than {MIN_ROWS_PER_CLASS} rows, too few for a stratified "
-                "train/validation/test split; "
-                + (
-                    "drop or merge them; the label is mostly numbers: pass -P task=regression (and clean the rest)"
-                    if numbers
-                    else f"{formatted}, or merge them into classes"
-                    if formatted
-                    else "drop or merge them"
-                )
+                f"train/validation/test split; {advice}"
             )
         classes = sorted(labels.unique().tolist(), key=lambda v: (str(type(v)), v))
         classes = [c.item() if hasattr(c, "item") else c for c in classes]
